@@ -1,0 +1,36 @@
+# ssvae-bench: `make bench` runs the benchmark and writes its report; `make test` runs the tests.
+# Both create the virtual environment on first use.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PRESET ?= quick
+DEVICE ?= cpu
+OUT ?= results/$(PRESET)-$(DEVICE)
+ARGS ?=
+# MNIST: $SSVAE_DATA_DIR if set, else ../shared/data when it holds MNIST, else ./data (downloaded).
+SSVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),../shared/data,data)
+export SSVAE_DATA_DIR
+
+.PHONY: install bench report test regress regress-save clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+bench: install
+	$(PYTHON) -m bench run --preset $(PRESET) --device $(DEVICE) --out $(OUT) $(ARGS)
+	$(PYTHON) -m bench report $(OUT)
+
+report: install
+	$(PYTHON) -m bench report $(OUT)
+
+test: install
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

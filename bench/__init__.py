@@ -1,0 +1,1 @@
+"""bench: the ssvae-bench harness (grids, timings, variance probes, result files, reports)."""

@@ -1,0 +1,132 @@
+"""Command line: ``python -m bench {train,run,report,list,timing,compare}``.
+
+Bad input prints one line on stderr (``bench: error: ...``) and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from ssvae.errors import ConfigError, DataError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input found by the harness; printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def fail(message: str) -> int:
+    print(f"bench: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _str_list(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw (default: $SSVAE_DATA_DIR, else ./data)")
+    p.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    t = sub.add_parser("train", help="train one configuration and print one JSON line")
+    t.add_argument("--estimator", default="enum")
+    t.add_argument("--aux", action="store_true", help="add the auxiliary classification loss")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--labels", type=int, default=None, help="labeled images (multiple of 10)")
+    g.add_argument("--label-fraction", type=float, default=None, help="labeled fraction of 50,000")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=200)
+    t.add_argument("--lr", type=float, default=0.00042)
+    t.add_argument("--z-dim", type=int, default=50)
+    t.add_argument("--hidden", type=_int_list, default=[500])
+    t.add_argument("--aux-multiplier", type=float, default=46.0)
+    t.add_argument("--steps-per-epoch", type=int, default=None)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--no-progress", action="store_true")
+    add_data_args(t)
+
+    from . import harness
+    harness.add_run_parser(sub)
+    harness.add_other_parsers(sub)
+    return parser
+
+
+def cmd_train(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ssvae import RunConfig, resolve_labels
+    from ssvae import data as ssdata
+    from ssvae.train import train
+
+    labels = resolve_labels(args.labels if args.labels is not None or args.label_fraction is not None else 3000,
+                            args.label_fraction)
+    cfg = RunConfig(estimator=args.estimator, aux=args.aux, labels=labels, seed=args.seed, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=tuple(args.hidden),
+                    aux_multiplier=args.aux_multiplier, steps_per_epoch=args.steps_per_epoch,
+                    device=args.device).validate()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = ssdata.load(cfg.labels, cfg.seed, cfg.device, args.data_dir,
+                       download=False if args.no_download else None)
+    bar = None
+
+    def progress(ev):
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=ev["steps"] * cfg.epochs, desc=f"{cfg.estimator}{'+aux' if cfg.aux else ''}",
+                       unit="step", file=sys.stderr, dynamic_ncols=True)
+        if ev["event"] == "step":
+            bar.update(1)
+        else:
+            bar.set_postfix(epoch=ev["epoch"], valid=f"{ev['valid_acc']:.3f}", test=f"{ev['test_acc']:.3f}")
+
+    try:
+        result = train(cfg, data, callback=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(json.dumps(result.summary()))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "train":
+            return cmd_train(args)
+        return args.func(args)
+    except (UsageError, ConfigError, DataError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,143 @@
+"""The configuration of one training run.
+
+A run is a pure function of its :class:`RunConfig` (plus the data it reads, identified
+by its sha256): same config, same seed, same machine, same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from .errors import ConfigError
+
+#: Pyro's split: the first 50,000 MNIST training images train, the last 10,000 validate.
+TRAIN_SIZE = 50_000
+VALID_SIZE = 10_000
+NUM_CLASSES = 10
+
+
+def resolve_labels(labels: Optional[int] = None, label_fraction: Optional[float] = None) -> int:
+    """The number of labeled training images, from a count or a fraction of the 50,000.
+
+    A fraction is rounded to the nearest multiple of 10 (the subset is class-balanced).
+    """
+    if label_fraction is not None:
+        if labels is not None:
+            raise ConfigError("give either a label count or a label fraction, not both")
+        if not (0.0 < label_fraction <= 1.0):
+            raise ConfigError(f"label fraction {label_fraction} is outside (0, 1]: use e.g. 0.02 for 1000 labels")
+        labels = int(round(label_fraction * TRAIN_SIZE / NUM_CLASSES)) * NUM_CLASSES
+        if labels == 0:
+            raise ConfigError(
+                f"label fraction {label_fraction} gives fewer than 10 labeled images: use at least 0.0002")
+    if labels is None:
+        raise ConfigError("no label count given")
+    if isinstance(labels, bool) or int(labels) != labels:
+        raise ConfigError(f"label count {labels!r} is not an integer")
+    labels = int(labels)
+    if labels <= 0:
+        raise ConfigError(f"label count {labels} must be positive (a multiple of 10, at most {TRAIN_SIZE})")
+    if labels % NUM_CLASSES:
+        raise ConfigError(f"label count {labels} is not a multiple of 10: the labeled subset has "
+                          f"labels/10 images per digit (try {labels - labels % 10 or 10})")
+    if labels > TRAIN_SIZE:
+        raise ConfigError(f"label count {labels} is above the {TRAIN_SIZE} training images")
+    return labels
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides the outcome of one training run.
+
+    Defaults are those of Pyro's ``examples/vae/ss_vae_M2.py``.
+    """
+
+    estimator: str = "enum"
+    aux: bool = False
+    labels: int = 3000
+    seed: int = 0
+    epochs: int = 50
+    batch_size: int = 200
+    lr: float = 0.00042
+    beta1: float = 0.9
+    z_dim: int = 50
+    hidden: Tuple[int, ...] = (500,)
+    aux_multiplier: float = 46.0
+    #: Truncate every epoch to its first N mini-batches (smoke runs); None runs whole epochs.
+    steps_per_epoch: Optional[int] = None
+    device: str = "cpu"
+    #: Estimator-specific options (e.g. ``{"k": 1}`` for rb-topk); must be JSON-able.
+    options: Tuple[Tuple[str, object], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        object.__setattr__(self, "labels", resolve_labels(self.labels))
+
+    def validate(self) -> "RunConfig":
+        """Raise :class:`ConfigError` with a one-line message for any invalid field."""
+        from .estimators import get_estimator  # late import: estimators import the model
+
+        get_estimator(self.estimator)
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be positive (got {self.lr})")
+        if self.z_dim < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ConfigError("network sizes must be positive")
+        check_device(self.device)
+        return self
+
+    @property
+    def option_dict(self) -> dict:
+        return dict(self.options)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        if "options" in d and isinstance(d["options"], dict):
+            d["options"] = tuple(sorted(d["options"].items()))
+        return cls(**d)
+
+    def key(self) -> str:
+        """A short stable hash of the config (device included)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def check_device(device: str) -> str:
+    """Validate a device string; ``cuda`` without a visible GPU is a :class:`ConfigError`."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} requested but no CUDA GPU is visible to torch "
+                              f"{torch.__version__}: use --device cpu")
+        if ":" in device:
+            idx = int(device.split(":", 1)[1])
+            if idx >= torch.cuda.device_count():
+                raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+        return device
+    raise ConfigError(f"unknown device {device!r}: use cpu or cuda")

@@ -1,0 +1,192 @@
+"""MNIST for the semi-supervised VAE, split as in Pyro's tutorial.
+
+* train: the first 50,000 training images, of which ``labels`` (``labels/10`` per digit,
+  chosen by seed) keep their label and the rest are unlabeled;
+* valid: the last 10,000 training images;
+* test: the 10,000 test images.
+
+Pixels are scaled to [0, 1] and flattened to 784; labels are one-hot float vectors, as in
+Pyro's example. All tensors live on the run's device and mini-batches are index slices,
+so an epoch costs no per-item Python work.
+
+The data folder comes from ``data_dir``, else ``$SSVAE_DATA_DIR``, else ``./data``; it
+holds ``MNIST/raw/`` in torchvision's layout. Where the files are missing, torchvision
+downloads them unless ``download=False`` (or ``$SSVAE_NO_DOWNLOAD=1``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from .config import NUM_CLASSES, TRAIN_SIZE, VALID_SIZE, resolve_labels
+from .errors import DataError
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DOWNLOAD_TIMEOUT_S = 20
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SSVAE_DATA_DIR") or "data")
+
+
+def _have_raw(root: Path) -> bool:
+    return all((root / "MNIST" / "raw" / f).is_file() for f in RAW_FILES)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def locate_mnist(data_dir: Optional[os.PathLike] = None, download: Optional[bool] = None) -> Path:
+    """Return the folder holding ``MNIST/raw``, downloading it there if allowed.
+
+    Raises :class:`DataError` (one line, naming the folder and the fix) if it is absent and
+    cannot be downloaded.
+    """
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if _have_raw(root):
+        return root
+    if download is None:
+        download = os.environ.get("SSVAE_NO_DOWNLOAD", "") not in ("1", "true", "yes")
+    if not download:
+        raise DataError(f"MNIST not found in {root}/MNIST/raw and downloads are off: "
+                        f"set SSVAE_DATA_DIR (or --data-dir) to a folder holding MNIST/raw")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data folder {root} is a file: set SSVAE_DATA_DIR to a folder")
+    import torchvision
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        for train in (True, False):
+            torchvision.datasets.MNIST(root=str(root), train=train, download=True)
+    except Exception as exc:  # network errors come in many types
+        reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+        raise DataError(f"MNIST not found in {root}/MNIST/raw and the download failed ({reason[:120]}): "
+                        f"set SSVAE_DATA_DIR (or --data-dir) to a folder holding MNIST/raw") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    if not _have_raw(root):
+        raise DataError(f"MNIST download into {root} left no MNIST/raw files")
+    return root
+
+
+@dataclass
+class Split:
+    """Images ``x`` (N, 784) in [0, 1] and one-hot labels ``y`` (N, 10), on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def digits(self) -> torch.Tensor:
+        return self.y.argmax(-1)
+
+    def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive index slices (no shuffling): for evaluation."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+
+
+@dataclass
+class SSData:
+    """The four parts of the semi-supervised problem, plus provenance."""
+
+    sup: Split
+    unsup: Split
+    valid: Split
+    test: Split
+    sup_index: torch.Tensor  # indices of the labeled images among the 50,000 (CPU, long)
+    unsup_index: torch.Tensor  # indices of the unlabeled ones
+    sha256: str  # of the training-image file
+    root: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.sup.x.device
+
+
+def one_hot(digits: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    return torch.nn.functional.one_hot(digits.long(), num_classes).float()
+
+
+def balanced_subset(digits: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of ``n`` items, ``n/10`` per class, drawn without replacement by ``seed``.
+
+    Deterministic in (digits, n, seed) and independent of torch's global RNG. Returned sorted.
+    """
+    n = resolve_labels(n)
+    per_class = n // NUM_CLASSES
+    gen = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c in range(NUM_CLASSES):
+        members = (digits == c).nonzero(as_tuple=True)[0]
+        if len(members) < per_class:
+            raise DataError(f"only {len(members)} images of digit {c}, cannot label {per_class}")
+        perm = torch.randperm(len(members), generator=gen)
+        chosen.append(members[perm[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def load_mnist_tensors(root: Path) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x uint8 [60000,28,28], train_y, test_x, test_y), read through torchvision."""
+    import torchvision
+
+    try:
+        train = torchvision.datasets.MNIST(root=str(root), train=True, download=False)
+        test = torchvision.datasets.MNIST(root=str(root), train=False, download=False)
+    except Exception as exc:
+        raise DataError(f"cannot read MNIST from {root}/MNIST/raw: {exc}") from None
+    return train.data, train.targets, test.data, test.targets
+
+
+def load(labels: int, seed: int, device: str = "cpu", data_dir: Optional[os.PathLike] = None,
+         download: Optional[bool] = None) -> SSData:
+    """Load MNIST and split it for a run with ``labels`` labeled images chosen by ``seed``."""
+    root = locate_mnist(data_dir, download)
+    train_x, train_y, test_x, test_y = load_mnist_tensors(root)
+    sha = sha256_file(root / "MNIST" / "raw" / TRAIN_IMAGES)
+    return split(train_x, train_y, test_x, test_y, labels=labels, seed=seed, device=device,
+                 sha256=sha, root=str(root))
+
+
+def split(train_x, train_y, test_x, test_y, labels: int, seed: int, device: str = "cpu",
+          sha256: str = "", root: str = "", train_size: int = TRAIN_SIZE) -> SSData:
+    """Split raw uint8 images and integer labels into labeled/unlabeled/valid/test parts."""
+
+    def prep(x, y):
+        x = x.reshape(x.shape[0], -1).to(device=device, dtype=torch.float32) / 255.0
+        return Split(x, one_hot(y).to(device))
+
+    labels = resolve_labels(labels)
+    pool_x, pool_y = train_x[:train_size], train_y[:train_size]
+    sup_index = balanced_subset(pool_y, labels, seed)
+    mask = torch.ones(len(pool_y), dtype=torch.bool)
+    mask[sup_index] = False
+    unsup_index = mask.nonzero(as_tuple=True)[0]
+    valid_end = train_size + VALID_SIZE if len(train_x) >= train_size + VALID_SIZE else len(train_x)
+    return SSData(
+        sup=prep(pool_x[sup_index], pool_y[sup_index]),
+        unsup=prep(pool_x[unsup_index], pool_y[unsup_index]),
+        valid=prep(train_x[train_size:valid_end], train_y[train_size:valid_end]),
+        test=prep(test_x, test_y),
+        sup_index=sup_index,
+        unsup_index=unsup_index,
+        sha256=sha256,
+        root=root,
+    )

@@ -1,0 +1,236 @@
+"""Training one configuration, on Pyro's schedule.
+
+Each epoch walks the unlabeled images in mini-batches of ``batch_size`` and slips a labeled
+mini-batch in every ``int(50000 / labels)`` batches until the labeled images are used up,
+as ``run_inference_for_epoch`` in Pyro's example does. Each labeled batch takes one step of
+the ELBO (y observed) and, with the auxiliary loss, one step of ``model_classify``; each
+unlabeled batch takes one ELBO step with y latent. Both SVI objects share one Adam.
+
+After every epoch the classifier is scored on the validation and test images; the result
+reports the test accuracy at the best validation epoch (Pyro's Table 1 figure).
+
+A run is a function of its :class:`RunConfig`: the seed fixes the labeled subset, the
+initialisation, the shuffling and every sample.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI
+
+from .config import RunConfig
+from .data import SSData, Split
+from .errors import DivergedError
+from .estimators import Estimator, Objective, get_estimator
+from .model import SSVAE
+
+STEP_KINDS = ("sup", "unsup", "aux")
+
+
+def set_seed(seed: int) -> None:
+    pyro.set_rng_seed(seed)  # python, numpy and torch (all devices)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block (a measurement probe) without moving the training RNG streams."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def accuracy(ss: SSVAE, split: Split, batch_size: int = 2000) -> float:
+    correct = 0
+    for xs, ys in split.batches(batch_size):
+        correct += (ss.classify(xs) == ys.argmax(-1)).sum().item()
+    return correct / max(len(split), 1)
+
+
+def epoch_schedule(n_sup: int, n_unsup: int, batch_size: int, train_size: int) -> List[str]:
+    """The kinds ('sup' or 'unsup') of the mini-batches of one epoch, in Pyro's order."""
+    sup_batches = math.ceil(n_sup / batch_size)
+    unsup_batches = math.ceil(n_unsup / batch_size)
+    period = max(int(train_size / max(n_sup, 1)), 1)
+    slot = 1 if period > 1 else 0
+    kinds, s, u = [], 0, 0
+    for i in range(sup_batches + unsup_batches):
+        if (i % period == slot and s < sup_batches) or u >= unsup_batches:
+            kinds.append("sup")
+            s += 1
+        else:
+            kinds.append("unsup")
+            u += 1
+    return kinds
+
+
+class Trainer:
+    """The state of one run: networks, optimiser, objectives and data.
+
+    ``step(kind, xs, ys)`` takes one optimisation step; ``objective(kind)`` returns what
+    a probe needs to draw gradient estimates without stepping.
+    """
+
+    def __init__(self, cfg: RunConfig, data: SSData):
+        self.cfg = cfg
+        self.data = data
+        self.estimator: Estimator = get_estimator(cfg.estimator)
+        set_seed(cfg.seed)
+        pyro.clear_param_store()
+        self.ss = SSVAE(input_size=data.sup.x.shape[1], z_dim=cfg.z_dim, hidden=cfg.hidden,
+                        aux_multiplier=cfg.aux_multiplier).to(data.device)
+        self.optim = pyro.optim.Adam({"lr": cfg.lr, "betas": (cfg.beta1, 0.999)})
+        self.main = self.estimator.build(self.ss, cfg.option_dict)
+        self.svi = SVI(self.main.model, self.main.guide, self.optim, loss=self.main.loss)
+        self.use_aux = cfg.aux and self.estimator.kind == "ssvae"
+        if self.use_aux:
+            self.aux = Objective(self.ss.model_classify, self.ss.guide_classify, pyro.infer.Trace_ELBO())
+            self.svi_aux = SVI(self.aux.model, self.aux.guide, self.optim, loss=self.aux.loss)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+        self.global_step = 0
+
+    # -- schedule ---------------------------------------------------------------------------
+    def schedule(self) -> List[str]:
+        d, cfg = self.data, self.cfg
+        if self.estimator.kind == "supervised":
+            # the baseline sees only labeled batches; an "epoch" has as many steps as the SS-VAE's
+            n = len(epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup)))
+            kinds = ["sup"] * n
+        else:
+            kinds = epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup))
+        if cfg.steps_per_epoch is not None:
+            kinds = kinds[:cfg.steps_per_epoch]
+        return kinds
+
+    def batches(self, kinds: List[str]) -> Iterator[Tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
+        """Yield (kind, xs, ys) with freshly shuffled index slices of the labeled/unlabeled sets."""
+        d, bs = self.data, self.cfg.batch_size
+        perms = {"sup": None, "unsup": None}
+        pos = {"sup": 0, "unsup": 0}
+        splits = {"sup": d.sup, "unsup": d.unsup}
+        for kind in kinds:
+            split = splits[kind]
+            if perms[kind] is None or pos[kind] >= len(split):
+                perms[kind] = torch.randperm(len(split), generator=self.shuffle).to(d.device)
+                pos[kind] = 0
+            idx = perms[kind][pos[kind]:pos[kind] + bs]
+            pos[kind] += bs
+            xs = split.x[idx]
+            yield kind, xs, (split.y[idx] if kind == "sup" else None)
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self, kind: str, xs: torch.Tensor, ys: Optional[torch.Tensor]) -> Dict[str, float]:
+        """One optimisation step on a batch; returns the losses it took (by step kind)."""
+        out = {}
+        if kind == "sup":
+            out["sup"] = self.svi.step(xs, ys)
+            if self.use_aux:
+                out["aux"] = self.svi_aux.step(xs, ys)
+        else:
+            out["unsup"] = self.svi.step(xs)
+        return out
+
+    def objective(self, step_kind: str) -> Objective:
+        return self.aux if step_kind == "aux" else self.main
+
+    def params(self) -> List[torch.Tensor]:
+        return [p for p in self.ss.parameters()]
+
+    def evaluate(self) -> Tuple[float, float]:
+        return accuracy(self.ss, self.data.valid), accuracy(self.ss, self.data.test)
+
+
+@dataclass
+class RunResult:
+    config: dict
+    metrics: dict
+    curves: List[dict] = field(default_factory=list)
+    data_sha256: str = ""
+
+    def summary(self) -> dict:
+        c = self.config
+        return {"estimator": c["estimator"], "aux": c["aux"], "labels": c["labels"], "seed": c["seed"],
+                "device": c["device"], **self.metrics, "data_sha256": self.data_sha256}
+
+
+def train(cfg: RunConfig, data: SSData,
+          callback: Optional[Callable[[dict], None]] = None,
+          on_step: Optional[Callable[[Trainer, int], None]] = None) -> RunResult:
+    """Train one configuration and score it every epoch.
+
+    ``callback(event)`` receives ``{"event": "step"|"epoch", ...}`` for progress display.
+    ``on_step(trainer, global_step)`` runs before each step (and once after the last, with
+    the final step count): measurement probes hook in here, inside :func:`preserved_rng`
+    so that they do not change the run.
+    Raises :class:`DivergedError` if a loss becomes NaN or infinite.
+    """
+    cfg.validate()
+    trainer = Trainer(cfg, data)
+    kinds = trainer.schedule()
+    n_sup_ex = sum(min(cfg.batch_size, len(data.sup)) for k in kinds if k == "sup")
+    n_unsup_ex = sum(1 for k in kinds if k == "unsup") * cfg.batch_size
+    curves: List[dict] = []
+    best_valid, test_at_best, best_epoch = -1.0, float("nan"), 0
+    train_seconds = eval_seconds = 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        sums = {"sup": 0.0, "unsup": 0.0, "aux": 0.0}
+        t0 = time.perf_counter()
+        for i, (kind, xs, ys) in enumerate(trainer.batches(kinds)):
+            if on_step is not None:
+                synchronize(data.device)
+                t_probe = time.perf_counter()
+                with preserved_rng():
+                    on_step(trainer, trainer.global_step)
+                t0 += time.perf_counter() - t_probe  # probes do not count as training time
+            losses = trainer.step(kind, xs, ys)
+            for k, v in losses.items():
+                if not math.isfinite(v):
+                    raise DivergedError(trainer.global_step, epoch, v, k)
+                sums[k] += v
+            trainer.global_step += 1
+            if callback is not None:
+                callback({"event": "step", "epoch": epoch, "step": i + 1, "steps": len(kinds),
+                          "global_step": trainer.global_step})
+        synchronize(data.device)
+        train_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        valid_acc, test_acc = trainer.evaluate()
+        eval_seconds += time.perf_counter() - t1
+        if valid_acc > best_valid:  # strict, as in Pyro: the first best epoch wins
+            best_valid, test_at_best, best_epoch = valid_acc, test_acc, epoch
+        row = {"epoch": epoch, "valid_acc": valid_acc, "test_acc": test_acc,
+               "loss_sup": sums["sup"] / max(n_sup_ex, 1), "loss_unsup": sums["unsup"] / max(n_unsup_ex, 1),
+               "loss_aux": sums["aux"] / max(n_sup_ex, 1), "elapsed_seconds": train_seconds,
+               "global_step": trainer.global_step}
+        curves.append(row)
+        if callback is not None:
+            callback({"event": "epoch", **row})
+    if on_step is not None:
+        with preserved_rng():
+            on_step(trainer, trainer.global_step)
+    metrics = {
+        "test_acc_at_best_valid": test_at_best, "best_valid_acc": best_valid, "best_epoch": best_epoch,
+        "final_test_acc": curves[-1]["test_acc"], "final_valid_acc": curves[-1]["valid_acc"],
+        "epochs": cfg.epochs, "steps": trainer.global_step, "steps_per_epoch": len(kinds),
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        "seconds_per_epoch": train_seconds / cfg.epochs,
+    }
+    result = RunResult(cfg.to_dict(), metrics, curves, data.sha256)
+    result.trainer = trainer  # for callers that want the trained networks (not serialised)
+    return result

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny networks and synthetic data, and real MNIST where it is present."""
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from ssvae import data as ssdata
+from ssvae.model import SSVAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def tiny_model():
+    """An SS-VAE on 12-pixel images with 3 latent dims and 8 hidden units."""
+    pyro.set_rng_seed(1)
+    return SSVAE(input_size=12, z_dim=3, hidden=(8,))
+
+
+@pytest.fixture
+def tiny_batch():
+    g = torch.Generator().manual_seed(3)
+    return (torch.rand(5, 12, generator=g) > 0.5).float()
+
+
+def synthetic_raw(n_train=600, n_test=100, side=4, seed=0):
+    """uint8 images (side x side) and digits, each class a different brightness pattern."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        digits = torch.arange(n) % 10
+        digits = digits[torch.randperm(n, generator=g)]
+        base = (torch.arange(side * side).float() % 10 == digits[:, None]).float() * 200
+        noise = torch.randint(0, 50, (n, side * side), generator=g).float()
+        return (base + noise).clamp(0, 255).to(torch.uint8).reshape(n, side, side), digits
+
+    tx, ty = make(n_train)
+    vx, vy = make(n_test)
+    return tx, ty, vx, vy
+
+
+@pytest.fixture
+def synthetic_data():
+    tx, ty, vx, vy = synthetic_raw()
+    return ssdata.split(tx, ty, vx, vy, labels=100, seed=0, train_size=500, sha256="synthetic")
+
+
+def mnist_dir():
+    root = Path(os.environ.get("SSVAE_DATA_DIR", REPO / "data"))
+    return root if ssdata._have_raw(root) else None
+
+
+needs_mnist = pytest.mark.skipif(mnist_dir() is None, reason="MNIST not found (set SSVAE_DATA_DIR)")
