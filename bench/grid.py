@@ -1,0 +1,168 @@
+"""Presets (data files in ``bench/presets/``) and their expansion into tasks.
+
+A grid is estimators x auxiliary loss x label counts x seeds (+ the supervised baseline per
+label count and seed). It expands into three kinds of task, each a pure function of its spec:
+
+* ``train``  -- one cell: train one configuration, probe its own gradient variance at the
+  checkpoints, save generated digits. Result: ``runs/<cell>.json``.
+* ``common`` -- per (labels, seed): follow the enum + aux trajectory and, at each checkpoint,
+  measure every estimator's gradient at those same parameters. Result: ``probes/<id>.json``.
+* ``timing`` -- per device: median time per step of every estimator and step kind.
+  Result: ``probes/<id>.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ssvae import RunConfig, resolve_labels
+from ssvae.errors import ConfigError
+from ssvae.estimators import REGISTRY, get_estimator, names
+
+PRESET_DIR = Path(__file__).parent / "presets"
+GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_fractions", "seeds", "epochs",
+               "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers"}
+PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
+                "timing_batch_size"}
+PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
+                  "samples_per_class": 10, "timing_batch_size": 200}
+
+
+def preset_names() -> List[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(preset_names())}")
+    with open(path, "rb") as fh:
+        preset = tomllib.load(fh)
+    unknown = set(preset) - GRID_FIELDS
+    if unknown:
+        raise ConfigError(f"preset {name}: unknown field(s) {', '.join(sorted(unknown))}")
+    preset["name"] = name
+    return preset
+
+
+@dataclass
+class Grid:
+    name: str
+    estimators: List[str]
+    aux: List[bool]
+    baseline: bool
+    labels: List[int]
+    seeds: List[int]
+    epochs: int
+    device: str = "cpu"
+    steps_per_epoch: Optional[int] = None
+    batch_size: int = 200
+    lr: float = 0.00042
+    z_dim: int = 50
+    hidden: List[int] = field(default_factory=lambda: [500])
+    aux_multiplier: float = 46.0
+    probe: Dict = field(default_factory=lambda: dict(PROBE_DEFAULTS))
+    description: str = ""
+    #: cells run at a time by default (an execution hint: results do not depend on it)
+    workers: int = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
+    """Combine a preset with command-line overrides (``None`` values are ignored) and validate."""
+    spec = dict(preset)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            spec[k] = v
+    if spec.get("label_fractions") is not None:
+        spec["labels"] = [resolve_labels(None, f) for f in spec["label_fractions"]]
+    labels = [resolve_labels(v) for v in spec["labels"]]
+    ests = spec.get("estimators", "all")
+    if ests == "all" or ests == ["all"]:
+        ests = names("ssvae")
+    for e in ests:
+        if get_estimator(e).kind != "ssvae":
+            raise ConfigError(f"estimator {e!r} is not a semi-supervised estimator (use --baseline)")
+    seeds = spec.get("seeds", 1)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("no seeds: --seeds must be at least 1")
+    probe = dict(PROBE_DEFAULTS)
+    unknown = set(spec.get("probe", {})) - PROBE_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown probe field(s) {', '.join(sorted(unknown))}")
+    probe.update(spec.get("probe", {}))
+    grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=[bool(a) for a in spec.get("aux", [False, True])],
+                baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
+                device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
+                batch_size=int(spec.get("batch_size", 200)), lr=float(spec.get("lr", 0.00042)),
+                z_dim=int(spec.get("z_dim", 50)), hidden=list(spec.get("hidden", [500])),
+                aux_multiplier=float(spec.get("aux_multiplier", 46.0)), probe=probe,
+                description=spec.get("description", ""), workers=int(spec.get("workers", 1)))
+    for cfg in train_configs(grid):
+        cfg.validate()
+    return grid
+
+
+def cell_id(cfg: RunConfig) -> str:
+    name = cfg.estimator + ("+aux" if cfg.aux and get_estimator(cfg.estimator).kind == "ssvae" else "")
+    return f"{name}_L{cfg.labels}_s{cfg.seed}"
+
+
+def _config(grid: Grid, **kw) -> RunConfig:
+    return RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
+                     lr=grid.lr, z_dim=grid.z_dim, hidden=tuple(grid.hidden), aux_multiplier=grid.aux_multiplier,
+                     device=grid.device, **kw)
+
+
+def train_configs(grid: Grid) -> List[RunConfig]:
+    cfgs = []
+    for labels in grid.labels:
+        for seed in grid.seeds:
+            for est in grid.estimators:
+                for aux in grid.aux:
+                    cfgs.append(_config(grid, estimator=est, aux=aux, labels=labels, seed=seed))
+            if grid.baseline:
+                cfgs.append(_config(grid, estimator="baseline", aux=False, labels=labels, seed=seed))
+    return cfgs
+
+
+def expand(grid: Grid) -> List[dict]:
+    """The task specs of a grid, in run order: timing probe, common probes, then cells."""
+    probe = grid.probe
+    tasks: List[dict] = [{
+        "kind": "timing", "id": f"timing_{grid.device.replace(':', '')}", "exclusive": True,
+        "estimators": grid.estimators, "aux": grid.aux, "device": grid.device,
+        "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
+        "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
+    }]
+    if "enum" in REGISTRY:
+        for labels in grid.labels:
+            for seed in grid.seeds:
+                cfg = _config(grid, estimator="enum", aux=True, labels=labels, seed=seed)
+                steps_per_epoch = _steps_per_epoch(cfg)
+                last = max(probe["checkpoints"])
+                epochs = max(1, math.ceil((last + 1) / steps_per_epoch))
+                cfg = dataclasses.replace(cfg, epochs=epochs)
+                tasks.append({"kind": "common", "id": f"common_L{labels}_s{seed}", "config": cfg.to_dict(),
+                              "estimators": grid.estimators, "checkpoints": probe["checkpoints"],
+                              "n_samples": probe["variance_samples"]})
+    for cfg in train_configs(grid):
+        tasks.append({"kind": "train", "id": cell_id(cfg), "config": cfg.to_dict(),
+                      "checkpoints": probe["checkpoints"], "n_samples": probe["variance_samples"],
+                      "samples_per_class": probe["samples_per_class"]})
+    return tasks
+
+
+def _steps_per_epoch(cfg: RunConfig) -> int:
+    from ssvae.config import TRAIN_SIZE
+    from ssvae.train import epoch_schedule
+
+    n = len(epoch_schedule(cfg.labels, TRAIN_SIZE - cfg.labels, cfg.batch_size, TRAIN_SIZE))
+    return min(n, cfg.steps_per_epoch or n)
