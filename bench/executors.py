@@ -135,4 +135,103 @@ class LocalExecutor:
         self.running.clear()
 
 
-EXECUTORS = {"local": LocalExecutor}
+def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int) -> dict:
+    """A dask task: run the spec in a fresh process (Pyro's param store is global) and return its record.
+
+    Raises if the process died without writing its result, so that dask retries it.
+    """
+    cmd = [sys.executable, "-m", "bench.worker", "--out", out_dir, "--threads", str(threads)]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    log_dir = Path(out_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{spec['id']}.log", "w") as log:
+        proc = subprocess.run(cmd, input=json.dumps(spec), stdout=subprocess.DEVNULL, stderr=log, text=True,
+                              preexec_fn=_die_with_parent)
+    record, _ = read_result(result_path(out_dir, spec))
+    if record is None or record.get("pid") is None:
+        code = proc.returncode
+        raise RuntimeError(f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
+    return {k: record.get(k) for k in ("id", "status", "error")}
+
+
+class DaskExecutor:
+    """Tasks on a dask.distributed cluster: ``scheduler`` (tcp://host:port) or a LocalCluster.
+
+    Each task runs ``python -m bench.worker`` in a fresh process on a dask worker and writes its
+    own result file, so the output folder must be on a file system every worker sees. A task
+    whose process dies is retried ``retries`` times by dask, then recorded as failed.
+    """
+
+    name = "dask"
+    connect_timeout_s = 10
+
+    def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
+                 retries: int = 1, scheduler: Optional[str] = None):
+        self.workers = max(1, workers)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self.data_dir = data_dir
+        self.retries = retries
+        self.scheduler = scheduler
+        self.running: Dict[str, _Running] = {}
+        self.client = self.cluster = None
+
+    def connect(self) -> None:
+        """Start or reach the cluster; raises ConfigError if the scheduler does not answer."""
+        from ssvae.errors import ConfigError
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ConfigError("--executor dask needs the 'distributed' package: pip install -e '.[dask]'") from None
+        if self.scheduler:
+            try:
+                self.client = Client(self.scheduler, timeout=f"{self.connect_timeout_s}s")
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(f"dask scheduler {self.scheduler} did not answer within {self.connect_timeout_s} s "
+                                  f"({type(exc).__name__}): start it or check --scheduler") from None
+        else:
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=40)
+            self.client = Client(self.cluster)
+
+    def run(self, specs: List[dict], out_dir, on_update) -> None:
+        from distributed import as_completed
+
+        if self.client is None:
+            self.connect()
+        out_dir = str(Path(out_dir).resolve())
+        try:
+            exclusive = [s for s in specs if s.get("exclusive")]
+            rest = [s for s in specs if not s.get("exclusive")]
+            for batch in ([[s] for s in exclusive] + [rest]):
+                if not batch:
+                    continue
+                futures = {}
+                for spec in batch:
+                    threads = max(self.threads, os.cpu_count() or 1) if spec.get("exclusive") else self.threads
+                    fut = self.client.submit(_run_in_subprocess, spec, out_dir, self.data_dir, threads,
+                                             key=f"ssvae-{spec['id']}-{os.getpid()}-{time.time_ns()}",
+                                             retries=self.retries, pure=False)
+                    futures[fut] = spec
+                for fut in as_completed(list(futures)):
+                    spec = futures[fut]
+                    try:
+                        record = fut.result()
+                    except Exception as exc:  # retries exhausted
+                        record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
+                                  "status": "failed",
+                                  "error": f"{exc} (after {self.retries + 1} attempts; see logs/{spec['id']}.log)"}
+                        atomic_write_json(result_path(out_dir, spec), record)
+                    on_update(self, record)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+
+EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}

@@ -56,7 +56,9 @@ def add_run_parser(sub) -> None:
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--workers", type=int, default=None, help="cells at a time (default: 1 per GPU, 1 on CPU)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / workers)")
-    r.add_argument("--executor", default="local", help="local (default)")
+    r.add_argument("--executor", default="local", help="local (default: a process per cell) or dask")
+    r.add_argument("--scheduler", default=None,
+                   help="dask scheduler address tcp://HOST:PORT (default: start a LocalCluster)")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
     r.add_argument("--force", action="store_true", help="rerun every task, even those already done")
@@ -244,7 +246,12 @@ def cmd_run(args) -> int:
         workers = args.workers or 1  # one cell per GPU
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root))
+    kwargs = {"scheduler": args.scheduler} if args.executor == "dask" else {}
+    if args.scheduler and args.executor != "dask":
+        raise ConfigError("--scheduler needs --executor dask")
+    executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root), **kwargs)
+    if hasattr(executor, "connect"):
+        executor.connect()  # a scheduler that does not answer fails here, before anything is written
     with OutputLock(out):
         atomic_write_json(out / "env.json", environment(grid, tasks, data_sha, workers, executor.threads,
                                                         args.executor))
