@@ -178,10 +178,11 @@ def _gumbel(straight_through: bool):
 
 
 def _rb_topk(ss: SSVAE, options: dict) -> Objective:
-    o = _options("rb-topk", options, {"k": 1})
+    o = _options("rb-topk", options, {"k": 1, "baseline": False})
     if int(o["k"]) < 1:
         raise ConfigError(f"rb-topk needs k >= 1 (got {o['k']})")
-    return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=int(o["k"]), site="y", max_plate_nesting=1))
+    return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=int(o["k"]), site="y", max_plate_nesting=1,
+                                                          baseline=bool(o["baseline"])))
 
 
 REGISTRY: Dict[str, Estimator] = {}

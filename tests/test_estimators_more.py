@@ -23,15 +23,6 @@ from .gradcheck import describe, discrepancy, encoder_y_grads, looks_unbiased
 NEW = ("trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: torch's intra-op threads only add contention on a shared machine (5-10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def labels_for(xs):
     return torch.nn.functional.one_hot(torch.arange(xs.shape[0]) % 10, 10).float()
 
@@ -48,6 +39,7 @@ def enum_grads(model, xs, n=150):
     ("trace-k10", {}, 20),  # 10 vectorised particles x 20 copies = 200 samples per image
     ("rb-topk", {}, 40),
     ("rb-topk", {"k": 3}, 40),
+    ("rb-topk", {"baseline": True}, 40),
 ])
 def test_gradient_is_unbiased_for_enum_gradient(tiny_model, tiny_batch, name, options, replicas):
     pyro.set_rng_seed(0)
@@ -160,6 +152,22 @@ def test_nvil_baseline_is_trained_by_svi_and_is_not_an_ssvae_group(synthetic_dat
     ss_params = {id(p) for ps in trainer.ss.param_groups().values() for p in ps}
     assert not any(id(p) in ss_params for p in baseline.parameters())
     assert any(name.startswith("nvil_baseline$$$") for name in pyro.get_param_store().keys())
+
+
+@pytest.mark.parametrize("name", ["trace-avg", "trace-nvil"])
+def test_gradient_probe_leaves_the_training_state_alone(tiny_model, tiny_batch, name):
+    """Probes draw gradients between steps: the running average and b(x)'s .grad must not leak."""
+    obj = get_estimator(name).build(tiny_model, {})
+    obj.loss_and_grads(tiny_batch)
+    tiny_model.zero_grad(set_to_none=True)
+    for p in getattr(obj, "baseline", tiny_model).parameters():
+        p.grad = None
+    store = pyro.get_param_store()
+    before = {k: v.detach().clone() for k, v in store.named_parameters()}
+    encoder_y_grads(obj, tiny_model, tiny_batch, 3)
+    after = dict(store.named_parameters())
+    assert set(after) == set(before)
+    assert all(torch.equal(before[k], after[k].detach()) and after[k].grad is None for k in before)
 
 
 def test_options_are_checked():
