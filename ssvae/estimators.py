@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+import pyro
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from torch import nn
 
 from .errors import ConfigError
 
 # Labeled batches observe y, so the enumerated guide has nothing to enumerate there: expected.
 warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
 from .model import SSVAE
+from .nets import MLP
+from .rb import RaoBlackwellTopK
+from .relax import RelaxLatent, TemperatureSchedule
 
 
 @dataclass
@@ -30,6 +36,14 @@ class Objective:
     model: Callable
     guide: Callable
     loss: ELBO
+    #: Called with the trainer's global step before every optimisation step (e.g. to anneal
+    #: a temperature); ``None`` for estimators without a schedule.
+    step_hook: Optional[Callable[[int], None]] = None
+
+    def at_step(self, step: int) -> None:
+        """Tell the objective which training step comes next (a no-op without a step hook)."""
+        if self.step_hook is not None:
+            self.step_hook(step)
 
     def loss_and_grads(self, *args, **kwargs) -> float:
         """One stochastic estimate: fills ``.grad`` of the parameters, returns the loss."""
@@ -67,6 +81,110 @@ def _baseline(ss: SSVAE, options: dict) -> Objective:
     return Objective(model, ss.guide_classify, Trace_ELBO(max_plate_nesting=1))
 
 
+def _options(name: str, options: dict, defaults: dict) -> dict:
+    """The estimator's options over its defaults; unknown keys are a :class:`ConfigError`."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(f"estimator {name!r} has no option(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(defaults)) or 'none'})")
+    return {**defaults, **options}
+
+
+def _with_y_infer(guide: Callable, infer: Callable[[tuple], dict]) -> Callable:
+    """``guide`` with ``infer(args)`` attached to its latent ``y`` site (via ``poutine.infer_config``)."""
+    def wrapped(*args, **kwargs):
+        extra = infer(args)
+
+        def config_fn(site):
+            return extra if site["name"] == "y" and not site["is_observed"] else {}
+
+        return poutine.infer_config(guide, config_fn)(*args, **kwargs)
+
+    return wrapped
+
+
+#: name of the decaying-average baseline Pyro keeps in the param store for site y
+_AVG_PARAM = "__baseline_avg_downstream_cost_y"
+
+
+def _trace_avg(ss: SSVAE, options: dict) -> Objective:
+    o = _options("trace-avg", options, {"beta": 0.95})
+
+    def infer(args):
+        # Pyro keeps one running average per position of the plate, with the shape of the
+        # first batch; mini-batches are shuffled (and the last one may be smaller), so pool
+        # it to its batch mean, broadcast to this batch: one scalar decaying average.
+        store = pyro.get_param_store()
+        if _AVG_PARAM in store:
+            avg = store[_AVG_PARAM].detach()
+            store[_AVG_PARAM] = avg.mean().expand(args[0].shape[:1]).clone()
+        return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": o["beta"]}}
+
+    return Objective(ss.model, _with_y_infer(ss.guide, infer), TraceGraph_ELBO(max_plate_nesting=1))
+
+
+class _Baseline(nn.Module):
+    """b(x): an MLP ``input -> hidden -> 1``, output squeezed to the batch shape."""
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.net = MLP(input_size, [hidden], 1)
+
+    def forward(self, xs):
+        return self.net(xs).squeeze(-1)
+
+
+def _trace_nvil(ss: SSVAE, options: dict) -> Objective:
+    o = _options("trace-nvil", options, {"hidden": 100})
+    device = next(ss.parameters()).device
+    baseline = _Baseline(ss.input_size, int(o["hidden"])).to(device)
+
+    def infer(args):
+        return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": args[0]}}
+
+    guide = _with_y_infer(ss.guide, infer)
+
+    def nvil_guide(xs, ys=None):
+        pyro.module("nvil_baseline", baseline)  # so that SVI's optimiser trains b(x)
+        return guide(xs, ys)
+
+    obj = Objective(ss.model, nvil_guide, TraceGraph_ELBO(max_plate_nesting=1))
+    obj.baseline = baseline  # for inspection; not an SS-VAE parameter group
+    return obj
+
+
+def _trace_k(ss: SSVAE, options: dict) -> Objective:
+    o = _options("trace-k10", options, {"k": 10})
+    return Objective(ss.model, ss.guide, Trace_ELBO(num_particles=int(o["k"]), vectorize_particles=True,
+                                                    max_plate_nesting=1))
+
+
+def _gumbel(straight_through: bool):
+    name = "gumbel-st" if straight_through else "gumbel"
+
+    def build(ss: SSVAE, options: dict) -> Objective:
+        o = _options(name, options, {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000})
+        schedule = TemperatureSchedule(float(o["tau0"]), float(o["tau_min"]), float(o["rate"]), int(o["every"]))
+        relax = RelaxLatent(schedule(0), straight_through=straight_through)
+
+        def hook(step: int) -> None:
+            relax.temperature = schedule(step)
+
+        obj = Objective(relax(ss.model), relax(ss.guide), Trace_ELBO(max_plate_nesting=1), step_hook=hook)
+        obj.relax, obj.schedule = relax, schedule  # for inspection and tests
+        return obj
+
+    return build
+
+
+def _rb_topk(ss: SSVAE, options: dict) -> Objective:
+    o = _options("rb-topk", options, {"k": 1, "baseline": False})
+    if int(o["k"]) < 1:
+        raise ConfigError(f"rb-topk needs k >= 1 (got {o['k']})")
+    return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=int(o["k"]), site="y", max_plate_nesting=1,
+                                                          baseline=bool(o["baseline"])))
+
+
 REGISTRY: Dict[str, Estimator] = {}
 
 
@@ -89,6 +207,24 @@ register(Estimator(
 register(Estimator(
     "baseline", "supervised-only classifier: q(y|x) trained by cross-entropy on the labeled images",
     _baseline, kind="supervised", pyro_variant="baseline classifier"))
+register(Estimator(
+    "trace-avg", "score function with a decaying-average baseline (beta 0.95) via TraceGraph_ELBO",
+    _trace_avg))
+register(Estimator(
+    "trace-nvil", "score function with a neural baseline b(x) (input-100-1 MLP, NVIL) via TraceGraph_ELBO",
+    _trace_nvil))
+register(Estimator(
+    "trace-k10", "score function averaged over k=10 vectorised particles (as many decoder passes as enum)",
+    _trace_k))
+register(Estimator(
+    "gumbel", "Gumbel-softmax relaxation of y in model and guide, temperature annealed 1 -> 0.5 (biased)",
+    _gumbel(False), unbiased=False))
+register(Estimator(
+    "gumbel-st", "straight-through Gumbel-softmax: hard y forward, relaxed gradient, annealed (biased)",
+    _gumbel(True), unbiased=False))
+register(Estimator(
+    "rb-topk", "Rao-Blackwellised (Liu et al. 2019): sum the k=1 most probable labels, sample one of the rest",
+    _rb_topk))
 
 
 def get_estimator(name: str) -> Estimator:

@@ -11,8 +11,10 @@ g_1..g_n of the negative ELBO. For each parameter group (``encoder_y``, ``encode
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Iterable, List, Optional
 
+import pyro
 import torch
 
 from .estimators import Objective
@@ -23,26 +25,45 @@ def _zero_grads(params: Iterable[torch.Tensor]) -> None:
         p.grad = None
 
 
+@contextlib.contextmanager
+def preserved_param_store():
+    """Undo what gradient draws leave in Pyro's param store: state an estimator updates as it
+    runs (the decaying-average baseline of ``trace-avg``), parameters it creates, and the
+    ``.grad`` of parameters outside the measured groups (the neural baseline of ``trace-nvil``),
+    which the next SVI step would otherwise apply."""
+    store = pyro.get_param_store()
+    state = store.get_state()
+    try:
+        yield
+    finally:
+        for name in [n for n in store.keys() if n not in state["params"]]:
+            del store[name]
+        store.set_state(state)
+        _zero_grads(p for _, p in store.named_parameters())
+
+
 def gradient_samples(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple,
                      n: int) -> Dict[str, torch.Tensor]:
     """``n`` gradient estimates at the current parameters: group -> (n, P) tensor (CPU, float64).
 
     Groups that receive no gradient from this objective are left out. Parameter ``.grad``
-    fields are cleared before and after, so training is not disturbed.
+    fields are cleared before and after, and the param store is restored (see
+    :func:`preserved_param_store`), so training is not disturbed.
     """
     all_params = [p for ps in groups.values() for p in ps]
     draws: Dict[str, List[torch.Tensor]] = {g: [] for g in groups}
     _zero_grads(all_params)
-    for _ in range(n):
-        objective.loss_and_grads(*args)
-        for g, ps in groups.items():
-            grads = [p.grad for p in ps]
-            if all(gr is None for gr in grads):
-                continue
-            flat = torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1)
-                              for gr, p in zip(grads, ps)])
-            draws[g].append(flat.detach().to("cpu", torch.float64))
-        _zero_grads(all_params)
+    with preserved_param_store():
+        for _ in range(n):
+            objective.loss_and_grads(*args)
+            for g, ps in groups.items():
+                grads = [p.grad for p in ps]
+                if all(gr is None for gr in grads):
+                    continue
+                flat = torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1)
+                                  for gr, p in zip(grads, ps)])
+                draws[g].append(flat.detach().to("cpu", torch.float64))
+            _zero_grads(all_params)
     return {g: torch.stack(v) for g, v in draws.items() if v}
 
 

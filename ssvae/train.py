@@ -137,6 +137,7 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------
     def step(self, kind: str, xs: torch.Tensor, ys: Optional[torch.Tensor]) -> Dict[str, float]:
         """One optimisation step on a batch; returns the losses it took (by step kind)."""
+        self.main.at_step(self.global_step)  # step-dependent objectives (annealed temperatures)
         out = {}
         if kind == "sup":
             out["sup"] = self.svi.step(xs, ys)

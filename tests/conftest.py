@@ -12,6 +12,16 @@ from ssvae.model import SSVAE
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny nets: torch's intra-op threads only add contention; on a loaded 2-core machine
+    the statistical tests run 5-15x slower with them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyro():
     pyro.clear_param_store()
