@@ -11,7 +11,7 @@ ARGS ?=
 SSVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),../shared/data,data)
 export SSVAE_DATA_DIR
 
-.PHONY: install bench report test regress regress-save clean
+.PHONY: install bench report test regress regress-short regress-save clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -30,6 +30,20 @@ report: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# Performance regression: step-time ratios (Pyro / hand-written reference, enum / trace) against
+# results/baselines/<machine>.json. REGRESS_ARGS e.g. --short, --inject-slowdown enum:0.3, --tolerance 0.25.
+REGRESS_ARGS ?=
+
+regress: install
+	$(PYTHON) -m bench.regress run $(REGRESS_ARGS)
+
+# the short mode CI runs (fewer rounds, tolerance_short): `make test` should run this after pytest
+regress-short: install
+	$(PYTHON) -m bench.regress run --short $(REGRESS_ARGS)
+
+regress-save: install
+	$(PYTHON) -m bench.regress save $(REGRESS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info

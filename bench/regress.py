@@ -1,0 +1,375 @@
+"""Performance-regression check: step-time RATIOS against a stored per-machine baseline.
+
+    python -m bench.regress run  [--short] [--inject-slowdown enum:0.3] [--tolerance 0.2]
+    python -m bench.regress save [--short]
+    python -m bench.regress compare RESULTS.json     # re-check a saved pytest-benchmark JSON
+
+``run`` runs ``tests/benchmarks`` under pytest-benchmark (``--benchmark-json``), forms the
+ratios below, prints them, and compares them with ``results/baselines/<machine>.json``;
+any ratio above ``baseline * (1 + tolerance)`` is a regression: one line per regression
+naming the estimator, the step kind, the baseline ratio and the new one, and exit status
+1. ``save`` runs the suite ``--repeat`` times (3) and writes, per ratio, the median, the
+spread (max/min - 1) it saw and a tolerance from it (twice the spread, within 15%..40%;
+short mode +10%), with the machine it came from. Absolute milliseconds are printed, never
+checked: on a shared machine they move by 2x from one minute to the next, while ratios of
+two steps timed seconds apart move by far less.
+
+Ratios ("metrics"):
+
+* ``pyro/ref:<estimator>:<kind>`` -- Pyro's step over the hand-written step of the same
+  objective (``ssvae.reference``): Pyro's overhead. Where an estimator has no hand-written
+  counterpart the reference ``unsup-sampled`` step is the yardstick (``pyro/yardstick:...``).
+* ``enum/trace:unsup`` -- the enumerated unlabeled step over the sampled one, both Pyro.
+
+Each ratio is PAIRED: the benchmark of a Pyro step runs its partner step (the reference,
+or Pyro's trace step for ``enum/trace``) just before each timed round, and the ratio is the
+median over rounds of (this round's step / its partner). Interference from other processes
+on a shared machine lasts longer than a step, so it cancels in the ratio, where it does not
+in a ratio of two benchmarks timed a minute apart (measured here: 50-150% run-to-run
+spread unpaired, against ~10% paired). ``--stat`` (default ``q25``, the first quartile)
+only decides the milliseconds printed and the matmul rate.
+
+``--short`` (``REGRESS_SHORT=1``) runs fewer rounds and uses the baseline's
+``tolerance_short``. ``--inject-slowdown`` makes a chosen Pyro step do extra work (see
+``bench/slowdown.py``) to show the check going red; without it the variable
+``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = REPO / "results" / "baselines"
+BENCH_DIR = "tests/benchmarks"
+DEFAULT_TOLERANCE = 0.20
+TOL_FLOOR = 0.15
+TOL_CAP = 0.40
+SHORT_EXTRA = 0.10
+DEFAULT_STAT = "q25"
+INJECT_ENV = "SSVAE_INJECT_SLOWDOWN"
+
+
+# -- the machine --------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def machine_info() -> dict:
+    import pyro
+    import torch
+
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "benchmark_threads": int(os.environ.get("REGRESS_THREADS", "1")),
+    }
+
+
+def machine_name() -> str:
+    """``$REGRESS_MACHINE``, else a slug of the CPU model and core count (e.g. ``amd-epyc-2cpu``)."""
+    if os.environ.get("REGRESS_MACHINE"):
+        return os.environ["REGRESS_MACHINE"]
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor", "", cpu_model().lower())).strip("-")
+    return f"{slug or 'unknown'}-{os.cpu_count()}cpu"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def baseline_path(name: Optional[str] = None) -> Path:
+    return BASELINES / f"{name or machine_name()}.json"
+
+
+# -- running the suite --------------------------------------------------------------------------
+def run_benchmarks(short: bool, inject: Optional[str] = None, rounds: Optional[int] = None,
+                   pytest_args: Tuple[str, ...] = ()) -> dict:
+    """Run ``tests/benchmarks`` in a fresh pytest and return pytest-benchmark's JSON."""
+    env = dict(os.environ)
+    env.pop(INJECT_ENV, None)  # never inherited: only --inject-slowdown sets it
+    if inject:
+        from .slowdown import parse
+
+        parse(inject)  # fail early on a bad spec
+        env[INJECT_ENV] = inject
+    env["REGRESS_SHORT"] = "1" if short else "0"
+    if rounds:
+        env["REGRESS_ROUNDS"] = str(rounds)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", BENCH_DIR, "-q", "-p", "no:cacheprovider",
+               "--benchmark-enable", "--benchmark-disable-gc", f"--benchmark-json={out}",
+               "--benchmark-columns=min,median,max,iqr", "--benchmark-sort=name", *pytest_args]
+        print("$ " + " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=env)
+        if proc.returncode != 0 or not out.exists():
+            raise SystemExit(f"regress: the benchmark run failed (pytest exit status {proc.returncode})")
+        return json.loads(out.read_text())
+
+
+# -- from benchmark JSON to ratios --------------------------------------------------------------
+def _stat(stats: dict, stat: str) -> float:
+    return {"min": stats["min"], "q25": stats["q1"], "median": stats["median"], "mean": stats["mean"]}[stat]
+
+
+def step_times(bench_json: dict, stat: str = DEFAULT_STAT) -> Dict[Tuple[str, str, str], dict]:
+    """{(estimator, kind, impl): {"t": seconds by ``stat``, "median": ..., "info": extra_info}}."""
+    out = {}
+    for b in bench_json["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "impl" not in info:
+            continue
+        out[(info["estimator"], info["step_kind"], info["impl"])] = {
+            "t": _stat(b["stats"], stat), "median": b["stats"]["median"], "min": b["stats"]["min"],
+            "rounds": b["stats"]["rounds"], "info": info}
+    return out
+
+
+def gemm_rate(bench_json: dict, stat: str = DEFAULT_STAT) -> Optional[float]:
+    for b in bench_json["benchmarks"]:
+        if b.get("extra_info", {}).get("gemm_shape"):
+            return b["extra_info"]["flops"] / _stat(b["stats"], stat)
+    return None
+
+
+def paired_ratio(info: dict) -> Tuple[float, float, float]:
+    """(median of per-round target/partner ratios, median target s, median partner s)."""
+    t, p = info["target_s"], info["partner_s"]
+    return (statistics.median(a / b for a, b in zip(t, p)), statistics.median(t), statistics.median(p))
+
+
+def ratios(bench_json: dict) -> Dict[str, dict]:
+    """The metrics the check compares (paired ratios), each with what it is made of."""
+    out = {}
+    for b in sorted(bench_json["benchmarks"], key=lambda b: b["name"]):
+        info = b.get("extra_info", {})
+        if not info.get("target_s"):
+            continue
+        ratio, t, p = paired_ratio(info)
+        est, kind = info["estimator"], info["step_kind"]
+        if info.get("pair") == "enum/trace":
+            name, what = "enum/trace:unsup", "Pyro enum unsup step / Pyro trace unsup step"
+        elif info.get("impl") == "pyro":
+            exact = info.get("exact_counterpart", True)
+            name = f"{'pyro/ref' if exact else 'pyro/yardstick'}:{est}:{kind}"
+            what = f"Pyro {est} {kind} step / reference {info['reference']} step"
+        else:
+            continue
+        out[name] = {"ratio": ratio, "estimator": est, "step_kind": kind, "what": what,
+                     "pyro_s": t, "ref_s": p, "rounds": len(info["target_s"])}
+    return out
+
+
+def compare(new: Dict[str, dict], baseline: dict, tolerance: Optional[float] = None,
+            short: bool = False) -> Tuple[List[str], List[str]]:
+    """(regressions, notes): a regression is a ratio above ``baseline * (1 + tolerance)``.
+
+    ``tolerance`` None: each metric's own (``tolerance`` / ``tolerance_short`` in the baseline,
+    set by ``save`` from the spread it observed), else the baseline's global one.
+    """
+    regressions, notes = [], []
+    base = baseline.get("metrics", {})
+    key = "tolerance_short" if short else "tolerance"
+    for name, m in new.items():
+        if name not in base:
+            notes.append(f"note: {name} ({m['what']}) has no baseline on this machine: not checked "
+                         f"(ratio {m['ratio']:.3f}; `make regress-save` to record it)")
+            continue
+        b = base[name]["ratio"]
+        tol = tolerance if tolerance is not None else base[name].get(key, baseline.get(key, DEFAULT_TOLERANCE))
+        limit = b * (1 + tol)
+        if m["ratio"] > limit:
+            regressions.append(
+                f"REGRESSION: estimator {m['estimator']}, step kind {m['step_kind']} ({name}: {m['what']}): "
+                f"baseline ratio {b:.3f}, new ratio {m['ratio']:.3f} ({m['ratio'] / b - 1:+.0%}; "
+                f"tolerance +{tol:.0%}, limit {limit:.3f})")
+        elif m["ratio"] < b / (1 + tol):
+            notes.append(f"note: {name} is faster than its baseline ({b:.3f} -> {m['ratio']:.3f}): "
+                         f"consider `make regress-save`")
+    for name in base:
+        if name not in new:
+            notes.append(f"note: {name} is in the baseline but was not measured")
+    return regressions, notes
+
+
+def table(times, metrics, rate, baseline=None, short=False) -> str:
+    from ssvae.flops import step_flops
+
+    lines = [f"{'metric (paired, median of rounds)':<34} {'pyro ms':>8} {'ref ms':>8} {'ratio':>7} "
+             f"{'base':>7} {'change':>7} {'tol':>5}"]
+    base = (baseline or {}).get("metrics", {})
+    for name, m in metrics.items():
+        b = base.get(name, {}).get("ratio")
+        change = f"{m['ratio'] / b - 1:+.0%}" if b else "-"
+        tol = base.get(name, {}).get("tolerance_short" if short else "tolerance")
+        lines.append(f"{name:<34} {m['pyro_s'] * 1e3:8.1f} {m['ref_s'] * 1e3:8.1f} {m['ratio']:7.3f} "
+                     f"{(f'{b:.3f}' if b else '-'):>7} {change:>7} {(f'{tol:.0%}' if tol else '-'):>5}")
+    if rate:
+        lines.append("")
+        lines.append(f"matmul rate (GEMM 2000x794 @ 794x500): {rate / 1e9:.1f} GFLOP/s")
+        lines.append(f"{'reference step':<16} {'GFLOP':>7} {'ms':>8} {'limit ms':>9} {'x limit':>8}")
+        seen = set()
+        for (est, kind, impl), r in sorted(times.items()):
+            rk = r["info"]["reference"]
+            if impl != "ref" or rk in seen:
+                continue
+            seen.add(rk)
+            f = step_flops(rk)["total"]
+            lines.append(f"{rk:<16} {f / 1e9:7.3f} {r['t'] * 1e3:8.1f} {f / rate * 1e3:9.1f} "
+                         f"{r['t'] / (f / rate):8.2f}")
+    return "\n".join(lines)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return ""
+
+
+def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], short: bool,
+          stat: Optional[str] = None) -> int:
+    if not baseline_file.exists():
+        print(f"regress: no baseline for this machine ({_rel(baseline_file)}): "
+              f"run `make regress-save` first", file=sys.stderr)
+        return 2
+    baseline = json.loads(baseline_file.read_text())
+    stat = stat or baseline.get("stat", DEFAULT_STAT)
+    times = step_times(bench_json, stat)
+    metrics = ratios(bench_json)
+    print(table(times, metrics, gemm_rate(bench_json, stat), baseline, short))
+    regressions, notes = compare(metrics, baseline, tolerance, short)
+    for n in notes:
+        print(n)
+    print(f"baseline {_rel(baseline_file)} ({baseline.get('date', '?')}, "
+          f"{baseline.get('machine', {}).get('cpu_model', '?')}); tolerance "
+          f"{'+%.0f%% (given)' % (100 * tolerance) if tolerance is not None else 'per ratio (tol column)'}"
+          f"{' (short mode)' if short else ''}")
+    if regressions:
+        print("\n".join(regressions), file=sys.stderr)
+        print(f"regress: FAILED, {len(regressions)} ratio(s) above the baseline", file=sys.stderr)
+        return 1
+    print(f"regress: OK, {len(metrics)} ratios within tolerance")
+    return 0
+
+
+def tolerances(spread: float) -> Tuple[float, float]:
+    """(full, short) tolerance of a ratio whose save runs spread by ``spread`` (max/min - 1).
+
+    Twice the observed spread (a new run is compared with the median of the save runs),
+    at least TOL_FLOOR (a few save runs underestimate the spread), at most TOL_CAP; short
+    mode (fewer rounds) gets SHORT_EXTRA more, as measured on the machine the defaults
+    were chosen on (results/baselines/README.md).
+    """
+    full = min(TOL_CAP, max(TOL_FLOOR, 2 * spread))
+    return round(full, 3), round(min(TOL_CAP + SHORT_EXTRA, full + SHORT_EXTRA), 3)
+
+
+def save(runs: List[dict], path: Path, short: bool, stat: str, tolerance: Optional[float] = None,
+         tolerance_short: Optional[float] = None) -> dict:
+    """Write the baseline: per ratio, the median over ``runs`` (pytest-benchmark JSONs), its spread
+    and its tolerances (``tolerance``/``tolerance_short`` given: the same for every ratio)."""
+    per_run = [ratios(r) for r in runs]
+    times = step_times(runs[-1], stat)
+    metrics = {}
+    for name in per_run[-1]:
+        values = [m[name]["ratio"] for m in per_run if name in m]
+        spread = max(values) / min(values) - 1
+        tol, tol_short = tolerances(spread)
+        m = dict(per_run[-1][name])
+        m.update({"ratio": statistics.median(values), "runs": [round(v, 4) for v in values],
+                  "spread": round(spread, 4),
+                  "tolerance": tolerance if tolerance is not None else tol,
+                  "tolerance_short": tolerance_short if tolerance_short is not None else tol_short})
+        metrics[name] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
+    print(table(times, metrics, gemm_rate(runs[-1], stat)))
+    rates = [gemm_rate(r, stat) or 0 for r in runs]
+    doc = {
+        "machine_name": path.stem,
+        "machine": machine_info(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "short": short,
+        "save_runs": len(runs),
+        "stat": stat,
+        "tolerance": tolerance if tolerance is not None else TOL_FLOOR,
+        "tolerance_short": tolerance_short if tolerance_short is not None else TOL_FLOOR + SHORT_EXTRA,
+        "matmul_gflops": round(statistics.median(rates) / 1e9, 2),
+        "metrics": metrics,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"regress: baseline written to {_rel(path)} (median of {len(runs)} run(s); spread and "
+          f"tolerance per ratio inside)")
+    return doc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("run", "save", "compare"))
+    p.add_argument("results", nargs="?", help="compare: a pytest-benchmark JSON file")
+    p.add_argument("--short", action="store_true", default=os.environ.get("REGRESS_SHORT", "") not in ("", "0"),
+                   help="fewer rounds (also REGRESS_SHORT=1)")
+    p.add_argument("--inject-slowdown", metavar="EST[/KIND]:FRAC",
+                   help="run: make that Pyro step do FRAC more work, e.g. enum:0.3 (demonstration)")
+    p.add_argument("--tolerance", type=float, help="allowed relative rise of a ratio (default: the baseline's)")
+    p.add_argument("--stat", choices=("min", "q25", "median", "mean"), help=f"per-benchmark time (default {DEFAULT_STAT})")
+    p.add_argument("--rounds", type=int, help="rounds per benchmark (default 15, short 5)")
+    p.add_argument("--baseline", type=Path, help="baseline file (default results/baselines/<machine>.json)")
+    p.add_argument("--json-out", type=Path, help="also keep the pytest-benchmark JSON here")
+    p.add_argument("--repeat", type=int, default=None, help="save: runs of the suite (default 3, short 1)")
+    args = p.parse_args(argv)
+    path = (args.baseline if args.baseline is None or args.baseline.is_absolute()
+            else Path.cwd() / args.baseline) or baseline_path()
+    path = path.resolve()
+    if args.command == "compare":
+        if not args.results:
+            p.error("compare needs a pytest-benchmark JSON file")
+        return check(json.loads(Path(args.results).read_text()), path, args.tolerance, args.short, args.stat)
+    if args.command == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
+        print(f"regress: refusing to save a baseline with an injected slowdown "
+              f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
+        return 2
+    repeat = 1 if args.command == "run" else (args.repeat or (1 if args.short else 3))
+    runs = [run_benchmarks(args.short, args.inject_slowdown, args.rounds) for _ in range(repeat)]
+    bench_json = runs[-1]
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(runs if repeat > 1 else bench_json))
+    if args.command == "save":
+        save(runs, path, args.short, args.stat or DEFAULT_STAT, args.tolerance,
+             None if args.tolerance is None else args.tolerance + SHORT_EXTRA)
+        return 0
+    return check(bench_json, path, args.tolerance, args.short, args.stat)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
