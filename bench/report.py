@@ -365,14 +365,16 @@ def table1(res: Results) -> pd.DataFrame:
             rows.append({
                 "labels": int(labels), "variant": variant_label(est, aux), "estimator": est, "aux": bool(aux),
                 "n_ok": len(ok), "n_cells": len(cells),
-                "n_failed": int(cells.status.isin(BAD_STATUS).sum()),
+                "n_failed": int((cells.status == "failed").sum()),
+                "n_diverged": int((cells.status == "diverged").sum()),
+                "n_corrupt": int((cells.status == "corrupt").sum()),
                 "n_missing": int((cells.status == "missing").sum()),
                 "mean": _round(mean), "ci95_halfwidth": _round(half),
                 "pyro_mean": p_mean, "pyro_bound": p_bound,
                 "diff_vs_pyro": _round(mean - p_mean) if mean is not None and p_mean is not None else None,
             })
     return pd.DataFrame(rows, columns=["labels", "variant", "estimator", "aux", "n_ok", "n_cells", "n_failed",
-                                       "n_missing", "mean", "ci95_halfwidth", "pyro_mean", "pyro_bound",
+                                       "n_diverged", "n_corrupt", "n_missing", "mean", "ci95_halfwidth", "pyro_mean", "pyro_bound",
                                        "diff_vs_pyro"])
 
 
@@ -381,20 +383,15 @@ def _round(x, nd=6):
 
 
 def _table1_cell(row) -> str:
-    if row.n_ok == 0:
-        text = "missing" if row.n_missing == row.n_cells else "failed"
-        if row.n_failed and row.n_missing:
-            text = f"failed ({row.n_failed}) / missing ({row.n_missing})"
-        return text
+    counts = [(row.n_failed, "failed"), (row.n_diverged, "diverged"), (row.n_corrupt, "corrupt"),
+              (row.n_missing, "missing")]
+    notes = [f"{n} {what}" for n, what in counts if n]
+    if row.n_ok == 0:  # nothing to average: say what happened, worst first
+        return " / ".join(notes) if len(notes) > 1 else (notes[0].split(" ", 1)[1] if notes else "missing")
     if row.ci95_halfwidth is None or pd.isna(row.ci95_halfwidth):
         text = f"{row['mean']:.4f} (n=1)"
     else:
         text = f"{row['mean']:.4f} ± {row.ci95_halfwidth:.4f} (n={row.n_ok})"
-    notes = []
-    if row.n_failed:
-        notes.append(f"{row.n_failed} failed")
-    if row.n_missing:
-        notes.append(f"{row.n_missing} missing")
     return text + (f" [{', '.join(notes)}]" if notes else "")
 
 
@@ -485,10 +482,32 @@ def table_grad_variance(res: Results) -> Tuple[pd.DataFrame, pd.DataFrame]:
                          "median_snr": _sig(sub["snr"].median()) if "snr" in sub else None,
                          "median_ratio_to_enum": _sig(sub["ratio_to_enum"].median())})
     med = pd.DataFrame(med_rows)
-    # unsupervised steps first: that is where the estimators differ
+    # unsupervised steps first (that is where the estimators differ), then encoder_y, encoder_z, decoder
     med["_k"] = med["step_kind"].map({"unsup": 0, "sup": 1}).fillna(2)
-    med = med.sort_values(["_k", "labels"], kind="stable").drop(columns="_k").reset_index(drop=True)
+    med["_g"] = med["param_group"].map({"encoder_y": 0, "encoder_z": 1, "decoder": 2}).fillna(3)
+    med = med.sort_values(["_k", "labels", "_g"], kind="stable").drop(columns=["_k", "_g"]).reset_index(drop=True)
     return per, med
+
+
+def grad_variance_display(med: pd.DataFrame, res: Results) -> pd.DataFrame:
+    """Wide: one row per (step kind, label count, param group); per variant "variance (×enum) / SNR"."""
+    if not len(med):
+        return pd.DataFrame()
+    cols = [v for v in (variant_label(e, a) for e, a in variants(res)) if v in set(med.variant)]
+    cols += sorted(set(med.variant) - set(cols))
+    rows = []
+    for (kind, labels, group), sub in med.groupby(["step_kind", "labels", "param_group"], sort=False):
+        row = {"step kind": kind, "labels": str(labels), "param group": group}
+        by = sub.set_index("variant")
+        for v in cols:
+            if v not in by.index:
+                row[v] = "–"
+                continue
+            b = by.loc[v]
+            row[v] = (f"{_fmt_sig(b.median_variance)} (×{_fmt_sig(b.median_ratio_to_enum)}) / "
+                      f"{_fmt_sig(b.median_snr)}")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _sig(x, sig=6):
@@ -727,14 +746,14 @@ def plot_samples(res: Results, path: Path) -> Tuple[Optional[Path], Optional[str
     for c in range(n_cls):
         for j in range(n):
             grid[c * (h + pad): c * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = 255 - arr[c, j]
-    fig, ax = plt.subplots(figsize=(0.45 * n + 1.5, 0.45 * n_cls + 1.0))
+    fig, ax = plt.subplots(figsize=(max(0.5 * n + 2.0, 8.0), 0.5 * n_cls + 1.6))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.grid(False)
     ax.set_yticks([c * (h + pad) + h / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)])
     ax.set_xticks([])
     ax.set_ylabel("class y the decoder was given")
-    ax.set_xlabel(f"samples x ~ p(x | y, z), z ~ N(0, I)  (pixel probability, dark = 1)")
-    return _save(fig, path, res.env, f"Generated digits, one row per class ({cell})"), cell
+    ax.set_xlabel("samples x ~ p(x | y, z), z ~ N(0, I); pixel probability, dark = 1")
+    return _save(fig, path, res.env, f"Generated digits, one row per class\n(cell {cell})"), cell
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,9 +856,12 @@ def render_html(title: str, env: dict, sections: List[Section]) -> str:
         blocks = []
         for caption, df, table_id in s.tables:
             cap = f"<p class=\"cap\">{html.escape(caption)}</p>" if caption else ""
-            blocks.append(f"<div>{cap}<div class=\"tscroll\">{html_table(df, table_id)}</div>"
-                          f"<p class=\"prov\">{prov}</p></div>")
-        parts.append(f"<div class=\"row\">{''.join(blocks)}</div>" if s.side_by_side else "".join(blocks))
+            foot = "" if s.side_by_side else f"<p class=\"prov\">{prov}</p>"
+            blocks.append(f"<div>{cap}<div class=\"tscroll\">{html_table(df, table_id)}</div>{foot}</div>")
+        if s.side_by_side and blocks:  # one provenance line under the row, so it does not widen each block
+            parts.append(f"<div class=\"row\">{''.join(blocks)}</div><p class=\"prov\">{prov}</p>")
+        else:
+            parts.append("".join(blocks))
         for img in s.images:
             data = base64.b64encode(img.read_bytes()).decode("ascii")
             parts.append(f"<img alt=\"{html.escape(img.stem)}\" src=\"data:image/png;base64,{data}\">")
@@ -878,10 +900,16 @@ def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True)
     grad_per, grad_med = table_grad_variance(res)
     cells = table_cells(res)
     write_table(t1, tables_dir, "table1_long", env, "Table 1 (long form): test accuracy at best validation epoch")
-    write_table(ours, tables_dir, "table1", env,
-                "Table 1: test accuracy at best validation epoch, mean ± 95% t-interval half-width over seeds")
-    write_table(pyro, tables_dir, "table1_pyro", env, "Pyro tutorial Table 1 (5 seeds, 50 epochs): mean ± 95% bound")
-    write_table(diff, tables_dir, "table1_diff_vs_pyro", env, "Our mean minus Pyro's published mean")
+    captions = {"table1": "Table 1: test accuracy at best validation epoch, mean ± 95% t-interval half-width "
+                          "over seeds",
+                "table1_pyro": "Pyro tutorial Table 1 (5 seeds, 50 epochs): mean ± 95% bound",
+                "table1_diff_vs_pyro": "Our mean minus Pyro's published mean"}
+    for name, df in (("table1", ours), ("table1_pyro", pyro), ("table1_diff_vs_pyro", diff)):
+        write_table(df, tables_dir, name, env, captions[name])
+    # table1.md carries the reference block and the differences too
+    (tables_dir / "table1.md").write_text("\n".join(
+        f"**{captions[name]}**\n\n{markdown_table(df)}" for name, df in
+        (("table1", ours), ("table1_pyro", pyro), ("table1_diff_vs_pyro", diff))) + f"\n_{provenance(env)}_\n")
     write_table(status_summary, tables_dir, "status_summary", env, "Cells by status")
     write_table(status_bad, tables_dir, "status_cells", env, "Cells that are not ok")
     write_table(cells, tables_dir, "cells", env, "Every cell")
@@ -905,8 +933,11 @@ def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True)
         figs["samples"], sample_cell = plot_samples(res, plots_dir / "samples.png")
     img = lambda k: [figs[k]] if figs.get(k) else []
 
+    grad_wide = grad_variance_display(grad_med, res)
+    write_table(grad_wide, tables_dir, "grad_variance_wide", env,
+                "Gradient variance (ratio to enum) / SNR: median over common checkpoints and seeds")
     sections = _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide, timing_rel,
-                         grad_med, sample_cell, img)
+                         grad_wide, sample_cell, img)
     title = f"ssvae-bench report: {env.get('preset', root.name)}"
     (root / "report.md").write_text(render_markdown(title, env, sections, root))
     (root / "report.html").write_text(render_html(title, env, sections))
@@ -988,9 +1019,10 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
             f"count and seed (steps {', '.join(map(str, steps))}). Variance: mean over coordinates of the "
             "per-coordinate variance of the gradient estimate; SNR: mean squared gradient over variance. "
             "The table gives the **median over checkpoints and seeds**; the ratio to enum is computed at each "
-            "checkpoint first, then its median taken. Per-checkpoint values: `tables/grad_variance_by_checkpoint.csv`.")
-        gv.tables = [("Gradient variance and SNR (median over common checkpoints and seeds)", grad_med,
-                      "grad-variance")]
+            "checkpoint first, then its median taken. Each cell reads `variance (×ratio to enum) / SNR`. "
+            "Long form: `tables/grad_variance.csv`; per checkpoint: `tables/grad_variance_by_checkpoint.csv`.")
+        gv.tables = [("Gradient variance (×: ratio to enum's) / SNR, median over common checkpoints and seeds",
+                      grad_med, "grad-variance")]
         gv.images = img("grad_variance")
     else:
         gv.text.append("No common-checkpoint rows in grad_variance.csv.")
