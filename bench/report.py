@@ -32,8 +32,8 @@ import pandas as pd
 
 PYRO_TABLE1 = Path(__file__).with_name("pyro_table1.csv")
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
-STATUS_ORDER = ("ok", "failed", "diverged", "corrupt", "missing")
-BAD_STATUS = ("failed", "diverged", "corrupt")
+#: "stale": runs.csv says the file was written for another configuration than the grid's
+STATUS_ORDER = ("ok", "failed", "diverged", "corrupt", "stale", "missing")
 #: estimators shown first, in Pyro's order; the rest follow in the grid's order; baselines go last
 LEADING = ("trace", "enum")
 BASELINES = ("baseline",)
@@ -103,13 +103,20 @@ def _expected_cells(env: dict) -> List[str]:
     if isinstance(cells, list):
         return [str(c) for c in cells]
     grid = env.get("grid") or {}
+    ests = list(grid.get("estimators", [])) + (["baseline"] if grid.get("baseline") else [])
     out = []
     for labels in grid.get("labels", []):
-        for est in grid.get("estimators", []):
+        for est in ests:
             for aux in ((False,) if est in BASELINES else grid.get("aux", [False])):
                 for seed in grid.get("seeds", []):
                     out.append(f"{est}{'+aux' if aux else ''}_L{labels}_s{seed}")
     return out
+
+
+def _status(value) -> str:
+    """The harness's status words; "corrupt: <reason>" (runs.csv) counts as corrupt."""
+    text = str(value or "failed").strip()
+    return "corrupt" if text.startswith("corrupt") else text
 
 
 def _run_row(cell: str, record: Optional[dict]) -> dict:
@@ -124,7 +131,7 @@ def _run_row(cell: str, record: Optional[dict]) -> dict:
             row[key] = cfg[key]
     if "aux" in cfg:
         row["aux"] = _bool(cfg["aux"])
-    row["status"] = str(record.get("status") or "failed")
+    row["status"] = _status(record.get("status"))
     row["error"] = record.get("error")
     metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
     for key in RUN_NUMERIC:
@@ -166,13 +173,15 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         for rec in csv_runs.to_dict("records"):
             cell = str(rec["cell"])
             if cell in rows:
+                if str(rec.get("status")) == "stale":  # the harness found the file is for another config
+                    rows[cell].update(status="stale", error="result file written for another configuration")
                 continue
             row = {"cell": cell, **(parse_cell(cell) or {}), "source": "runs.csv"}
             for key in ("estimator", "labels", "seed", "status", "error", *RUN_NUMERIC):
                 if key in rec and not (isinstance(rec[key], float) and math.isnan(rec[key])):
                     row[key] = rec[key]
             row["aux"] = _bool(rec.get("aux", row.get("aux")))
-            row.setdefault("status", "failed")
+            row["status"] = _status(row.get("status"))
             rows[cell] = row
 
     expected = _expected_cells(env)
@@ -303,7 +312,8 @@ def provenance(env: dict) -> str:
     device = env.get("device", "?")
     name = env.get("device_name") or env.get("cpu_name") or "?"
     sha = str(env.get("data_sha256") or "?")[:12]
-    commit = str(env.get("git_commit") or "?")[:10]
+    commit = str(env.get("git_commit") or "?")
+    commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
     return (f"preset {env.get('preset', '?')} · seeds {seeds} · {grid.get('epochs', '?')} epochs · "
             f"{device}: {name} · torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
             f"python {env.get('python', '?')} · data sha256 {sha} · commit {commit} · {env.get('date', '?')}")
@@ -368,13 +378,15 @@ def table1(res: Results) -> pd.DataFrame:
                 "n_failed": int((cells.status == "failed").sum()),
                 "n_diverged": int((cells.status == "diverged").sum()),
                 "n_corrupt": int((cells.status == "corrupt").sum()),
+                "n_stale": int((cells.status == "stale").sum()),
+                "n_other": int((~cells.status.isin(STATUS_ORDER)).sum()),
                 "n_missing": int((cells.status == "missing").sum()),
                 "mean": _round(mean), "ci95_halfwidth": _round(half),
                 "pyro_mean": p_mean, "pyro_bound": p_bound,
                 "diff_vs_pyro": _round(mean - p_mean) if mean is not None and p_mean is not None else None,
             })
     return pd.DataFrame(rows, columns=["labels", "variant", "estimator", "aux", "n_ok", "n_cells", "n_failed",
-                                       "n_diverged", "n_corrupt", "n_missing", "mean", "ci95_halfwidth", "pyro_mean", "pyro_bound",
+                                       "n_diverged", "n_corrupt", "n_stale", "n_other", "n_missing", "mean", "ci95_halfwidth", "pyro_mean", "pyro_bound",
                                        "diff_vs_pyro"])
 
 
@@ -384,7 +396,7 @@ def _round(x, nd=6):
 
 def _table1_cell(row) -> str:
     counts = [(row.n_failed, "failed"), (row.n_diverged, "diverged"), (row.n_corrupt, "corrupt"),
-              (row.n_missing, "missing")]
+              (row.n_stale, "stale"), (row.n_other, "other status"), (row.n_missing, "missing")]
     notes = [f"{n} {what}" for n, what in counts if n]
     if row.n_ok == 0:  # nothing to average: say what happened, worst first
         return " / ".join(notes) if len(notes) > 1 else (notes[0].split(" ", 1)[1] if notes else "missing")
@@ -955,18 +967,22 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
 
     overview = Section("Run", text=[
         f"Command: `{env.get('command', '?')}`",
-        f"Grid: estimators {', '.join(map(str, grid.get('estimators', []))) or '?'}; aux "
+        f"Grid: estimators {', '.join(map(str, grid.get('estimators', []))) or '?'}"
+        f"{' + supervised baseline' if grid.get('baseline') else ''}; aux "
         f"{', '.join(str(a).lower() for a in grid.get('aux', [])) or '?'}; labels "
         f"{', '.join(map(str, grid.get('labels', []))) or '?'}; seeds "
-        f"{', '.join(map(str, grid.get('seeds', []))) or '?'}; {grid.get('epochs', '?')} epochs.",
+        f"{', '.join(map(str, grid.get('seeds', []))) or '?'}; {grid.get('epochs', '?')} epochs"
+        f"{'' if not grid.get('steps_per_epoch') else ' of ' + str(grid['steps_per_epoch']) + ' steps'}.",
         f"Environment: python {env.get('python', '?')}, torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
         f"torchvision {env.get('torchvision', '?')}; {env.get('platform', '?')}; device {env.get('device', '?')} "
         f"({env.get('device_name', '?')}); CPU {env.get('cpu_name', '?')}, {env.get('threads', '?')} threads; "
         f"data sha256 `{env.get('data_sha256', '?')}`; commit `{env.get('git_commit', '?')}`; "
         f"date {env.get('date', '?')}.",
         f"**Cells: {int(s['expected'])} expected, {int(s['present'])} present, {n_absent} absent (no result file); "
-        f"{int(s['ok'])} ok, {int(s['failed'])} failed, {int(s['diverged'])} diverged, {int(s['corrupt'])} "
-        f"corrupt.**"])
+        + ", ".join(f"{int(s[k])} {k}" for k in s.index
+                    if k not in ("expected", "present", "unexpected", "missing")
+                    and (s[k] or k in ("ok", "failed", "diverged", "corrupt")))
+        + (f"; {int(s['unexpected'])} not in the grid" if s["unexpected"] else "") + ".**"])
     if res.problems:
         overview.text.append("Problems reading the folder: " + "; ".join(res.problems))
     secs.append(overview)

@@ -189,3 +189,24 @@ def test_add_report_parser_wires_func():
     report.add_report_parser(sub)
     args = parser.parse_args(["report", "R", "--compare-timing", "G", "--compare-timing", "H"])
     assert args.func is report.cmd_report and args.compare_timing == ["G", "H"] and args.results_dir == "R"
+
+
+def test_harness_csv_statuses(tmp_path):
+    """runs.csv rows as the harness writes them: 'stale', 'corrupt: <reason>', 'missing', baseline by flag."""
+    env = fabricate_results(tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs.loc[runs.cell == "enum_L100_s0", "status"] = "stale"
+    runs.loc[runs.cell == "trace_L100_s0", "status"] = "corrupt: JSONDecodeError"
+    (tmp_path / "runs" / "trace_L100_s0.json").unlink()
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    env["grid"]["estimators"] = ["trace", "enum", "enum-seq"]
+    env["grid"]["baseline"] = True
+    del env["expected_cells"]  # fall back on the grid, baseline included
+    (tmp_path / "env.json").write_text(json.dumps(env))
+    report.build_report(tmp_path, plots=False)
+    bad = pd.read_csv(tmp_path / "tables/status_cells.csv").set_index("cell")["status"].to_dict()
+    assert bad["enum_L100_s0"] == "stale" and bad["trace_L100_s0"] == "corrupt"
+    s = pd.read_csv(tmp_path / "tables/status_summary.csv").iloc[0]
+    assert s.expected == 28 and s.stale == 1
+    wide = pd.read_csv(tmp_path / "tables/table1.csv", dtype=str).set_index("labels")
+    assert wide.loc["100", "enum"].endswith("[1 stale]") and "baseline" in wide.columns
