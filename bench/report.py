@@ -9,7 +9,37 @@ It writes into RESULTS_DIR:
 * ``report.md`` (links the plots) and ``report.html`` (plots inline as base64 PNG; opens from disk).
 
 Tables are byte-identical when the report is run twice on the same folder: nothing in them depends
-on the clock; the date shown is the one the harness wrote into ``env.json``.
+on the clock; the date shown is the one the harness wrote into ``env.json``. PNGs are saved without
+matplotlib's version/date metadata, so in practice the plots and report.html are reproducible too.
+
+CPU and GPU side by side. A results folder holds one device. To compare step times across devices,
+run the same preset on each device and name the other folders::
+
+    python -m bench report results/quick-cpu --compare-timing results/quick-cuda [--compare-timing ...]
+
+The timing table, the enum/trace cost ratio and the timing plot then have one block per device;
+the section lists which folder (device, preset, commit) each timing came from. Only ``timing.csv``
+is taken from the other folders; accuracy, variance and samples are this folder's alone. Nothing is
+read implicitly (e.g. from ``results/reference/``), so the report stays a function of its arguments;
+to show a stored reference, pass it: ``--compare-timing results/reference/<name>``.
+
+What the tables hold:
+
+* Table 1 (``tables/table1.*``): rows = label counts, columns = variants (trace, trace + aux, enum,
+  enum + aux, further estimators without/with aux in the grid's order, then the baseline); each
+  cell = mean test_acc_at_best_valid of the ok seeds ± the 95% t half-width
+  (:func:`ssvae.metrics.accuracy_interval`), "(n=1)" without an interval for one seed; failed,
+  diverged, corrupt, stale and missing seeds are left out of the mean and counted in brackets.
+  ``table1_pyro`` is Pyro's published Table 1 (data: ``bench/pyro_table1.csv``) and
+  ``table1_diff_vs_pyro`` our mean minus theirs where both exist; ``table1_long.csv`` has the numbers.
+* ``timing``: median ms per step [q1–q3] per device, variant and step kind; ``timing_relative``:
+  each variant's unsupervised step over trace's on the same device (enum / trace = the cost of
+  enumeration relative to sampling).
+* ``grad_variance`` (and ``_wide``): at the *common* checkpoints only, the median over checkpoints
+  and seeds of variance and SNR per label count, step kind, parameter group and variant, and the
+  median of the per-checkpoint ratio variance / enum's variance; ``grad_variance_by_checkpoint.csv``
+  has every checkpoint.
+* ``status_summary`` / ``status_cells`` / ``cells``: every expected cell and what became of it.
 
 Pipeline: :func:`load_results` (tolerant reading: corrupt or missing files become "corrupt" /
 "missing" cells, never a crash) -> ``table_*`` functions (DataFrames) -> ``plot_*`` functions
