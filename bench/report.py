@@ -357,6 +357,13 @@ def _fmt(x, digits=4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _fmt_ms(x) -> str:
+    """Milliseconds: 3 significant digits, never in exponent notation."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _fmt_sig(x, sig=3) -> str:
     if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
         return "–" if x is None or math.isnan(x) else "inf"
@@ -478,7 +485,7 @@ def table_timing(res: Results) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         for k in kinds:
             if k in by.index:
                 b = by.loc[k]
-                row[f"{k} ms"] = f"{b.median_ms:.3g} [{_fmt_sig(b.q1_ms)}–{_fmt_sig(b.q3_ms)}]"
+                row[f"{k} ms"] = f"{_fmt_ms(b.median_ms)} [{_fmt_ms(b.q1_ms)}–{_fmt_ms(b.q3_ms)}]"
             else:
                 row[f"{k} ms"] = "–"
         wide_rows.append(row)
@@ -631,6 +638,7 @@ def plot_accuracy_vs_labels(res: Results, t1: pd.DataFrame, path: Path) -> Optio
 
 def plot_learning_curves(res: Results, path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     c = res.curves.dropna(subset=["valid_acc"])
     if not len(c):
         return None
@@ -650,6 +658,7 @@ def plot_learning_curves(res: Results, path: Path) -> Optional[Path]:
             ax.fill_between(agg.index, agg["min"], agg["max"], color=pal[est], alpha=0.12, linewidth=0)
         ax.set_title(f"{l} labels")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("validation accuracy (fraction)")
     axes[0][-1].legend(handles=_legend_handles(res, pairs), loc="center left", bbox_to_anchor=(1.02, 0.5),
                        frameon=False)
@@ -673,6 +682,10 @@ def plot_grad_variance(res: Results, per: pd.DataFrame, path: Path) -> Optional[
         for j, grp in enumerate(groups):
             ax = axes[i][j]
             sub = per[(per.labels == l) & (per.step_kind == k) & (per.param_group == grp)]
+            if not len(sub):  # e.g. encoder_y gets no gradient from a labeled batch without aux
+                ax.text(0.5, 0.5, "no gradient measured\n(group not used by this step)", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+                ax.set_yticks([])
             for var, (est, aux) in order.items():
                 s = sub[sub.variant == var]
                 if not len(s):
@@ -681,7 +694,8 @@ def plot_grad_variance(res: Results, per: pd.DataFrame, path: Path) -> Optional[
                     pairs.append((est, aux))
                 agg = s.groupby("step")["variance"].median()
                 ax.plot(agg.index, agg.values, color=pal[est], markersize=4, **AUX_STYLE[aux])
-            ax.set_yscale("log")
+            if len(sub):
+                ax.set_yscale("log")
             ax.set_title(f"{grp} · {k} step · {l} labels", fontsize=9)
             if i == len(rows) - 1:
                 ax.set_xlabel("training step of checkpoint (global step)")
@@ -788,7 +802,7 @@ def plot_samples(res: Results, path: Path) -> Tuple[Optional[Path], Optional[str
     for c in range(n_cls):
         for j in range(n):
             grid[c * (h + pad): c * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = 255 - arr[c, j]
-    fig, ax = plt.subplots(figsize=(max(0.5 * n + 2.0, 8.0), 0.5 * n_cls + 1.6))
+    fig, ax = plt.subplots(figsize=(max(0.5 * n + 2.0, 9.5), 0.5 * n_cls + 1.6))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.grid(False)
     ax.set_yticks([c * (h + pad) + h / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)])
@@ -1013,6 +1027,13 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
                     if k not in ("expected", "present", "unexpected", "missing")
                     and (s[k] or k in ("ok", "failed", "diverged", "corrupt")))
         + (f"; {int(s['unexpected'])} not in the grid" if s["unexpected"] else "") + ".**"])
+    probes = env.get("expected_probes")
+    if isinstance(probes, list) and probes:
+        have = {p.stem for p in (res.root / "probes").glob("*.json")}
+        absent = [str(p) for p in probes if str(p) not in have]
+        overview.text.append(f"Probes (timing, common-checkpoint variance): {len(probes)} expected, "
+                             f"{len(probes) - len(absent)} present"
+                             + (f"; absent: {', '.join(absent)}." if absent else "."))
     if res.problems:
         overview.text.append("Problems reading the folder: " + "; ".join(res.problems))
     secs.append(overview)

@@ -210,3 +210,27 @@ def test_harness_csv_statuses(tmp_path):
     assert s.expected == 28 and s.stale == 1
     wide = pd.read_csv(tmp_path / "tables/table1.csv", dtype=str).set_index("labels")
     assert wide.loc["100", "enum"].endswith("[1 stale]") and "baseline" in wide.columns
+
+
+def _real_results():
+    import os
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("SSVAE_REPORT_RESULTS"), root / "results" / "smoke-cpu"):
+        if cand and (Path(cand) / "env.json").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.mark.skipif(_real_results() is None, reason="no real results folder (results/smoke-cpu or "
+                                                    "$SSVAE_REPORT_RESULTS)")
+def test_report_on_real_results(tmp_path):
+    src = _real_results()
+    dst = tmp_path / "real"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock"))
+    out = report.build_report(dst)
+    wide = pd.read_csv(dst / "tables/table1.csv", dtype=str)
+    env = json.loads((dst / "env.json").read_text())
+    for est in env["grid"]["estimators"]:
+        assert est in wide.columns
+    assert out["report.html"].stat().st_size > 10_000
