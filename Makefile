@@ -28,8 +28,10 @@ bench: install
 report: install
 	$(PYTHON) -m bench report $(OUT)
 
+# unit tests, the smoke benchmark end to end, then the step-time regression check in short mode
 test: install
 	$(PYTHON) -m pytest -q
+	$(PYTHON) -m bench.regress run --short --missing-ok
 
 # Performance regression: step-time ratios (Pyro / hand-written reference, enum / trace) against
 # results/baselines/<machine>.json. REGRESS_ARGS e.g. --short, --inject-slowdown enum:0.3, --tolerance 0.25.
@@ -38,7 +40,7 @@ REGRESS_ARGS ?=
 regress: install
 	$(PYTHON) -m bench.regress run $(REGRESS_ARGS)
 
-# the short mode CI runs (fewer rounds, tolerance_short): `make test` should run this after pytest
+# the short mode `make test` runs after pytest (fewer rounds, tolerance_short)
 regress-short: install
 	$(PYTHON) -m bench.regress run --short $(REGRESS_ARGS)
 

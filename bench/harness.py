@@ -71,6 +71,8 @@ def add_other_parsers(sub) -> None:
     ls = sub.add_parser("list", help="list estimators and presets")
     ls.add_argument("--timing", default=None, help="a timing.csv to take costs relative to trace from")
     ls.set_defaults(func=cmd_list)
+    from .report import add_report_parser
+    add_report_parser(sub)
 
 
 def grid_from_args(args) -> gridmod.Grid:

@@ -256,8 +256,14 @@ def _git_commit() -> str:
 
 
 def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], short: bool,
-          stat: Optional[str] = None) -> int:
+          stat: Optional[str] = None, missing_ok: bool = False) -> int:
     if not baseline_file.exists():
+        if missing_ok:
+            print(table(step_times(bench_json, stat or DEFAULT_STAT), ratios(bench_json),
+                        gemm_rate(bench_json, stat or DEFAULT_STAT), None, short))
+            print(f"regress: no baseline for this machine ({_rel(baseline_file)}): ratios printed, "
+                  f"nothing checked (--missing-ok); `make regress-save` stores one")
+            return 0
         print(f"regress: no baseline for this machine ({_rel(baseline_file)}): "
               f"run `make regress-save` first", file=sys.stderr)
         return 2
@@ -345,6 +351,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, help="rounds per benchmark (default 15, short 5)")
     p.add_argument("--baseline", type=Path, help="baseline file (default results/baselines/<machine>.json)")
     p.add_argument("--json-out", type=Path, help="also keep the pytest-benchmark JSON here")
+    p.add_argument("--missing-ok", action="store_true",
+                   help="run/compare: with no baseline for this machine, print the ratios and exit 0 (CI on "
+                        "an unknown machine)")
     p.add_argument("--repeat", type=int, default=None, help="save: runs of the suite (default 3, short 1)")
     args = p.parse_args(argv)
     path = (args.baseline if args.baseline is None or args.baseline.is_absolute()
@@ -353,7 +362,8 @@ def main(argv=None) -> int:
     if args.command == "compare":
         if not args.results:
             p.error("compare needs a pytest-benchmark JSON file")
-        return check(json.loads(Path(args.results).read_text()), path, args.tolerance, args.short, args.stat)
+        return check(json.loads(Path(args.results).read_text()), path, args.tolerance, args.short, args.stat,
+                     args.missing_ok)
     if args.command == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
         print(f"regress: refusing to save a baseline with an injected slowdown "
               f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
@@ -368,7 +378,7 @@ def main(argv=None) -> int:
         save(runs, path, args.short, args.stat or DEFAULT_STAT, args.tolerance,
              None if args.tolerance is None else args.tolerance + SHORT_EXTRA)
         return 0
-    return check(bench_json, path, args.tolerance, args.short, args.stat)
+    return check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
 
 
 if __name__ == "__main__":

