@@ -7,7 +7,8 @@ that finished.
 * ``local`` -- one subprocess per task, ``workers`` at a time, each with ``threads`` torch
   threads. Workers die with the driver (``PR_SET_PDEATHSIG``). A worker that dies without
   writing its result (killed, out of memory) is re-queued once, then recorded as failed.
-  Tasks marked ``exclusive`` (the timing probe) run alone.
+  Tasks marked ``exclusive`` (the timing probe) run alone. With ``gpus`` (CUDA device ids),
+  each running task gets one GPU of its own through ``CUDA_VISIBLE_DEVICES`` (one cell per GPU).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class _Running:
     spec: dict
     proc: subprocess.Popen
     started: float
+    gpu: Optional[int] = None
     progress: dict = field(default_factory=dict)
     reader: Optional[threading.Thread] = None
 
@@ -48,12 +50,17 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
-                 retries: int = 1):
-        self.workers = max(1, workers)
+                 retries: int = 1, gpus: Optional[List[int]] = None):
+        self.gpus = list(gpus or [])
+        self.workers = max(1, min(workers, len(self.gpus)) if self.gpus else workers)
         self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
         self.data_dir = data_dir
         self.retries = retries
         self.running: Dict[str, _Running] = {}
+
+    def _free_gpu(self) -> Optional[int]:
+        busy = {r.gpu for r in self.running.values()}
+        return next((g for g in self.gpus if g not in busy), None)
 
     def _start(self, spec: dict, out_dir: Path, log_dir: Path) -> _Running:
         threads = max(self.threads, os.cpu_count() or 1) if spec.get("exclusive") else self.threads
@@ -62,11 +69,14 @@ class LocalExecutor:
             cmd += ["--data-dir", str(self.data_dir)]
         log = open(log_dir / f"{spec['id']}.log", "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        gpu = self._free_gpu() if self.gpus else None
+        if gpu is not None:  # the cell sees one GPU, as cuda:0
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                 preexec_fn=_die_with_parent, env=env)
         proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
-        run = _Running(spec, proc, time.time())
+        run = _Running(spec, proc, time.time(), gpu=gpu)
 
         def read():
             for line in proc.stdout:

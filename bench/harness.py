@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -119,8 +120,11 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is a file: choose another --out")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {out} is not writable: choose another --out")
+    try:  # os.access says yes to root everywhere; a real file says what the file system allows
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError:
+        raise ConfigError(f"output folder {out} is not writable: choose another --out") from None
 
 
 def git_commit() -> str:
@@ -244,11 +248,16 @@ def cmd_run(args) -> int:
             print(f"{'todo' if t in todo else 'done'}  {t['kind']:7s} {t['id']}")
         return 0
     workers = args.workers or grid.workers
-    if grid.device.startswith("cuda"):
-        workers = args.workers or 1  # one cell per GPU
+    gpus = []
+    if grid.device == "cuda":  # one cell per GPU, each pinned with CUDA_VISIBLE_DEVICES
+        import torch
+        gpus = list(range(torch.cuda.device_count()))
+        workers = min(args.workers or len(gpus), len(gpus))
+    elif grid.device.startswith("cuda"):  # cuda:N names one GPU
+        workers = 1
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    kwargs = {"scheduler": args.scheduler} if args.executor == "dask" else {}
+    kwargs = {"scheduler": args.scheduler} if args.executor == "dask" else {"gpus": gpus}
     if args.scheduler and args.executor != "dask":
         raise ConfigError("--scheduler needs --executor dask")
     executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root), **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -53,9 +54,39 @@ def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int
 
 
 def _versions() -> dict:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
+    try:  # the installed version, without importing torchvision (1.5 s per task)
+        tv = version("torchvision")
+    except PackageNotFoundError:
+        tv = None
     return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "torchvision": torchvision.__version__}
+            "torchvision": tv}
+
+
+#: Fault injection for the harness's tests: ``nan:CELL@STEP`` fills a parameter of that cell with
+#: NaN before global step STEP (the loss of that step diverges); ``kill:CELL@STEP`` makes the
+#: worker SIGKILL itself there (every attempt). Several, comma-separated. Never set in real runs.
+FAULT_ENV = "SSVAE_BENCH_FAULT"
+
+
+def _fault_hook(cell: str) -> Optional[Callable]:
+    faults = {}
+    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        what, _, where = item.partition(":")
+        target, _, step = where.partition("@")
+        if target == cell:
+            faults[int(step)] = what
+    if not faults:
+        return None
+
+    def hook(trainer: Trainer, step: int):
+        what = faults.get(step)
+        if what == "nan":
+            with torch.no_grad():
+                next(iter(trainer.ss.parameters())).fill_(float("nan"))
+        elif what == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
 
 
 def _load_data(cfg: RunConfig, data_dir) -> ssdata.SSData:
@@ -78,9 +109,17 @@ def run_train(spec: dict, data_dir, progress: Progress = None) -> dict:
                                        estimator=cfg.estimator, aux=cfg.aux, labels=cfg.labels, seed=cfg.seed,
                                        trajectory="own", step=step))
 
+    fault = _fault_hook(spec["id"])
+
+    def hooks(trainer: Trainer, step: int):
+        if checkpoints:
+            on_step(trainer, step)
+        if fault:
+            fault(trainer, step)
+
     out = {"data_sha256": data.sha256}
     try:
-        result = train(cfg, data, callback=progress, on_step=on_step if checkpoints else None)
+        result = train(cfg, data, callback=progress, on_step=hooks if checkpoints or fault else None)
     except DivergedError as exc:
         out.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_epoch=exc.epoch,
                    grad_variance=rows)

@@ -1,5 +1,8 @@
 """Shared fixtures: tiny networks and synthetic data, and real MNIST where it is present."""
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyro
@@ -71,3 +74,22 @@ def mnist_dir():
 
 
 needs_mnist = pytest.mark.skipif(mnist_dir() is None, reason="MNIST not found (set SSVAE_DATA_DIR)")
+
+
+def bench(*args, timeout=900, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if mnist_dir():
+        env["SSVAE_DATA_DIR"] = str(mnist_dir())
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**env, **kw.pop("env", {})}, **kw)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    if mnist_dir() is None:
+        pytest.skip("MNIST not found (set SSVAE_DATA_DIR)")
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    t0 = time.time()
+    r = bench("run", "--preset", "smoke", "--out", str(out), timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, time.time() - t0, r
