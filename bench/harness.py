@@ -74,6 +74,8 @@ def add_other_parsers(sub) -> None:
     ls.set_defaults(func=cmd_list)
     from .report import add_report_parser
     add_report_parser(sub)
+    from .compare import add_compare_parser
+    add_compare_parser(sub)
 
 
 def grid_from_args(args) -> gridmod.Grid:

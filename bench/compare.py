@@ -1,0 +1,582 @@
+"""``python -m bench compare OLD NEW``: two results folders side by side, differences beyond noise flagged.
+
+Both folders are read with :func:`bench.report.load_results` (the report's tolerant loader), so a
+corrupt or missing piece becomes a status, never a crash. The same cells are matched and four
+measures compared; each row is flagged when the difference is larger than its noise:
+
+* **status** -- a cell ``ok`` in OLD that is ``failed``, ``diverged``, ``corrupt`` or ``stale`` in NEW
+  is flagged. Cells present in one folder only (absent or ``missing`` in the other) are listed, not
+  flagged.
+* **accuracy** -- per variant (estimator, aux, labels), ``test_acc_at_best_valid`` of the ``ok`` seeds
+  of each side: old mean, new mean, difference. Flagged when ``|new - old| > max(acc_tol, t95 * SE)``:
+  with 2+ seeds a side, SE and the degrees of freedom are Welch's (``SE^2 = s_old^2/n_old +
+  s_new^2/n_new``, two-sided 95 %); with 2+ seeds on one side only, that side's standard deviation is
+  used for both; with one seed a side there is no noise estimate and ``acc_tol`` (default 0.01) alone
+  decides. Cells of the same id that are ok in both and have exactly the same accuracy figures are
+  counted as identical (a reproducibility check: same seed, same code, same machine -> identical).
+* **time** -- ``timing.csv`` medians per (estimator, aux, device, step kind): ratio new / old. The noise
+  is the relative interquartile range ``(q3 - q1) / median`` of each side, combined in quadrature.
+  A slowdown is flagged when ``ratio > 1 + max(time_tol, noise)`` (time_tol default 0.25); speedups are
+  shown, never flagged. When the folders come from different machines (env.json ``device``,
+  ``device_name``, ``cpu_name`` or ``threads`` differ) absolute times are not comparable: a warning is
+  printed and the flagged quantity becomes each step time relative to trace's (same aux, same step
+  kind) *within its folder*, new relative / old relative, with the four IQRs combined in quadrature;
+  ``--strict-time`` flags the absolute ratios as well.
+* **variance** -- ``grad_variance.csv`` rows of the *common* trajectory (every estimator at the same
+  parameters) matched on (estimator, aux, labels, seed, step, param_group, step_kind): ratio new / old of
+  ``variance``. A variance estimated from n draws has a relative standard error of about
+  ``sqrt(2 / (n - 1))`` (exact for one Gaussian coordinate; conservative for the mean over many
+  coordinates), which is also the standard error of its logarithm; a row is flagged when
+  ``|ln(new / old)| > k * sqrt(2/(n_old - 1) + 2/(n_new - 1))`` with k = 3 (``--var-k``).
+
+Output: a text table per measure on stdout (flagged rows start with ``!!``), then the summary line
+``compare: N cells in both, K flagged (...)``. ``--csv OUT`` writes every comparison row (all measures,
+long format). Exit status 0 when nothing is flagged, 1 when something is, 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .report import Results, estimator_order, load_results, variant_label
+
+ACC_METRIC = "test_acc_at_best_valid"
+#: a cell is "identical" in both folders when all of these are equal
+IDENTITY_METRICS = ("test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_test_acc")
+#: statuses that are a regression when the old cell was ok
+BAD_STATUSES = ("failed", "diverged", "corrupt", "stale")
+MACHINE_KEYS = ("device", "device_name", "cpu_name", "threads")
+VAR_KEYS = ["estimator", "aux", "labels", "seed", "step", "param_group", "step_kind"]
+MEASURES = ("status", "accuracy", "time", "variance")
+CSV_COLUMNS = ["measure", "item", "estimator", "aux", "labels", "seed", "device", "step_kind", "param_group",
+               "step", "old", "new", "difference", "ratio", "threshold", "n_old", "n_new", "rule", "flagged",
+               "note"]
+
+
+@dataclass
+class Options:
+    acc_tol: float = 0.01
+    time_tol: float = 0.25
+    var_k: float = 3.0
+    strict_time: bool = False
+
+
+@dataclass
+class Comparison:
+    old: Results
+    new: Results
+    options: Options
+    rows: List[dict] = field(default_factory=list)   # every comparison, all measures (CSV_COLUMNS)
+    cells_both: List[str] = field(default_factory=list)
+    only_old: List[str] = field(default_factory=list)
+    only_new: List[str] = field(default_factory=list)
+    ok_both: int = 0
+    identical: int = 0
+    machine_diff: List[str] = field(default_factory=list)  # "cpu_name: 'A' vs 'B'"
+
+    def flagged(self, measure: Optional[str] = None) -> List[dict]:
+        return [r for r in self.rows if r["flagged"] and (measure is None or r["measure"] == measure)]
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+def load_folder(folder, role: str) -> Results:
+    """``load_results`` plus the checks that make a folder comparable; bad input -> UsageError."""
+    from .cli import UsageError
+    root = Path(folder)
+    if not root.exists():
+        raise UsageError(f"{role} results folder {root} does not exist")
+    if not root.is_dir():
+        raise UsageError(f"{role} results folder {root} is not a folder")
+    if not (root / "runs.csv").is_file():
+        raise UsageError(f"{role} results folder {root} has no runs.csv (not written by `python -m bench run`?)")
+    res = load_results(root)
+    if not len(res.runs):
+        raise UsageError(f"{role} results folder {root}: runs.csv lists no cells")
+    return res
+
+
+def _present(res: Results) -> pd.DataFrame:
+    return res.runs[res.runs.status != "missing"].drop_duplicates("cell").set_index("cell")
+
+
+def _num(x) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return x
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _row(measure: str, item: str, **kw) -> dict:
+    row = {c: None for c in CSV_COLUMNS}
+    row.update(measure=measure, item=item, flagged=False, note="")
+    row.update(kw)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# the four measures
+# --------------------------------------------------------------------------------------------
+
+def compare_cells(cmp: Comparison) -> None:
+    """Cells in both / one folder only, status changes, identical cells."""
+    old, new = _present(cmp.old), _present(cmp.new)
+    both = [c for c in old.index if c in new.index]
+    cmp.cells_both = both
+    cmp.only_old = [c for c in old.index if c not in new.index]
+    cmp.only_new = [c for c in new.index if c not in old.index]
+    for cell in both:
+        o, n = old.loc[cell], new.loc[cell]
+        ident = dict(estimator=o.estimator, aux=bool(o.aux), labels=int(o.labels), seed=int(o.seed))
+        if o.status != n.status:
+            bad = o.status == "ok" and n.status in BAD_STATUSES
+            cmp.rows.append(_row("status", cell, **ident, old=o.status, new=n.status, flagged=bad,
+                                 rule="ok -> failed/diverged/corrupt/stale",
+                                 note=str(n.get("error") or "")[:200] if bad else ""))
+        if o.status == "ok" and n.status == "ok":
+            cmp.ok_both += 1
+            same = all(_same(o.get(m), n.get(m)) for m in IDENTITY_METRICS)
+            cmp.identical += same
+            cmp.rows.append(_row("cell", cell, **ident, old=_num(o.get(ACC_METRIC)), new=_num(n.get(ACC_METRIC)),
+                                 difference=_num(n.get(ACC_METRIC)) - _num(o.get(ACC_METRIC)),
+                                 rule="identical" if same else "differs"))
+    for cell in cmp.only_old:
+        cmp.rows.append(_row("cell", cell, old=old.loc[cell].status, rule="only in old"))
+    for cell in cmp.only_new:
+        cmp.rows.append(_row("cell", cell, new=new.loc[cell].status, rule="only in new"))
+
+
+def _same(a, b) -> bool:
+    a, b = _num(a), _num(b)
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def accuracy_test(old: Sequence[float], new: Sequence[float], tol: float):
+    """(difference, threshold, rule, df) for two samples of seed accuracies; flag when |diff| > threshold."""
+    from ssvae.metrics import t_quantile_975
+    n1, n2 = len(old), len(new)
+    diff = float(np.mean(new) - np.mean(old))
+    v1 = float(np.var(old, ddof=1)) if n1 > 1 else None
+    v2 = float(np.var(new, ddof=1)) if n2 > 1 else None
+    if v1 is not None and v2 is not None:
+        a, b = v1 / n1, v2 / n2
+        se = math.sqrt(a + b)
+        df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1)) if se > 0 else float(n1 + n2 - 2)
+        rule = "welch"
+    elif v1 is not None or v2 is not None:
+        v, n = (v1, n1) if v1 is not None else (v2, n2)
+        se = math.sqrt(v * (1 / n1 + 1 / n2))
+        df = float(n - 1)
+        rule = "t, sd of one side"
+    else:
+        return diff, tol, "acc_tol (1 seed a side)", None
+    half = t_quantile_975(max(1, int(math.floor(df)))) * se  # floor(df): the conservative side
+    return diff, max(tol, half), rule, df
+
+
+def _estimator_rank(cmp: Comparison) -> Dict[str, int]:
+    """The report's order (trace, enum, the grid's others, baseline last), new folder first."""
+    names = estimator_order(cmp.new) + [e for e in estimator_order(cmp.old) if e not in estimator_order(cmp.new)]
+    return {e: i for i, e in enumerate(names)}
+
+
+def compare_accuracy(cmp: Comparison) -> None:
+    tol = cmp.options.acc_tol
+    old, new = cmp.old.runs, cmp.new.runs
+    keys = ["labels", "estimator", "aux"]
+    variants_ = pd.concat([old[keys], new[keys]]).drop_duplicates()
+    rank = _estimator_rank(cmp)
+    variants_ = variants_[variants_.estimator != "?"]
+    variants_ = variants_.assign(_r=variants_.estimator.map(lambda e: rank.get(e, len(rank))))
+    variants_ = variants_.sort_values(["labels", "_r", "estimator", "aux"])
+    same_cells = {r["item"] for r in cmp.rows if r["measure"] == "cell" and r["rule"] == "identical"}
+    for v in variants_.itertuples(index=False):
+        sel_o = old[(old.labels == v.labels) & (old.estimator == v.estimator) & (old.aux == v.aux)]
+        sel_n = new[(new.labels == v.labels) & (new.estimator == v.estimator) & (new.aux == v.aux)]
+        a = sel_o.loc[sel_o.status == "ok", ACC_METRIC].dropna().tolist()
+        b = sel_n.loc[sel_n.status == "ok", ACC_METRIC].dropna().tolist()
+        shared = set(sel_o.loc[sel_o.status == "ok", "cell"]) & set(sel_n.loc[sel_n.status == "ok", "cell"])
+        item = f"{variant_label(v.estimator, v.aux)} L{v.labels}"
+        base = dict(estimator=v.estimator, aux=bool(v.aux), labels=int(v.labels), n_old=len(a), n_new=len(b))
+        ident_note = f"{len(shared & same_cells)}/{len(shared)} identical"
+        if not a or not b:
+            cmp.rows.append(_row("accuracy", item, **base, old=np.mean(a) if a else None,
+                                 new=np.mean(b) if b else None, note=f"no ok seed in {'old' if not a else 'new'}"))
+            continue
+        diff, thr, rule, df = accuracy_test(a, b, tol)
+        if df is not None:
+            rule += f" df={df:.1f}"
+        cmp.rows.append(_row("accuracy", item, **base, old=float(np.mean(a)), new=float(np.mean(b)),
+                             difference=diff, threshold=thr, rule=rule, flagged=abs(diff) > thr + 1e-12,
+                             note=ident_note))
+
+
+def machine_differences(old_env: dict, new_env: dict) -> List[str]:
+    out = []
+    for key in MACHINE_KEYS:
+        a, b = old_env.get(key), new_env.get(key)
+        if a is not None and b is not None and str(a) != str(b):
+            out.append(f"{key}: {a!r} vs {b!r}")
+    return out
+
+
+def _rel_iqr(r) -> float:
+    med, q1, q3 = _num(r.get("median_ms")), _num(r.get("q1_ms")), _num(r.get("q3_ms"))
+    if not (_finite(med) and _finite(q1) and _finite(q3)) or med <= 0:
+        return 0.0
+    return max(q3 - q1, 0.0) / med
+
+
+def _timing_table(res: Results, with_device: bool) -> Dict[tuple, dict]:
+    t = res.timing
+    if not len(t):
+        return {}
+    t = t[pd.to_numeric(t.median_ms, errors="coerce") > 0]
+    out = {}
+    for r in t.to_dict("records"):
+        key = (r["estimator"], bool(r["aux"]), r["step_kind"]) + ((str(r["device"]),) if with_device else ())
+        out.setdefault(key, r)
+    return out
+
+
+def _trace_ref(table: Dict[tuple, dict], key: tuple) -> Optional[dict]:
+    est, aux, kind, *dev = key
+    if est == "trace":
+        return None
+    return table.get(("trace", aux, kind, *dev)) or table.get(("trace", False, kind, *dev))
+
+
+def compare_timing(cmp: Comparison) -> None:
+    opts = cmp.options
+    cmp.machine_diff = machine_differences(cmp.old.env, cmp.new.env)
+    devs_o = set(cmp.old.timing.device) if len(cmp.old.timing) else set()
+    devs_n = set(cmp.new.timing.device) if len(cmp.new.timing) else set()
+    with_device = devs_o == devs_n
+    if not with_device and len(devs_o) == 1 and len(devs_n) == 1:
+        diff = f"device: {next(iter(devs_o))!r} vs {next(iter(devs_n))!r}"
+        if not any(d.startswith("device:") for d in cmp.machine_diff):
+            cmp.machine_diff.insert(0, diff)
+    told, tnew = _timing_table(cmp.old, with_device), _timing_table(cmp.new, with_device)
+    other_machine = bool(cmp.machine_diff)
+    order, rank = {"sup": 0, "unsup": 1, "aux": 2}, _estimator_rank(cmp)
+    for key in sorted(set(told) & set(tnew), key=lambda k: (k[3:], rank.get(k[0], len(rank)), k[0], k[1],
+                                                             order.get(k[2], 9), k[2])):
+        o, n = told[key], tnew[key]
+        est, aux, kind = key[:3]
+        device = str(n.get("device"))
+        ratio = float(n["median_ms"]) / float(o["median_ms"])
+        noise = math.hypot(_rel_iqr(o), _rel_iqr(n))
+        thr = 1 + max(opts.time_tol, noise)
+        row = _row("time", f"{variant_label(est, aux)} {kind} ({device})", estimator=est, aux=aux, device=device,
+                   step_kind=kind, old=float(o["median_ms"]), new=float(n["median_ms"]), ratio=ratio, threshold=thr,
+                   rule="new/old > 1 + max(time_tol, rIQR)")
+        rel = {}
+        ro, rn = _trace_ref(told, key), _trace_ref(tnew, key)
+        if ro is not None and rn is not None:
+            rel_old = float(o["median_ms"]) / float(ro["median_ms"])
+            rel_new = float(n["median_ms"]) / float(rn["median_ms"])
+            rel_noise = math.sqrt(_rel_iqr(o) ** 2 + _rel_iqr(n) ** 2 + _rel_iqr(ro) ** 2 + _rel_iqr(rn) ** 2)
+            rel = dict(rel_old=rel_old, rel_new=rel_new, rel_change=rel_new / rel_old,
+                       rel_threshold=1 + max(opts.time_tol, rel_noise))
+        row.update(rel)
+        if not other_machine or opts.strict_time:
+            row["flagged"] = ratio > thr
+        if other_machine and rel:
+            if rel["rel_change"] > rel["rel_threshold"]:
+                row["flagged"] = True
+                row["note"] = (f"relative to trace {rel['rel_old']:.3g}x -> {rel['rel_new']:.3g}x "
+                               f"(change {rel['rel_change']:.3g} > {rel['rel_threshold']:.3g})")
+        if ratio < 1 / thr and not row["flagged"]:
+            row["note"] = row["note"] or "faster"
+        cmp.rows.append(row)
+    for key in sorted(set(told) ^ set(tnew), key=str):
+        side = "old" if key in told else "new"
+        cmp.rows.append(_row("time", f"{variant_label(key[0], key[1])} {key[2]}", estimator=key[0], aux=key[1],
+                             step_kind=key[2], note=f"only in {side}"))
+
+
+def _common(res: Results) -> pd.DataFrame:
+    g = res.grad
+    if not len(g) or "trajectory" not in g:
+        return pd.DataFrame(columns=VAR_KEYS + ["n_samples", "variance"])
+    g = g[g.trajectory.astype(str) == "common"].copy()
+    if "n_samples" not in g:
+        g["n_samples"] = np.nan
+    g["param_group"] = g["param_group"].astype(str)
+    g["step_kind"] = g["step_kind"].astype(str)
+    g["estimator"] = g["estimator"].astype(str)
+    return g.drop_duplicates(VAR_KEYS)[VAR_KEYS + ["n_samples", "variance"]]
+
+
+def compare_variance(cmp: Comparison) -> None:
+    k = cmp.options.var_k
+    m = _common(cmp.old).merge(_common(cmp.new), on=VAR_KEYS, suffixes=("_old", "_new"))
+    m = m.sort_values(["labels", "estimator", "step_kind", "param_group", "seed", "step"])
+    for r in m.to_dict("records"):
+        vo, vn, no, nn = (_num(r["variance_old"]), _num(r["variance_new"]), _num(r["n_samples_old"]),
+                          _num(r["n_samples_new"]))
+        item = f"{r['estimator']} L{int(r['labels'])} s{int(r['seed'])} step {int(r['step'])} {r['step_kind']} " \
+               f"{r['param_group']}"
+        row = _row("variance", item, estimator=r["estimator"], aux=bool(r["aux"]), labels=int(r["labels"]),
+                   seed=int(r["seed"]), step=int(r["step"]), param_group=r["param_group"], step_kind=r["step_kind"],
+                   old=vo, new=vn, n_old=no, n_new=nn, rule=f"|ln ratio| > {k:g} x sqrt(2/(n_old-1)+2/(n_new-1))")
+        if vo == vn:
+            row.update(ratio=1.0)
+        elif _finite(vo) and _finite(vn) and vo > 0 and vn > 0:
+            row["ratio"] = vn / vo
+        else:
+            row["note"] = "variance not positive or missing"
+        if _finite(no) and _finite(nn) and no > 1 and nn > 1:
+            se = math.sqrt(2 / (no - 1) + 2 / (nn - 1))
+            row["threshold"] = math.exp(k * se)  # as a factor: flagged beyond x threshold or / threshold
+            if row["ratio"] is not None:
+                row["flagged"] = abs(math.log(row["ratio"])) > k * se
+        elif not row["note"]:
+            row["note"] = "n_samples missing: no noise estimate"
+        cmp.rows.append(row)
+
+
+def compare(old_dir, new_dir, options: Optional[Options] = None) -> Comparison:
+    options = options or Options()
+    cmp = Comparison(load_folder(old_dir, "old"), load_folder(new_dir, "new"), options)
+    compare_cells(cmp)
+    compare_accuracy(cmp)
+    compare_timing(cmp)
+    compare_variance(cmp)
+    return cmp
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+def _f(x, fmt="{:.4f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def _ms(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def text_table(headers: List[str], rows: List[List[str]]) -> str:
+    """Plain columns: first two and text columns left-aligned, the rest right-aligned."""
+    cols = list(zip(headers, *rows)) if rows else [(h,) for h in headers]
+    widths = [max(len(str(v)) for v in c) for c in cols]
+    left = {0, 1} | {i for i, h in enumerate(headers) if h in ("variant", "rule", "note", "cell", "group",
+                                                                     "device", "kind", "old status", "estimator",
+                                                                     "new status", "error")}
+    lines = []
+    for r in [headers, *rows]:
+        cells = [str(v).ljust(w) if i in left else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _mark(row) -> str:
+    return "!!" if row["flagged"] else ""
+
+
+def _provenance(res: Results) -> str:
+    env = res.env
+    commit = str(env.get("git_commit") or "?")
+    commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    name = env.get("device_name") or env.get("cpu_name") or "?"
+    return (f"{res.root} (preset {env.get('preset', '?')}, commit {commit}, {env.get('device', '?')}: {name}, "
+            f"{env.get('date', '?')})")
+
+
+def render(cmp: Comparison, flagged_only: bool = False) -> str:
+    o = cmp.options
+    out = [f"old: {_provenance(cmp.old)}", f"new: {_provenance(cmp.new)}"]
+    for role, res in (("old", cmp.old), ("new", cmp.new)):
+        for p in res.problems:
+            out.append(f"note: {role} folder: {p}")
+    keep = (lambda r: r["flagged"]) if flagged_only else (lambda r: True)
+
+    # cells and statuses
+    out += ["", f"Cells: {len(cmp.cells_both)} in both, {len(cmp.only_old)} only in old, "
+                f"{len(cmp.only_new)} only in new (listed, not flagged); identical: {cmp.identical} of "
+                f"{cmp.ok_both} cells ok in both have the same {', '.join(IDENTITY_METRICS)}"]
+    for side, cells in (("old", cmp.only_old), ("new", cmp.only_new)):
+        if cells:
+            out.append(f"  only in {side}: " + ", ".join(cells[:40]) + (f", ... ({len(cells)} in all)"
+                                                                       if len(cells) > 40 else ""))
+    status = [r for r in cmp.rows if r["measure"] == "status" and keep(r)]
+    out += ["", "Status changes (flagged: ok -> failed, diverged, corrupt or stale)"]
+    if status:
+        out.append(text_table(["flag", "cell", "old status", "new status", "error"],
+                              [[_mark(r), r["item"], r["old"], r["new"], r["note"][:80]] for r in status]))
+    else:
+        out.append("  none")
+
+    # accuracy
+    acc = [r for r in cmp.rows if r["measure"] == "accuracy" and keep(r)]
+    out += ["", f"Accuracy ({ACC_METRIC}, mean over ok seeds; flagged when |new - old| > max(acc_tol {o.acc_tol:g}, "
+                f"t95 x SE): Welch SE/df with 2+ seeds a side, acc_tol alone with 1 seed a side)"]
+    if acc:
+        out.append(text_table(
+            ["flag", "labels", "variant", "seeds", "old", "new", "new-old", "threshold", "identical", "rule"],
+            [[_mark(r), r["labels"], variant_label(r["estimator"], r["aux"]), f"{r['n_old']}/{r['n_new']}",
+              _f(r["old"]), _f(r["new"]), _f(r["difference"], "{:+.4f}"), _f(r["threshold"]),
+              r["note"].replace(" identical", "") if "identical" in r["note"] else "-",
+              r["rule"] or r["note"]] for r in acc]))
+    else:
+        out.append("  none" if not flagged_only else "  nothing flagged")
+
+    # time
+    tim = [r for r in cmp.rows if r["measure"] == "time" and r["ratio"] is not None and keep(r)]
+    out += ["", f"Time per step (timing.csv medians, ms; a slowdown is flagged when new/old > 1 + max(time_tol "
+                f"{o.time_tol:g}, rIQR), rIQR = relative IQRs (q3-q1)/median of both combined in quadrature; "
+                f"speedups are not flagged)"]
+    if cmp.machine_diff:
+        how = ("absolute ratios are flagged too (--strict-time)" if o.strict_time else
+               "flagging instead each step time relative to trace in its own folder (rel old -> rel new, "
+               "same rule with four IQRs); --strict-time flags absolute ratios too")
+        out.append(f"warning: timings come from different machines ({'; '.join(cmp.machine_diff)}): absolute "
+                   f"step times are not comparable; {how}")
+    if tim:
+        out.append(text_table(
+            ["flag", "device", "variant", "kind", "old ms", "new ms", "new/old", "limit", "rel old", "rel new",
+             "rel change", "rel limit", "note"],
+            [[_mark(r), r["device"], variant_label(r["estimator"], r["aux"]), r["step_kind"], _ms(r["old"]),
+              _ms(r["new"]), _f(r["ratio"], "{:.2f}"), _f(r["threshold"], "{:.2f}"),
+              _f(r.get("rel_old"), "{:.2f}"), _f(r.get("rel_new"), "{:.2f}"), _f(r.get("rel_change"), "{:.2f}"),
+              _f(r.get("rel_threshold"), "{:.2f}"), r["note"] if r["note"] == "faster" else ""] for r in tim]))
+    else:
+        out.append("  nothing flagged" if flagged_only else "  no step kind timed in both folders")
+    one_side = [r for r in cmp.rows if r["measure"] == "time" and r["ratio"] is None]
+    if one_side and not flagged_only:
+        out.append("  timed in one folder only: " + ", ".join(f"{r['item']} ({r['note']})" for r in one_side))
+
+    # variance
+    var = [r for r in cmp.rows if r["measure"] == "variance"]
+    out += ["", f"Gradient variance (common trajectory, ratio new/old of the variance; the relative standard "
+                f"error of a variance from n draws is about sqrt(2/(n-1)): flagged when |ln ratio| > {o.var_k:g} x "
+                f"sqrt(2/(n_old-1) + 2/(n_new-1)))"]
+    if var:
+        df = pd.DataFrame(var)
+        n_flag = int(df.flagged.sum())
+        out.append(f"  {len(df)} points compared (label counts x seeds x checkpoints x parameter groups), {n_flag} "
+                   f"flagged; per estimator and step kind:")
+        rows = []
+        rank = _estimator_rank(cmp)
+        df["_r"] = df.estimator.map(lambda e: rank.get(e, len(rank)))
+        for (_r, est, kind), sub in df.groupby(["_r", "estimator", "step_kind"], sort=True):
+            ratios = pd.to_numeric(sub.ratio, errors="coerce").dropna()
+            limit = pd.to_numeric(sub.threshold, errors="coerce").dropna()
+            row = {"flagged": bool(sub.flagged.any())}
+            if flagged_only and not row["flagged"]:
+                continue
+            rows.append([_mark(row), est, kind, len(sub),
+                         _f(ratios.median() if len(ratios) else None, "{:.3g}"),
+                         f"{ratios.min():.3g}-{ratios.max():.3g}" if len(ratios) else "-",
+                         f"x{limit.min():.3g}" if len(limit) else "-", int(sub.flagged.sum())])
+        if rows:
+            out.append(text_table(["flag", "estimator", "kind", "points", "median ratio",
+                                   "range", "limit", "flagged"], rows))
+        flagged = [r for r in var if r["flagged"]]
+        if flagged:
+            out.append(f"  flagged points{' (first 20; all in --csv)' if len(flagged) > 20 else ''}:")
+            out.append(text_table(["flag", "point", "old", "new", "new/old", "limit", "n old/new"],
+                                  [[_mark(r), r["item"], _f(r["old"], "{:.4g}"), _f(r["new"], "{:.4g}"),
+                                    _f(r["ratio"], "{:.3g}"), _f(r["threshold"], "x{:.3g}"),
+                                    f"{_f(r['n_old'], '{:.0f}')}/{_f(r['n_new'], '{:.0f}')}"] for r in flagged[:20]]))
+    else:
+        out.append("  no common-trajectory point in both folders")
+
+    out += ["", summary_line(cmp)]
+    return "\n".join(out)
+
+
+def summary_line(cmp: Comparison) -> str:
+    parts = ", ".join(f"{m} {len(cmp.flagged(m))}" for m in MEASURES)
+    return (f"compare: {len(cmp.cells_both)} cells in both, {len(cmp.flagged())} flagged ({parts}); "
+            f"{len(cmp.only_old)} only in old, {len(cmp.only_new)} only in new")
+
+
+def write_csv(cmp: Comparison, path) -> None:
+    extra = ["rel_old", "rel_new", "rel_change", "rel_threshold"]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS + extra, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in cmp.rows:
+            w.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                            repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+def _nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return v
+
+
+def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+    """``compare OLD NEW [--acc-tol X] [--time-tol X] [--var-k K] [--strict-time] [--csv OUT]``."""
+    p = subparsers.add_parser(
+        "compare", help="compare two results folders cell by cell; exit 1 when a difference exceeds its noise",
+        description="Put the cells of two results folders side by side and flag differences beyond their "
+                    "noise. Status: ok -> failed/diverged/corrupt/stale. Accuracy per variant: |new-old| > "
+                    "max(--acc-tol, t95 x Welch SE over seeds); one seed a side: --acc-tol alone. Time per step: "
+                    "new/old median > 1 + max(--time-tol, relative IQRs in quadrature); on different machines "
+                    "the step time relative to trace within each folder instead. Gradient variance (common "
+                    "trajectory): |ln(new/old)| > --var-k x sqrt(2/(n_old-1) + 2/(n_new-1)). Exit 0: nothing "
+                    "flagged; 1: something flagged; 2: bad input.")
+    p.add_argument("old", help="the reference results folder (written by `python -m bench run`)")
+    p.add_argument("new", help="the results folder to check against it")
+    p.add_argument("--acc-tol", type=_nonneg, default=0.01,
+                   help="accuracy differences up to this are never flagged; the whole rule with one seed a side "
+                        "(default 0.01 = 1 point)")
+    p.add_argument("--time-tol", type=_nonneg, default=0.25,
+                   help="smallest relative slowdown flagged (default 0.25: new/old > 1.25)")
+    p.add_argument("--var-k", type=_nonneg, default=3.0,
+                   help="variance ratios beyond k combined standard errors of the log variance are flagged "
+                        "(default 3)")
+    p.add_argument("--strict-time", action="store_true",
+                   help="flag absolute step-time ratios even when the folders come from different machines")
+    p.add_argument("--csv", default=None, metavar="OUT", help="write every comparison row to this CSV file")
+    p.add_argument("--flagged-only", action="store_true", help="print only the flagged rows of each table")
+    p.set_defaults(func=cmd_compare)
+    return p
+
+
+def cmd_compare(args) -> int:
+    from .cli import UsageError
+    if args.csv is not None:
+        parent = Path(args.csv).resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"--csv {args.csv}: folder {parent} does not exist")
+    cmp = compare(args.old, args.new, Options(acc_tol=args.acc_tol, time_tol=args.time_tol, var_k=args.var_k,
+                                               strict_time=args.strict_time))
+    print(render(cmp, flagged_only=args.flagged_only))
+    if args.csv is not None:
+        try:
+            write_csv(cmp, args.csv)
+        except OSError as exc:
+            raise UsageError(f"--csv {args.csv}: {exc.strerror or exc}")
+    return 1 if cmp.flagged() else 0
