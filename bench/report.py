@@ -40,6 +40,18 @@ What the tables hold:
   median of the per-checkpoint ratio variance / enum's variance; ``grad_variance_by_checkpoint.csv``
   has every checkpoint.
 * ``status_summary`` / ``status_cells`` / ``cells``: every expected cell and what became of it.
+* ``pyro_overhead``: per device, estimator and step kind, Pyro's median ms beside the hand-written
+  step's (timing.csv's ``ref_*`` columns), their ratio, the step's GFLOP and the reference step's
+  % of the matmul rate; empty for folders written before the probe timed the reference.
+* ``rank_accuracy``, ``rank_grad_variance``, ``rank_time``: variants ranked by mean test accuracy,
+  by encoder_y's gradient variance on the unlabeled step at the common checkpoints, and by median
+  seconds per epoch (with the ratio to enum + aux), at 3000 and 100 labels (else the largest and
+  smallest label counts, named in ``chosen``).
+* ``published_anchors``: ``bench/published_anchors.csv`` (Liu et al. 2019, Jang et al. 2017) beside
+  our closest numbers.
+* ``headline`` (the verdict) and ``headline_candidates``: which estimators with aux reach enum + aux's
+  mean test accuracy within VERDICT_ACC_TOLERANCE at no more than VERDICT_TIME_FRACTION of its time
+  per epoch, at 3000 labels (else the largest label count).
 
 Pipeline: :func:`load_results` (tolerant reading: corrupt or missing files become "corrupt" /
 "missing" cells, never a crash) -> ``table_*`` functions (DataFrames) -> ``plot_*`` functions
@@ -74,6 +86,16 @@ RUN_NUMERIC = ("test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_
 CURVE_COLUMNS = ("cell", "estimator", "aux", "labels", "seed", "epoch", "global_step", "valid_acc",
                  "test_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds")
 PNG_METADATA = {"Software": None}
+PUBLISHED_ANCHORS = Path(__file__).with_name("published_anchors.csv")
+#: timing.csv columns of the reference-step timing (Pyro's overhead), numeric
+OVERHEAD_COLUMNS = ("ref_median_ms", "ref_q1_ms", "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops",
+                    "pct_of_matmul_peak")
+#: the headline verdict: within this much test accuracy of enum + aux ...
+VERDICT_ACC_TOLERANCE = 0.01
+#: ... at no more than this fraction of its time per epoch
+VERDICT_TIME_FRACTION = 0.60
+#: label counts the rankings and the verdict prefer (else the largest / smallest in the folder)
+RANK_LABELS = (3000, 100)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +306,11 @@ def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence):
             t[key] = t[key].fillna(fenv.get(key, "?")).astype(str)
         for key in ("median_ms", "q1_ms", "q3_ms", "batch_size", "n_steps"):
             t[key] = pd.to_numeric(t[key], errors="coerce") if key in t else np.nan
+        for key in OVERHEAD_COLUMNS:  # absent in folders written before the probe timed the reference
+            if key in t:
+                t[key] = pd.to_numeric(t[key], errors="coerce")
+        if "ref_step" in t:
+            t["ref_step"] = t["ref_step"].where(t["ref_step"].notna(), "").astype(str)
         t["source"] = label
         frames.append(t)
         sources.append((label, fenv))
@@ -569,6 +596,454 @@ def table_cells(res: Results) -> pd.DataFrame:
     cols = ["cell", "estimator", "aux", "labels", "seed", "status", "test_acc_at_best_valid", "best_valid_acc",
             "best_epoch", "final_test_acc", "epochs", "steps", "train_seconds", "seconds_per_epoch"]
     return res.runs.reindex(columns=cols)
+
+
+# -- Pyro's overhead (timing.csv's reference columns) -------------------------------------------
+
+def _num(row, key) -> Optional[float]:
+    """A finite float from a row (Series or dict), else None."""
+    try:
+        v = row[key] if key in row else None
+    except (KeyError, TypeError):
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def has_overhead(res: Results) -> bool:
+    t = res.timing
+    return bool(len(t)) and "ref_median_ms" in t and bool(t["ref_median_ms"].notna().any())
+
+
+def table_overhead(res: Results) -> pd.DataFrame:
+    """Per device, estimator and step kind: Pyro's median ms beside the hand-written step's.
+
+    The ``sup`` and ``unsup`` steps are the same objective with or without the auxiliary loss, so
+    the row measured without it is shown (with it where that is all there is); ``aux`` comes from
+    the runs with it. Empty frame when timing.csv has no reference columns (an older folder).
+    """
+    cols = ["device", "device_name", "estimator", "aux", "step_kind", "pyro_median_ms", "ref_step",
+            "ref_median_ms", "pyro_overhead", "gflop", "pct_of_matmul_peak", "matmul_gflops"]
+    if not has_overhead(res):
+        return pd.DataFrame(columns=cols)
+    t = res.timing
+    order = {e: i for i, e in enumerate(estimator_order(res))}
+    kind_order = {"sup": 0, "unsup": 1, "aux": 2}
+    rows = []
+    for (dev, name), d in t.groupby(["device", "device_name"], sort=True):
+        for est in sorted(set(d.estimator), key=lambda e: (order.get(e, len(order)), e)):
+            de = d[d.estimator == est]
+            for kind in sorted(set(de.step_kind), key=lambda k: (kind_order.get(k, 3), k)):
+                r = de[de.step_kind == kind].sort_values("aux", kind="stable").iloc[0]
+                pyro_ms, ref_ms = _num(r, "median_ms"), _num(r, "ref_median_ms")
+                ratio = _num(r, "pyro_overhead")
+                if ratio is None and pyro_ms and ref_ms:
+                    ratio = pyro_ms / ref_ms
+                rows.append({"device": dev, "device_name": name, "estimator": est, "aux": bool(r["aux"]),
+                             "step_kind": kind, "pyro_median_ms": _round(pyro_ms),
+                             "ref_step": str(r["ref_step"]) if "ref_step" in r and ref_ms is not None else "",
+                             "ref_median_ms": _round(ref_ms), "pyro_overhead": _round(ratio, 4),
+                             "gflop": _round(_num(r, "gflop"), 5) if ref_ms is not None else None,
+                             "pct_of_matmul_peak": _round(_num(r, "pct_of_matmul_peak"), 2),
+                             "matmul_gflops": _round(_num(r, "matmul_gflops"), 2)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def overhead_display(ov: pd.DataFrame) -> pd.DataFrame:
+    if not len(ov):
+        return pd.DataFrame()
+    multi = len(set(zip(ov.device, ov.device_name))) > 1
+    rows = []
+    for r in ov.itertuples():
+        has_ref = r.ref_median_ms is not None and not pd.isna(r.ref_median_ms)
+        row = {"device": f"{r.device} ({r.device_name})"} if multi else {}
+        row.update({"estimator": r.estimator, "step kind": r.step_kind, "Pyro ms": _fmt_ms(r.pyro_median_ms),
+                    "reference step": r.ref_step if has_ref else "no hand-written counterpart",
+                    "reference ms": _fmt_ms(r.ref_median_ms) if has_ref else "–",
+                    "Pyro / reference": f"{r.pyro_overhead:.2f}×" if has_ref and not pd.isna(r.pyro_overhead) else "–",
+                    "GFLOP": _fmt_sig(r.gflop) if has_ref else "–",
+                    "% of matmul rate": (f"{r.pct_of_matmul_peak:.0f}%" if has_ref and not pd.isna(r.pct_of_matmul_peak)
+                                         else "–")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def overhead_text(ov: pd.DataFrame) -> List[str]:
+    """The headline numbers of the overhead table, one sentence per device."""
+    out = []
+    for (dev, name), d in ov.groupby(["device", "device_name"], sort=True):
+        paired = d.dropna(subset=["pyro_overhead"])
+        if not len(paired):
+            continue
+        parts = []
+        enum = paired[(paired.estimator == "enum") & (paired.step_kind == "unsup")]
+        if len(enum):
+            e = enum.iloc[0]
+            parts.append(f"enum's unlabeled step (all ten labels in one batched pass) takes {_fmt_ms(e.pyro_median_ms)} ms "
+                         f"in Pyro against {_fmt_ms(e.ref_median_ms)} ms by hand: **{e.pyro_overhead:.2f}×**")
+        lo, hi = paired.loc[paired.pyro_overhead.idxmin()], paired.loc[paired.pyro_overhead.idxmax()]
+        parts.append(f"over the {len(paired)} steps with a hand-written twin Pyro costs {lo.pyro_overhead:.2f}× "
+                     f"({lo.estimator} {lo.step_kind}) to {hi.pyro_overhead:.2f}× ({hi.estimator} {hi.step_kind}) "
+                     f"the reference, median {paired.pyro_overhead.median():.2f}×")
+        pct = paired.dropna(subset=["pct_of_matmul_peak"])
+        pct = pct[pct.step_kind != "aux"]  # the aux step is one small network: not a compute-bound step
+        if len(pct):
+            rate = pct.matmul_gflops.dropna()
+            best = pct.loc[pct.pct_of_matmul_peak.idxmax()]
+            text = (f"the reference steps run at {pct.pct_of_matmul_peak.min():.0f}–{best.pct_of_matmul_peak:.0f}% "
+                    f"of the measured matmul rate"
+                    + (f" ({rate.iloc[0]:.1f} GFLOP/s)" if len(rate) else ""))
+            en = pct[(pct.estimator == "enum") & (pct.step_kind == "unsup")]
+            if len(en) and en.iloc[0].pct_of_matmul_peak > 0:
+                text += (f"; the enumerated one within {100 / en.iloc[0].pct_of_matmul_peak:.2f}× of the time its "
+                         f"matmuls alone would take")
+            parts.append(text)
+        out.append(f"**{dev} ({name}):** " + "; ".join(parts) + ".")
+    return out
+
+
+# -- rankings, published anchors, headline verdict ----------------------------------------------
+
+def rank_label_counts(labels: Sequence[int]) -> List[Tuple[int, str]]:
+    """[(label count, how it was chosen)]: 3000 and 100 where present, else the largest and the smallest."""
+    have = sorted({int(l) for l in labels if l is not None and int(l) > 0})
+    if not have:
+        return []
+    out = []
+    for want, pick, word in ((RANK_LABELS[0], have[-1], "largest"), (RANK_LABELS[1], have[0], "smallest")):
+        if want in have:
+            choice = (want, f"{want} labels")
+        else:
+            choice = (pick, f"{pick} labels (the {word} label count here; {want} absent)")
+        if choice[0] not in [c[0] for c in out]:
+            out.append(choice)
+    return out
+
+
+def _ok_runs(res: Results) -> pd.DataFrame:
+    return res.runs[res.runs.status == "ok"]
+
+
+def median_seconds_per_epoch(res: Results, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int]:
+    """(median seconds_per_epoch over the ok seeds, how many), from runs.csv / the run files."""
+    r = _ok_runs(res)
+    v = r[(r.estimator == estimator) & (r.aux == aux) & (r.labels == labels)]["seconds_per_epoch"].dropna()
+    return (float(v.median()), len(v)) if len(v) else (None, 0)
+
+
+def _t1_mean(t1: pd.DataFrame, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int, Optional[float]]:
+    """(mean test accuracy, n ok seeds, 95% half-width) of a variant at a label count from Table 1."""
+    if not len(t1):
+        return None, 0, None
+    sub = t1[(t1.labels == labels) & (t1.estimator == estimator) & (t1.aux == aux)]
+    if not len(sub) or sub.iloc[0]["mean"] is None or pd.isna(sub.iloc[0]["mean"]):
+        return None, 0, None
+    row = sub.iloc[0]
+    half = None if row.ci95_halfwidth is None or pd.isna(row.ci95_halfwidth) else float(row.ci95_halfwidth)
+    return float(row["mean"]), int(row.n_ok), half
+
+
+def _ranked(rows: List[dict], key: str, ascending: bool) -> List[dict]:
+    """Rank rows by ``key`` (ties: the report's variant order); rows without a value last, unranked."""
+    have = [r for r in rows if r.get(key) is not None and not pd.isna(r[key])]
+    none = [r for r in rows if r not in have]
+    have = sorted(have, key=lambda r: (r[key] if ascending else -r[key], r["_o"]))
+    for i, r in enumerate(have):
+        r["rank"] = i + 1
+    for r in none:
+        r["rank"] = None
+    return [{k: v for k, v in r.items() if k != "_o"} for r in have + none]
+
+
+def rank_accuracy(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
+    cols = ["labels", "chosen", "rank", "variant", "estimator", "aux", "mean_test_acc", "ci95_halfwidth", "n_ok",
+            "diff_vs_enum_aux"]
+    out = []
+    for labels, chosen in rank_label_counts(t1["labels"] if len(t1) else []):
+        ref, _, _ = _t1_mean(t1, "enum", True, labels)
+        rows = []
+        for i, (est, aux) in enumerate(variants(res)):
+            sub = t1[(t1.labels == labels) & (t1.estimator == est) & (t1.aux == aux)]
+            if not len(sub):
+                continue
+            mean, n, half = _t1_mean(t1, est, aux, labels)
+            rows.append({"labels": labels, "chosen": chosen, "variant": variant_label(est, aux), "estimator": est,
+                         "aux": aux, "mean_test_acc": _round(mean), "ci95_halfwidth": _round(half), "n_ok": n,
+                         "diff_vs_enum_aux": _round(mean - ref) if mean is not None and ref is not None else None,
+                         "_o": i})
+        out += _ranked(rows, "mean_test_acc", ascending=False)
+    return pd.DataFrame(out, columns=cols)
+
+
+def rank_grad_variance(res: Results, grad_per: pd.DataFrame) -> pd.DataFrame:
+    """encoder_y's gradient variance on the unlabeled step at the common checkpoints (median), ranked low first."""
+    cols = ["labels", "chosen", "rank", "variant", "step_kind", "checkpoints", "n_checkpoints",
+            "median_variance", "median_ratio_to_enum"]
+    if not len(grad_per) or not {"param_group", "step_kind", "variance", "ratio_to_enum"} <= set(grad_per.columns):
+        return pd.DataFrame(columns=cols)
+    g = grad_per[grad_per.param_group == "encoder_y"]
+    kind = "unsup" if (g.step_kind == "unsup").any() else (sorted(set(g.step_kind))[0] if len(g) else None)
+    g = g[g.step_kind == kind]
+    if not len(g):
+        return pd.DataFrame(columns=cols)
+    later = g[g.step > 0]
+    which = "checkpoints > 0" if len(later) else "all checkpoints"
+    g = later if len(later) else g
+    order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
+    out = []
+    for labels, chosen in rank_label_counts(g["labels"].dropna().astype(int)):
+        rows = []
+        for var, sub in g[g.labels == labels].groupby("variant", sort=True):
+            rows.append({"labels": labels, "chosen": chosen, "variant": var, "step_kind": kind, "checkpoints": which,
+                         "n_checkpoints": int(len(sub)), "median_variance": _sig(float(sub["variance"].median())),
+                         "median_ratio_to_enum": _sig(float(sub["ratio_to_enum"].median())),
+                         "_o": order.get(var, len(order))})
+        out += _ranked(rows, "median_variance", ascending=True)
+    return pd.DataFrame(out, columns=cols)
+
+
+def rank_time(res: Results) -> pd.DataFrame:
+    """Median seconds per epoch (ok cells) per variant, ranked fast first, with the ratio to enum + aux."""
+    cols = ["labels", "chosen", "rank", "variant", "estimator", "aux", "n_ok", "median_seconds_per_epoch",
+            "ratio_to_enum_aux"]
+    r = _ok_runs(res).dropna(subset=["seconds_per_epoch"])
+    out = []
+    for labels, chosen in rank_label_counts(r["labels"]):
+        ref, _ = median_seconds_per_epoch(res, "enum", True, labels)
+        rows = []
+        for i, (est, aux) in enumerate(variants(res)):
+            sec, n = median_seconds_per_epoch(res, est, aux, labels)
+            if not n:
+                continue
+            rows.append({"labels": labels, "chosen": chosen, "variant": variant_label(est, aux), "estimator": est,
+                         "aux": aux, "n_ok": n, "median_seconds_per_epoch": _round(sec),
+                         "ratio_to_enum_aux": _round(sec / ref, 4) if ref else None, "_o": i})
+        out += _ranked(rows, "median_seconds_per_epoch", ascending=True)
+    return pd.DataFrame(out, columns=cols)
+
+
+def rank_display(df: pd.DataFrame, labels: int, kind: str) -> pd.DataFrame:
+    d = df[df.labels == labels]
+    rank = lambda r: "–" if r is None or pd.isna(r) else str(int(r))
+    if kind == "accuracy":
+        return pd.DataFrame([{"rank": rank(r.rank), "variant": r.variant,
+                              "test accuracy": ("–" if pd.isna(r.mean_test_acc) else
+                                                f"{r.mean_test_acc:.4f}" + ("" if pd.isna(r.ci95_halfwidth)
+                                                                            else f" ± {r.ci95_halfwidth:.4f}")),
+                              "n": str(r.n_ok),
+                              "− enum + aux": "–" if pd.isna(r.diff_vs_enum_aux) else f"{r.diff_vs_enum_aux:+.4f}"}
+                             for r in d.itertuples()])
+    if kind == "variance":
+        return pd.DataFrame([{"rank": rank(r.rank), "estimator": r.variant,
+                              "encoder_y variance": _fmt_sig(r.median_variance),
+                              "× enum": _fmt_sig(r.median_ratio_to_enum), "checkpoints": str(r.n_checkpoints)}
+                             for r in d.itertuples()])
+    return pd.DataFrame([{"rank": rank(r.rank), "variant": r.variant,
+                          "s / epoch": _fmt_sig(r.median_seconds_per_epoch),
+                          "× enum + aux": "–" if pd.isna(r.ratio_to_enum_aux) else f"{r.ratio_to_enum_aux:.2f}×",
+                          "n": str(r.n_ok)} for r in d.itertuples()])
+
+
+def load_anchors() -> pd.DataFrame:
+    a = pd.read_csv(PUBLISHED_ANCHORS, comment="#")
+    a["value"] = pd.to_numeric(a["value"], errors="coerce")
+    a["labels"] = pd.to_numeric(a["labels"], errors="coerce")
+    return a
+
+
+def _closest_labels(have: Sequence[int], target) -> Optional[int]:
+    have = sorted({int(l) for l in have if int(l) > 0})
+    if not have:
+        return None
+    if target is None or pd.isna(target) or target <= 0:
+        return have[-1]
+    return min(have, key=lambda l: (abs(math.log(l / float(target))), -l))
+
+
+def _unsup_ms(res: Results, estimator: str) -> Optional[float]:
+    """This folder's unlabeled-step median ms of ``estimator`` (the run without aux where there is one)."""
+    t = res.timing
+    if not len(t):
+        return None
+    t = t[(t.estimator == estimator) & (t.step_kind == "unsup")]
+    if "source" in t:
+        t = t[t.source == "this run"]
+    if not len(t):
+        return None
+    return _num(t.sort_values("aux", kind="stable").iloc[0], "median_ms")
+
+
+def table_anchors(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
+    """The published anchors, each beside our closest number (same estimator, closest label count)."""
+    cols = ["source", "setting", "labels", "epochs", "estimator", "unit", "value", "published", "vs_marginalisation",
+            "our_estimator", "our_variant", "our_labels", "our_value", "our_vs_enum", "our_setting"]
+    a = load_anchors()
+    epochs = (res.env.get("grid") or {}).get("epochs", "?")
+    t1_labels = t1["labels"].tolist() if len(t1) else []
+    run_labels = _ok_runs(res).dropna(subset=["seconds_per_epoch"])["labels"].tolist()
+    rows = []
+    for r in a.itertuples():
+        theirs_enum = a[(a.source == r.source) & (a.unit == r.unit) & (a.our_estimator == "enum")]
+        base = float(theirs_enum.value.iloc[0]) if len(theirs_enum) else None
+        row = {"source": r.source, "setting": r.setting, "labels": r.labels, "epochs": r.epochs,
+               "estimator": r.estimator, "unit": r.unit,
+               "value": r.value, "published": r.published, "vs_marginalisation": None,
+               "our_estimator": r.our_estimator, "our_variant": None, "our_labels": None, "our_value": None,
+               "our_vs_enum": None, "our_setting": ""}
+        if r.unit in ("test_acc", "seconds_per_epoch"):
+            if base is not None:
+                row["vs_marginalisation"] = _round(r.value - base if r.unit == "test_acc" else r.value / base, 4)
+            labels = _closest_labels(t1_labels if r.unit == "test_acc" else run_labels, r.labels)
+            if labels is not None:
+                # the auxiliary loss is part of the published M2 models (Kingma et al.'s alpha term)
+                for aux in (True, False):
+                    if r.unit == "test_acc":
+                        ours, n, _ = _t1_mean(t1, r.our_estimator, aux, labels)
+                        ref, _, _ = _t1_mean(t1, "enum", aux, labels)
+                    else:
+                        ours, n = median_seconds_per_epoch(res, r.our_estimator, aux, labels)
+                        ref, _ = median_seconds_per_epoch(res, "enum", aux, labels)
+                    if ours is not None:
+                        row.update(our_variant=variant_label(r.our_estimator, aux), our_labels=labels,
+                                   our_value=_round(ours))
+                        if ref is not None:
+                            row["our_vs_enum"] = _round(ours - ref if r.unit == "test_acc" else ours / ref, 4)
+                        row["our_setting"] = (f"{labels} labels, {epochs} epochs, {n} seed(s)"
+                                              + (", median s/epoch" if r.unit == "seconds_per_epoch" else ""))
+                        break
+        elif r.unit == "speedup_vs_marginalisation":
+            row["vs_marginalisation"] = _round(r.value, 4)
+            e_ms, o_ms = _unsup_ms(res, "enum"), _unsup_ms(res, r.our_estimator)
+            if e_ms and o_ms:
+                row.update(our_variant=r.our_estimator, our_value=_round(e_ms / o_ms, 4),
+                           our_vs_enum=_round(e_ms / o_ms, 4),
+                           our_setting=(f"unlabeled step, {r.our_estimator}/enum time per step "
+                                        f"{o_ms / e_ms:.2f} ({res.env.get('device', '?')}, timing.csv)"))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    for key in ("labels", "epochs", "our_labels"):
+        out[key] = pd.to_numeric(out[key], errors="coerce").round().astype("Int64")
+    return out
+
+
+def anchors_display(an: pd.DataFrame) -> pd.DataFrame:
+    def theirs(r):
+        if r.unit == "test_acc":
+            return f"{r.value:.3f}" + ("" if pd.isna(r.vs_marginalisation) or r.vs_marginalisation == 0 else
+                                       f" ({r.vs_marginalisation:+.3f} vs marg.)")
+        if r.unit == "seconds_per_epoch":
+            return f"{r.value:g} s/epoch" + ("" if pd.isna(r.vs_marginalisation) or r.our_estimator == "enum" else
+                                             f" ({r.vs_marginalisation:.2f}× marg.)")
+        if r.unit == "speedup_vs_marginalisation":
+            return f"{r.value:g}× the steps/s of marg."
+        return str(r.published)
+
+    def ours(r):
+        if r.our_value is None or pd.isna(r.our_value):
+            return "–"
+        enum = variant_label("enum", str(r.our_variant).endswith(" + aux"))
+        if pd.isna(r.our_vs_enum) or r.our_estimator == "enum":
+            rel = ""
+        elif r.unit == "test_acc":
+            rel = f" ({r.our_vs_enum:+.4f} vs {enum})"
+        else:
+            rel = f" ({r.our_vs_enum:.2f}× {enum})"
+        if r.unit == "test_acc":
+            return f"{r.our_value:.4f}{rel}"
+        if r.unit == "seconds_per_epoch":
+            return f"{r.our_value:.3g} s/epoch{rel}"
+        return f"{r.our_value:.2f}× the steps/s of enum"
+
+    return pd.DataFrame([{"source": r.source, "setting": r.setting, "their estimator": r.estimator,
+                          "theirs": theirs(r), "ours": "–" if r.our_variant is None or pd.isna(r.our_variant)
+                          else r.our_variant, "our number": ours(r), "our setting": r.our_setting or "–"}
+                         for r in an.itertuples()])
+
+
+def headline(res: Results, t1: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The verdict: which estimators, with the auxiliary loss, match enum + aux's accuracy within
+    VERDICT_ACC_TOLERANCE at no more than VERDICT_TIME_FRACTION of its time per epoch.
+
+    Returns (one-row summary with the verdict text, one row per candidate, the text).
+    """
+    cand_cols = ["labels", "variant", "estimator", "n_ok", "mean_test_acc", "acc_diff_vs_enum_aux",
+                 "median_seconds_per_epoch", "time_ratio_vs_enum_aux", "within_accuracy", "within_time",
+                 "qualifies"]
+    tol, frac = VERDICT_ACC_TOLERANCE, VERDICT_TIME_FRACTION
+    choice = rank_label_counts(t1["labels"] if len(t1) else [])
+    crit = (f"within {tol * 100:g} point{'s' if tol != 0.01 else ''} ({tol:g}) of enum + aux's mean test accuracy "
+            f"at no more than {frac:.0%} of its time per epoch")
+    summary = {"labels": None, "chosen": "", "reference": "enum + aux", "reference_test_acc": None,
+               "reference_n_ok": 0, "reference_seconds_per_epoch": None, "acc_tolerance": tol,
+               "time_fraction": frac, "winners": "", "verdict": ""}
+    if not choice:
+        text = f"No verdict: no finished cell with a test accuracy in this folder (criterion: {crit})."
+        return pd.DataFrame([{**summary, "verdict": text}]), pd.DataFrame(columns=cand_cols), text
+    labels, chosen = choice[0]
+    ref_acc, ref_n, ref_half = _t1_mean(t1, "enum", True, labels)
+    ref_sec, _ = median_seconds_per_epoch(res, "enum", True, labels)
+    summary.update(labels=labels, chosen=chosen, reference_test_acc=_round(ref_acc), reference_n_ok=ref_n,
+                   reference_seconds_per_epoch=_round(ref_sec))
+    where = f"at {chosen}, with the auxiliary loss"
+    if ref_acc is None or ref_sec is None:
+        text = (f"**Verdict ({where}):** none can be given: enum + aux has no finished cell with "
+                f"{'a test accuracy' if ref_acc is None else 'a time per epoch'} here (criterion: {crit}).")
+        return pd.DataFrame([{**summary, "verdict": text}]), pd.DataFrame(columns=cand_cols), text
+    rows = []
+    for est, aux in variants(res):
+        if not aux or est == "enum":
+            continue
+        acc, n, _ = _t1_mean(t1, est, True, labels)
+        sec, _ = median_seconds_per_epoch(res, est, True, labels)
+        if acc is None and sec is None:
+            continue
+        diff = None if acc is None else acc - ref_acc
+        ratio = None if sec is None else sec / ref_sec
+        ok_acc = diff is not None and diff >= -tol - 1e-12
+        ok_time = ratio is not None and ratio <= frac + 1e-12
+        rows.append({"labels": labels, "variant": variant_label(est, True), "estimator": est, "n_ok": n,
+                     "mean_test_acc": _round(acc), "acc_diff_vs_enum_aux": _round(diff),
+                     "median_seconds_per_epoch": _round(sec), "time_ratio_vs_enum_aux": _round(ratio, 4),
+                     "within_accuracy": ok_acc, "within_time": ok_time, "qualifies": ok_acc and ok_time})
+    cands = pd.DataFrame(rows, columns=cand_cols)
+
+    def describe(r) -> str:
+        acc = "no test accuracy" if pd.isna(r.mean_test_acc) else \
+            f"{r.mean_test_acc:.4f} ({r.acc_diff_vs_enum_aux:+.4f})"
+        tm = "no time per epoch" if pd.isna(r.median_seconds_per_epoch) else \
+            f"{r.time_ratio_vs_enum_aux:.0%} of the time, {r.median_seconds_per_epoch:.3g} s/epoch"
+        return f"{r.variant}: {acc}, {tm}"
+
+    ref_txt = (f"enum + aux: {ref_acc:.4f}" + (f" ± {ref_half:.4f}" if ref_half else "")
+               + f" test accuracy (n={ref_n}), {ref_sec:.3g} s/epoch")
+    win = cands[cands.qualifies].sort_values(["time_ratio_vs_enum_aux", "acc_diff_vs_enum_aux", "variant"],
+                                             ascending=[True, False, True], kind="stable")
+    if len(win):
+        summary["winners"] = ";".join(win.estimator)
+        text = (f"**Verdict ({where}):** {len(win)} estimator{'s' if len(win) > 1 else ''} "
+                f"{'reach' if len(win) > 1 else 'reaches'} {crit}: **"
+                + "; ".join(describe(r) for r in win.itertuples()) + f"** (reference {ref_txt}).")
+    else:
+        close = []
+        fast = cands[cands.within_time & cands.mean_test_acc.notna()].sort_values(
+            ["acc_diff_vs_enum_aux", "variant"], ascending=[False, True], kind="stable")
+        if len(fast):
+            close.append("the most accurate within the time: " + describe(fast.iloc[0]))
+        good = cands[cands.within_accuracy & cands.median_seconds_per_epoch.notna()].sort_values(
+            ["time_ratio_vs_enum_aux", "variant"], kind="stable")
+        if len(good):
+            close.append("the fastest within the accuracy: " + describe(good.iloc[0]))
+        if not close and len(cands):
+            best = cands.dropna(subset=["mean_test_acc"]).sort_values(["acc_diff_vs_enum_aux", "variant"],
+                                                                       ascending=[False, True], kind="stable")
+            if len(best):
+                close.append("the most accurate: " + describe(best.iloc[0]))
+        text = (f"**Verdict ({where}):** No estimator reaches {crit} (reference {ref_txt})."
+                + (" Closest: " + "; ".join(close) + "." if close else " No other estimator with aux finished here."))
+    return pd.DataFrame([{**summary, "verdict": text}]), cands, text
 
 
 # --------------------------------------------------------------------------------------------
@@ -992,8 +1467,27 @@ def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True)
     grad_wide = grad_variance_display(grad_med, res)
     write_table(grad_wide, tables_dir, "grad_variance_wide", env,
                 "Gradient variance (ratio to enum) / SNR: median over common checkpoints and seeds")
+
+    # Pyro's overhead, rankings, published anchors, the headline verdict
+    extra = {"overhead": table_overhead(res), "rank_accuracy": rank_accuracy(res, t1),
+             "rank_grad_variance": rank_grad_variance(res, grad_per), "rank_time": rank_time(res),
+             "anchors": table_anchors(res, t1)}
+    extra["headline"], extra["headline_candidates"], extra["verdict"] = headline(res, t1)
+    write_table(extra["overhead"], tables_dir, "pyro_overhead", env,
+                "Pyro's overhead: Pyro's step over the hand-written plain-PyTorch step (timing probe)")
+    write_table(extra["rank_accuracy"], tables_dir, "rank_accuracy", env,
+                "Variants ranked by mean test accuracy at best validation epoch")
+    write_table(extra["rank_grad_variance"], tables_dir, "rank_grad_variance", env,
+                "Estimators ranked by encoder_y gradient variance at the common checkpoints (median)")
+    write_table(extra["rank_time"], tables_dir, "rank_time", env,
+                "Variants ranked by median seconds per epoch (ok cells)")
+    write_table(extra["anchors"], tables_dir, "published_anchors", env,
+                "Published anchors (bench/published_anchors.csv) beside our closest numbers")
+    write_table(extra["headline"], tables_dir, "headline", env, extra["verdict"])
+    write_table(extra["headline_candidates"], tables_dir, "headline_candidates", env,
+                "Headline verdict: every candidate (with aux, other than enum) against enum + aux")
     sections = _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide, timing_rel,
-                         grad_wide, sample_cell, img)
+                         grad_wide, sample_cell, img, extra)
     title = f"ssvae-bench report: {env.get('preset', root.name)}"
     (root / "report.md").write_text(render_markdown(title, env, sections, root))
     (root / "report.html").write_text(render_html(title, env, sections))
@@ -1003,7 +1497,8 @@ def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True)
 
 
 def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide, timing_rel, grad_med,
-              sample_cell, img) -> List[Section]:
+              sample_cell, img, extra: Optional[dict] = None) -> List[Section]:
+    extra = extra or {}
     env, grid = res.env, res.env.get("grid") or {}
     s = status_summary.iloc[0]
     n_absent = int(s["missing"])
@@ -1037,6 +1532,8 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
     if res.problems:
         overview.text.append("Problems reading the folder: " + "; ".join(res.problems))
     secs.append(overview)
+    if extra.get("verdict"):
+        secs.append(_headline_section(extra))
 
     secs.append(Section("Table 1: test accuracy", text=[
         "Rows: labeled images; columns: estimator variants (`+ aux`: with the auxiliary classification loss). "
@@ -1049,6 +1546,10 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
         tables=[("This benchmark", ours, "table1"), ("Pyro tutorial, Table 1 (mean ± 95% bound)", pyro, "pyro-table1"),
                 ("Ours − Pyro (mean accuracy)", diff, "table1-diff")],
         images=img("accuracy_vs_labels"), side_by_side=True))
+
+    if extra:
+        secs.append(_ranking_section(extra))
+        secs.append(_anchors_section(res, extra))
 
     st = Section("Cell status", tables=[("Cells by status", status_summary, "status-summary")])
     if len(status_bad):
@@ -1077,6 +1578,8 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
     else:
         tm.text.append("No timing.csv in this folder.")
     secs.append(tm)
+    if extra:
+        secs.append(_overhead_section(res, extra.get("overhead", pd.DataFrame())))
 
     gv = Section("Gradient variance")
     if len(grad_med):
@@ -1103,6 +1606,95 @@ def _sections(res, t1, ours, pyro, diff, status_summary, status_bad, timing_wide
         sm.text.append("No samples/*.npy for an ok cell.")
     secs.append(sm)
     return secs
+
+
+def _headline_section(extra: dict) -> Section:
+    sec = Section("Headline", text=[extra["verdict"]])
+    sec.text.append(
+        f"Computed from this folder: mean test accuracy at the best validation epoch (Table 1) and the median "
+        f"seconds per epoch of the ok cells (runs.csv), each candidate against enum + aux at the same label count; "
+        f"a candidate qualifies within {VERDICT_ACC_TOLERANCE:g} of its accuracy at no more than "
+        f"{VERDICT_TIME_FRACTION:.0%} of its time. Every candidate: `tables/headline_candidates.csv`; the verdict: "
+        f"`tables/headline.csv`.")
+    cands = extra.get("headline_candidates")
+    if cands is not None and len(cands):
+        show = pd.DataFrame([{
+            "variant": r.variant, "n": str(r.n_ok),
+            "test accuracy": "–" if pd.isna(r.mean_test_acc) else f"{r.mean_test_acc:.4f}",
+            "− enum + aux": "–" if pd.isna(r.acc_diff_vs_enum_aux) else f"{r.acc_diff_vs_enum_aux:+.4f}",
+            "s / epoch": _fmt_sig(r.median_seconds_per_epoch),
+            "× enum + aux time": "–" if pd.isna(r.time_ratio_vs_enum_aux) else f"{r.time_ratio_vs_enum_aux:.2f}×",
+            "qualifies": "yes" if r.qualifies else "no"} for r in cands.itertuples()])
+        sec.tables.append((f"Candidates at {int(cands.labels.iloc[0])} labels", show, "headline"))
+    return sec
+
+
+def _ranking_section(extra: dict) -> Section:
+    sec = Section("Estimators ranked", side_by_side=True)
+    acc, var, tm = extra["rank_accuracy"], extra["rank_grad_variance"], extra["rank_time"]
+    sec.text.append(
+        "Three rankings of the variants (`+ aux`: with the auxiliary loss): by mean test accuracy at the best "
+        "validation epoch; by the gradient variance of q(y|x)'s parameters (encoder_y) on the unlabeled step at the "
+        "common checkpoints (every estimator at the same parameters, the ELBO gradient alone; median over "
+        "checkpoints after the first, ratio to enum's median per checkpoint); by the median seconds per training "
+        "epoch of the ok cells, with the ratio to enum + aux at the same label count. Ties keep the report's "
+        "column order; variants with no number are listed last, unranked. Numbers: `tables/rank_accuracy.csv`, "
+        "`tables/rank_grad_variance.csv`, `tables/rank_time.csv`.")
+    for df, kind, what, tid in ((acc, "accuracy", "test accuracy", "rank-accuracy"),
+                                (var, "variance", "encoder_y gradient variance (unlabeled step)", "rank-variance"),
+                                (tm, "time", "seconds per epoch", "rank-time")):
+        if not len(df):
+            sec.text.append(f"No data to rank by {what}.")
+            continue
+        for labels, chosen in dict.fromkeys(zip(df["labels"], df["chosen"])):
+            sec.tables.append((f"By {what}: {chosen}", rank_display(df, labels, kind), f"{tid}-{labels}"))
+    return sec
+
+
+def _anchors_section(res: Results, extra: dict) -> Section:
+    an = extra.get("anchors", pd.DataFrame())
+    grid = res.env.get("grid") or {}
+    sec = Section("Published anchors", text=[
+        "Numbers from the literature (`bench/published_anchors.csv`) beside our closest number: the same estimator, "
+        "at our label count nearest theirs, with the auxiliary loss where we ran it (the published M2 models train "
+        "the classifier on the labels too). The settings differ: Liu et al. 2019 used 5,000 labels and 100 epochs, "
+        f"Jang et al. 2017 100 labels; this run has {', '.join(map(str, grid.get('labels', []))) or '?'} labels, "
+        f"{grid.get('epochs', '?')} epochs, {len(grid.get('seeds', [])) or '?'} seed(s). Seconds per epoch depend "
+        "on the machine: compare the ratios to marginalisation (enum), not the seconds."])
+    sp = an[an.unit == "speedup_vs_marginalisation"] if len(an) else an
+    if len(sp):
+        r = sp.iloc[0]
+        if r.our_value is not None and not pd.isna(r.our_value):
+            sec.text.append(f"**Gumbel-softmax against marginalisation, per step:** Jang et al. report about "
+                            f"{r.value:g}× the steps per second at 10 classes; our unlabeled gumbel step takes "
+                            f"{1 / r.our_value:.2f}× enum's time, {r.our_value:.2f}× the steps per second.")
+        else:
+            sec.text.append("Gumbel-softmax against marginalisation, per step: no gumbel or enum unlabeled-step "
+                            "timing in this folder.")
+    if len(an):
+        sec.tables.append(("Published numbers and ours", anchors_display(an), "anchors"))
+    return sec
+
+
+def _overhead_section(res: Results, ov: pd.DataFrame) -> Section:
+    sec = Section("Pyro's overhead")
+    if not len(ov):
+        why = ("No timing.csv in this folder." if not len(res.timing) else
+               "timing.csv has no reference-step columns (`ref_median_ms`, `pyro_overhead`, `gflop`, "
+               "`pct_of_matmul_peak`): this folder was written before the timing probe timed the hand-written "
+               "step. Run the preset again into a fresh folder (or with `--force`) to get them.")
+        sec.text.append(why)
+        return sec
+    sec.text.append(
+        "Each Pyro step beside the same objective written by hand in plain PyTorch (`ssvae/reference.py`: same "
+        "networks and sizes, same batch, plain `torch.optim.Adam`), timed in the same probe right after it. "
+        "Pyro / reference is Pyro's overhead; GFLOP counts the dense layers of one step (`ssvae/flops.py`); "
+        "% of matmul rate is the reference step's achieved GFLOP/s over the dense matmul rate measured in the same "
+        "probe (100% = as fast as its matmuls alone). `sup` and `unsup` rows come from the runs without aux, "
+        "`aux` from those with it. Estimators with no hand-written counterpart for a step show none.")
+    sec.text += overhead_text(ov)
+    sec.tables.append(("Pyro's step against the hand-written step (median ms)", overhead_display(ov), "overhead"))
+    return sec
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ import torch
 
 from ssvae import RunConfig
 from ssvae import data as ssdata
+from ssvae import reference
 from ssvae.errors import DivergedError
 from ssvae.estimators import Objective, get_estimator
+from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.metrics import gradient_report
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
@@ -188,30 +190,66 @@ def time_steps(step: Callable[[], object], warmup: int, n: int, device) -> np.nd
     return times
 
 
+def _summary(ms: np.ndarray, prefix: str = "") -> dict:
+    q1, med, q3 = np.percentile(ms, [25, 50, 75])
+    return {f"{prefix}median_ms": float(med), f"{prefix}q1_ms": float(q1), f"{prefix}q3_ms": float(q3)}
+
+
+def _reference_columns(cfg: RunConfig, estimator: str, step_kind: str, xs, ys, spec: dict, sizes,
+                       pyro_median_ms: float, matmul_gflops: Optional[float]) -> dict:
+    """Time the hand-written twin of one Pyro step (``ssvae.reference.pairing``): Pyro's overhead.
+
+    Empty (None) columns where the step has no exact counterpart: a yardstick is not an overhead.
+    """
+    ref_kind, exact = reference.pairing(estimator, step_kind)
+    out = {"ref_step": None, "ref_median_ms": None, "ref_q1_ms": None, "ref_q3_ms": None,
+           "pyro_overhead": None, "gflop": None, "pct_of_matmul_peak": None}
+    if not exact:
+        return out
+    ms = time_steps(reference.reference_step(cfg, ref_kind, xs, ys), spec["warmup"], spec["steps"], cfg.device)
+    out.update(ref_step=ref_kind, **_summary(ms, "ref_"))
+    gflop = step_flops(ref_kind, xs.shape[0], sizes)["total"] / 1e9
+    out.update(gflop=gflop, pyro_overhead=pyro_median_ms / out["ref_median_ms"])
+    if matmul_gflops:
+        out["pct_of_matmul_peak"] = 100.0 * gflop / (out["ref_median_ms"] / 1e3) / matmul_gflops
+    return out
+
+
 def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
+    """Median time of each estimator's Pyro step of each kind, beside its hand-written twin.
+
+    Per row: Pyro's times, the reference step's (same batch, warm-up and step count, timed
+    right after Pyro's), their ratio (``pyro_overhead``), the step's dense-layer FLOPs
+    (``gflop``, ``ssvae.flops``) and the reference step's achieved rate as a percentage of
+    the matmul rate measured at the start of this task (``matmul_gflops``).
+    """
     base = RunConfig.from_dict(spec["config"])
     data = _load_data(base, data_dir)
     bs = base.batch_size
     xs_u = data.unsup.x[:bs]
     xs_s, ys_s = data.sup.x[:bs], data.sup.y[:bs]
+    matmul = matmul_rate(device=base.device)
+    matmul_gflops = float(matmul["gflops_median"])
     rows = []
     jobs = [(e, a) for e in spec["estimators"] for a in spec["aux"]]
     for i, (est, aux) in enumerate(jobs):
         cfg = RunConfig.from_dict({**base.to_dict(), "estimator": est, "aux": aux})
         trainer = Trainer(cfg, data)  # clears the param store: one model at a time
-        kinds = {"sup": lambda: trainer.svi.step(xs_s, ys_s), "unsup": lambda: trainer.svi.step(xs_u)}
+        sizes = Sizes.of(trainer.ss)
+        kinds = {"sup": (lambda: trainer.svi.step(xs_s, ys_s), xs_s, ys_s),
+                 "unsup": (lambda: trainer.svi.step(xs_u), xs_u, None)}
         if aux:
-            kinds["aux"] = lambda: trainer.svi_aux.step(xs_s, ys_s)
-        for kind, fn in kinds.items():
+            kinds["aux"] = (lambda: trainer.svi_aux.step(xs_s, ys_s), xs_s, ys_s)
+        for kind, (fn, xs, ys) in kinds.items():
             ms = time_steps(fn, spec["warmup"], spec["steps"], cfg.device)
-            q1, med, q3 = np.percentile(ms, [25, 50, 75])
-            rows.append({"estimator": est, "aux": aux, "device": cfg.device, "step_kind": kind, "batch_size": bs,
-                         "n_steps": len(ms), "median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3),
-                         "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
-                         "threads": torch.get_num_threads()})
+            row = {"estimator": est, "aux": aux, "device": cfg.device, "step_kind": kind, "batch_size": bs,
+                   "n_steps": len(ms), **_summary(ms), "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
+                   "threads": torch.get_num_threads(), "matmul_gflops": matmul_gflops}
+            row.update(_reference_columns(cfg, est, kind, xs, ys, spec, sizes, row["median_ms"], matmul_gflops))
+            rows.append(row)
         if progress:
             progress({"event": "step", "epoch": 1, "step": i + 1, "steps": len(jobs), "global_step": i + 1})
-    return {"status": "ok", "error": None, "timing": rows, "data_sha256": data.sha256}
+    return {"status": "ok", "error": None, "timing": rows, "matmul": matmul, "data_sha256": data.sha256}
 
 
 RUNNERS = {"train": run_train, "common": run_common, "timing": run_timing}

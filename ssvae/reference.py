@@ -160,6 +160,41 @@ def counterpart(estimator: str, step_kind: str, estimator_kind: str = "ssvae") -
     return UNSUP_COUNTERPART.get(estimator)
 
 
+#: the reference step that stands in, as a yardstick, for an unlabeled step with no counterpart
+YARDSTICK = "unsup-sampled"
+
+
+def pairing(estimator: str, step_kind: str) -> Tuple[str, bool]:
+    """(reference step kind, exact) for ``estimator``'s Pyro step of ``step_kind``.
+
+    The pairing the step-time benchmarks (``tests/benchmarks``) and the harness's timing probe
+    (``bench.tasks.run_timing``) share: the exact counterpart (:func:`counterpart`) where there
+    is one, else the :data:`YARDSTICK` (one reference pass of the networks) with ``exact``
+    False -- a yardstick is a scale, not Pyro's overhead.
+    """
+    from .estimators import get_estimator  # late: the registry imports the model and Pyro's inference
+
+    exact = counterpart(estimator, step_kind, get_estimator(estimator).kind)
+    return (exact, True) if exact else (YARDSTICK, False)
+
+
+def reference_step(cfg, ref_kind: str, xs: torch.Tensor, ys: Optional[torch.Tensor] = None) -> Callable[[], float]:
+    """A zero-argument callable taking one :class:`ReferenceStepper` step of ``ref_kind`` on (xs, ys).
+
+    The network is a fresh :class:`~ssvae.model.SSVAE` of ``cfg``'s sizes (a
+    :class:`~ssvae.config.RunConfig`), seeded with ``cfg.seed``, on ``xs``'s device, with
+    plain ``torch.optim.Adam`` at ``cfg``'s learning rate and beta1: the reference twin of a
+    ``Trainer`` built from the same config.
+    """
+    import pyro  # seeding only: python, numpy and torch as ``ssvae.train.set_seed`` does
+
+    pyro.set_rng_seed(cfg.seed)
+    ss = SSVAE(input_size=xs.shape[-1], z_dim=cfg.z_dim, hidden=cfg.hidden,
+               aux_multiplier=cfg.aux_multiplier).to(xs.device)
+    stepper = ReferenceStepper(ss, lr=cfg.lr, beta1=cfg.beta1)
+    return lambda: stepper.step(ref_kind, xs, ys)
+
+
 class ReferenceStepper:
     """One optimisation step with plain ``torch.optim.Adam`` (Pyro's lr and betas)."""
 

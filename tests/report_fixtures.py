@@ -26,6 +26,12 @@ CORRUPT_CELL = "enum-seq_L3000_s0"
 _ACC = {("trace", False): 0.20, ("trace", True): 0.90, ("enum", False): 0.60, ("enum", True): 0.94,
         ("enum-seq", False): 0.60, ("enum-seq", True): 0.94, ("baseline", False): 0.82}
 _MS = {"trace": 6.0, "enum": 14.0, "enum-seq": 55.0, "baseline": 1.5}
+# the timing probe's reference columns: Pyro / reference per (estimator, step kind), GFLOP per reference step
+OVERHEAD = {("trace", "unsup"): 1.3, ("enum", "unsup"): 1.15, ("enum-seq", "unsup"): 1.6, "sup": 1.2, "aux": 1.8}
+REF_STEP = {("trace", "unsup"): "unsup-sampled", ("enum", "unsup"): "unsup-enum",
+            ("enum-seq", "unsup"): "unsup-enum-seq"}
+GFLOP = {"sup": 0.885, "unsup-sampled": 1.2, "unsup-enum": 9.17, "unsup-enum-seq": 9.17, "aux": 0.32, "baseline": 0.32}
+MATMUL_GFLOPS = 1000.0
 
 
 def cell_id(estimator, aux, labels, seed):
@@ -36,7 +42,11 @@ def variants(estimators=ESTIMATORS):
     return [(e, a) for e in estimators for a in ((False,) if e == "baseline" else (False, True))]
 
 
-def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon (fake)", seeds=SEEDS):
+def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon (fake)", seeds=SEEDS, acc=None,
+                      overhead=True):
+    """``acc``: {(estimator, aux): level} overriding the accuracy levels; ``overhead`` False: a timing.csv
+    without the reference-step columns (a folder written before the probe timed the reference)."""
+    levels = {**_ACC, **(acc or {})}
     root = Path(root)
     (root / "runs").mkdir(parents=True, exist_ok=True)
     (root / "samples").mkdir(exist_ok=True)
@@ -59,7 +69,7 @@ def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon
         if cid == MISSING_CELL:
             continue
         failed = cid == FAILED_CELL
-        level = _ACC[(est, aux)] + (0.03 if labels == 3000 else 0.0)
+        level = levels[(est, aux)] + (0.03 if labels == 3000 else 0.0)
         curves, elapsed = [], 0.0
         for ep in range(1, EPOCHS + 1):
             elapsed += _MS[est] * STEPS_PER_EPOCH / 1000 * (1 + 0.05 * rng.rand())
@@ -112,9 +122,17 @@ def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon
         kinds = ("sup",) if est == "baseline" else ("sup", "unsup") + (("aux",) if aux else ())
         for kind in kinds:
             base = {"sup": _MS[est] / 2 if est != "baseline" else _MS[est], "unsup": _MS[est], "aux": 1.2}[kind]
-            timing.append({"estimator": est, "aux": aux, "device": device, "device_name": device_name,
-                           "step_kind": kind, "batch_size": 200, "n_steps": 50, "median_ms": base,
-                           "q1_ms": round(base * 0.95, 3), "q3_ms": round(base * 1.07, 3)})
+            row = {"estimator": est, "aux": aux, "device": device, "device_name": device_name,
+                   "step_kind": kind, "batch_size": 200, "n_steps": 50, "median_ms": base,
+                   "q1_ms": round(base * 0.95, 3), "q3_ms": round(base * 1.07, 3)}
+            if overhead:
+                ref = "baseline" if est == "baseline" else REF_STEP.get((est, kind), kind)
+                ratio = OVERHEAD.get((est, kind), OVERHEAD.get(kind, 1.2))
+                ref_ms = base / ratio
+                row.update(ref_step=ref, ref_median_ms=ref_ms, ref_q1_ms=ref_ms * 0.97, ref_q3_ms=ref_ms * 1.04,
+                           pyro_overhead=ratio, gflop=GFLOP[ref], matmul_gflops=MATMUL_GFLOPS,
+                           pct_of_matmul_peak=100 * GFLOP[ref] / (ref_ms / 1e3) / MATMUL_GFLOPS)
+            timing.append(row)
     _write_csv(root / "timing.csv", timing)
 
     grad = []

@@ -234,3 +234,139 @@ def test_report_on_real_results(tmp_path):
     for est in env["grid"]["estimators"]:
         assert est in wide.columns
     assert out["report.html"].stat().st_size > 10_000
+
+
+# -- Pyro's overhead, rankings, published anchors, headline verdict ----------------------------
+
+def test_overhead_section(built):
+    root, _ = built
+    ov = pd.read_csv(root / "tables/pyro_overhead.csv")
+    enum = ov[(ov.estimator == "enum") & (ov.step_kind == "unsup")].iloc[0]
+    assert not enum.aux and enum.ref_step == "unsup-enum"
+    assert enum.pyro_overhead == pytest.approx(1.15)
+    assert enum.ref_median_ms == pytest.approx(14.0 / 1.15, rel=1e-5)
+    assert enum.gflop == pytest.approx(9.17) and enum.pct_of_matmul_peak == pytest.approx(100 * 9.17 * 1.15 / 14, abs=0.01)
+    assert set(ov[ov.step_kind == "aux"].aux) == {True}  # the aux step comes from the runs with aux
+    assert list(ov.estimator.drop_duplicates()) == ["trace", "enum", "enum-seq", "baseline"]
+    text = (root / "report.md").read_text()
+    section = text.split("## Pyro's overhead", 1)[1].split("\n## ", 1)[0]
+    assert "**1.15×**" in section and "14 ms in Pyro against 12.2 ms by hand" in section
+    assert "75% of the measured matmul rate (1000.0 GFLOP/s)" in section
+    assert "| enum | unsup | 14 | unsup-enum | 12.2 | 1.15× | 9.17 | 75% |" in section
+
+
+def test_overhead_section_on_an_older_folder(tmp_path):
+    fabricate_results(tmp_path, overhead=False)
+    report.build_report(tmp_path, plots=False)
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## Pyro's overhead", 1)[1].split("\n## ", 1)[0]
+    assert "timing.csv has no reference-step columns" in section and "<table" not in section
+    assert len(pd.read_csv(tmp_path / "tables/pyro_overhead.csv")) == 0
+    assert "## Time per step" in text  # the rest of the timing section is untouched
+
+
+def test_rank_label_counts_fall_back_to_largest_and_smallest():
+    assert report.rank_label_counts([100, 600, 3000]) == [(3000, "3000 labels"), (100, "100 labels")]
+    (big, big_note), (small, small_note) = report.rank_label_counts([1000, 600, 1000])
+    assert (big, small) == (1000, 600)
+    assert "largest" in big_note and "3000 absent" in big_note and "smallest" in small_note
+    assert report.rank_label_counts([3000]) == [(3000, "3000 labels")]
+    assert report.rank_label_counts([]) == []
+
+
+def test_rankings(built):
+    root, _ = built
+    acc = pd.read_csv(root / "tables/rank_accuracy.csv")
+    assert list(acc.labels.drop_duplicates()) == [3000, 100]
+    for labels, sub in acc.groupby("labels"):
+        ranked = sub.dropna(subset=["rank"])
+        assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
+        assert list(ranked.mean_test_acc) == sorted(ranked.mean_test_acc, reverse=True)
+        assert set(ranked.variant.iloc[:2]) == {"enum + aux", "enum-seq + aux"}
+        assert ranked.variant.iloc[-1] == "trace"
+        assert ranked[ranked.variant == "enum + aux"].diff_vs_enum_aux.iloc[0] == 0
+    var = pd.read_csv(root / "tables/rank_grad_variance.csv")
+    for labels, sub in var.groupby("labels"):
+        assert list(sub.variant)[-1] == "trace" and set(sub.variant) == {"trace", "enum", "enum-seq"}
+        assert (sub.checkpoints == "checkpoints > 0").all() and (sub.n_checkpoints == 4).all()
+        assert sub[sub.variant == "enum"].median_ratio_to_enum.iloc[0] == 1
+        assert sub[sub.variant == "trace"].median_ratio_to_enum.iloc[0] > 10
+    tm = pd.read_csv(root / "tables/rank_time.csv")
+    at = tm[tm.labels == 3000]
+    assert list(at.variant)[0] == "baseline" and set(list(at.variant)[-2:]) == {"enum-seq", "enum-seq + aux"}
+    assert list(at.median_seconds_per_epoch) == sorted(at.median_seconds_per_epoch)
+    assert at[at.variant == "enum + aux"].ratio_to_enum_aux.iloc[0] == 1
+    assert at[at.variant == "trace + aux"].ratio_to_enum_aux.iloc[0] == pytest.approx(6 / 14, rel=0.08)
+    text = (root / "report.md").read_text()
+    assert "## Estimators ranked" in text and "**By test accuracy: 3000 labels**" in text
+    assert "**By seconds per epoch: 100 labels**" in text
+    for name in ("rank_accuracy", "rank_grad_variance", "rank_time", "headline", "published_anchors"):
+        assert (root / "tables" / f"{name}.md").is_file(), name
+
+
+def test_verdict_none_qualifies(built):
+    root, _ = built
+    head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
+    assert head.labels == 3000 and head.winners == ""
+    verdict = head.verdict
+    assert verdict.startswith("**Verdict (at 3000 labels, with the auxiliary loss):** No estimator reaches within 1 point")
+    assert "the most accurate within the time: trace + aux" in verdict
+    assert "the fastest within the accuracy: enum-seq + aux" in verdict
+    cands = pd.read_csv(root / "tables/headline_candidates.csv")
+    assert set(cands.variant) == {"trace + aux", "enum-seq + aux"} and not cands.qualifies.any()
+    text = (root / "report.md").read_text()
+    assert text.index("## Headline") < text.index("## Table 1") and verdict in text
+
+
+def test_verdict_names_the_winner(tmp_path):
+    fabricate_results(tmp_path, acc={("trace", True): 0.99})  # as accurate as enum + aux, at ~43% of its time
+    report.build_report(tmp_path, plots=False)
+    head = pd.read_csv(tmp_path / "tables/headline.csv", keep_default_na=False).iloc[0]
+    assert head.winners == "trace"
+    assert "1 estimator reaches within 1 point" in head.verdict and "**trace + aux: " in head.verdict
+    assert "% of the time" in head.verdict and "No estimator" not in head.verdict
+    cands = pd.read_csv(tmp_path / "tables/headline_candidates.csv").set_index("variant")
+    assert cands.loc["trace + aux", "qualifies"] and not cands.loc["enum-seq + aux", "qualifies"]
+    assert cands.loc["trace + aux", "time_ratio_vs_enum_aux"] <= 0.6
+
+
+def test_verdict_without_enum_aux(tmp_path):
+    fabricate_results(tmp_path)
+    for p in (tmp_path / "runs").glob("enum+aux_*.json"):
+        p.unlink()
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs[~runs.cell.str.startswith("enum+aux_")].to_csv(tmp_path / "runs.csv", index=False)
+    report.build_report(tmp_path, plots=False)
+    head = pd.read_csv(tmp_path / "tables/headline.csv", keep_default_na=False).iloc[0]
+    assert "none can be given: enum + aux has no finished cell" in head.verdict
+
+
+def test_published_anchors_load_and_match(built):
+    anchors = report.load_anchors()
+    assert {"source", "setting", "estimator", "value", "unit", "our_estimator"} <= set(anchors.columns)
+    liu = anchors[anchors.source == "Liu et al. 2019"].set_index(["our_estimator", "unit"])
+    assert liu.loc[("enum", "test_acc"), "value"] == 0.966 and liu.loc[("rb-topk", "seconds_per_epoch"), "value"] == 17.5
+    jang = anchors[anchors.source == "Jang et al. 2017"].set_index(["our_estimator", "unit"])
+    assert jang.loc[("gumbel-st", "test_acc"), "value"] == 0.936
+    assert jang.loc[("gumbel", "speedup_vs_marginalisation"), "value"] == 2.0
+    from ssvae.estimators import REGISTRY
+    assert set(anchors.our_estimator) <= set(REGISTRY)
+    import tomllib
+    from pathlib import Path
+    pyproject = tomllib.loads((Path(report.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "published_anchors.csv" in pyproject["tool"]["setuptools"]["package-data"]["bench"]
+
+    root, _ = built
+    an = pd.read_csv(root / "tables/published_anchors.csv")
+    t1 = pd.read_csv(root / "tables/table1_long.csv")
+    enum_aux_3000 = t1[(t1.labels == 3000) & (t1.variant == "enum + aux")]["mean"].iloc[0]
+    liu_enum = an[(an.source == "Liu et al. 2019") & (an.our_estimator == "enum") & (an.unit == "test_acc")].iloc[0]
+    assert liu_enum.our_variant == "enum + aux" and liu_enum.our_labels == 3000
+    assert liu_enum.our_value == pytest.approx(enum_aux_3000)
+    jang_enum = an[(an.source == "Jang et al. 2017") & (an.our_estimator == "enum")].iloc[0]
+    assert jang_enum.our_labels == 100
+    assert an[an.our_estimator == "gumbel"].our_value.isna().all()  # no gumbel in this grid
+    rb = an[(an.our_estimator == "rb-topk") & (an.unit == "seconds_per_epoch")].iloc[0]
+    assert rb.vs_marginalisation == pytest.approx(17.5 / 31.4, abs=1e-4)
+    text = (root / "report.md").read_text()
+    assert "## Published anchors" in text and "Liu et al. 2019" in text and "Jang et al. 2017" in text

@@ -10,7 +10,8 @@ classification step), two benchmarks run back to back at the default sizes (batc
 * ``ref``: :class:`~ssvae.reference.ReferenceStepper` (plain PyTorch + ``torch.optim.Adam``)
   on the counterpart objective. An estimator with no hand-written counterpart for its
   unlabeled step is timed against ``unsup-sampled`` (one reference pass of the networks) as a
-  yardstick, and marked so.
+  yardstick, and marked so. The pairing is ``ssvae.reference.pairing``, the one the harness's
+  timing probe (``bench.tasks.run_timing``) uses too.
 
 ``bench.regress`` turns the medians into ratios (Pyro / reference, enum / trace) and compares
 them with a stored baseline. Run through it (``make regress``), or directly with
@@ -39,8 +40,7 @@ from ssvae.config import RunConfig
 from ssvae.data import SSData, Split
 from ssvae.estimators import REGISTRY
 from ssvae.flops import step_flops
-from ssvae.model import SSVAE
-from ssvae.train import Trainer, set_seed
+from ssvae.train import Trainer
 
 SHORT = os.environ.get("REGRESS_SHORT", "") not in ("", "0")
 #: seconds of timed work per benchmark (rounds = budget / step time, clamped)
@@ -76,13 +76,6 @@ def synthetic_data() -> SSData:
                   sha256="synthetic", root="")
 
 
-def reference_kind(estimator: str, kind: str):
-    """(reference step kind, whether it is the exact counterpart)."""
-    est = REGISTRY[estimator]
-    exact = ref.counterpart(estimator, kind, est.kind)
-    return (exact, True) if exact else ("unsup-sampled", False)
-
-
 def pyro_step(trainer: Trainer, kind: str, data: SSData):
     """The training path: the Trainer's own SVI objects (what ``Trainer.step`` calls)."""
     xs, ys, ux = data.sup.x, data.sup.y, data.unsup.x
@@ -95,11 +88,9 @@ def pyro_step(trainer: Trainer, kind: str, data: SSData):
 
 
 def reference_step(cfg: RunConfig, ref_kind: str, kind: str, data: SSData):
-    set_seed(cfg.seed)
-    ss = SSVAE(z_dim=cfg.z_dim, hidden=cfg.hidden, aux_multiplier=cfg.aux_multiplier)
-    stepper = ref.ReferenceStepper(ss, lr=cfg.lr, beta1=cfg.beta1)
+    """The hand-written step (``ssvae.reference.reference_step``) on the batch Pyro's ``kind`` step sees."""
     xs, ys = (data.unsup.x if kind == "unsup" else data.sup.x), data.sup.y
-    return lambda: stepper.step(ref_kind, xs, ys)
+    return ref.reference_step(cfg, ref_kind, xs, ys)
 
 
 def timed_list(fn, times):
@@ -144,7 +135,7 @@ def run_paired(benchmark, target, partner, info: dict):
 def test_step(benchmark, estimator, kind, impl):
     cfg = RunConfig(estimator=estimator, aux=True, batch_size=BATCH)
     data = synthetic_data()
-    ref_kind, exact = reference_kind(estimator, kind)
+    ref_kind, exact = ref.pairing(estimator, kind)
     info = {"estimator": estimator, "step_kind": kind, "impl": impl, "reference": ref_kind,
             "exact_counterpart": exact}
     if impl == "ref":
