@@ -25,7 +25,8 @@ from ssvae.estimators import REGISTRY, get_estimator, names
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_fractions", "seeds", "epochs",
-               "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers"}
+               "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers",
+               "options"}
 PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
                 "timing_batch_size"}
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
@@ -69,6 +70,8 @@ class Grid:
     description: str = ""
     #: cells run at a time by default (an execution hint: results do not depend on it)
     workers: int = 1
+    #: estimator options, per estimator: ``{"rb-topk": {"k": 3}}`` (TOML: ``[options.rb-topk] k = 3``)
+    options: Dict[str, Dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,13 +101,22 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     if unknown:
         raise ConfigError(f"unknown probe field(s) {', '.join(sorted(unknown))}")
     probe.update(spec.get("probe", {}))
+    options = spec.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError("options must map an estimator to its options, e.g. options.rb-topk.k=3")
+    if options:  # unknown or bad options fail here, in one line, not in every cell
+        from ssvae.model import SSVAE
+        tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
+        for e, o in options.items():
+            get_estimator(e).build(tiny, dict(o))
     grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=[bool(a) for a in spec.get("aux", [False, True])],
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
                 batch_size=int(spec.get("batch_size", 200)), lr=float(spec.get("lr", 0.00042)),
                 z_dim=int(spec.get("z_dim", 50)), hidden=list(spec.get("hidden", [500])),
                 aux_multiplier=float(spec.get("aux_multiplier", 46.0)), probe=probe,
-                description=spec.get("description", ""), workers=int(spec.get("workers", 1)))
+                description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
+                options={e: dict(o) for e, o in sorted(options.items())})
     for cfg in train_configs(grid):
         cfg.validate()
     return grid
@@ -118,7 +130,14 @@ def cell_id(cfg: RunConfig) -> str:
 def _config(grid: Grid, **kw) -> RunConfig:
     return RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
                      lr=grid.lr, z_dim=grid.z_dim, hidden=tuple(grid.hidden), aux_multiplier=grid.aux_multiplier,
-                     device=grid.device, **kw)
+                     device=grid.device, options=grid.options.get(kw["estimator"], {}), **kw)
+
+
+def _with_options(task: dict, grid: Grid) -> dict:
+    """Probe tasks build every estimator: they carry the grid's per-estimator options (when any)."""
+    if grid.options:
+        task["options"] = grid.options
+    return task
 
 
 def train_configs(grid: Grid) -> List[RunConfig]:
@@ -136,12 +155,12 @@ def train_configs(grid: Grid) -> List[RunConfig]:
 def expand(grid: Grid) -> List[dict]:
     """The task specs of a grid, in run order: timing probe, common probes, then cells."""
     probe = grid.probe
-    tasks: List[dict] = [{
+    tasks: List[dict] = [_with_options({
         "kind": "timing", "id": f"timing_{grid.device.replace(':', '')}", "exclusive": True,
         "estimators": grid.estimators, "aux": grid.aux, "device": grid.device,
         "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
         "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
-    }]
+    }, grid)]
     if "enum" in REGISTRY:
         for labels in grid.labels:
             for seed in grid.seeds:
@@ -150,9 +169,10 @@ def expand(grid: Grid) -> List[dict]:
                 last = max(probe["checkpoints"])
                 epochs = max(1, math.ceil((last + 1) / steps_per_epoch))
                 cfg = dataclasses.replace(cfg, epochs=epochs)
-                tasks.append({"kind": "common", "id": f"common_L{labels}_s{seed}", "config": cfg.to_dict(),
-                              "estimators": grid.estimators, "checkpoints": probe["checkpoints"],
-                              "n_samples": probe["variance_samples"]})
+                tasks.append(_with_options({"kind": "common", "id": f"common_L{labels}_s{seed}",
+                                            "config": cfg.to_dict(), "estimators": grid.estimators,
+                                            "checkpoints": probe["checkpoints"],
+                                            "n_samples": probe["variance_samples"]}, grid))
     for cfg in train_configs(grid):
         tasks.append({"kind": "train", "id": cell_id(cfg), "config": cfg.to_dict(),
                       "checkpoints": probe["checkpoints"], "n_samples": probe["variance_samples"],

@@ -106,11 +106,17 @@ def grid_from_args(args) -> gridmod.Grid:
             if sub not in gridmod.PROBE_FIELDS:
                 raise ConfigError(f"unknown probe field {sub!r}: known {', '.join(sorted(gridmod.PROBE_FIELDS))}")
             preset.setdefault("probe", {})[sub] = value
-        elif key in gridmod.GRID_FIELDS - {"probe"}:
+        elif key.startswith("options."):  # options.rb-topk.k=3
+            est, _, opt = key.split(".", 1)[1].partition(".")
+            if not opt:
+                raise ConfigError(f"--set {item!r}: expected options.ESTIMATOR.OPTION=VALUE")
+            preset["options"] = {e: dict(o) for e, o in preset.get("options", {}).items()}
+            preset["options"].setdefault(est, {})[opt] = value
+        elif key in gridmod.GRID_FIELDS - {"probe", "options"}:
             preset[key] = value
         else:
-            raise ConfigError(f"unknown field {key!r}: known {', '.join(sorted(gridmod.GRID_FIELDS - {'probe'}))}"
-                              f" and probe.*")
+            raise ConfigError(f"unknown field {key!r}: known {', '.join(sorted(gridmod.GRID_FIELDS - {'probe', 'options'}))}"
+                              f", probe.* and options.ESTIMATOR.*")
     if args.label_fraction is not None:
         overrides["labels"] = [resolve_labels(None, f) for f in args.label_fraction]
         overrides["label_fractions"] = None

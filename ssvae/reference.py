@@ -137,6 +137,9 @@ def aux_loss(ss: SSVAE, xs: torch.Tensor, ys: torch.Tensor, multiplier: Optional
 #: the hand-written counterpart of each registered estimator's unlabeled step
 UNSUP_COUNTERPART = {"trace": "unsup-sampled", "enum": "unsup-enum", "enum-seq": "unsup-enum-seq"}
 
+#: estimators whose every step (labeled too) averages several particles
+MULTI_PARTICLE = {"trace-k10"}
+
 #: reference step kinds and the loss each takes: ``fn(ss, xs, ys) -> (surrogate, loss)``
 REFERENCE_LOSSES: Dict[str, Callable[..., Loss]] = {
     "sup": lambda ss, xs, ys: sup_loss(ss, xs, ys),
@@ -155,6 +158,8 @@ def counterpart(estimator: str, step_kind: str, estimator_kind: str = "ssvae") -
     """
     if estimator_kind == "supervised":
         return "baseline" if step_kind == "sup" else None
+    if step_kind == "sup" and estimator in MULTI_PARTICLE:
+        return None  # its labeled step averages k particles: k reference steps' work, not one
     if step_kind in ("sup", "aux"):
         return step_kind
     return UNSUP_COUNTERPART.get(estimator)

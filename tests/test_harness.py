@@ -143,3 +143,22 @@ def test_one_cell_per_gpu_pinned_with_cuda_visible_devices(tmp_path, monkeypatch
     del ex.running["c0"]
     assert ex._free_gpu() == 0
     ex.running.clear()
+
+
+def test_estimator_options_reach_cells_and_probes():
+    from bench.harness import grid_from_args
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--preset", "smoke", "--set", "options.rb-topk.k=3",
+                                      "--set", "options.gumbel.tau_min=0.3"])
+    grid = grid_from_args(args)
+    assert grid.options == {"gumbel": {"tau_min": 0.3}, "rb-topk": {"k": 3}}
+    tasks = gridmod.expand(grid)
+    cells = {t["id"]: t for t in tasks if t["kind"] == "train"}
+    assert cells["rb-topk+aux_L100_s0"]["config"]["options"] == {"k": 3}
+    assert cells["enum_L100_s0"]["config"]["options"] == {}
+    assert all(t["options"] == grid.options for t in tasks if t["kind"] in ("timing", "common"))
+    # no options: probe specs unchanged (finished folders stay done)
+    assert all("options" not in t for t in gridmod.expand(gridmod.make_grid(gridmod.load_preset("smoke"))))
+    with pytest.raises(ConfigError, match="has no option"):
+        gridmod.make_grid(gridmod.load_preset("smoke"), {"options": {"rb-topk": {"nope": 1}}})
