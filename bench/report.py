@@ -1111,6 +1111,24 @@ def plot_accuracy_vs_labels(res: Results, t1: pd.DataFrame, path: Path) -> Optio
     return _save(fig, path, res.env, "Test accuracy vs label count (mean, 95% t-interval over seeds)")
 
 
+def _label_panels(c: pd.DataFrame):
+    """A figure with one panel per label count in ``c``: (fig, [(ax, labels), ...])."""
+    import matplotlib.pyplot as plt
+    labels = sorted(c.labels.unique())
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels) + 2, 4.2), sharey=True, squeeze=False)
+    return fig, list(zip(axes[0], labels))
+
+
+def _variant_rows(res: Results, c: pd.DataFrame, labels, seen: list):
+    """(estimator, aux, rows) of each variant with rows at ``labels``, in report order; adds it to ``seen``."""
+    for est, aux in variants(res):
+        sub = c[(c.labels == labels) & (c.estimator == est) & (c.aux == aux)]
+        if len(sub):
+            if (est, aux) not in seen:
+                seen.append((est, aux))
+            yield est, aux, sub
+
+
 def plot_learning_curves(res: Results, path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -1118,24 +1136,18 @@ def plot_learning_curves(res: Results, path: Path) -> Optional[Path]:
     if not len(c):
         return None
     pal = palette(res)
-    labels = sorted(c.labels.unique())
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels) + 2, 4.2), sharey=True, squeeze=False)
+    fig, panels = _label_panels(c)
     pairs = []
-    for ax, l in zip(axes[0], labels):
-        for est, aux in variants(res):
-            sub = c[(c.labels == l) & (c.estimator == est) & (c.aux == aux)]
-            if not len(sub):
-                continue
-            if (est, aux) not in pairs:
-                pairs.append((est, aux))
+    for ax, l in panels:
+        for est, aux, sub in _variant_rows(res, c, l, pairs):
             agg = sub.groupby("epoch")["valid_acc"].agg(["mean", "min", "max"])
             ax.plot(agg.index, agg["mean"], color=pal[est], markersize=3, **AUX_STYLE[aux])
             ax.fill_between(agg.index, agg["min"], agg["max"], color=pal[est], alpha=0.12, linewidth=0)
         ax.set_title(f"{l} labels")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].set_ylabel("validation accuracy (fraction)")
-    axes[0][-1].legend(handles=_legend_handles(res, pairs), loc="center left", bbox_to_anchor=(1.02, 0.5),
+    panels[0][0].set_ylabel("validation accuracy (fraction)")
+    panels[-1][0].legend(handles=_legend_handles(res, pairs), loc="center left", bbox_to_anchor=(1.02, 0.5),
                        frameon=False)
     return _save(fig, path, res.env, "Validation accuracy per epoch (line: mean over seeds; band: min–max)")
 
@@ -1226,24 +1238,18 @@ def plot_accuracy_vs_time(res: Results, path: Path) -> Optional[Path]:
     if not len(c):
         return None
     pal = palette(res)
-    labels = sorted(c.labels.unique())
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels) + 2, 4.2), sharey=True, squeeze=False)
+    fig, panels = _label_panels(c)
     pairs = []
-    for ax, l in zip(axes[0], labels):
-        for est, aux in variants(res):
-            sub = c[(c.labels == l) & (c.estimator == est) & (c.aux == aux)]
-            if not len(sub):
-                continue
-            if (est, aux) not in pairs:
-                pairs.append((est, aux))
+    for ax, l in panels:
+        for est, aux, sub in _variant_rows(res, c, l, pairs):
             for _, s in sub.groupby("seed"):
                 s = s.sort_values("elapsed_seconds")
                 ax.plot(s.elapsed_seconds, s.test_acc, color=pal[est], markersize=3, alpha=0.85, **AUX_STYLE[aux])
         ax.set_xscale("log")
         ax.set_title(f"{l} labels")
         ax.set_xlabel("cumulative training wall time (s, log)")
-    axes[0][0].set_ylabel("test accuracy (fraction)")
-    axes[0][-1].legend(handles=_legend_handles(res, pairs), loc="center left", bbox_to_anchor=(1.02, 0.5),
+    panels[0][0].set_ylabel("test accuracy (fraction)")
+    panels[-1][0].legend(handles=_legend_handles(res, pairs), loc="center left", bbox_to_anchor=(1.02, 0.5),
                        frameon=False)
     return _save(fig, path, res.env, "Test accuracy vs training time (one line per seed)")
 
