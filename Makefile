@@ -21,9 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# the report is written even when some cells failed (it shows them); the exit status is the run's
 bench: install
-	$(PYTHON) -m bench run --preset $(PRESET) --device $(DEVICE) --out $(OUT) $(ARGS)
-	$(PYTHON) -m bench report $(OUT)
+	@status=0; $(PYTHON) -m bench run --preset $(PRESET) --device $(DEVICE) --out $(OUT) $(ARGS) || status=$$?; \
+	if [ $$status -ne 2 ] && [ -f $(OUT)/env.json ]; then $(PYTHON) -m bench report $(OUT) || exit $$?; fi; \
+	exit $$status
 
 report: install
 	$(PYTHON) -m bench report $(OUT)

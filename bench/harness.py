@@ -168,6 +168,16 @@ def environment(grid: gridmod.Grid, tasks: List[dict], data_sha: str, workers: i
     }
 
 
+def _earlier_runs(path: Path) -> List[dict]:
+    """What earlier commands on this folder ran (a resumed grid keeps the provenance of every part)."""
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keep = ("git_commit", "date", "command", "torch", "pyro", "device_name", "threads", "tasks_run")
+    return prev.get("earlier_runs", []) + [{k: prev.get(k) for k in keep}]
+
+
 class Progress:
     """One status line: tasks done / total, the current task, its epoch and step, an ETA."""
 
@@ -272,8 +282,10 @@ def cmd_run(args) -> int:
     if hasattr(executor, "connect"):
         executor.connect()  # a scheduler that does not answer fails here, before anything is written
     with OutputLock(out):
-        atomic_write_json(out / "env.json", environment(grid, tasks, data_sha, workers, executor.threads,
-                                                        args.executor))
+        env = environment(grid, tasks, data_sha, workers, executor.threads, args.executor)
+        env["tasks_run"] = [t["id"] for t in todo]
+        env["earlier_runs"] = _earlier_runs(out / "env.json")
+        atomic_write_json(out / "env.json", env)
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
               f"{len(todo)} to run -> {out}", file=sys.stderr)
         progress = Progress(tasks, todo)

@@ -216,15 +216,18 @@ def _real_results():
     import os
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    for cand in (os.environ.get("SSVAE_REPORT_RESULTS"), root / "results" / "smoke-cpu"):
+    for cand in (os.environ.get("SSVAE_REPORT_RESULTS"), root / "results" / "reference" / "quick-cpu",
+                 root / "results" / "smoke-cpu"):
         if cand and (Path(cand) / "env.json").is_file():
             return Path(cand)
     return None
 
 
-@pytest.mark.skipif(_real_results() is None, reason="no real results folder (results/smoke-cpu or "
-                                                    "$SSVAE_REPORT_RESULTS)")
-def test_report_on_real_results(tmp_path):
+@pytest.mark.skipif(_real_results() is None, reason="no real results folder (results/reference/quick-cpu, "
+                                                    "results/smoke-cpu or $SSVAE_REPORT_RESULTS)")
+def test_report_on_real_results_reproduces_its_tables(tmp_path):
+    """The committed reference: its report rebuilt from its result files alone gives the same tables
+    and report.md, byte for byte (the report is a pure function of the folder)."""
     src = _real_results()
     dst = tmp_path / "real"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock"))
@@ -234,6 +237,12 @@ def test_report_on_real_results(tmp_path):
     for est in env["grid"]["estimators"]:
         assert est in wide.columns
     assert out["report.html"].stat().st_size > 10_000
+    if (src / "tables").is_dir():
+        committed = sorted(p.name for p in (src / "tables").iterdir())
+        assert committed == sorted(p.name for p in (dst / "tables").iterdir())
+        for name in committed:
+            assert (dst / "tables" / name).read_bytes() == (src / "tables" / name).read_bytes(), name
+        assert (dst / "report.md").read_text() == (src / "report.md").read_text()
 
 
 # -- Pyro's overhead, rankings, published anchors, headline verdict ----------------------------
