@@ -87,6 +87,10 @@ class Trainer:
     a probe needs to draw gradient estimates without stepping.
     """
 
+    def parameters_finite(self) -> bool:
+        """Whether every parameter in Pyro's param store (networks and baselines) is finite."""
+        return all(bool(torch.isfinite(p).all()) for _, p in pyro.get_param_store().named_parameters())
+
     def __init__(self, cfg: RunConfig, data: SSData):
         self.cfg = cfg
         self.data = data
@@ -199,7 +203,12 @@ def train(cfg: RunConfig, data: SSData,
                 with preserved_rng():
                     on_step(trainer, trainer.global_step)
                 t0 += time.perf_counter() - t_probe  # probes do not count as training time
-            losses = trainer.step(kind, xs, ys)
+            try:
+                losses = trainer.step(kind, xs, ys)
+            except ValueError as exc:  # Pyro's argument checks see a NaN/inf parameter before the loss does
+                if not trainer.parameters_finite():
+                    raise DivergedError(trainer.global_step, epoch, float("nan"), kind) from exc
+                raise
             for k, v in losses.items():
                 if not math.isfinite(v):
                     raise DivergedError(trainer.global_step, epoch, v, k)

@@ -291,3 +291,20 @@ def test_estimator_trains_without_nan(synthetic_data, name, aux):
     assert math.isfinite(row["loss_sup"]) and math.isfinite(row["loss_unsup"])
     assert (row["loss_aux"] > 0) == aux
     assert all(torch.isfinite(p).all() for p in result.trainer.ss.parameters())
+
+
+@pytest.mark.parametrize("name", ["trace", "enum"])
+def test_nan_parameter_is_a_divergence_not_a_crash(synthetic_data, name):
+    """A NaN parameter trips Pyro's distribution checks before any loss is NaN: still `diverged`."""
+    from ssvae.errors import DivergedError
+
+    cfg = RunConfig(estimator=name, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3, steps_per_epoch=5)
+
+    def poison(trainer, step):
+        if step == 2:
+            with torch.no_grad():
+                next(iter(trainer.ss.parameters())).fill_(float("nan"))
+
+    with pytest.raises(DivergedError) as info:
+        train(cfg, synthetic_data, on_step=poison)
+    assert info.value.step == 2 and "nan" in str(info.value)
