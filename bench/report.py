@@ -1091,8 +1091,11 @@ def plot_accuracy_vs_labels(res: Results, t1: pd.DataFrame, path: Path) -> Optio
             continue
         pairs.append((est, aux))
         jitter = 1 + 0.012 * (i - (nvar - 1) / 2)  # spread overlapping error bars (log x axis)
-        ax.errorbar(sub.labels * jitter, sub["mean"], yerr=sub.ci95_halfwidth.fillna(0).to_numpy(dtype=float),
-                    color=pal[est], capsize=3, markersize=5, **AUX_STYLE[aux])
+        hw = sub.ci95_halfwidth.fillna(0).to_numpy(dtype=float)
+        mean = sub["mean"].to_numpy(dtype=float)
+        # an accuracy lies in [0, 1]: a wide t-interval (2 seeds: t = 12.7) is drawn clipped to it
+        yerr = [np.minimum(hw, mean), np.minimum(hw, 1 - mean)]
+        ax.errorbar(sub.labels * jitter, mean, yerr=yerr, color=pal[est], capsize=3, markersize=5, **AUX_STYLE[aux])
     ref = load_pyro_table1()
     ref = ref[ref.labels.isin(labels_all)]
     for est, aux in sorted(set(zip(ref.estimator, ref.aux))):
@@ -1104,11 +1107,12 @@ def plot_accuracy_vs_labels(res: Results, t1: pd.DataFrame, path: Path) -> Optio
     ax.minorticks_off()
     ax.set_xlabel("labeled training images (log scale)")
     ax.set_ylabel("test accuracy at best validation epoch (fraction)")
+    ax.set_ylim(0, 1.02)
     handles = _legend_handles(res, pairs)
     from matplotlib.lines import Line2D
     handles.append(Line2D([], [], color="0.4", marker="x", linestyle="", label="Pyro tutorial Table 1"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, path, res.env, "Test accuracy vs label count (mean, 95% t-interval over seeds)")
+    return _save(fig, path, res.env, "Test accuracy vs label count (mean, 95% t-interval over seeds, clipped to [0, 1])")
 
 
 def _label_panels(c: pd.DataFrame):

@@ -201,8 +201,11 @@ def test_driver_interrupted_and_killed_then_resumed(tmp_path):
     n_tasks = 2 + len(CELLS)  # timing, common and the cells
     finished = {}
     for sig, after in ((signal.SIGINT, 1), (signal.SIGKILL, 3)):
+        # a shell that starts pytest in the background leaves SIGINT ignored, and Python then installs
+        # no KeyboardInterrupt handler: give the driver the default disposition, as a terminal would
         proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--out", str(out), *GRID, *args], cwd=REPO,
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         assert _wait_for(lambda: done() >= after, 240), "no task finished"
         if sig == signal.SIGINT:  # a second run on the same folder is refused while the first holds it
             second = run(out, *args, timeout=120)
