@@ -314,6 +314,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _local_timing() -> Optional[str]:
+    """The newest CPU timing.csv under results/ (the committed reference included) measured on a CPU
+    of this machine's model; else the newest CPU one."""
+    from .tasks import cpu_name
+
+    found = []
+    for t in [*REPO.glob("results/*/timing.csv"), *REPO.glob("results/reference/*/timing.csv")]:
+        try:
+            env = json.loads((t.parent / "env.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if env.get("device") == "cpu":
+            found.append((env.get("cpu_name") == cpu_name(), t.stat().st_mtime, str(t)))
+    return max(found)[2] if found else None
+
+
 def cmd_list(args) -> int:
     import csv
 
@@ -322,8 +338,7 @@ def cmd_list(args) -> int:
     cost = {}
     path = args.timing
     if path is None:
-        found = sorted(Path("results").glob("*/timing.csv"))
-        path = str(found[0]) if found else None
+        path = _local_timing()
     if path and Path(path).is_file():
         rows = [r for r in csv.DictReader(open(path)) if r["step_kind"] == "unsup" and r["aux"] == "False"]
         by = {r["estimator"]: float(r["median_ms"]) for r in rows}

@@ -162,3 +162,21 @@ def test_estimator_options_reach_cells_and_probes():
     assert all("options" not in t for t in gridmod.expand(gridmod.make_grid(gridmod.load_preset("smoke"))))
     with pytest.raises(ConfigError, match="has no option"):
         gridmod.make_grid(gridmod.load_preset("smoke"), {"options": {"rb-topk": {"nope": 1}}})
+
+
+def test_list_names_every_estimator_with_its_cost_relative_to_trace(tmp_path, capsys):
+    from bench.cli import main
+    from ssvae.estimators import REGISTRY
+
+    timing = tmp_path / "timing.csv"
+    timing.write_text("estimator,aux,step_kind,median_ms\ntrace,False,unsup,10\nenum,False,unsup,52\n"
+                      "enum,True,aux,3\n")
+    assert main(["list", "--timing", str(timing)]) == 0
+    out = capsys.readouterr().out
+    for name, est in REGISTRY.items():
+        assert any(line.startswith(name + " ") and est.description in line for line in out.splitlines()), name
+    assert re_line(out, "enum") == "5.2x" and re_line(out, "trace") == "1.0x" and re_line(out, "gumbel") == "-"
+
+
+def re_line(out, name):
+    return next(line.split()[1] for line in out.splitlines() if line.startswith(name + " "))
