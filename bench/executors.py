@@ -36,6 +36,23 @@ def _die_with_parent() -> None:  # runs in the child before exec
         pass
 
 
+
+def worker_command(out_dir, threads: int, data_dir: Optional[str]) -> List[str]:
+    """``python -m bench.worker`` for one task (its spec goes to stdin)."""
+    cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
+    return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
+
+
+def task_threads(spec: dict, threads: int) -> int:
+    """Torch threads for a task: an exclusive one (the timing probe) runs alone and takes every core."""
+    return max(threads, os.cpu_count() or 1) if spec.get("exclusive") else threads
+
+
+def failed_record(spec: dict, error: str) -> dict:
+    """The result file of a task whose worker never wrote one."""
+    return {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
+            "status": "failed", "error": error}
+
 @dataclass
 class _Running:
     spec: dict
@@ -63,10 +80,7 @@ class LocalExecutor:
         return next((g for g in self.gpus if g not in busy), None)
 
     def _start(self, spec: dict, out_dir: Path, log_dir: Path) -> _Running:
-        threads = max(self.threads, os.cpu_count() or 1) if spec.get("exclusive") else self.threads
-        cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
-        if self.data_dir:
-            cmd += ["--data-dir", str(self.data_dir)]
+        cmd = worker_command(out_dir, task_threads(spec, self.threads), self.data_dir)
         log = open(log_dir / f"{spec['id']}.log", "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         gpu = self._free_gpu() if self.gpus else None
@@ -123,9 +137,8 @@ class LocalExecutor:
                             queue.insert(0, run.spec)
                             on_update(self, {"id": tid, "status": "requeued", "error": reason})
                             continue
-                        record = {"id": tid, "kind": run.spec["kind"], "spec": run.spec,
-                                  "config": run.spec.get("config"), "status": "failed",
-                                  "error": f"{reason} (after {attempts[tid]} attempts; see logs/{tid}.log)"}
+                        record = failed_record(run.spec, f"{reason} (after {attempts[tid]} attempts; "
+                                                         f"see logs/{tid}.log)")
                         atomic_write_json(result_path(out_dir, run.spec), record)
                     on_update(self, record)
                 on_update(self, None)
@@ -150,9 +163,7 @@ def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], thread
 
     Raises if the process died without writing its result, so that dask retries it.
     """
-    cmd = [sys.executable, "-m", "bench.worker", "--out", out_dir, "--threads", str(threads)]
-    if data_dir:
-        cmd += ["--data-dir", data_dir]
+    cmd = worker_command(out_dir, threads, data_dir)
     log_dir = Path(out_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{spec['id']}.log", "w") as log:
@@ -218,8 +229,8 @@ class DaskExecutor:
                     continue
                 futures = {}
                 for spec in batch:
-                    threads = max(self.threads, os.cpu_count() or 1) if spec.get("exclusive") else self.threads
-                    fut = self.client.submit(_run_in_subprocess, spec, out_dir, self.data_dir, threads,
+                    fut = self.client.submit(_run_in_subprocess, spec, out_dir, self.data_dir,
+                                             task_threads(spec, self.threads),
                                              key=f"ssvae-{spec['id']}-{os.getpid()}-{time.time_ns()}",
                                              retries=self.retries, pure=False)
                     futures[fut] = spec
@@ -228,9 +239,8 @@ class DaskExecutor:
                     try:
                         record = fut.result()
                     except Exception as exc:  # retries exhausted
-                        record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
-                                  "status": "failed",
-                                  "error": f"{exc} (after {self.retries + 1} attempts; see logs/{spec['id']}.log)"}
+                        record = failed_record(spec, f"{exc} (after {self.retries + 1} attempts; "
+                                                     f"see logs/{spec['id']}.log)")
                         atomic_write_json(result_path(out_dir, spec), record)
                     on_update(self, record)
         finally:

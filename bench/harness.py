@@ -148,15 +148,10 @@ def git_commit() -> str:
 
 def environment(grid: gridmod.Grid, tasks: List[dict], data_sha: str, workers: int, threads: int,
                 executor: str) -> dict:
-    import pyro
-    import torch
-    import torchvision
-
-    from .tasks import cpu_name, device_name
+    from .tasks import cpu_name, device_name, versions
 
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-        "torchvision": torchvision.__version__, "platform": platform.platform(),
+        **versions(), "platform": platform.platform(),
         "device": grid.device, "device_name": device_name(grid.device), "cpu_name": cpu_name(),
         "cpu_count": os.cpu_count(), "threads": threads, "workers": workers, "executor": executor,
         "git_commit": git_commit(), "data_sha256": data_sha, "preset": grid.name,

@@ -62,13 +62,8 @@ INJECT_ENV = "SSVAE_INJECT_SLOWDOWN"
 
 # -- the machine --------------------------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    from .tasks import cpu_name  # the harness's: one reading of /proc/cpuinfo for both
+    return cpu_name()
 
 
 def machine_info() -> dict:

@@ -1134,7 +1134,6 @@ def _variant_rows(res: Results, c: pd.DataFrame, labels, seen: list):
 
 
 def plot_learning_curves(res: Results, path: Path) -> Optional[Path]:
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     c = res.curves.dropna(subset=["valid_acc"])
     if not len(c):
@@ -1237,7 +1236,6 @@ def plot_timing(res: Results, long: pd.DataFrame, path: Path) -> Optional[Path]:
 
 
 def plot_accuracy_vs_time(res: Results, path: Path) -> Optional[Path]:
-    import matplotlib.pyplot as plt
     c = res.curves.dropna(subset=["test_acc", "elapsed_seconds"])
     if not len(c):
         return None

@@ -6,15 +6,13 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
-import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import pyro
@@ -27,7 +25,7 @@ from ssvae.errors import DivergedError
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.metrics import gradient_report
-from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
+from ssvae.train import Trainer, set_seed, synchronize, train
 
 from .store import atomic_write_json, result_path
 
@@ -55,7 +53,7 @@ def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int
     return rows
 
 
-def _versions() -> dict:
+def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     try:  # the installed version, without importing torchvision (1.5 s per task)
         tv = version("torchvision")
@@ -302,7 +300,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=8))
     extra = spec.pop("_extra_files", {})
-    record.update(seconds=time.time() - started, versions=_versions(), threads=torch.get_num_threads(),
+    record.update(seconds=time.time() - started, versions=versions(), threads=torch.get_num_threads(),
                   device_name=device_name(spec.get("config", {}).get("device", "cpu")),
                   host=platform.node(), pid=os.getpid())
     for rel, array in extra.items():
@@ -313,8 +311,3 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         os.replace(tmp, path)
     atomic_write_json(result_path(out_dir, spec), record)
     return record
-
-
-if __name__ == "__main__":  # python -m bench.tasks SPEC_JSON OUT_DIR: used by the local executor
-    spec_ = json.loads(sys.argv[1])
-    run_task(spec_, sys.argv[2])

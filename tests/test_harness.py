@@ -5,12 +5,6 @@ the same files CI and users get from `make bench PRESET=smoke`.
 """
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
