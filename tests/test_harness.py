@@ -100,9 +100,10 @@ def test_smoke_timing_medians(smoke_run):
     rows = _rows(smoke_run[0] / "timing.csv")
     assert all(int(r["n_steps"]) >= 20 for r in rows)
     med = {(r["estimator"], r["aux"], r["step_kind"]): float(r["median_ms"]) for r in rows}
-    assert {("trace", "True", "aux"), ("enum", "False", "sup")} <= set(med)
-    # enumeration sums over 10 labels: its unsupervised step costs several sampled ones
-    assert med[("enum", "False", "unsup")] > 2 * med[("trace", "False", "unsup")]
+    assert {("trace", "True", "aux"), ("enum", "False", "sup"), ("enum", "False", "unsup")} <= set(med)
+    assert all(v > 0 for v in med.values())
+    # how much enum's step costs against trace's is a speed figure: the benchmark suite checks it
+    # (`make regress`, ratio enum/trace:unsup), not this test
 
 
 @needs_mnist
