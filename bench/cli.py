@@ -4,46 +4,11 @@ Bad input prints one line on stderr (``bench: error: ...``) and exits with statu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List, Optional
 
-from ssvae.errors import ConfigError, DataError
-
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input found by the harness; printed as one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        raise UsageError(message)
-
-
-def fail(message: str) -> int:
-    print(f"bench: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-
-
-def _str_list(text: str) -> List[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding MNIST/raw (default: $SSVAE_DATA_DIR, else ./data)")
-    p.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-
+from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_data_args, fail, int_list
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__)
@@ -60,7 +25,7 @@ def build_parser() -> Parser:
     t.add_argument("--batch-size", type=int, default=200)
     t.add_argument("--lr", type=float, default=0.00042)
     t.add_argument("--z-dim", type=int, default=50)
-    t.add_argument("--hidden", type=_int_list, default=[500])
+    t.add_argument("--hidden", type=int_list, default=[500])
     t.add_argument("--aux-multiplier", type=float, default=46.0)
     t.add_argument("--steps-per-epoch", type=int, default=None)
     t.add_argument("--device", default="cpu")

@@ -91,7 +91,7 @@ class Comparison:
 
 def load_folder(folder, role: str) -> Results:
     """``load_results`` plus the checks that make a folder comparable; bad input -> UsageError."""
-    from .cli import UsageError
+    from .errors import UsageError
     root = Path(folder)
     if not root.exists():
         raise UsageError(f"{role} results folder {root} does not exist")
@@ -566,7 +566,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_compare(args) -> int:
-    from .cli import UsageError
+    from .errors import UsageError
     if args.csv is not None:
         parent = Path(args.csv).resolve().parent
         if not parent.is_dir():

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from ssvae.config import check_device
 from ssvae.errors import ConfigError
 
 from . import grid as gridmod
+from .errors import add_data_args
+from .provenance import commit_label, cpu_name, device_name, versions
 from .store import OutputLock, atomic_write_json, is_done, read_result, result_path, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +41,6 @@ def _csv(kind):
 
 
 def add_run_parser(sub) -> None:
-    from .cli import add_data_args
-
     r = sub.add_parser("run", help="run a grid (a preset plus overrides) into an output folder")
     r.add_argument("--preset", default="quick", help=f"one of: {', '.join(gridmod.preset_names())}")
     r.add_argument("--out", default=None, help="output folder (default results/<preset>-<device>)")
@@ -135,26 +134,13 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"output folder {out} is not writable: choose another --out") from None
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def environment(grid: gridmod.Grid, tasks: List[dict], data_sha: str, workers: int, threads: int,
                 executor: str) -> dict:
-    from .tasks import cpu_name, device_name, versions
-
     return {
         **versions(), "platform": platform.platform(),
         "device": grid.device, "device_name": device_name(grid.device), "cpu_name": cpu_name(),
         "cpu_count": os.cpu_count(), "threads": threads, "workers": workers, "executor": executor,
-        "git_commit": git_commit(), "data_sha256": data_sha, "preset": grid.name,
+        "git_commit": commit_label(), "data_sha256": data_sha, "preset": grid.name,
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "bench"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "grid": grid.to_dict(),
@@ -312,8 +298,6 @@ def cmd_run(args) -> int:
 def _local_timing() -> Optional[str]:
     """The newest CPU timing.csv under results/ (the committed reference included) measured on a CPU
     of this machine's model; else the newest CPU one."""
-    from .tasks import cpu_name
-
     found = []
     for t in [*REPO.glob("results/*/timing.csv"), *REPO.glob("results/reference/*/timing.csv")]:
         try:

@@ -62,7 +62,7 @@ INJECT_ENV = "SSVAE_INJECT_SLOWDOWN"
 
 # -- the machine --------------------------------------------------------------------------------
 def cpu_model() -> str:
-    from .tasks import cpu_name  # the harness's: one reading of /proc/cpuinfo for both
+    from .provenance import cpu_name
     return cpu_name()
 
 

@@ -1722,7 +1722,7 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_report(args) -> int:
-    from .cli import UsageError
+    from .errors import UsageError
     root = Path(args.results_dir)
     if not root.is_dir():
         raise UsageError(f"results folder {root} does not exist")
@@ -1736,7 +1736,7 @@ def cmd_report(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m bench.report RESULTS_DIR``: the report alone, without the rest of the CLI."""
-    from .cli import Parser, UsageError, fail
+    from .errors import Parser, UsageError, fail
     parser = Parser(prog="python -m bench.report")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     add_report_parser(sub)

@@ -7,7 +7,6 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import time
 import traceback
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
-import pyro
 import torch
 
 from ssvae import RunConfig
@@ -27,6 +25,7 @@ from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.metrics import gradient_report
 from ssvae.train import Trainer, set_seed, synchronize, train
 
+from .provenance import device_name, host, versions
 from .store import atomic_write_json, result_path
 
 Progress = Optional[Callable[[dict], None]]
@@ -51,16 +50,6 @@ def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int
         for group, stats in gradient_report(objective, groups, args, n).items():
             rows.append({**keys, "param_group": group, "step_kind": step_kind, **stats})
     return rows
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    try:  # the installed version, without importing torchvision (1.5 s per task)
-        tv = version("torchvision")
-    except PackageNotFoundError:
-        tv = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "torchvision": tv}
 
 
 #: Fault injection for the harness's tests: ``nan:CELL@STEP`` fills a parameter of that cell with
@@ -268,22 +257,6 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
 RUNNERS = {"train": run_train, "common": run_common, "timing": run_timing}
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return cpu_name()
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None) -> dict:
     """Run one task and write its result file atomically; returns the record written."""
     if threads:
@@ -302,7 +275,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     extra = spec.pop("_extra_files", {})
     record.update(seconds=time.time() - started, versions=versions(), threads=torch.get_num_threads(),
                   device_name=device_name(spec.get("config", {}).get("device", "cpu")),
-                  host=platform.node(), pid=os.getpid())
+                  host=host(), pid=os.getpid())
     for rel, array in extra.items():
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,46 @@
+"""Bad input, said once: the errors and argument helpers every command shares (a leaf module).
+
+Bad input prints one line on stderr (``bench: error: ...``) and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+from ssvae.errors import ConfigError, DataError  # noqa: F401  (re-exported: one place to import from)
+
+__all__ = ["ConfigError", "DataError", "EXIT_USAGE", "UsageError", "Parser", "fail", "int_list", "str_list", "add_data_args"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input found by the harness; printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def fail(message: str) -> int:
+    print(f"bench: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def int_list(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def str_list(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw (default: $SSVAE_DATA_DIR, else ./data)")
+    p.add_argument("--no-download", action="store_true", help="never try to download MNIST")

@@ -1,0 +1,113 @@
+"""Where a number came from (a leaf module): repository, commit, library versions, machine.
+
+One home for each of these facts; the harness, the tasks, the report and the regression suite
+all read them from here.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit(repo: Path = REPO) -> Dict[str, object]:
+    """``{"commit": sha or "unknown", "dirty": bool}`` of the checkout (tracked files only)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": False}
+    return {"commit": sha or "unknown", "dirty": bool(dirty) if sha else False}
+
+
+def commit_label(info: Optional[Dict[str, object]] = None) -> str:
+    """``sha`` or ``sha-dirty``: the short form used in tables and provenance lines."""
+    info = info or git_commit()
+    return f"{info['commit']}{'-dirty' if info.get('dirty') else ''}"
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Python and the libraries a number depends on (installed versions; nothing heavy imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for key, dist in (("torch", "torch"), ("pyro", "pyro-ppl"), ("torchvision", "torchvision"),
+                      ("numpy", "numpy")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def distributions() -> Dict[str, str]:
+    """Every installed distribution and its version, sorted by name."""
+    from importlib.metadata import distributions as dists
+
+    found = {}
+    for d in dists():
+        name = d.metadata["Name"]
+        if name:
+            found[name.lower()] = d.version
+    return dict(sorted(found.items()))
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
+
+
+def host() -> str:
+    return platform.node()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (never os.cpu_count())."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+def _cgroup_quota() -> Optional[float]:
+    """CPUs allowed by the cgroup (v2 ``cpu.max`` or v1 ``cfs_quota_us/cfs_period_us``); None if unlimited."""
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return float(text[0]) / float(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return q / p if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
