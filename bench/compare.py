@@ -1,6 +1,6 @@
 """``python -m bench compare OLD NEW``: two results folders side by side, differences beyond noise flagged.
 
-Both folders are read with :func:`bench.report.load_results` (the report's tolerant loader), so a
+Both folders are read with :func:`bench.report.data.load_results` (the report's tolerant loader), so a
 corrupt or missing piece becomes a status, never a crash. The same cells are matched and four
 measures compared; each row is flagged when the difference is larger than its noise:
 
@@ -45,7 +45,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .report import Results, estimator_order, load_results, variant_label
+from ssvae.metrics import t_quantile_975
+
+from .errors import UsageError
+from .report.common import estimator_order, variant_label
+from .report.data import Results, load_results
 
 ACC_METRIC = "test_acc_at_best_valid"
 #: a cell is "identical" in both folders when all of these are equal
@@ -91,7 +95,6 @@ class Comparison:
 
 def load_folder(folder, role: str) -> Results:
     """``load_results`` plus the checks that make a folder comparable; bad input -> UsageError."""
-    from .errors import UsageError
     root = Path(folder)
     if not root.exists():
         raise UsageError(f"{role} results folder {root} does not exist")
@@ -167,7 +170,6 @@ def _same(a, b) -> bool:
 
 def accuracy_test(old: Sequence[float], new: Sequence[float], tol: float):
     """(difference, threshold, rule, df) for two samples of seed accuracies; flag when |diff| > threshold."""
-    from ssvae.metrics import t_quantile_975
     n1, n2 = len(old), len(new)
     diff = float(np.mean(new) - np.mean(old))
     v1 = float(np.var(old, ddof=1)) if n1 > 1 else None
@@ -566,7 +568,6 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_compare(args) -> int:
-    from .errors import UsageError
     if args.csv is not None:
         parent = Path(args.csv).resolve().parent
         if not parent.is_dir():

@@ -1,0 +1,45 @@
+"""``python -m bench report RESULTS_DIR [--compare-timing DIR ...] [--no-plots]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import Parser, UsageError, fail
+from .page import build_report
+
+
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
+    """``report RESULTS_DIR [--compare-timing DIR ...] [--no-plots]``; sets ``func=cmd_report``."""
+    p = subparsers.add_parser("report", help="write tables, plots, report.md and report.html into a results folder")
+    p.add_argument("results_dir", help="a folder written by `python -m bench run`")
+    p.add_argument("--compare-timing", action="append", default=[], metavar="DIR",
+                   help="another results folder (e.g. the same preset on another device) whose timing.csv is "
+                        "shown beside this one's; may be repeated (default: none)")
+    p.add_argument("--no-plots", action="store_true", help="tables and report only, no PNG (default: plots)")
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def cmd_report(args) -> int:
+    root = Path(args.results_dir)
+    if not root.is_dir():
+        raise UsageError(f"results folder {root} does not exist")
+    for other in args.compare_timing:
+        if not (Path(other) / "timing.csv").is_file():
+            raise UsageError(f"--compare-timing {other}: no timing.csv there")
+    out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots)
+    print(out["report.html"])
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m bench.report RESULTS_DIR``: the report alone, without the rest of the CLI."""
+    parser = Parser(prog="python -m bench.report")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    add_report_parser(sub)
+    try:
+        args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
+        return args.func(args)
+    except UsageError as exc:
+        return fail(str(exc))

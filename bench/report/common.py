@@ -1,0 +1,211 @@
+"""What every section shares: variant names and order, colours by estimator family, the provenance
+line, number formatting, and the few lookups several sections make (Pyro's Table 1, seconds per
+epoch, the label counts the rankings prefer).
+
+Colours. An estimator's hue says its family; its shade tells the members apart:
+
+* enumeration (``enum``, ``enum-seq``): blues;
+* score function (``trace``, ``trace-avg``, ``trace-nvil``, ``trace-k10``, ...): oranges;
+* relaxation (``gumbel``, ``gumbel-st``, ...): greens;
+* Rao-Blackwell (``rb-topk``, ...): purples;
+* supervised only (``baseline``): grey.
+
+Each family spreads its members evenly over its colour map, so a family of any size stays distinct;
+an estimator no rule knows gets a hue of its own from an evenly spaced circle (husl) away from the
+families'. The family of a name is decided by :data:`FAMILY_RULES` (prefixes), in one place.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import colormaps
+
+from .data import BASELINES, Results, _bool
+
+BENCH = Path(__file__).resolve().parents[1]
+PYRO_TABLE1 = BENCH / "pyro_table1.csv"
+PUBLISHED_ANCHORS = BENCH / "published_anchors.csv"
+#: estimators shown first, in Pyro's order; the rest follow in the grid's order; baselines go last
+LEADING = ("trace", "enum")
+#: step kinds in the order every table and plot shows them
+KIND_ORDER = ("sup", "unsup", "aux")
+#: label counts the rankings and the verdict prefer (else the largest / smallest in the folder)
+RANK_LABELS = (3000, 100)
+
+#: (family, colour map, name prefixes); the first rule whose prefix matches wins
+FAMILY_RULES = (
+    ("enumeration", "Blues", ("enum",)),
+    ("Rao-Blackwell", "Purples", ("rb-", "rb_", "rao")),
+    ("relaxation", "Greens", ("gumbel", "relax", "concrete", "rebar", "st-")),
+    ("score function", "Oranges", ("trace", "reinforce", "nvil", "vimco", "score")),
+    ("supervised only", "Greys", BASELINES),
+)
+AUX_STYLE = {False: {"linestyle": "-", "marker": "o"}, True: {"linestyle": "--", "marker": "s"}}
+
+
+# -- variants --------------------------------------------------------------------------------
+
+def variant_label(estimator: str, aux: bool) -> str:
+    return f"{estimator} + aux" if aux else estimator
+
+
+def estimator_order(res: Results) -> List[str]:
+    seen = list((res.env.get("grid") or {}).get("estimators", []))
+    seen += sorted(set(res.runs["estimator"]) - set(seen) - {"?"})
+    first = [e for e in LEADING if e in seen]
+    last = [e for e in seen if e in BASELINES]
+    return first + [e for e in seen if e not in first and e not in last] + last
+
+
+def variants(res: Results) -> List[Tuple[str, bool]]:
+    """(estimator, aux) pairs in the report's order: trace, trace + aux, enum, enum + aux, ..., baseline."""
+    present = set(zip(res.runs["estimator"], res.runs["aux"]))
+    return [(e, a) for e in estimator_order(res) for a in (False, True) if (e, a) in present]
+
+
+def kinds_in(values) -> List[str]:
+    """The step kinds among ``values`` in :data:`KIND_ORDER`, unknown kinds after them, sorted."""
+    have = set(values)
+    return [k for k in KIND_ORDER if k in have] + sorted(have - set(KIND_ORDER))
+
+
+# -- colours -----------------------------------------------------------------------------------
+
+def family(estimator: str) -> Optional[str]:
+    """The estimator's family (see the module docstring), None when no rule knows the name."""
+    name = estimator.lower()
+    for fam, _cmap, prefixes in FAMILY_RULES:
+        if name.startswith(tuple(prefixes)) or name in prefixes:
+            return fam
+    return None
+
+
+def family_colours(estimators: Sequence[str]) -> Dict[str, tuple]:
+    """estimator -> RGB: shades of its family's map, distinct hues for names of no known family."""
+    out: Dict[str, tuple] = {}
+    for fam, cmap, _ in FAMILY_RULES:
+        members = [e for e in estimators if family(e) == fam]
+        cm = colormaps[cmap]
+        spots = [0.7] if len(members) == 1 else np.linspace(0.9, 0.45, len(members))
+        for e, s in zip(members, spots):
+            out[e] = tuple(float(c) for c in cm(float(s))[:3])
+    unknown = [e for e in estimators if e not in out]
+    if unknown:  # hues spread evenly; husl starts at red, between the families' hues
+        for e, c in zip(unknown, sns.husl_palette(len(unknown), h=0.02, s=0.9, l=0.55)):
+            out[e] = tuple(float(x) for x in c)
+    return out
+
+
+def palette(res: Results) -> Dict[str, tuple]:
+    """estimator -> colour, the same in every plot of the report."""
+    return family_colours(estimator_order(res))
+
+
+# -- provenance ----------------------------------------------------------------------------------
+
+def provenance(env: dict) -> str:
+    """One line: preset, seeds, epochs, device, library versions, data sha256, commit, date."""
+    grid = env.get("grid") or {}
+    seeds = ",".join(str(s) for s in grid.get("seeds", [])) or "?"
+    device = env.get("device", "?")
+    name = env.get("device_name") or env.get("cpu_name") or "?"
+    sha = str(env.get("data_sha256") or "?")[:12]
+    commit = str(env.get("git_commit") or "?")
+    commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    return (f"preset {env.get('preset', '?')} · seeds {seeds} · {grid.get('epochs', '?')} epochs · "
+            f"{device}: {name} · torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
+            f"python {env.get('python', '?')} · data sha256 {sha} · commit {commit} · {env.get('date', '?')}")
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+def missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA or x is pd.NaT
+
+
+def fmt_ms(x) -> str:
+    """Milliseconds: 3 significant digits, never in exponent notation."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def fmt_sig(x, sig=3) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "–" if x is None or math.isnan(x) else "inf"
+    return f"{x:.{sig}g}"
+
+
+def rnd(x, nd=6):
+    return None if x is None else round(float(x), nd)
+
+
+def sig(x, digits=6):
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+def num(row, key) -> Optional[float]:
+    """A finite float from a row (Series or dict), else None."""
+    try:
+        v = row[key] if key in row else None
+    except (KeyError, TypeError):
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# -- lookups several sections make ---------------------------------------------------------------
+
+def load_pyro_table1() -> pd.DataFrame:
+    ref = pd.read_csv(PYRO_TABLE1, comment="#")
+    ref["aux"] = ref["aux"].map(_bool)
+    return ref
+
+
+def ok_runs(res: Results) -> pd.DataFrame:
+    return res.runs[res.runs.status == "ok"]
+
+
+def median_seconds_per_epoch(res: Results, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int]:
+    """(median seconds_per_epoch over the ok seeds, how many), from runs.csv / the run files."""
+    r = ok_runs(res)
+    v = r[(r.estimator == estimator) & (r.aux == aux) & (r.labels == labels)]["seconds_per_epoch"].dropna()
+    return (float(v.median()), len(v)) if len(v) else (None, 0)
+
+
+def t1_mean(t1: pd.DataFrame, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int, Optional[float]]:
+    """(mean test accuracy, n ok seeds, 95% half-width) of a variant at a label count from Table 1."""
+    if not len(t1):
+        return None, 0, None
+    sub = t1[(t1.labels == labels) & (t1.estimator == estimator) & (t1.aux == aux)]
+    if not len(sub) or sub.iloc[0]["mean"] is None or pd.isna(sub.iloc[0]["mean"]):
+        return None, 0, None
+    row = sub.iloc[0]
+    half = None if row.ci95_halfwidth is None or pd.isna(row.ci95_halfwidth) else float(row.ci95_halfwidth)
+    return float(row["mean"]), int(row.n_ok), half
+
+
+def rank_label_counts(labels: Sequence[int]) -> List[Tuple[int, str]]:
+    """[(label count, how it was chosen)]: 3000 and 100 where present, else the largest and the smallest."""
+    have = sorted({int(l) for l in labels if l is not None and int(l) > 0})
+    if not have:
+        return []
+    out = []
+    for want, pick, word in ((RANK_LABELS[0], have[-1], "largest"), (RANK_LABELS[1], have[0], "smallest")):
+        if want in have:
+            choice = (want, f"{want} labels")
+        else:
+            choice = (pick, f"{pick} labels (the {word} label count here; {want} absent)")
+        if choice[0] not in [c[0] for c in out]:
+            out.append(choice)
+    return out

@@ -1,0 +1,52 @@
+"""Run: the command, the grid, the environment, what became of every cell, the compute the cells took."""
+from __future__ import annotations
+
+from ..context import Context, Section
+from ..frames import status
+
+
+def compute_minutes(ctx: Context):
+    """(training minutes summed over the ok cells, workers, minutes per worker) or None."""
+    r = ctx.res.runs
+    sec = r.loc[r.status == "ok", "train_seconds"].dropna()
+    if not len(sec):
+        return None
+    workers = ctx.env.get("workers") or ctx.grid.get("workers") or 1
+    return float(sec.sum()) / 60, int(workers), float(sec.sum()) / 60 / int(workers)
+
+
+def build(ctx: Context) -> Section:
+    env, grid, res = ctx.env, ctx.grid, ctx.res
+    s = ctx.frame(status)[0].iloc[0]
+    n_absent = int(s["missing"])
+    sec = Section("run", "Run", text=[
+        f"Command: `{env.get('command', '?')}`",
+        f"Grid: estimators {', '.join(map(str, grid.get('estimators', []))) or '?'}"
+        f"{' + supervised baseline' if grid.get('baseline') else ''}; aux "
+        f"{', '.join(str(a).lower() for a in grid.get('aux', [])) or '?'}; labels "
+        f"{', '.join(map(str, grid.get('labels', []))) or '?'}; seeds "
+        f"{', '.join(map(str, grid.get('seeds', []))) or '?'}; {grid.get('epochs', '?')} epochs"
+        f"{'' if not grid.get('steps_per_epoch') else ' of ' + str(grid['steps_per_epoch']) + ' steps'}.",
+        f"Environment: python {env.get('python', '?')}, torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
+        f"torchvision {env.get('torchvision', '?')}; {env.get('platform', '?')}; device {env.get('device', '?')} "
+        f"({env.get('device_name', '?')}); CPU {env.get('cpu_name', '?')}, {env.get('threads', '?')} threads; "
+        f"data sha256 `{env.get('data_sha256', '?')}`; commit `{env.get('git_commit', '?')}`; "
+        f"date {env.get('date', '?')}.",
+        f"**Cells: {int(s['expected'])} expected, {int(s['present'])} present, {n_absent} absent (no result file); "
+        + ", ".join(f"{int(s[k])} {k}" for k in s.index
+                    if k not in ("expected", "present", "unexpected", "missing")
+                    and (s[k] or k in ("ok", "failed", "diverged", "corrupt")))
+        + (f"; {int(s['unexpected'])} not in the grid" if s["unexpected"] else "") + ".**"])
+    cost = compute_minutes(ctx)
+    if cost:
+        total, workers, per = cost
+        sec.text.append(f"Compute: the ok cells trained for {total:.0f} minutes in all (runs.csv `train_seconds`, "
+                        f"evaluation excluded); with {workers} worker{'s' if workers > 1 else ''} that is at least "
+                        f"{per:.0f} minutes of wall time.")
+    probes = env.get("expected_probes")
+    if isinstance(probes, list) and probes:
+        have = {p.stem for p in (res.root / "probes").glob("*.json")}
+        absent = [str(p) for p in probes if str(p) not in have]
+        sec.text.append(f"Probes (timing, common-checkpoint variance): {len(probes)} expected, "
+                        f"{len(probes) - len(absent)} present" + (f"; absent: {', '.join(absent)}." if absent else "."))
+    return sec

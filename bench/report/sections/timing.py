@@ -1,0 +1,111 @@
+"""Time per step: the timing probe's median ms [q1–q3] per device, estimator and step kind, each
+measurement once (see :func:`bench.report.frames.timing`), enumeration's cost relative to sampling,
+and a plot of points on a log axis, one panel per step kind. Files: ``timing.csv`` (the table shown),
+``timing_long.csv`` (numbers), ``timing_relative.csv`` (unlabeled step over trace's).
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+import pandas as pd
+
+from ..common import fmt_ms, kinds_in, palette, rnd
+from ..context import Context, Figure, Section, Table
+from ..frames import timing
+
+
+def wide(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (device, estimator): median [q1–q3] ms per step kind, unsup relative to trace."""
+    kinds = kinds_in(long.step_kind)
+    multi = len(set(zip(long.device, long.device_name))) > 1
+    rows = []
+    for (dev, name), d in long.groupby(["device", "device_name"], sort=False):
+        tr = d[(d.estimator == "trace") & (d.step_kind == "unsup")]
+        tr_ms = float(tr.median_ms.iloc[0]) if len(tr) else None
+        for est, de in d.groupby("estimator", sort=False):
+            row = {"device": f"{dev} ({name})"} if multi else {}
+            row["estimator"] = est
+            by = de.set_index("step_kind")
+            for k in kinds:
+                row[f"{k} ms"] = (f"{fmt_ms(by.loc[k, 'median_ms'])} [{fmt_ms(by.loc[k, 'q1_ms'])}–"
+                                  f"{fmt_ms(by.loc[k, 'q3_ms'])}]" if k in by.index else "–")
+            un = by.loc["unsup", "median_ms"] if "unsup" in by.index else None
+            row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def relative(long: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (dev, name), d in long[long.step_kind == "unsup"].groupby(["device", "device_name"], sort=False):
+        ref = d[d.estimator == "trace"]
+        ref_ms = float(ref.median_ms.iloc[0]) if len(ref) else float("nan")
+        for r in d.itertuples():
+            rows.append({"device": dev, "device_name": name, "estimator": r.estimator,
+                         "unsup_median_ms": rnd(r.median_ms),
+                         "relative_to_trace": rnd(r.median_ms / ref_ms) if ref_ms == ref_ms else None})
+    return pd.DataFrame(rows, columns=["device", "device_name", "estimator", "unsup_median_ms", "relative_to_trace"])
+
+
+def plot(ctx: Context, long: pd.DataFrame):
+    pal = palette(ctx.res)
+    devices = list(dict.fromkeys(zip(long.device, long.device_name)))
+    kinds = kinds_in(long.step_kind)
+    ests = list(dict.fromkeys(long.estimator))
+    fig, axes = plt.subplots(len(devices), len(kinds), figsize=(3.6 * len(kinds) + 1.5, 0.32 * len(ests) * len(devices) + 1.6),
+                             squeeze=False, sharex=True, layout="constrained")
+    for i, (dev, name) in enumerate(devices):
+        for j, k in enumerate(kinds):
+            ax = axes[i][j]
+            d = long[(long.device == dev) & (long.device_name == name) & (long.step_kind == k)]
+            for y, est in enumerate(ests):
+                r = d[d.estimator == est]
+                if not len(r):
+                    continue
+                r = r.iloc[0]
+                lo = max(r.median_ms - r.q1_ms, 0) if r.q1_ms == r.q1_ms else 0
+                hi = max(r.q3_ms - r.median_ms, 0) if r.q3_ms == r.q3_ms else 0
+                ax.errorbar([r.median_ms], [y], xerr=[[lo], [hi]], fmt="o", color=pal.get(est, "0.4"),
+                            markersize=6, capsize=2, elinewidth=1)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_yticks(range(len(ests)), ests if j == 0 else [""] * len(ests))
+            ax.set_ylim(len(ests) - 0.5, -0.5)
+            ax.set_title(f"{k} step" + (f" · {dev}: {name}" if len(devices) > 1 else ""), fontsize=10)
+            if i == len(devices) - 1:
+                ax.set_xlabel("median ms per step (log)")
+    return ctx.save_figure(fig, "timing", "Time per optimisation step (point: median; whisker: q1–q3)")
+
+
+def build(ctx: Context) -> Section:
+    res = ctx.res
+    long = ctx.frame(timing)
+    shown = wide(long) if len(long) else pd.DataFrame()
+    rel = relative(long) if len(long) else pd.DataFrame()
+    ctx.write_table(long, "timing_long", "Time per step (ms), each measurement once")
+    ctx.write_table(shown, "timing", "Median ms per step [q1–q3]")
+    ctx.write_table(rel, "timing_relative", "Unsupervised step cost relative to trace")
+    sec = Section("timing", "Time per step")
+    if not len(long):
+        sec.text.append("No timing.csv in this folder.")
+        return sec
+    srcs = [f"{label} ({e.get('device', '?')}: {e.get('device_name', '?')}; preset {e.get('preset', '?')}, "
+            f"commit {str(e.get('git_commit', '?'))[:10]})" for label, e in res.timing_sources]
+    sec.text.append("Median milliseconds per optimisation step with the interquartile range [q1–q3], per "
+                    "estimator, step kind (`sup`: labeled batch, `unsup`: unlabeled batch, `aux`: the auxiliary "
+                    "classification loss) and device, from the timing probe (one task at a time). The `sup` and "
+                    "`unsup` steps are the same with or without the auxiliary loss, so each estimator has one row. "
+                    "Timing sources: " + "; ".join(srcs) + ".")
+    en = rel[rel.estimator == "enum"].dropna(subset=["relative_to_trace"])
+    if len(en):
+        sec.text.append("**Cost of enumeration relative to sampling (enum unsup / trace unsup):** " + "; ".join(
+            f"{r.device} ({r.device_name}) {r.relative_to_trace:.2f}×" for r in en.itertuples()) + ".")
+    sec.tables.append(Table("Median ms per step [q1–q3]", shown, "timing",
+                            ["timing.csv", "timing_long.csv", "timing_relative.csv"]))
+    if ctx.plots:
+        fig = plot(ctx, long)
+        sec.figures.append(Figure(fig, "Median time per step of each estimator, one panel per step kind, on a log "
+                                       "axis (whiskers: q1–q3); colours by estimator family."))
+    return sec

@@ -1,0 +1,102 @@
+"""Gradient variance at the common checkpoints: every estimator measured at the same parameters
+(checkpoints of an enum + aux run of the same label count and seed). Files: ``grad_variance.csv``
+(median over checkpoints and seeds), ``grad_variance_wide.csv`` (the table shown),
+``grad_variance_by_checkpoint.csv`` (every checkpoint).
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..plotting import legend_handles, legend_right
+from ..common import AUX_STYLE, fmt_sig, palette, variant_label, variants
+from ..context import Context, Figure, Section, Table
+from ..frames import grad_variance
+
+
+def display(med: pd.DataFrame, res) -> pd.DataFrame:
+    """Wide: one row per (step kind, label count, param group); per variant "variance (×enum) / SNR"."""
+    if not len(med):
+        return pd.DataFrame()
+    cols = [v for v in (variant_label(e, a) for e, a in variants(res)) if v in set(med.variant)]
+    cols += sorted(set(med.variant) - set(cols))
+    rows = []
+    for (kind, labels, group), sub in med.groupby(["step_kind", "labels", "param_group"], sort=False):
+        row = {"step kind": kind, "labels": str(labels), "param group": group}
+        by = sub.set_index("variant")
+        for v in cols:
+            if v not in by.index:
+                row[v] = "–"
+                continue
+            b = by.loc[v]
+            row[v] = (f"{fmt_sig(b.median_variance)} (×{fmt_sig(b.median_ratio_to_enum)}) / "
+                      f"{fmt_sig(b.median_snr)}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot(ctx: Context, per: pd.DataFrame):
+    res = ctx.res
+    pal = palette(res)
+    kinds = [k for k in ("unsup", "sup") if k in set(per.step_kind)]
+    groups = [g for g in ("encoder_y", "encoder_z", "decoder") if g in set(per.param_group)]
+    groups += sorted(set(per.param_group) - set(groups))
+    rows = [(l, k) for k in kinds for l in sorted(per.labels.unique())]
+    fig, axes = plt.subplots(len(rows), len(groups), figsize=(3.8 * len(groups) + 2, 2.9 * len(rows)),
+                             squeeze=False, sharex=True, layout="constrained")
+    order = {variant_label(e, a): (e, a) for e, a in variants(res)}
+    pairs = []
+    for i, (l, k) in enumerate(rows):
+        for j, grp in enumerate(groups):
+            ax = axes[i][j]
+            sub = per[(per.labels == l) & (per.step_kind == k) & (per.param_group == grp)]
+            if not len(sub):  # e.g. encoder_y gets no gradient from a labeled batch without aux
+                ax.text(0.5, 0.5, "no gradient measured\n(group not used by this step)", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+                ax.set_yticks([])
+            for var, (est, aux) in order.items():
+                s = sub[sub.variant == var]
+                if not len(s):
+                    continue
+                if (est, aux) not in pairs:
+                    pairs.append((est, aux))
+                agg = s.groupby("step")["variance"].median()
+                ax.plot(agg.index, agg.values, color=pal[est], markersize=4, **AUX_STYLE[aux])
+            if len(sub):
+                ax.set_yscale("log")
+            ax.set_title(f"{grp} · {k} step · {l} labels", fontsize=9)
+            if i == len(rows) - 1:
+                ax.set_xlabel("training step of checkpoint")
+            if j == 0:
+                ax.set_ylabel("gradient variance\n(mean per coordinate, log)")
+    legend_right(axes[0][-1], legend_handles(pal, pairs))
+    return ctx.save_figure(fig, "grad_variance", "Gradient variance at common checkpoints (median over seeds)")
+
+
+def build(ctx: Context) -> Section:
+    res = ctx.res
+    per, med = ctx.frame(grad_variance)
+    shown = display(med, res)
+    ctx.write_table(per, "grad_variance_by_checkpoint", "Gradient variance at each common checkpoint")
+    ctx.write_table(med, "grad_variance", "Gradient variance: median over common checkpoints and seeds")
+    ctx.write_table(shown, "grad_variance_wide",
+                    "Gradient variance (ratio to enum) / SNR: median over common checkpoints and seeds")
+    sec = Section("variance", "Gradient variance")
+    if not len(med):
+        sec.text.append("No common-checkpoint rows in grad_variance.csv.")
+        return sec
+    steps = sorted(set(res.grad.loc[res.grad.trajectory == "common", "step"].dropna().astype(int)))
+    sec.text.append(
+        "Every estimator measured at the same parameters: checkpoints of an enum + aux run of the same label "
+        f"count and seed (steps {', '.join(map(str, steps))}). Variance: mean over coordinates of the "
+        "per-coordinate variance of the gradient estimate; SNR: mean squared gradient over variance. "
+        "The table gives the **median over checkpoints and seeds**; the ratio to enum is computed at each "
+        "checkpoint first, then its median taken. Each cell reads `variance (×ratio to enum) / SNR`.")
+    sec.tables.append(Table("Gradient variance (×: ratio to enum's) / SNR, median over common checkpoints and seeds",
+                            shown, "grad_variance_wide",
+                            ["grad_variance_wide.csv", "grad_variance.csv", "grad_variance_by_checkpoint.csv"]))
+    if ctx.plots:
+        fig = plot(ctx, per)
+        sec.figures.append(Figure(fig, "Gradient variance (log) at each common checkpoint, per parameter group, "
+                                       "step kind and label count; median over seeds."))
+    return sec
