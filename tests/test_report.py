@@ -1,8 +1,9 @@
-"""The report (bench/report.py) on fabricated results folders: content, robustness, determinism."""
+"""The report (bench/report/) on fabricated results folders: content, robustness, determinism, layout."""
 import hashlib
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,6 +22,24 @@ def built(tmp_path_factory):
     return root, out
 
 
+def _md_table(text, first_header):
+    """The markdown table whose header row starts with ``| first_header``: {row key: {column: cell}}."""
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    cols = [c.strip() for c in lines[i].strip("|").split(" | ")]
+    out = {}
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        out[cells[0]] = dict(zip(cols, cells))
+    return out
+
+
+def _table1(root):
+    return _md_table((root / "tables/table1.md").read_text(), "variant")
+
+
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -30,26 +49,44 @@ def test_writes_everything(built):
     for name in ("report.md", "report.html", "tables/table1.csv", "tables/table1.md", "tables/timing.csv",
                  "tables/grad_variance.csv", "tables/status_summary.csv"):
         assert (root / name).is_file(), name
-    for name in ("accuracy_vs_labels", "learning_curves", "grad_variance", "timing", "accuracy_vs_time", "samples"):
+    for name in ("tables/summary.md", "tables/run_cost.md", "tables/grad_error_vs_enum.csv"):
+        assert (root / name).is_file(), name
+    for name in ("accuracy_vs_labels", "learning_curves", "grad_variance", "timing", "accuracy_vs_time", "samples",
+                 "grad_error_vs_enum"):
         assert (root / "plots" / f"{name}.png").stat().st_size > 1000, name
 
 
 def test_table1_has_every_variant(built):
+    """Variants as rows, label counts as columns with n in the header, Pyro's value and the difference beside."""
     root, _ = built
     assert VARIANTS == ["trace", "trace + aux", "enum", "enum + aux", "enum-seq", "enum-seq + aux", "baseline"]
-    wide = pd.read_csv(root / "tables/table1.csv", dtype=str)
-    assert list(wide.columns) == ["labels", *VARIANTS]
-    assert list(wide["labels"]) == ["100", "3000"]
+    num = pd.read_csv(root / "tables/table1.csv")
+    assert list(num["variant"]) == VARIANTS
+    assert {"mean_L100", "ci95_L100", "n_L100", "pyro_L100", "diff_L100", "mean_L3000"} <= set(num.columns)
+    assert num["mean_L3000"].dtype.kind == "f"  # numbers, not formatted strings
     long = pd.read_csv(root / "tables/table1_long.csv")
     assert set(long["variant"]) == set(VARIANTS)
-    md = (root / "tables/table1.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| labels"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["labels", *VARIANTS]
+    header = ["variant", "100 labels (n=2)", "Pyro 100", "ours − Pyro 100", "3000 labels (n=2)", "Pyro 3000",
+              "ours − Pyro 3000"]
+    t1 = _table1(root)
+    assert list(t1) == VARIANTS and list(t1["enum"]) == header
     html = (root / "report.html").read_text()
-    table = re.search(r'<table id="table1">(.*?)</table>', html, re.S).group(1)
-    assert re.findall(r"<th>(.*?)</th>", table) == ["labels", *VARIANTS]
-    for v in VARIANTS:
-        assert f"| {v} |" in (root / "report.md").read_text() or f" {v} |" in (root / "report.md").read_text()
+    table = re.search(r'<table class="sortable" id="table1">(.*?)</table>', html, re.S).group(1)
+    assert re.findall(r"<th>(.*?)</th>", table) == header
+    assert [re.sub("<.*?>", "", r) for r in re.findall(r"<tr><td>(.*?)</td>", table)] == VARIANTS
+
+
+def test_table1_best_per_column_marked(built):
+    root, _ = built
+    long = pd.read_csv(root / "tables/table1_long.csv")
+    t1 = _table1(root)
+    for labels in (100, 3000):
+        col = next(c for c in t1["enum"] if c.startswith(f"{labels} labels"))
+        bold = [v for v, row in t1.items() if row[col].startswith("**")]
+        best = long[long.labels == labels].sort_values("mean").variant.iloc[-1]
+        assert bold == [best], (labels, bold)
+    html = (root / "report.html").read_text()
+    assert "<strong>0.9" in re.search(r'id="table1">(.*?)</table>', html, re.S).group(1)
 
 
 def test_intervals_and_pyro_reference(built):
@@ -60,11 +97,24 @@ def test_intervals_and_pyro_reference(built):
     assert row.pyro_mean == pytest.approx(0.9319)
     assert row.diff_vs_pyro == pytest.approx(row["mean"] - 0.9319, abs=1e-6)
     assert pd.isna(long[(long.labels == 100) & (long.variant == "enum-seq")].iloc[0].pyro_mean)
-    pyro = pd.read_csv(root / "tables/table1_pyro.csv", dtype=str)
-    assert list(pyro["labels"]) == ["100", "600", "1000", "3000"]
-    assert pyro.iloc[0, 1] == "0.2007 ± 0.0353"
+    t1 = _table1(root)
+    assert t1["enum + aux"]["Pyro 100"] == "0.932"
+    assert t1["enum + aux"]["ours − Pyro 100"] == f"{row['mean'] - 0.9319:+.3f}"
+    assert t1["enum-seq"]["Pyro 100"] == "–"
+    pyro = pd.read_csv(root / "tables/table1_pyro.csv", dtype=str).set_index("variant")
+    assert list(pyro.columns) == ["100 labels", "600 labels", "1000 labels", "3000 labels"]
+    assert pyro.loc["trace (first variant)", "100 labels"] == "0.201 ± 0.035"
     md = (root / "tables/table1.md").read_text()
-    assert "Pyro tutorial Table 1" in md and "0.9582 ± 0.0012" in md
+    assert "Pyro tutorial Table 1" in md and "0.958 ± 0.001" in md
+
+
+def test_pyro_attribution(built):
+    """Pyro's Table 1 is attributed as the tutorial states it, and our loop is not called Pyro's."""
+    root, _ = built
+    text = (root / "report.md").read_text()
+    assert '"five random selections of supervised data"' in text
+    assert "November 2017" in text and "multiplier of 300 and 100 epochs" in text and "April 2018" in text
+    assert "5 seeds, 50 epochs" not in text and "Pyro's schedule" not in text
 
 
 def test_missing_failed_and_corrupt_counted(built):
@@ -73,25 +123,29 @@ def test_missing_failed_and_corrupt_counted(built):
     assert (s.expected, s.present, s.ok, s.failed, s.corrupt, s.missing) == (28, 27, 25, 1, 1, 1)
     bad = pd.read_csv(root / "tables/status_cells.csv").set_index("cell")["status"].to_dict()
     assert bad == {FAILED_CELL: "failed", CORRUPT_CELL: "corrupt", MISSING_CELL: "missing"}
-    wide = pd.read_csv(root / "tables/table1.csv", dtype=str).set_index("labels")
-    assert wide.loc["100", "enum-seq + aux"].endswith("(n=1) [1 failed]")
-    assert wide.loc["3000", "trace + aux"].endswith("(n=1) [1 missing]")
-    assert wide.loc["3000", "enum-seq"].endswith("(n=1) [1 corrupt]")
+    t1 = _table1(root)
+    assert t1["enum-seq + aux"]["100 labels (n=2)"].endswith("(n=1) [1 failed]")
+    assert t1["trace + aux"]["3000 labels (n=2)"].endswith("(n=1) [1 missing]")
+    assert t1["enum-seq"]["3000 labels (n=2)"].endswith("(n=1) [1 corrupt]")
+    num = pd.read_csv(root / "tables/table1.csv").set_index("variant")
+    assert num.loc["enum-seq + aux", "n_L100"] == 1 and num.loc["enum + aux", "n_L100"] == 2
     text = (root / "report.md").read_text()
     assert "28 expected, 27 present, 1 absent" in text
     assert f"{CORRUPT_CELL}.json: unreadable JSON" in text
 
 
-def test_provenance_everywhere(built):
+def test_provenance_once_per_page(built):
     root, _ = built
     for md in (root / "tables").glob("*.md"):
         body = md.read_text()
-        assert "preset fabricated" in body and "commit 0123456789" in body and "2025-01-02T03:04:05Z" in body
-        assert "data sha256 dddddddddddd" in body and "torch 2.4.0" in body
+        if md.name in ("summary.md", "run_cost.md"):  # quoted by the README, which states the provenance
+            continue
+        assert body.count("preset fabricated") == 1 and "commit 0123456789" in body, md.name
+        assert "2025-01-02T03:04:05Z" in body and "data sha256 dddddddddddd" in body and "torch 2.4.0" in body
+    prov = report.provenance(json.loads((root / "env.json").read_text()))
+    assert (root / "report.md").read_text().count(prov) == 1
     html = (root / "report.html").read_text()
-    for section in html.split("<h2>")[1:]:  # every section with a table carries the provenance line
-        if "<table" in section:
-            assert 'class="prov"' in section.split("<table", 1)[1]
+    assert html.count('class="prov"') == 1 and html.count(prov) == 1
 
 
 def test_tables_byte_identical_on_rerun(built, tmp_path):
@@ -111,11 +165,24 @@ def test_tables_byte_identical_on_rerun(built, tmp_path):
 def test_timing_and_relative_cost(built):
     root, _ = built
     rel = pd.read_csv(root / "tables/timing_relative.csv")
-    enum = rel[rel.variant == "enum"].iloc[0]
+    enum = rel[rel.estimator == "enum"].iloc[0]
     assert enum.relative_to_trace == pytest.approx(14.0 / 6.0, rel=1e-5)
     wide = pd.read_csv(root / "tables/timing.csv")
-    assert {"sup ms", "unsup ms", "aux ms"} <= set(wide.columns)
+    assert {"sup ms", "unsup ms", "aux ms", "unsup × trace"} <= set(wide.columns)
     assert "2.33×" in (root / "report.md").read_text()
+
+
+def test_timing_rows_not_duplicated(built):
+    """timing.csv repeats the sup/unsup measurement for aux and no-aux: the report shows it once."""
+    root, _ = built
+    raw = pd.read_csv(root / "timing.csv")
+    assert raw.duplicated(["estimator", "step_kind"]).any()  # the input does repeat them
+    long = pd.read_csv(root / "tables/timing_long.csv")
+    assert not long.duplicated(["device", "device_name", "estimator", "step_kind"]).any()
+    assert set(long[long.step_kind == "aux"].from_aux_run) == {True}
+    assert set(long[long.step_kind != "aux"].from_aux_run) == {False}
+    wide = pd.read_csv(root / "tables/timing.csv")
+    assert list(wide.estimator) == ["trace", "enum", "enum-seq", "baseline"]
 
 
 def test_grad_variance_ratio_to_enum(built):
@@ -139,8 +206,11 @@ def test_compare_timing_folder(tmp_path):
 def test_single_seed_has_no_interval(tmp_path):
     fabricate_results(tmp_path, seeds=(0,))
     report.build_report(tmp_path, plots=False)
-    wide = pd.read_csv(tmp_path / "tables/table1.csv", dtype=str).set_index("labels")
-    assert wide.loc["100", "enum + aux"].endswith("(n=1)") and "±" not in wide.loc["100", "enum + aux"]
+    t1 = _table1(tmp_path)
+    assert "100 labels (n=1)" in t1["enum + aux"]
+    cell = t1["enum + aux"]["100 labels (n=1)"]
+    assert "±" not in cell and "(n=" not in cell  # n is in the header
+    assert pd.isna(pd.read_csv(tmp_path / "tables/table1.csv").set_index("variant").loc["enum + aux", "ci95_L100"])
 
 
 @pytest.mark.parametrize("damage", ["env", "runs_csv", "list_json", "bad_types", "empty_grad", "no_runs",
@@ -208,8 +278,8 @@ def test_harness_csv_statuses(tmp_path):
     assert bad["enum_L100_s0"] == "stale" and bad["trace_L100_s0"] == "corrupt"
     s = pd.read_csv(tmp_path / "tables/status_summary.csv").iloc[0]
     assert s.expected == 28 and s.stale == 1
-    wide = pd.read_csv(tmp_path / "tables/table1.csv", dtype=str).set_index("labels")
-    assert wide.loc["100", "enum"].endswith("[1 stale]") and "baseline" in wide.columns
+    t1 = _table1(tmp_path)
+    assert t1["enum"]["100 labels (n=2)"].endswith("(n=1) [1 stale]") and "baseline" in t1
 
 
 def _real_results():
@@ -232,10 +302,10 @@ def test_report_on_real_results_reproduces_its_tables(tmp_path):
     dst = tmp_path / "real"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock"))
     out = report.build_report(dst)
-    wide = pd.read_csv(dst / "tables/table1.csv", dtype=str)
+    num = pd.read_csv(dst / "tables/table1.csv")
     env = json.loads((dst / "env.json").read_text())
     for est in env["grid"]["estimators"]:
-        assert est in wide.columns
+        assert est in set(num.estimator)
     assert out["report.html"].stat().st_size > 10_000
     if (src / "tables").is_dir():
         committed = sorted(p.name for p in (src / "tables").iterdir())
@@ -243,6 +313,7 @@ def test_report_on_real_results_reproduces_its_tables(tmp_path):
         for name in committed:
             assert (dst / "tables" / name).read_bytes() == (src / "tables" / name).read_bytes(), name
         assert (dst / "report.md").read_text() == (src / "report.md").read_text()
+        assert (dst / "report.html").read_text() == (src / "report.html").read_text()
 
 
 # -- Pyro's overhead, rankings, published anchors, headline verdict ----------------------------
@@ -362,7 +433,7 @@ def test_published_anchors_load_and_match(built):
     assert set(anchors.our_estimator) <= set(REGISTRY)
     import tomllib
     from pathlib import Path
-    pyproject = tomllib.loads((Path(report.__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(report.__file__).parents[2] / "pyproject.toml").read_text())
     assert "published_anchors.csv" in pyproject["tool"]["setuptools"]["package-data"]["bench"]
 
     root, _ = built
@@ -379,3 +450,139 @@ def test_published_anchors_load_and_match(built):
     assert rb.vs_marginalisation == pytest.approx(17.5 / 31.4, abs=1e-4)
     text = (root / "report.md").read_text()
     assert "## Published anchors" in text and "Liu et al. 2019" in text and "Jang et al. 2017" in text
+
+
+# -- page layout: colours, heatmap, summary, HTML navigation -------------------------------------
+
+def test_colours_by_family_scale_past_ten():
+    from bench.report.common import family, family_colours
+    names = ["trace", "enum", "enum-seq", "trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk",
+             "baseline", "rb-top3", "vimco", "mystery-a", "mystery-b", "mystery-c"]
+    assert [family(n) for n in ("enum-seq", "trace-k10", "gumbel-st", "rb-topk", "baseline", "mystery-a")] == \
+        ["enumeration", "score function", "relaxation", "Rao-Blackwell", "supervised only", None]
+    pal = family_colours(names)
+    assert len(set(pal.values())) == len(names)  # every estimator its own colour, unknown names included
+    blue = lambda c: c[2] > c[0] and c[2] > c[1]
+    orange = lambda c: c[0] > c[1] > c[2]
+    assert all(blue(pal[n]) for n in ("enum", "enum-seq"))
+    assert all(orange(pal[n]) for n in ("trace", "trace-avg", "trace-nvil", "trace-k10", "vimco"))
+    assert all(pal[n][1] > pal[n][0] for n in ("gumbel", "gumbel-st"))  # greens
+
+
+def test_grad_error_heatmap_table(built):
+    root, _ = built
+    m = pd.read_csv(root / "tables/grad_error_vs_enum.csv")
+    assert set(m.step_kind) == {"unsup"} and set(m.param_group) == {"encoder_y", "encoder_z", "decoder"}
+    assert (m[m.variant == "enum"].median_ratio_to_enum == 1).all()
+    assert (m[m.variant == "trace"].median_ratio_to_enum > 10).all()
+    assert "## Gradient error relative to enum" in (root / "report.md").read_text()
+
+
+def test_summary_three_lines_from_the_tables(built):
+    root, _ = built
+    lines = (root / "tables/summary.md").read_text().splitlines()
+    assert len(lines) == 3 and all(l.startswith("- ") for l in lines)
+    head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
+    assert head.winners == "" and "no estimator comes within 1 point" in lines[0]
+    assert "2 seeds and 4 epochs per cell" in lines[1]
+    rel = pd.read_csv(root / "tables/timing_relative.csv").set_index("estimator")
+    assert f"{rel.loc['enum', 'relative_to_trace']:.1f}× trace's" in lines[2]
+    text = (root / "report.md").read_text()
+    assert text.index("## Summary") < text.index("## Headline") and lines[0][2:] in text
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
+
+
+def _readme_block(name):
+    text = README.read_text()
+    m = re.search(rf"<!-- {name}:begin[^>]*-->\n(.*?)<!-- {name}:end -->", text, re.S)
+    assert m, f"README has no {name} block"
+    return m.group(1)
+
+
+@pytest.mark.skipif(not (REFERENCE / "tables" / "summary.md").is_file(), reason="no committed reference report")
+def test_readme_quotes_the_reports_summary():
+    """The README's summary and run cost are the reference report's, word for word (regenerate the report,
+    then paste tables/summary.md and tables/run_cost.md between the markers)."""
+    assert _readme_block("summary") == (REFERENCE / "tables" / "summary.md").read_text()
+    assert _readme_block("run-cost") == (REFERENCE / "tables" / "run_cost.md").read_text()
+    figure = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", README.read_text()).group(1)
+    assert (README.parent / figure).is_file()
+
+
+def test_html_navigation(built):
+    root, _ = built
+    html = (root / "report.html").read_text()
+    toc = re.search(r'<nav id="toc">(.*?)</nav>', html, re.S).group(1)
+    targets = re.findall(r'href="#([^"]+)"', toc)
+    ids = re.findall(r'<section id="([^"]+)">', html)
+    assert targets == ids and len(ids) == len(report.SECTIONS) and len(set(ids)) == len(ids)
+    for i in ids:
+        assert f'<a class="anchor" href="#{i}"' in html
+    assert html.count("<figure>") == html.count("<figcaption>") == html.count("<img ") == 7
+    for csv in set(re.findall(r'<a href="(tables/[^"]+\.csv)"', html)):
+        assert (root / csv).is_file(), csv
+    assert 'href="tables/table1.csv"' in html and html.count('class="sortable"') == html.count("<table")
+
+
+def test_a_new_section_is_one_module_and_one_list_entry(tmp_path, monkeypatch):
+    """What docs/report.md shows: a module with build(ctx) -> Section, appended to SECTIONS."""
+    import types
+    from bench.report import page
+    from bench.report.context import Section, Table
+
+    def build(ctx):
+        counts = ctx.res.runs.groupby("status").size().reset_index(name="cells")
+        ctx.write_table(counts, "cells_per_status", "Cells per status")
+        return Section("cells-per-status", "Cells per status", tables=[Table("Cells per status", counts,
+                                                                             "cells_per_status")])
+
+    monkeypatch.setattr(page, "SECTIONS", [*page.SECTIONS, types.SimpleNamespace(build=build)])
+    fabricate_results(tmp_path)
+    report.build_report(tmp_path, plots=False)
+    html = (tmp_path / "report.html").read_text()
+    assert '<a href="#cells-per-status">' in html and 'id="cells_per_status"' in html
+    assert 'href="tables/cells_per_status.csv"' in html and (tmp_path / "tables/cells_per_status.md").is_file()
+
+
+def _report_modules():
+    root = Path(report.__file__).parent
+    return [root.parent / "compare.py", *sorted(root.rglob("*.py"))]
+
+
+def test_report_package_layout():
+    """No file over 600 lines, no import inside a function, no import circle among bench/report's modules."""
+    import ast
+    bench = Path(report.__file__).parents[1]
+    graph = {}
+    for path in _report_modules():
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path
+        tree = ast.parse(text)
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{path.name}: import inside {fn.name}()"
+        mod = ".".join(path.relative_to(bench.parent).with_suffix("").parts).removesuffix(".__init__")
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                target = f"{base}.{node.module}" if node.module else base
+                deps.add(target)
+                if not node.module:
+                    deps.update(f"{base}.{a.name}" for a in node.names)
+        graph[mod] = deps
+    known = set(graph)
+
+    def visit(m, stack):
+        assert m not in stack, " -> ".join([*stack, m])
+        for d in graph.get(m, ()):
+            if d in known and d != m:
+                visit(d, [*stack, m])
+
+    for m in known:
+        visit(m, [])

@@ -26,8 +26,8 @@ from ..render import markdown_table
 PYRO_NOTE = ("Pyro's values are the Table 1 of Pyro's semi-supervised VAE tutorial: mean and 95 % bound over "
              "\"five random selections of supervised data\". The table was added to the tutorial in November 2017, "
              "when its script (`ss_vae_M2.py`) defaulted to an auxiliary-loss multiplier of 300 and 100 epochs; the "
-             "defaults of today (multiplier 46, learning rate 4.2e-4, 50 epochs), which this benchmark uses, arrived "
-             "in April 2018. Our training loop differs from that script's too (the script steps every loss on every "
+             "defaults of today (multiplier 46, learning rate 4.2e-4, 50 epochs) arrived in April 2018, and this "
+             "benchmark uses that multiplier and learning rate. Our training loop differs from that script's too (the script steps every loss on every "
              "batch, the auxiliary loss included, with a batch size that divides the labeled count), so the "
              "differences are a yardstick, not a replication.")
 
