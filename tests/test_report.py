@@ -586,3 +586,20 @@ def test_report_package_layout():
 
     for m in known:
         visit(m, [])
+
+
+def test_readme_states_no_unchecked_number():
+    """Outside its generated blocks and code, the README's only number is the Python version, which must be
+    pyproject's. A sentence with a new number needs a generated block or a check here."""
+    import tomllib
+    text = README.read_text()
+    for name in ("summary", "run-cost", "bad-inputs"):
+        text = re.sub(rf"<!-- {name}:begin.*?<!-- {name}:end -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)          # code blocks
+    text = re.sub(r"`[^`]*`", "", text)                        # inline code (commands, names)
+    text = re.sub(r"\]\([^)]*\)", "]", text)                   # link targets
+    numbers = re.findall(r"(?<![\w.\-/])\d+(?:\.\d+)*%?(?![\w\-/])", text)
+    requires = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires.startswith(">=")
+    assert numbers == [requires[2:]], numbers
+    assert f"Python {requires[2:]} or newer" in text

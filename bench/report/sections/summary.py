@@ -99,6 +99,6 @@ def build(ctx: Context) -> Section:
     if run:
         total, workers, per = run
         ctx.write_text("run_cost.md", f"The `{ctx.env.get('preset', '?')}` preset's cells trained for {total:.0f} "
-                                      f"minutes in all: about {per:.0f} minutes with {workers} "
-                                      f"worker{'s' if workers > 1 else ''}.\n")
+                                      f"minutes in all (evaluation and probes not counted): at least {per:.0f} "
+                                      f"minutes of wall time with {workers} worker{'s' if workers > 1 else ''}.\n")
     return Section("summary", "Summary", bullets=lines)
