@@ -67,7 +67,7 @@ def build(ctx: Context) -> Section:
     sec.text.append(f"Each estimator's {METRIC_WORDS} at the common checkpoints (median over checkpoints and "
                     f"seeds), on the {m.step_kind.iloc[0]} step, per parameter group and label count. Blue: less "
                     "than enum's, red: more; enum is 1 by construction. Variance is noise only: a relaxation's "
-                    "bias does not show here.")
+                    "bias does not show here. Numbers: `tables/grad_error_vs_enum.csv`.")
     if ctx.plots:
         fig = plot(ctx, m)
         sec.figures.append(Figure(fig, f"Heatmap of {METRIC_WORDS} (log colour scale, annotated with the ratio): "
