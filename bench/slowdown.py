@@ -51,8 +51,11 @@ def _fastest_seconds(fn: Callable[[], object], n: int) -> float:
 def slowed(step: Callable[[], object], fraction: float, calibration_runs: int = 5) -> Callable[[], object]:
     """``step`` followed by busy matmuls taking ~``fraction`` of its time.
 
-    Both the step and one matmul are timed by their fastest run (interference only adds
-    time, so the fastest runs are the comparable ones).
+    The step and the block of matmuls are each timed by their fastest run (interference only
+    adds time, so the fastest runs are the comparable ones). The block is timed whole, as it
+    will run: on a loaded machine the fastest of many 0.2 ms matmuls is far more optimistic
+    than the fastest of a few 100 ms steps (measured: the loop then took 2-4x its estimate),
+    so a first count from one matmul is rescaled by the timed block, twice.
     """
     if fraction <= 0:
         return step
@@ -61,6 +64,14 @@ def slowed(step: Callable[[], object], fraction: float, calibration_runs: int = 
     out = torch.empty(256, 256)
     per_mm = _fastest_seconds(lambda: torch.mm(a, a, out=out), 20)
     n = max(1, round(fraction * base / per_mm))
+
+    def block():
+        for _ in range(n):
+            torch.mm(a, a, out=out)
+
+    for _ in range(2):
+        per_mm = _fastest_seconds(block, calibration_runs) / n
+        n = max(1, round(fraction * base / per_mm))
 
     def slow_step():
         result = step()

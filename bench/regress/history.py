@@ -39,8 +39,13 @@ def append(record: dict, root: Path = HISTORY) -> Path:
     now = _dt.datetime.now(_dt.timezone.utc)
     record = {"date": now.isoformat(timespec="seconds"), "machine": fp["name"], "fingerprint": fp, **record}
     commit = re.sub(r"[^0-9a-z-]", "", str(record.get("commit", "unknown"))[:10])
-    path = root / fp["name"] / f"{now.strftime('%Y%m%dT%H%M%S')}-{commit}-{record.get('kind', 'run')}.json"
+    stem = f"{now.strftime('%Y%m%dT%H%M%S')}-{commit}-{record.get('kind', 'run')}"
+    path = root / fp["name"] / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while path.exists():  # two records in one second
+        n += 1
+        path = path.with_name(f"{stem}-{n}.json")
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 
@@ -145,7 +150,7 @@ def draw(machine_name: str, root: Path = HISTORY, out_dir: Optional[Path] = None
             ax.set_ylabel(ylabel)
             ax.set_xticks(x, [label[c] for c in commits], rotation=45, ha="right")
             ax.grid(alpha=0.3)
-            if row == 0:
+            if row == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6, ncol=2)
     fig.suptitle(f"step time and peak memory over commits, {machine_name} "
                  f"(dashed: hand-written reference, dotted: Pyro JIT)")
