@@ -210,6 +210,8 @@ def measure(a: Side, b: Side, cases: List[str], rounds: int, reps: int, warmup: 
                     for c, ms in out["ms"].items():
                         values[k][c].append(min(ms))
                     failed[k].update(out.get("failed", {}))
+                if (r + 1) % 5 == 0 and r + 1 < rounds:
+                    progress(f"regress ab: round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s)")
             progress(f"regress ab: measured in {time.perf_counter() - t0:.0f} s")
         finally:
             for r in runners.values():

@@ -196,8 +196,7 @@ def _versions() -> dict:
     import pyro
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "pyro_path": str(Path(pyro.__file__).resolve().parent.parent)}
+    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__}
 
 
 def main() -> int:
