@@ -60,6 +60,8 @@ def add_parser(sub) -> None:
     a.add_argument("--no-jit", action="store_true", help="leave out trace-jit / enum-jit")
     a.add_argument("--rounds", type=int, help="interleaved rounds per side (default 15, short 10)")
     a.add_argument("--reps", type=int, help="steps per case per round; the round keeps the fastest (default 2, short 1)")
+    a.add_argument("--processes", type=int, default=abmod.PROCESSES,
+                   help=f"fresh runner pairs the rounds are split over (default {abmod.PROCESSES})")
     a.add_argument("--threads", type=int, default=int(os.environ.get("REGRESS_THREADS", "1")),
                    help="torch threads per side (default 1)")
     a.add_argument("--tolerance", type=float, default=abmod.DEFAULT_TOLERANCE,
@@ -136,14 +138,16 @@ def cmd_ab(args) -> int:
         print(f"regress ab: B = {b.describe}" + (f"  [injected slowdown {args.inject_slowdown}]"
                                                  if args.inject_slowdown else ""))
         try:
-            raw = abmod.measure(a, b, cases, rounds, reps, threads=args.threads, inject_b=args.inject_slowdown)
+            raw = abmod.measure(a, b, cases, rounds, reps, threads=args.threads, inject_b=args.inject_slowdown,
+                                processes=max(1, min(args.processes, rounds)))
         except abmod.ABError as exc:
             print(f"regress ab: {exc}", file=sys.stderr)
             return 2
     rows = abmod.analyse(raw, cases, args.tolerance)
     va, vb = raw["setup"]["A"]["versions"], raw["setup"]["B"]["versions"]
     print(f"A: torch {va['torch']}, pyro {va['pyro']}; B: torch {vb['torch']}, pyro {vb['pyro']}; "
-          f"{rounds} rounds, {reps} step(s) per round kept by the fastest, {args.threads} thread(s)")
+          f"{rounds} rounds over {args.processes} process pair(s), the fastest of >= {reps} step(s) and "
+          f">= {abmod.MIN_MS:.0f} ms per round, {args.threads} thread(s)")
     print(abmod.table(rows))
     problems = abmod.verdict_lines(rows, a, b, args.tolerance)
     from ..provenance import machine_fingerprint
@@ -151,7 +155,8 @@ def cmd_ab(args) -> int:
     fp = machine_fingerprint()
     summary = {"a": {"describe": a.describe, "commit": a.commit, "versions": va},
                "b": {"describe": b.describe, "commit": b.commit, "versions": vb},
-               "rounds": rounds, "reps": reps, "threads": args.threads, "tolerance": args.tolerance,
+               "rounds": rounds, "reps": reps, "processes": args.processes, "min_ms": abmod.MIN_MS,
+               "threads": args.threads, "tolerance": args.tolerance,
                "inject_b": args.inject_slowdown, "machine": fp["name"]}
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +195,9 @@ def _write_markdown(path: Path, summary: dict, fp: dict, rows: dict) -> None:
              f"{fp['torch_build']['cpu_capability']}), {summary['threads']} torch thread(s)",
              f"- A: torch {a['versions']['torch']}, pyro {a['versions']['pyro']}, python {a['versions']['python']}",
              f"- B: torch {b['versions']['torch']}, pyro {b['versions']['pyro']}, python {b['versions']['python']}",
-             f"- commit {str(b['commit'])[:10]}; {summary['rounds']} interleaved rounds (A,B / B,A), "
-             f"{summary['reps']} step(s) per case per round, the fastest kept",
+             f"- commit {str(b['commit'])[:10]}; {summary['rounds']} interleaved rounds (A,B / B,A) over "
+             f"{summary.get('processes', 1)} pair(s) of fresh runner processes; per case per round the fastest of "
+             f">= {summary['reps']} step(s) and >= {summary.get('min_ms', 0):.0f} ms of steps",
              f"- B/A = exp(median of per-round log(B/A)); interval: bootstrap of that median, 95 %; "
              f"slower = B/A > 1 + {summary['tolerance']:.2f} with the interval above 1",
              "- peak MiB: resident-set growth during one step after warm-up (malloc_trim first, RSS sampled)",
