@@ -147,6 +147,8 @@ def draw(machine_name: str, root: Path = HISTORY, out_dir: Optional[Path] = None
             if key == "ms":
                 ax.set_yscale("log")
                 ax.set_title(f"{kind} steps")
+            else:
+                ax.set_ylim(bottom=0)
             ax.set_ylabel(ylabel)
             ax.set_xticks(x, [label[c] for c in commits], rotation=45, ha="right")
             ax.grid(alpha=0.3)
