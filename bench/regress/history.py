@@ -9,8 +9,9 @@ medians at the base's commit, the head's at the head's); an A/B of two environme
 commit is kept, labelled by its versions, and drawn only in the table.
 
 ``python -m bench regress history`` writes ``history.md`` (a table: case x commit, median
-ms) and ``history.png`` (one panel per step kind, a line per estimator, commits in
-history order) into the machine's folder. Absolute milliseconds of runs made at different
+ms) and ``history.png`` (a column per step kind, a line per case, commits in history order:
+median ms; ms over the hand-written enumerated step ``ref:unsup-enum`` of the same runs, which
+cancels most of the machine's load; peak MiB) into the machine's folder. Absolute milliseconds of runs made at different
 times on a shared machine move with its load (up to 2x here): a step shows as slower in the
 history when it stays up over several commits; the A/B is the test.
 """
@@ -25,6 +26,8 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 HISTORY = REPO / "results" / "history"
+#: the case other cases are divided by in the load-robust panel (in the short A/B and the full one)
+YARDSTICK = "ref:unsup-enum"
 
 
 def machine() -> dict:
@@ -130,10 +133,17 @@ def draw(machine_name: str, root: Path = HISTORY, out_dir: Optional[Path] = None
     md.write_text("\n".join(lines) + "\n")
 
     kinds = ["sup", "unsup", "aux"]
-    fig, axes = plt.subplots(2, len(kinds), figsize=(5 * len(kinds), 8), sharex=True, squeeze=False)
+    # load-robust view: each case over the hand-written enumerated step measured in the same runs
+    for c in commits:
+        yard = (pts[c].get(YARDSTICK) or {}).get("ms")
+        for v in pts[c].values():
+            v["rel"] = v["ms"] / yard if yard and v.get("ms") is not None else None
+    panels = (("ms", "median ms per step (log)"), ("rel", f"ms / {YARDSTICK} ms, same runs"),
+              ("peak_mb", "peak MiB per step"))
+    fig, axes = plt.subplots(len(panels), len(kinds), figsize=(5 * len(kinds), 11), sharex=True, squeeze=False)
     x = list(range(len(commits)))
     for col, kind in enumerate(kinds):
-        for row, (key, ylabel) in enumerate((("ms", "median ms per step (log)"), ("peak_mb", "peak MiB per step"))):
+        for row, (key, ylabel) in enumerate(panels):
             ax = axes[row][col]
             for case in cases:
                 est, _, k = case.partition(":")
@@ -147,7 +157,7 @@ def draw(machine_name: str, root: Path = HISTORY, out_dir: Optional[Path] = None
             if key == "ms":
                 ax.set_yscale("log")
                 ax.set_title(f"{kind} steps")
-            else:
+            elif key == "peak_mb":
                 ax.set_ylim(bottom=0)
             ax.set_ylabel(ylabel)
             ax.set_xticks(x, [label[c] for c in commits], rotation=45, ha="right")
