@@ -195,9 +195,6 @@ def test_cli_compare_exits_nonzero_on_regression(tmp_path):
 
 
 # -- the A/B --------------------------------------------------------------------------------------
-from bench.regress import ab as abmod  # noqa: E402
-from bench.regress import history, peakmem  # noqa: E402
-
 
 def _rounds(factor, noise, n=12, seed=0):
     rng = np.random.default_rng(seed)

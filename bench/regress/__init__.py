@@ -10,6 +10,10 @@
 ``python -m bench regress {run,save,compare,ab,history}``; the parser is ``bench.regress.cli``.
 The names below are the baseline check's, kept importable as ``bench.regress.<name>``.
 """
-from .baseline import (DEFAULT_STAT, DEFAULT_TOLERANCE, INJECT_ENV, baseline_path, check, compare,  # noqa: F401
+from .baseline import (DEFAULT_STAT, DEFAULT_TOLERANCE, INJECT_ENV, baseline_path, check, compare,
                        comparability_warnings, gemm_rate, machine_info, machine_name, paired_ratio, ratios, save,
                        step_times, table, tolerances)
+
+__all__ = ["DEFAULT_STAT", "DEFAULT_TOLERANCE", "INJECT_ENV", "baseline_path", "check", "compare",
+           "comparability_warnings", "gemm_rate", "machine_info", "machine_name", "paired_ratio", "ratios", "save",
+           "step_times", "table", "tolerances"]

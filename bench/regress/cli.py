@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import EXIT_USAGE, Parser, UsageError, fail, str_list
+from ..errors import Parser, UsageError, fail, str_list
 from . import ab as abmod
 from .baseline import DEFAULT_STAT, _rel, cmd_run
 
