@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench import regress, slowdown
-from bench.regress import baseline
+from bench.regress import ab as abmod
+from bench.regress import baseline, history, peakmem
 from bench.regress import cli as regress_cli
 
 REPO = Path(__file__).resolve().parents[1]
