@@ -398,8 +398,13 @@ def cmd_run(args) -> int:
     if args.command_regress == "compare":
         if not getattr(args, "results", None):
             raise SystemExit("regress compare needs a pytest-benchmark JSON file")
-        return check(json.loads(Path(args.results).read_text()), path, args.tolerance, args.short, args.stat,
-                     args.missing_ok)
+        try:
+            bench_json = json.loads(Path(args.results).read_text())
+        except (OSError, ValueError) as exc:
+            from ..errors import UsageError
+
+            raise UsageError(f"regress compare: cannot read {args.results}: {exc}") from None
+        return check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
     if args.command_regress == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
         print(f"regress: refusing to save a baseline with an injected slowdown "
               f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
