@@ -36,6 +36,8 @@ def build_parser() -> Parser:
     from . import harness
     harness.add_run_parser(sub)
     harness.add_other_parsers(sub)
+    from .regress import cli as regress_cli
+    regress_cli.add_parser(sub)
     return parser
 
 

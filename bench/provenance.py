@@ -111,3 +111,85 @@ def _cgroup_quota() -> Optional[float]:
         return q / p if q > 0 and p > 0 else None
     except (OSError, ValueError):
         return None
+
+
+#: CPU flags that change which kernels torch runs (the rest of /proc/cpuinfo's flags go into the hash only)
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def _cpuinfo_fields() -> Dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo (empty off Linux)."""
+    out: Dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    if out:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return out
+
+
+def _cache_sizes() -> Dict[str, str]:
+    """``{"L1d": "48K", "L1i": "64K", "L2": "2048K", "L3": "491520K"}`` from sysfs (cpu0)."""
+    out: Dict[str, str] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        out[f"L{level}{suffix}"] = size
+    return out
+
+
+def _torch_build() -> Dict[str, object]:
+    """The torch build facts that decide CPU kernels: capability (AVX2/AVX512...), MKL, oneDNN, OpenMP."""
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
+            "openmp": torch.backends.openmp.is_available()}
+
+
+@lru_cache(maxsize=1)
+def machine_fingerprint() -> Dict[str, object]:
+    """What makes step times comparable between two runs, even where the CPU name is masked.
+
+    Cloud CPUs often report ``Intel(R) Xeon(R) Processor`` for several generations, so the
+    name alone lumps machines together. The fingerprint adds the vendor, family/model/stepping
+    numbers, the kernel-relevant CPU flags (and a hash of all flags), the cache sizes, the
+    usable core count and the torch build (CPU capability, MKL, oneDNN, OpenMP) -- not the
+    library versions, which a comparison reports separately. ``name`` is a readable slug of
+    the CPU name and cores plus a 6-hex hash of the rest, e.g. ``intel-xeon-2cpu-1a2b3c``.
+    """
+    import hashlib
+    import json
+    import re
+
+    info = _cpuinfo_fields()
+    flags = sorted(set((info.get("flags") or info.get("Features") or "").split()))
+    fp: Dict[str, object] = {
+        "cpu_name": cpu_name(),
+        "vendor": info.get("vendor_id") or info.get("CPU implementer") or platform.machine(),
+        "family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
+        "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
+        "flags_sha1": hashlib.sha1(" ".join(flags).encode()).hexdigest()[:12],
+        "caches": _cache_sizes(),
+        "usable_cpus": usable_cpus(),
+        "arch": platform.machine(),
+        "torch_build": _torch_build(),
+    }
+    digest = hashlib.sha1(json.dumps({k: v for k, v in fp.items() if k != "cpu_name"}, sort_keys=True)
+                          .encode()).hexdigest()[:6]
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*", "",
+                                             fp["cpu_name"].lower())).strip("-")
+    fp["name"] = f"{slug or 'unknown'}-{fp['usable_cpus']}cpu-{digest}"
+    return fp

@@ -2,13 +2,13 @@
 
 ``SSVAE_INJECT_SLOWDOWN=enum:0.3`` (or ``enum/unsup:0.3``; several comma-separated) makes
 the benchmark of that estimator's Pyro step of that kind (``unsup`` by default) do about
-30% more work: after each step, a busy float32 matmul loop whose length is calibrated, at
-the start of the benchmark, to 0.3 x the time of the plain step (fastest of 5).
+30% more work: after each step, busy float32 matmuls for 0.3 x the time that step took.
 
-Nothing outside ``tests/benchmarks`` reads this: training (``ssvae``), ``bench run`` and
-``bench train`` never import this module, and ``python -m bench.regress`` passes the variable
-to its pytest run only when asked with ``--inject-slowdown`` (it removes it otherwise, and
-refuses to save a baseline with it).
+Nothing outside ``tests/benchmarks`` and the A/B runner (``bench/regress/runner.py``) reads
+this: training (``ssvae``), ``bench run`` and ``bench train`` never import this module, and
+``python -m bench regress`` passes the variable to its pytest run or to side B's runner only
+when asked with ``--inject-slowdown`` (it removes it otherwise, and refuses to save a
+baseline or write a history record with it).
 """
 from __future__ import annotations
 
@@ -38,35 +38,32 @@ def requested(estimator: str, step_kind: str) -> float:
     return parse(os.environ.get(ENV, "")).get((estimator, step_kind), 0.0)
 
 
-def _fastest_seconds(fn: Callable[[], object], n: int) -> float:
-    """The fastest of ``n`` runs: on a shared machine the least disturbed one."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def slowed(step: Callable[[], object], fraction: float) -> Callable[[], object]:
+    """``step`` followed by busy float32 matmuls for ``fraction`` of the time the step just took.
 
-
-def slowed(step: Callable[[], object], fraction: float, calibration_runs: int = 5) -> Callable[[], object]:
-    """``step`` followed by busy matmuls taking ~``fraction`` of its time.
-
-    Both the step and one matmul are timed by their fastest run (interference only adds
-    time, so the fastest runs are the comparable ones).
+    The extra work is timed against the step itself, each call, rather than counted from a
+    calibration: on a loaded machine a calibration made at one moment (the fastest of a few
+    0.2 ms matmuls, or of a few matmul blocks while another process sets up) was off by 2-4x
+    when the loop ran (measured here: a "30 %" slowdown gave +120 % once and +1 % another
+    time). Timed per call, the step takes (1 + fraction) x its own time, whatever the load.
     """
     if fraction <= 0:
         return step
-    base = _fastest_seconds(step, calibration_runs)
     a = torch.randn(256, 256)
     out = torch.empty(256, 256)
-    per_mm = _fastest_seconds(lambda: torch.mm(a, a, out=out), 20)
-    n = max(1, round(fraction * base / per_mm))
 
     def slow_step():
+        t0 = time.perf_counter()
         result = step()
-        for _ in range(n):
+        t1 = time.perf_counter()
+        deadline = t1 + fraction * (t1 - t0)
+        n = 0
+        while time.perf_counter() < deadline:
             torch.mm(a, a, out=out)
+            n += 1
+        slow_step.last = {"step_s": t1 - t0, "extra_s": time.perf_counter() - t1, "matmuls": n}
         return result
 
-    slow_step.injected = {"fraction": fraction, "matmuls": n, "calibrated_step_s": base, "matmul_s": per_mm}
+    slow_step.injected = {"fraction": fraction, "mode": "busy matmuls for fraction x the step's own time"}
+    slow_step.last = None
     return slow_step

@@ -31,7 +31,8 @@ CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch
                   "test_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
 TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "batch_size", "n_steps", "median_ms",
                   "q1_ms", "q3_ms", "min_ms", "mean_ms", "threads", "ref_step", "ref_median_ms", "ref_q1_ms",
-                  "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak"]
+                  "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",
+                  "peak_mb_method"]
 VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
                     "n_samples", "variance", "mean_sq", "snr"]
 

@@ -26,6 +26,7 @@ from ssvae.metrics import gradient_report
 from ssvae.train import Trainer, set_seed, synchronize, train
 
 from .provenance import device_name, host, versions
+from .regress.peakmem import peak_step_memory
 from .store import atomic_write_json, result_path
 
 Progress = Optional[Callable[[dict], None]]
@@ -214,7 +215,9 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
     Per row: Pyro's times, the reference step's (same batch, warm-up and step count, timed
     right after Pyro's), their ratio (``pyro_overhead``), the step's dense-layer FLOPs
     (``gflop``, ``ssvae.flops``) and the reference step's achieved rate as a percentage of
-    the matmul rate measured at the start of this task (``matmul_gflops``).
+    the matmul rate measured at the start of this task (``matmul_gflops``), and the peak
+    memory of one more step of Pyro's (``peak_mb``: resident-set growth on CPU, sampled after
+    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.regress.peakmem``).
     """
     base = RunConfig.from_dict(spec["config"])
     data = _load_data(base, data_dir)
@@ -239,9 +242,11 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
         timed = {}
         for kind, (fn, xs, ys) in kinds.items():
             ms = time_steps(fn, spec["warmup"], spec["steps"], cfg.device)
+            mem = peak_step_memory(fn, cfg.device)  # one more step, untimed
             row = {"estimator": est, "device": cfg.device, "step_kind": kind, "batch_size": bs,
                    "n_steps": len(ms), **_summary(ms), "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
-                   "threads": torch.get_num_threads(), "matmul_gflops": matmul_gflops}
+                   "threads": torch.get_num_threads(), "matmul_gflops": matmul_gflops,
+                   "peak_mb": mem["peak_mb"], "peak_mb_method": mem["method"]}
             row.update(_reference_columns(cfg, est, kind, xs, ys, spec, sizes, row["median_ms"], matmul_gflops,
                                           ref_cache))
             timed[kind] = row

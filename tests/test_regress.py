@@ -1,14 +1,19 @@
-"""The regression check's logic: paired ratios, the comparison, its message, the injected slowdown."""
+"""The regression checks: the baseline's paired ratios, the A/B's statistics and runner, the history,
+the machine fingerprint, peak memory, and the injected slowdown."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bench import regress, slowdown
+from bench.regress import ab as abmod
+from bench.regress import baseline, history, peakmem
+from bench.regress import cli as regress_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,17 +116,18 @@ def test_slowdown_is_off_unless_asked(monkeypatch):
     assert slowdown.requested("enum", "sup") == 0.0 and slowdown.requested("trace", "unsup") == 0.0
 
 
-def test_slowdown_is_calibrated_to_the_fraction():
-    """The matmul count is fraction x step time / matmul time (timing itself is shown by make regress)."""
+def test_slowdown_adds_the_fraction_of_each_steps_own_time():
+    """The extra work lasts fraction x the step's own time, measured per call (no calibration)."""
     a = torch.randn(200, 200)
     calls = []
     step = lambda: calls.append([torch.mm(a, a) for _ in range(10)])  # noqa: E731
     slow = slowdown.slowed(step, 0.5)
-    inj = slow.injected
-    assert inj["matmuls"] == max(1, round(0.5 * inj["calibrated_step_s"] / inj["matmul_s"]))
-    n = len(calls)
-    slow()
-    assert len(calls) == n + 1  # the step itself still runs, once
+    assert slow.injected["fraction"] == 0.5
+    for _ in range(3):
+        slow()
+        last = slow.last
+        assert last["extra_s"] >= 0.5 * last["step_s"] and last["matmuls"] >= 1
+    assert len(calls) == 3  # the step itself still runs, once per call
 
 
 def test_injection_cannot_leak_into_training():
@@ -130,7 +136,7 @@ def test_injection_cannot_leak_into_training():
         assert slowdown.ENV not in path.read_text(), path
         assert "slowdown" not in path.read_text(), path
     for path in (REPO / "bench").rglob("*.py"):
-        if path.name not in ("slowdown.py", "regress.py"):
+        if path.name != "slowdown.py" and "regress" not in path.parts:
             text = path.read_text()
             assert slowdown.ENV not in text and "slowdown import" not in text and "import slowdown" not in text, path
 
@@ -144,25 +150,28 @@ def test_regress_strips_an_inherited_injection(monkeypatch):
         return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setenv(slowdown.ENV, "enum:0.3")
-    monkeypatch.setattr(regress.subprocess, "run", fake_run)
+    monkeypatch.setattr(baseline.subprocess, "run", fake_run)
     with pytest.raises(SystemExit):
-        regress.run_benchmarks(short=True)
+        baseline.run_benchmarks(short=True)
     assert slowdown.ENV not in seen and seen["REGRESS_SHORT"] == "1"
     with pytest.raises(SystemExit):
-        regress.run_benchmarks(short=True, inject="enum:0.3")
+        baseline.run_benchmarks(short=True, inject="enum:0.3")
     assert seen[slowdown.ENV] == "enum:0.3"
 
 
 def test_save_refuses_an_injected_slowdown(monkeypatch, tmp_path):
     monkeypatch.delenv(slowdown.ENV, raising=False)
-    assert regress.main(["save", "--inject-slowdown", "enum:0.3", "--baseline", str(tmp_path / "b.json")]) == 2
+    assert regress_cli.main(["save", "--inject-slowdown", "enum:0.3", "--baseline", str(tmp_path / "b.json")]) == 2
     assert not (tmp_path / "b.json").exists()
 
 
-def test_machine_name_is_a_slug(monkeypatch):
+def test_machine_name_is_a_slug_and_a_fingerprint(monkeypatch):
+    from bench.provenance import usable_cpus
+
     monkeypatch.delenv("REGRESS_MACHINE", raising=False)
     name = regress.machine_name()
-    assert name.endswith(f"-{os.cpu_count()}cpu") and " " not in name and "/" not in name
+    slug, _, digest = name.rpartition("-")
+    assert slug.endswith(f"-{usable_cpus()}cpu") and len(digest) == 6 and " " not in name and "/" not in name
     monkeypatch.setenv("REGRESS_MACHINE", "ci-runner")
     assert regress.baseline_path().name == "ci-runner.json"
 
@@ -184,3 +193,164 @@ def test_cli_compare_exits_nonzero_on_regression(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "REGRESSION: estimator enum, step kind unsup" in proc.stderr
+
+
+# -- the A/B --------------------------------------------------------------------------------------
+
+def _rounds(factor, noise, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    a = 100 * np.exp(rng.normal(0, noise, n))
+    b = 100 * factor * np.exp(rng.normal(0, noise, n))
+    return list(a), list(b)
+
+
+def test_ab_flags_a_significant_slowdown_beyond_the_tolerance_only():
+    a, b = _rounds(1.3, 0.03)
+    row = abmod.compare_case(a, b, tolerance=0.15)
+    assert row["verdict"] == "slower" and 1.2 < row["ratio"] < 1.4 and row["ci_low"] > 1
+    assert row["a_ms"] == pytest.approx(np.median(a)) and row["b_ms"] == pytest.approx(np.median(b))
+    assert abmod.compare_case(*_rounds(1.0, 0.03), tolerance=0.15)["verdict"] == "same"
+    assert abmod.compare_case(*_rounds(1.08, 0.01), tolerance=0.15)["verdict"] == "same"  # significant, small
+    noisy = abmod.compare_case(*_rounds(1.3, 0.6, n=4, seed=3), tolerance=0.15)
+    assert noisy["ci_low"] < 1 and noisy["verdict"] == "same"  # beyond the tolerance, not significant
+    assert abmod.compare_case(*_rounds(1 / 1.3, 0.03), tolerance=0.15)["verdict"] == "faster"
+
+
+def _raw(a_status="ok", b_status="ok", b_error=None):
+    def setup(status, error):
+        return {"cases": {"enum:unsup": {"status": "ok", "error": None, "peak_mb": 50.0},
+                          "trace-jit:sup": {"status": status, "error": error, "peak_mb": 10.0}},
+                "versions": {"torch": "t", "pyro": "p", "python": "3"}}
+
+    a, b = _rounds(1.0, 0.02)
+    return {"setup": {"A": setup(a_status, None), "B": setup(b_status, b_error)},
+            "values": {"A": {"enum:unsup": a, "trace-jit:sup": a if a_status == "ok" else []},
+                       "B": {"enum:unsup": b, "trace-jit:sup": b if b_status == "ok" else []}},
+            "round_failures": {"A": {}, "B": {}}}
+
+
+def test_ab_a_case_failing_on_b_only_is_broken_and_named():
+    rows = abmod.analyse(_raw(b_status="failed", b_error="RuntimeError: jit broke"), ["enum:unsup", "trace-jit:sup"],
+                         0.15)
+    assert rows["enum:unsup"]["verdict"] == "same" and rows["enum:unsup"]["a_peak_mb"] == 50.0
+    assert rows["trace-jit:sup"]["verdict"] == "broken" and rows["trace-jit:sup"]["ratio"] is None
+    side = abmod.Side("A", REPO)
+    lines = abmod.verdict_lines(rows, side, side, 0.15)
+    assert lines == ["BROKEN: trace-jit:sup runs on A but fails on B: RuntimeError: jit broke"]
+    assert "jit broke" in abmod.table(rows, markdown=True)
+    both = abmod.analyse(_raw(a_status="failed", b_status="failed", b_error="x"), ["trace-jit:sup"], 0.15)
+    assert both["trace-jit:sup"]["verdict"] == "failed"  # failing on both sides: recorded, not a regression
+
+
+def test_ab_runner_times_cases_and_records_failures_not_crashes(monkeypatch):
+    """The runner in-process: a JIT loss that raises is the case's result (failed + message)."""
+    import pyro.infer
+
+    spec = __import__("importlib.util").util.spec_from_file_location("_t_runner", abmod.RUNNER)
+    runner = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+
+    class Broken(pyro.infer.Trace_ELBO):
+        def loss_and_grads(self, *a, **k):
+            raise RuntimeError("tracer broke on this torch\nsecond line")
+
+    monkeypatch.setattr(pyro.infer, "JitTrace_ELBO", Broken)
+    monkeypatch.delenv(slowdown.ENV, raising=False)
+    r = runner.Runner()
+    out = r.setup(["baseline:sup", "trace-jit:sup", "nope:sup", "ref:baseline"], warmup=1, threads=1)
+    cases = out["cases"]
+    assert cases["baseline:sup"]["status"] == "ok" and cases["baseline:sup"]["peak_mb"] >= 0
+    assert cases["trace-jit:sup"] == {"status": "failed",
+                                      "error": "RuntimeError: tracer broke on this torch | second line"}
+    assert cases["nope:sup"]["status"] == "missing"
+    rnd = r.round(reps=2, min_ms=0)
+    assert set(rnd["ms"]) == {"baseline:sup", "ref:baseline"} and all(len(v) == 2 for v in rnd["ms"].values())
+
+
+def test_ab_without_the_base_revision_says_not_checked(capsys):
+    assert regress_cli.main(["ab", "--base", "0" * 40, "--if-available", "--no-history"]) == 0
+    assert "regress ab: NOT CHECKED against 0000000000" in capsys.readouterr().out
+    assert regress_cli.main(["ab", "--base", "0" * 40, "--no-history"]) == 2
+    assert "no commit" in capsys.readouterr().err
+
+
+def test_missing_baseline_in_ci_mode_says_not_checked_without_running(monkeypatch, capsys):
+    monkeypatch.setenv("REGRESS_MACHINE", "no-such-machine")
+    monkeypatch.setattr(baseline, "run_benchmarks", lambda *a, **k: pytest.fail("ran the suite"))
+    assert regress_cli.main(["run", "--short", "--missing-ok"]) == 0
+    assert "NOT CHECKED against a stored baseline: none for this machine" in capsys.readouterr().out
+
+
+# -- history, machine, memory ----------------------------------------------------------------------
+def test_history_records_and_plot(tmp_path):
+    for commit, ms in (("aaaaaaa", 100.0), ("bbbbbbb", 130.0)):
+        history.append({"kind": "ab", "sides": "git", "commit": commit,
+                        "points": [{"commit": commit, "cases": {"enum:unsup": {"ms": ms, "peak_mb": 50.0},
+                                                                "ref:unsup-enum": {"ms": 90.0, "peak_mb": 60.0}}}]},
+                       root=tmp_path)
+    history.append({"kind": "ab", "sides": "env", "commit": "bbbbbbb", "a": {"describe": "pyro 1.9.1"},
+                    "b": {"describe": "pyro 1.9.2"}, "ratios": {"enum:unsup": {"ratio": 1.01}}}, root=tmp_path)
+    name = history.machine()["name"]
+    recs = history.load(name, root=tmp_path)
+    assert len(recs) == 3 and all(r["machine"] == name and r["fingerprint"]["caches"] is not None for r in recs)
+    out = history.draw(name, root=tmp_path)
+    table = out["table"].read_text()
+    assert "| enum:unsup | 100.0 (50) | 130.0 (50) |" in table and "pyro 1.9.1 vs pyro 1.9.2" in table
+    assert out["png"].stat().st_size > 10_000
+
+
+def test_fingerprint_separates_masked_cpu_names(monkeypatch):
+    from bench import provenance
+
+    fields = {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143", "stepping": "8",
+              "flags": "sse4_2 avx avx2 fma avx512f"}
+    monkeypatch.setattr(provenance, "cpu_name", lambda: "Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(provenance, "_cpuinfo_fields", lambda: dict(fields))
+    one = provenance.machine_fingerprint.__wrapped__()
+    fields["flags"] += " amx_tile"
+    fields["model"] = "207"
+    two = provenance.machine_fingerprint.__wrapped__()
+    assert one["name"].startswith("intel-xeon-") and two["name"].startswith("intel-xeon-")
+    assert one["name"] != two["name"] and "amx_tile" in two["kernel_flags"]
+
+
+def test_version_and_machine_warnings():
+    from bench.provenance import versions
+
+    doc = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "torch": "0.0.1", "pyro": versions()["pyro"]}}
+    warnings = regress.comparability_warnings(doc)
+    assert any("no machine fingerprint" in w for w in warnings)
+    assert any(f"torch 0.0.1 -> {versions()['torch']}" in w for w in warnings)
+    doc["machine"].update(torch=versions()["torch"], fingerprint=regress.baseline.fingerprint())
+    assert regress.comparability_warnings(doc) == []
+
+
+def test_peak_memory_sees_a_known_allocation():
+    def step():
+        t = torch.ones(10 * 1024 * 1024)  # 40 MiB, touched
+        return float(t.sum())
+
+    mem = peakmem.peak_step_memory(step)
+    assert 30 < mem["peak_mb"] < 60, mem
+    assert peakmem.peak_step_memory(lambda: None)["peak_mb"] < 5
+
+
+@pytest.mark.skipif(not os.environ.get("SSVAE_DATA_DIR"), reason="needs MNIST ($SSVAE_DATA_DIR)")
+def test_timing_probe_has_a_peak_memory_column(tmp_path):
+    import csv
+
+    from bench import tasks
+    from bench.store import TIMING_COLUMNS, write_tables
+    from ssvae.config import RunConfig
+
+    cfg = RunConfig(estimator="enum", aux=True, labels=100, hidden=(64,), z_dim=8)
+    spec = {"kind": "timing", "id": "timing_cpu", "estimators": ["trace", "enum"], "aux": [True],
+            "device": "cpu", "config": cfg.to_dict(), "warmup": 1, "steps": 2}
+    record = tasks.run_task(spec, tmp_path, data_dir=os.environ["SSVAE_DATA_DIR"])
+    assert record["status"] == "ok", record.get("traceback")
+    assert "peak_mb" in TIMING_COLUMNS
+    for r in record["timing"]:
+        assert isinstance(r["peak_mb"], float) and r["peak_mb"] >= 0 and r["peak_mb_method"]
+    write_tables(tmp_path, [spec])
+    with open(tmp_path / "timing.csv") as fh:
+        assert all(row["peak_mb"] != "" for row in csv.DictReader(fh))

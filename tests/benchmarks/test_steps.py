@@ -24,6 +24,9 @@ to run, so the Pyro benchmark runs one reference step (untimed by pytest-benchma
 is the median of the per-round ratios, and interference that lasts longer than a step
 cancels. ``test_enum_over_trace`` pairs Pyro's enum and trace unlabeled steps the same way.
 
+JIT: ``test_jit_step`` times ``JitTrace_ELBO`` / ``JitTraceEnum_ELBO`` variants of trace and enum
+(a failure on the installed torch is an xfail carrying its message).
+
 Rounds: about ``$REGRESS_BUDGET_S`` seconds of steps per benchmark (2 s, or 0.6 s with
 ``REGRESS_SHORT=1``), at least ``$REGRESS_ROUNDS`` (9, short 5). ``$SSVAE_INJECT_SLOWDOWN``
 slows a chosen Pyro step (see ``bench/slowdown.py``).
@@ -187,3 +190,44 @@ def test_gemm(benchmark):
     benchmark.extra_info.update({"gemm_shape": [m, k, n], "flops": 2 * m * k * n,
                                  "threads": torch.get_num_threads()})
     benchmark.pedantic(lambda: torch.mm(a, b, out=out), rounds=max(MIN_ROUNDS, 10), iterations=1)
+
+
+#: Pyro's JIT-compiled losses, as the Pyro example's ``--jit`` uses them
+JIT_LOSSES = {"trace": "JitTrace_ELBO", "enum": "JitTraceEnum_ELBO"}
+
+
+@pytest.mark.parametrize("estimator,kind", [("trace", "sup"), ("trace", "unsup"), ("trace", "aux"),
+                                            ("enum", "sup"), ("enum", "unsup")],
+                         ids=["trace-jit-sup", "trace-jit-unsup", "trace-jit-aux", "enum-jit-sup", "enum-jit-unsup"])
+def test_jit_step(benchmark, estimator, kind):
+    """The JIT variant of a Pyro step (``JitTrace_ELBO`` / ``JitTraceEnum_ELBO``; the aux step with
+    ``JitTrace_ELBO``), paired with the reference step like the others; reported as estimator
+    ``<name>-jit`` (its ratios have no baseline until one is saved with them).
+
+    Where the JIT fails on the installed torch (tracing, compilation or the first steps raise),
+    the failure and its message are this benchmark's result: an xfail naming the loss, the torch
+    version and the error, not an error of the suite. ``bench regress ab`` records the same as a
+    row with status ``failed``.
+    """
+    from pyro import infer
+
+    cfg = RunConfig(estimator=estimator, aux=True, batch_size=BATCH)
+    data = synthetic_data()
+    trainer = Trainer(cfg, data)
+    if kind == "aux":
+        svi = infer.SVI(trainer.aux.model, trainer.aux.guide, trainer.optim, loss=infer.JitTrace_ELBO())
+        step = lambda: svi.step(data.sup.x, data.sup.y)  # noqa: E731
+    else:
+        loss = getattr(infer, JIT_LOSSES[estimator])(max_plate_nesting=1)
+        svi = infer.SVI(trainer.main.model, trainer.main.guide, trainer.optim, loss=loss)
+        step = (lambda: svi.step(data.sup.x, data.sup.y)) if kind == "sup" else (lambda: svi.step(data.unsup.x))
+    try:
+        for _ in range(WARMUP):  # the first call traces and compiles
+            step()
+    except Exception as exc:
+        pytest.xfail(f"{JIT_LOSSES[estimator] if kind != 'aux' else 'JitTrace_ELBO'} fails on torch "
+                     f"{torch.__version__}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    ref_kind, exact = ref.pairing(estimator, kind)
+    info = {"estimator": f"{estimator}-jit", "step_kind": kind, "impl": "pyro", "reference": ref_kind,
+            "exact_counterpart": exact, "jit": True, "flops": step_flops(ref_kind, BATCH)["total"]}
+    run_paired(benchmark, step, reference_step(cfg, ref_kind, kind, data), info)

@@ -1,8 +1,8 @@
 """Performance-regression check: step-time RATIOS against a stored per-machine baseline.
 
-    python -m bench.regress run  [--short] [--inject-slowdown enum:0.3] [--tolerance 0.2]
-    python -m bench.regress save [--short]
-    python -m bench.regress compare RESULTS.json     # re-check a saved pytest-benchmark JSON
+    python -m bench regress run  [--short] [--inject-slowdown enum:0.3] [--tolerance 0.2]
+    python -m bench regress save [--short]
+    python -m bench regress compare RESULTS.json     # re-check a saved pytest-benchmark JSON
 
 ``run`` runs ``tests/benchmarks`` under pytest-benchmark (``--benchmark-json``), forms the
 ratios below, prints them, and compares them with ``results/baselines/<machine>.json``;
@@ -11,8 +11,14 @@ naming the estimator, the step kind, the baseline ratio and the new one, and exi
 1. ``save`` runs the suite ``--repeat`` times (3) and writes, per ratio, the median, the
 spread (max/min - 1) it saw and a tolerance from it (twice the spread, within 15%..40%;
 short mode +10%), with the machine it came from. Absolute milliseconds are printed, never
-checked: on a shared machine they move by 2x from one minute to the next, while ratios of
-two steps timed seconds apart move by far less.
+checked here (the A/B, ``bench.regress.ab``, compares them within one job).
+
+The machine: ``<machine>`` is the fingerprint name of ``bench.provenance.machine_fingerprint``
+(CPU name, cores and a hash of flags, caches and torch build, e.g. ``intel-xeon-2cpu-c3c94d``),
+else, for baselines saved before fingerprints, the CPU-name slug (``amd-epyc-2cpu``); a
+baseline found by the slug only, whose fingerprint differs, or whose torch/Pyro versions
+differ from the running ones is used with a printed warning. With no baseline, ``run
+--missing-ok`` says so in one line and exits 0 without running the suite.
 
 Ratios ("metrics"):
 
@@ -24,19 +30,16 @@ Ratios ("metrics"):
 Each ratio is PAIRED: the benchmark of a Pyro step runs its partner step (the reference,
 or Pyro's trace step for ``enum/trace``) just before each timed round, and the ratio is the
 median over rounds of (this round's step / its partner). Interference from other processes
-on a shared machine lasts longer than a step, so it cancels in the ratio, where it does not
-in a ratio of two benchmarks timed a minute apart (measured here: 50-150% run-to-run
-spread unpaired, against ~10% paired). ``--stat`` (default ``q25``, the first quartile)
-only decides the milliseconds printed and the matmul rate.
+on a shared machine lasts longer than a step, so it cancels in the ratio.
 
 ``--short`` (``REGRESS_SHORT=1``) runs fewer rounds and uses the baseline's
 ``tolerance_short``. ``--inject-slowdown`` makes a chosen Pyro step do extra work (see
 ``bench/slowdown.py``) to show the check going red; without it the variable
-``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment.
+``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment. Every ``run``
+appends a record to ``results/history/<machine>/`` (``bench.regress.history``).
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -49,7 +52,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "results" / "baselines"
 BENCH_DIR = "tests/benchmarks"
 DEFAULT_TOLERANCE = 0.20
@@ -62,7 +65,7 @@ INJECT_ENV = "SSVAE_INJECT_SLOWDOWN"
 
 # -- the machine --------------------------------------------------------------------------------
 def cpu_model() -> str:
-    from .provenance import cpu_name
+    from ..provenance import cpu_name
     return cpu_name()
 
 
@@ -79,13 +82,23 @@ def machine_info() -> dict:
         "pyro": pyro.__version__,
         "torch_threads_default": torch.get_num_threads(),
         "benchmark_threads": int(os.environ.get("REGRESS_THREADS", "1")),
+        "fingerprint": fingerprint(),
     }
 
 
+def fingerprint() -> dict:
+    from ..provenance import machine_fingerprint
+
+    return machine_fingerprint()
+
+
 def machine_name() -> str:
-    """``$REGRESS_MACHINE``, else a slug of the CPU model and core count (e.g. ``amd-epyc-2cpu``)."""
-    if os.environ.get("REGRESS_MACHINE"):
-        return os.environ["REGRESS_MACHINE"]
+    """``$REGRESS_MACHINE``, else the fingerprint name (e.g. ``intel-xeon-2cpu-c3c94d``)."""
+    return os.environ.get("REGRESS_MACHINE") or fingerprint()["name"]
+
+
+def legacy_machine_name() -> str:
+    """The CPU-name slug and core count of baselines saved before fingerprints (``amd-epyc-2cpu``)."""
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor", "", cpu_model().lower())).strip("-")
     return f"{slug or 'unknown'}-{os.cpu_count()}cpu"
 
@@ -98,7 +111,36 @@ def _rel(path: Path) -> str:
 
 
 def baseline_path(name: Optional[str] = None) -> Path:
-    return BASELINES / f"{name or machine_name()}.json"
+    """The baseline of this machine: by fingerprint name, else (older files) by CPU-name slug."""
+    if name:
+        return BASELINES / f"{name}.json"
+    path = BASELINES / f"{machine_name()}.json"
+    legacy = BASELINES / f"{legacy_machine_name()}.json"
+    return path if path.exists() or not legacy.exists() or os.environ.get("REGRESS_MACHINE") else legacy
+
+
+def comparability_warnings(baseline: dict) -> List[str]:
+    """Why a stored baseline may not fit the running machine and libraries (empty: it fits)."""
+    out = []
+    stored = baseline.get("machine", {})
+    fp_old, fp_new = stored.get("fingerprint"), fingerprint()
+    if fp_old is None:
+        out.append(f"warning: the baseline has no machine fingerprint (saved before fingerprints); it matched "
+                   f"by CPU name only ({stored.get('cpu_model', '?')!r}, {stored.get('cpu_count', '?')} cores), "
+                   f"which masked cloud CPUs share: re-save it here with `make regress-save`")
+    elif fp_old.get("name") != fp_new["name"]:
+        diff = [k for k in fp_new if k != "name" and fp_old.get(k) != fp_new.get(k)]
+        out.append(f"warning: the baseline's machine fingerprint {fp_old.get('name')} differs from this "
+                   f"machine's {fp_new['name']} ({', '.join(diff)})")
+    from ..provenance import versions
+
+    now = versions()
+    changed = [f"{lib} {stored.get(lib)} -> {now.get(lib)}" for lib in ("torch", "pyro", "python")
+               if stored.get(lib) and now.get(lib) and stored.get(lib) != now.get(lib)]
+    if changed:
+        out.append(f"warning: library versions differ from the baseline's ({'; '.join(changed)}): a ratio that "
+                   f"moves may be the library, not the code")
+    return out
 
 
 # -- running the suite --------------------------------------------------------------------------
@@ -108,7 +150,7 @@ def run_benchmarks(short: bool, inject: Optional[str] = None, rounds: Optional[i
     env = dict(os.environ)
     env.pop(INJECT_ENV, None)  # never inherited: only --inject-slowdown sets it
     if inject:
-        from .slowdown import parse
+        from ..slowdown import parse
 
         parse(inject)  # fail early on a bad spec
         env[INJECT_ENV] = inject
@@ -242,27 +284,21 @@ def table(times, metrics, rate, baseline=None, short=False) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return ""
-
-
 def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], short: bool,
           stat: Optional[str] = None, missing_ok: bool = False) -> int:
     if not baseline_file.exists():
         if missing_ok:
             print(table(step_times(bench_json, stat or DEFAULT_STAT), ratios(bench_json),
                         gemm_rate(bench_json, stat or DEFAULT_STAT), None, short))
-            print(f"regress: no baseline for this machine ({_rel(baseline_file)}): ratios printed, "
-                  f"nothing checked (--missing-ok); `make regress-save` stores one")
+            print(f"regress: NOT CHECKED against a stored baseline: none for this machine "
+                  f"({_rel(baseline_file)}); ratios printed only; `make regress-save` stores one")
             return 0
         print(f"regress: no baseline for this machine ({_rel(baseline_file)}): "
               f"run `make regress-save` first", file=sys.stderr)
         return 2
     baseline = json.loads(baseline_file.read_text())
+    for w in comparability_warnings(baseline):
+        print(w)
     stat = stat or baseline.get("stat", DEFAULT_STAT)
     times = step_times(bench_json, stat)
     metrics = ratios(bench_json)
@@ -280,6 +316,12 @@ def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], sho
         return 1
     print(f"regress: OK, {len(metrics)} ratios within tolerance")
     return 0
+
+
+def _short_commit() -> str:
+    from ..provenance import git_commit
+
+    return str(git_commit(REPO)["commit"])[:7]
 
 
 def tolerances(spread: float) -> Tuple[float, float]:
@@ -317,7 +359,7 @@ def save(runs: List[dict], path: Path, short: bool, stat: str, tolerance: Option
         "machine_name": path.stem,
         "machine": machine_info(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": _short_commit(),
         "short": short,
         "save_runs": len(runs),
         "stat": stat,
@@ -333,48 +375,61 @@ def save(runs: List[dict], path: Path, short: bool, stat: str, tolerance: Option
     return doc
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "save", "compare"))
-    p.add_argument("results", nargs="?", help="compare: a pytest-benchmark JSON file")
-    p.add_argument("--short", action="store_true", default=os.environ.get("REGRESS_SHORT", "") not in ("", "0"),
-                   help="fewer rounds (also REGRESS_SHORT=1)")
-    p.add_argument("--inject-slowdown", metavar="EST[/KIND]:FRAC",
-                   help="run: make that Pyro step do FRAC more work, e.g. enum:0.3 (demonstration)")
-    p.add_argument("--tolerance", type=float, help="allowed relative rise of a ratio (default: the baseline's)")
-    p.add_argument("--stat", choices=("min", "q25", "median", "mean"), help=f"per-benchmark time (default {DEFAULT_STAT})")
-    p.add_argument("--rounds", type=int, help="rounds per benchmark (default 15, short 5)")
-    p.add_argument("--baseline", type=Path, help="baseline file (default results/baselines/<machine>.json)")
-    p.add_argument("--json-out", type=Path, help="also keep the pytest-benchmark JSON here")
-    p.add_argument("--missing-ok", action="store_true",
-                   help="run/compare: with no baseline for this machine, print the ratios and exit 0 (CI on "
-                        "an unknown machine)")
-    p.add_argument("--repeat", type=int, default=None, help="save: runs of the suite (default 3, short 1)")
-    args = p.parse_args(argv)
-    path = (args.baseline if args.baseline is None or args.baseline.is_absolute()
-            else Path.cwd() / args.baseline) or baseline_path()
-    path = path.resolve()
-    if args.command == "compare":
-        if not args.results:
-            p.error("compare needs a pytest-benchmark JSON file")
-        return check(json.loads(Path(args.results).read_text()), path, args.tolerance, args.short, args.stat,
-                     args.missing_ok)
-    if args.command == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
+def history_record(bench_json: dict, stat: str, short: bool) -> dict:
+    """The ``regress run`` record for ``results/history``: medians, ratios, the machine's versions."""
+    from ..provenance import commit_label, versions
+
+    cases = {}
+    for (est, kind, impl), t in step_times(bench_json, stat).items():
+        name = f"{est}:{kind}" if impl == "pyro" else f"ref:{t['info']['reference']}"
+        cases[name] = {"ms": t["median"] * 1e3, "peak_mb": None}
+    commit = commit_label()
+    return {"kind": "run", "commit": commit, "short": short, "versions": versions(),
+            "points": [{"commit": commit, "cases": cases}],
+            "ratios": {k: {"ratio": v["ratio"]} for k, v in ratios(bench_json).items()}}
+
+
+def cmd_run(args) -> int:
+    path = _baseline_arg(args)
+    if args.command_regress == "run" and args.missing_ok and not path.exists():
+        print(f"regress: NOT CHECKED against a stored baseline: none for this machine ({_rel(path)}; "
+              f"fingerprint {machine_name()}); `make regress-save` stores one")
+        return 0
+    if args.command_regress == "compare":
+        if not getattr(args, "results", None):
+            raise SystemExit("regress compare needs a pytest-benchmark JSON file")
+        try:
+            bench_json = json.loads(Path(args.results).read_text())
+        except (OSError, ValueError) as exc:
+            from ..errors import UsageError
+
+            raise UsageError(f"regress compare: cannot read {args.results}: {exc}") from None
+        return check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
+    if args.command_regress == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
         print(f"regress: refusing to save a baseline with an injected slowdown "
               f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
         return 2
-    repeat = 1 if args.command == "run" else (args.repeat or (1 if args.short else 3))
+    repeat = 1 if args.command_regress == "run" else (args.repeat or (1 if args.short else 3))
     runs = [run_benchmarks(args.short, args.inject_slowdown, args.rounds) for _ in range(repeat)]
     bench_json = runs[-1]
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(runs if repeat > 1 else bench_json))
-    if args.command == "save":
+    if args.command_regress == "save":
         save(runs, path, args.short, args.stat or DEFAULT_STAT, args.tolerance,
              None if args.tolerance is None else args.tolerance + SHORT_EXTRA)
         return 0
-    return check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
+    status = check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
+    if not args.inject_slowdown and not args.no_history:
+        from . import history
+
+        rec = history_record(bench_json, args.stat or DEFAULT_STAT, args.short)
+        rec["status"] = status
+        print(f"regress: history record {_rel(history.append(rec))}")
+    return status
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _baseline_arg(args) -> Path:
+    if args.baseline is None:
+        return baseline_path().resolve()
+    return (args.baseline if args.baseline.is_absolute() else Path.cwd() / args.baseline).resolve()
