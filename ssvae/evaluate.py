@@ -27,6 +27,7 @@ Both run under ``torch.no_grad`` with their own generator: they do not move the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -45,6 +46,33 @@ IWAE_IMAGES = 1000
 CHUNK_ROWS = 20_000
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """How much of the test set the common objective covers (a harness sets smaller numbers for smoke runs).
+
+    ``elbo_images``: the per-epoch test ELBO on the first N test images (None: all 10,000);
+    ``iwae_k`` and ``iwae_images``: the final bound's draws per label and its first N test images.
+    """
+
+    elbo_images: Optional[int] = None
+    iwae_k: int = IWAE_K
+    iwae_images: Optional[int] = IWAE_IMAGES
+
+    def __post_init__(self):
+        from .errors import ConfigError
+
+        for name in ("elbo_images", "iwae_images"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+                raise ConfigError(f"{name} must be a positive image count or None (got {v!r})")
+        if isinstance(self.iwae_k, bool) or int(self.iwae_k) != self.iwae_k or self.iwae_k < 1:
+            raise ConfigError(f"iwae_k must be a positive integer (got {self.iwae_k!r})")
+
+    @staticmethod
+    def count(images: Optional[int], split: Split) -> int:
+        return len(split) if images is None else min(int(images), len(split))
 
 
 def _labels(ss: SSVAE, like: torch.Tensor) -> torch.Tensor:

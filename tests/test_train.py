@@ -6,7 +6,7 @@ import pyro
 import pytest
 import torch
 
-from ssvae import RunConfig
+from ssvae import RunConfig, evaluate
 from ssvae.data import split
 from ssvae.errors import ConfigError
 from ssvae.train import Trainer, train
@@ -137,7 +137,19 @@ def test_every_epoch_reports_the_discrete_test_elbo(estimator):
     assert elbos[0] != elbos[1]  # the networks moved between the epochs; the evaluation noise did not
     assert m["final_test_elbo"] == elbos[-1]
     assert math.isfinite(m["test_iwae"]) and m["iwae_k"] == 100 and m["iwae_images"] == len(data.test)
-    assert m["protocol"] == "bench" and m["elbo_seconds_per_epoch"] > 0
+    assert m["protocol"] == "bench" and m["elbo_images"] == len(data.test) and m["eval_seconds"] > 0
+
+
+def test_an_evaluation_plan_covers_fewer_images():
+    data = _data(0)
+    cfg = RunConfig(estimator="enum", epochs=1, steps_per_epoch=2, seed=1, **TINY)
+    plan = evaluate.EvalPlan(elbo_images=30, iwae_k=7, iwae_images=1000)
+    m = train(cfg, data, evaluation=plan).metrics
+    assert (m["elbo_images"], m["iwae_k"], m["iwae_images"]) == (30, 7, len(data.test))
+    with pytest.raises(ConfigError, match="iwae_k"):
+        evaluate.EvalPlan(iwae_k=0)
+    with pytest.raises(ConfigError, match="elbo_images"):
+        evaluate.EvalPlan(elbo_images=2.5)
 
 
 def test_evaluation_does_not_change_the_run():
