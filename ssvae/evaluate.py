@@ -42,8 +42,9 @@ EVAL_SEED = 20240
 IWAE_K = 100
 #: The bound is taken on the first ``IWAE_IMAGES`` test images (None: all of them); see README.
 IWAE_IMAGES = 1000
-#: Decoder rows per chunk (images x labels x samples): bounds memory at about 60 MB of pixels.
-CHUNK_ROWS = 20_000
+#: Decoder rows per chunk (images x labels x samples): about 6 MB of pixels, cache-friendlier (and
+#: faster on CPU) than larger chunks. The evaluation noise is drawn chunk by chunk: a constant.
+CHUNK_ROWS = 2_000
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -52,8 +53,9 @@ _LOG_2PI = math.log(2 * math.pi)
 class EvalPlan:
     """How much of the test set the common objective covers (a harness sets smaller numbers for smoke runs).
 
-    ``elbo_images``: the per-epoch test ELBO on the first N test images (None: all 10,000);
-    ``iwae_k`` and ``iwae_images``: the final bound's draws per label and its first N test images.
+    ``elbo_images``: the per-epoch test ELBO on the first N test images (None: all 10,000; 0: none,
+    for probes that train only to reach a checkpoint); ``iwae_k`` and ``iwae_images``: the final
+    bound's draws per label and its first N test images (0: no bound).
     """
 
     elbo_images: Optional[int] = None
@@ -65,8 +67,8 @@ class EvalPlan:
 
         for name in ("elbo_images", "iwae_images"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-                raise ConfigError(f"{name} must be a positive image count or None (got {v!r})")
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 0):
+                raise ConfigError(f"{name} must be an image count (0: skip) or None for all (got {v!r})")
         if isinstance(self.iwae_k, bool) or int(self.iwae_k) != self.iwae_k or self.iwae_k < 1:
             raise ConfigError(f"iwae_k must be a positive integer (got {self.iwae_k!r})")
 

@@ -219,13 +219,13 @@ class Trainer:
 
     def test_elbo(self, plan: EvalPlan = EvalPlan()) -> Optional[float]:
         """The discrete model's mean test ELBO per image, y summed exactly (None for the baseline)."""
-        if not self.has_elbo:
+        if not self.has_elbo or plan.elbo_images == 0:
             return None
         return mean_elbo(self.ss, self.data.test, images=plan.elbo_images)
 
     def test_iwae(self, plan: EvalPlan = EvalPlan()) -> Optional[float]:
         """The importance-weighted bound on log p(x), test subset (None for the baseline)."""
-        if not self.has_elbo:
+        if not self.has_elbo or plan.iwae_images == 0:
             return None
         return mean_iwae(self.ss, self.data.test, k=plan.iwae_k, images=plan.iwae_images)
 
@@ -319,7 +319,7 @@ def train(cfg: RunConfig, data: SSData,
         "seconds_per_epoch": train_seconds / cfg.epochs,
         "final_test_elbo": curves[-1]["test_elbo"], "test_iwae": test_iwae,
         "elbo_images": evaluation.count(evaluation.elbo_images, data.test) if trainer.has_elbo else None,
-        "iwae_k": evaluation.iwae_k if trainer.has_elbo else None,
+        "iwae_k": evaluation.iwae_k if trainer.has_elbo and evaluation.iwae_images != 0 else None,
         "iwae_images": evaluation.count(evaluation.iwae_images, data.test) if trainer.has_elbo else None,
         "protocol": cfg.protocol,
     }

@@ -146,10 +146,15 @@ def test_an_evaluation_plan_covers_fewer_images():
     plan = evaluate.EvalPlan(elbo_images=30, iwae_k=7, iwae_images=1000)
     m = train(cfg, data, evaluation=plan).metrics
     assert (m["elbo_images"], m["iwae_k"], m["iwae_images"]) == (30, 7, len(data.test))
+    off = train(cfg, data, evaluation=evaluate.EvalPlan(elbo_images=0, iwae_images=0))
+    assert off.curves[0]["test_elbo"] is None and off.metrics["test_iwae"] is None
+    assert (off.metrics["elbo_images"], off.metrics["iwae_images"]) == (0, 0)
     with pytest.raises(ConfigError, match="iwae_k"):
         evaluate.EvalPlan(iwae_k=0)
     with pytest.raises(ConfigError, match="elbo_images"):
         evaluate.EvalPlan(elbo_images=2.5)
+    with pytest.raises(ConfigError, match="iwae_images"):
+        evaluate.EvalPlan(iwae_images=-1)
 
 
 def test_evaluation_does_not_change_the_run():
