@@ -169,7 +169,9 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
 
     An epoch of the SS-VAE (``ssvae.train.epoch_schedule``) has S labeled and U unlabeled batches;
     its estimate is ``S (sup + aux if aux) + U unsup`` median ms. Estimators the probe did not time
-    (the supervised baseline) are absent. ``batch_size`` defaults to the probe's.
+    (the supervised baseline) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
+    protocol an epoch also takes U empty auxiliary steps (an Adam update with zero gradients), which the
+    probe does not time: the estimate leaves them out.
     """
     from ssvae.train import epoch_schedule
 
@@ -307,10 +309,10 @@ def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: floa
             if cand.empty:
                 out.append(f"{where}, no variant has paired cells.")
                 continue
-            # closest to qualifying: the interval's farthest end nearest to zero (the mean where n = 1)
-            far = np.fmax(cand["ci_low"].abs(), cand["ci_high"].abs())
-            cand["distance"] = far.where(far.notna(), cand["mean_diff"].abs() + 1e9)
-            best = next(cand.sort_values("distance").itertuples())
+            # the closest: the mean difference nearest to zero (ties: the narrower interval)
+            cand["distance"] = cand["mean_diff"].abs()
+            cand["width"] = (cand["ci_high"] - cand["ci_low"]).fillna(np.inf)
+            best = next(cand.sort_values(["distance", "width"]).itertuples())
             reason = "; ".join(f for f in str(best.fails).split("; ") if f and not f.startswith("n = ")) or best.accuracy
             out.append(f"{where}, no variant qualifies; the closest, {best.variant}, is {_ci(best)} from "
                        f"{enum_ref}" + (f" at {best.time_fraction:.0%} of its time" if np.isfinite(best.time_fraction)
@@ -440,3 +442,18 @@ def plot_accuracy_points(runs: pd.DataFrame, path, metric: str = METRIC, palette
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- all at once -----------------------------------------------------------------------------------
+def conclusions(runs: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
+                fraction: float = DEFAULT_TIME_FRACTION, device: str = "cpu",
+                references: Iterable = REFERENCES) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(paired table, verdicts, summary text) of a results folder's runs and timing tables.
+
+    The protocol named in the text is read from the runs' ``protocol`` column (absent: the default,
+    ``bench``; several: all of them, comma-separated).
+    """
+    p = paired_tables(runs, references)
+    v = verdicts(p, timing, margin, fraction, device)
+    protocols = sorted(set(runs["protocol"].dropna().astype(str)) - {""}) if "protocol" in runs else []
+    return p, v, summary_text(p, v, margin, fraction, ", ".join(protocols) or "bench")
