@@ -26,9 +26,10 @@ DONE_STATUSES = ("ok", "diverged")
 
 RUNS_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "status", "test_acc_at_best_valid",
                 "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc", "epochs", "steps",
-                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "data_sha256", "error"]
+                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "protocol", "final_test_elbo",
+                "elbo_images", "test_iwae", "iwae_k", "iwae_images", "data_sha256", "error"]
 CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch", "global_step", "valid_acc",
-                  "test_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
+                  "test_acc", "test_elbo", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
 TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "batch_size", "n_steps", "median_ms",
                   "q1_ms", "q3_ms", "min_ms", "mean_ms", "threads", "ref_step", "ref_median_ms", "ref_q1_ms",
                   "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",

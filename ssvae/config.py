@@ -71,6 +71,8 @@ class RunConfig:
     device: str = "cpu"
     #: Estimator-specific options (e.g. ``{"k": 1}`` for rb-topk); must be JSON-able.
     options: Tuple[Tuple[str, object], ...] = field(default_factory=tuple)
+    #: Training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py exactly); see ssvae.train.
+    protocol: str = "bench"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -94,6 +96,9 @@ class RunConfig:
         if self.z_dim < 1 or not self.hidden or min(self.hidden) < 1:
             raise ConfigError("network sizes must be positive")
         check_device(self.device)
+        from .train import check_protocol  # late import: train imports this module
+
+        check_protocol(self)
         return self
 
     @property

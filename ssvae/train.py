@@ -1,16 +1,42 @@
-"""Training one configuration, on Pyro's schedule.
+"""Training one configuration, under one of two protocols (``RunConfig.protocol``).
 
-Each epoch walks the unlabeled images in mini-batches of ``batch_size`` and slips a labeled
-mini-batch in every ``int(50000 / labels)`` batches until the labeled images are used up,
-as ``run_inference_for_epoch`` in Pyro's example does. Each labeled batch takes one step of
-the ELBO (y observed) and, with the auxiliary loss, one step of ``model_classify``; each
-unlabeled batch takes one ELBO step with y latent. Both SVI objects share one Adam.
+**Schedule (both protocols).** Each epoch walks the unlabeled images in freshly shuffled
+mini-batches of ``batch_size`` and slips a labeled mini-batch in at every batch index ``i`` with
+``i % int(50000 / labels) == 1`` until the labeled batches are used up, as
+``run_inference_for_epoch`` in Pyro's ``examples/vae/ss_vae_M2.py`` does (above 25,000 labels the
+period is 1 and the labeled batches come first, where Pyro's loop would take none). Both SVI
+objects share one Adam, as in Pyro (one ``torch.optim.Adam`` per parameter).
 
-After every epoch the classifier is scored on the validation and test images; the result
-reports the test accuracy at the best validation epoch (Pyro's Table 1 figure).
+**``pyro``: Pyro's loop, exactly.** Every loss steps on every batch. A labeled batch takes an ELBO
+step (y observed) and, with the auxiliary loss, a ``model_classify`` step; an unlabeled batch takes
+an ELBO step (y latent) and, with the auxiliary loss, a ``model_classify`` step as well. That last
+step has no data (``ys`` is None: no sample site, loss 0), yet ``SVI.step`` collects every parameter
+``pyro.module`` registered and hands it to Adam holding the zero gradient that the previous step's
+``zero_grads`` left: Adam moves every SS-VAE parameter by its momentum
+(``m <- b1 m``, ``v <- b2 v``, ``p <- p - lr m_hat / (sqrt(v_hat) + eps)``) and advances its
+bias-correction count. The batch size must divide the label count (and the 50,000 training and
+10,000 validation and test images), as Pyro's asserts require: every labeled batch is full, so 100
+labels run at batch size 100 (or 50, 20...), not 200.
+
+**``bench`` (the default) differs in exactly two ways.** (1) An unlabeled batch takes the ELBO step
+only: no empty auxiliary step, so no extra momentum step (with the auxiliary loss Pyro's loop takes
+two Adam steps per unlabeled batch, this one takes one). (2) The batch size need not divide the label
+count: an epoch's last labeled batch is partial (100 labels at batch size 200: one batch of 100).
+Without the auxiliary loss the two protocols are the same loop. In both, the supervised-only
+baseline takes labeled batches only, as many as an SS-VAE epoch has batches. Not part of either
+loop, and the same in both: our networks output logits (Pyro's clip a sigmoid/softmax at 1e-7).
+
+**Evaluation.** After every epoch the classifier is scored on the validation and test images, and
+the discrete model's test ELBO (y summed exactly, :mod:`ssvae.evaluate`) is computed for every
+SS-VAE estimator, relaxations included: it is the objective they are all compared on. After the
+last epoch an importance-weighted bound on log p(x) is taken (k = ``evaluate.IWAE_K`` per label, on
+the first ``evaluate.IWAE_IMAGES`` test images). The supervised baseline trains no generative model:
+its ELBO columns are empty. The result reports the test accuracy at the best validation epoch
+(Pyro's Table 1 figure). Evaluation draws its noise from its own generator and is not training time.
 
 A run is a function of its :class:`RunConfig`: the seed fixes the labeled subset, the
-initialisation, the shuffling and every sample.
+initialisation, the shuffling and every sample. Cells that differ only by estimator (or aux, or
+protocol) share the seed's labeled subset, initial weights and batch order: they are paired.
 """
 from __future__ import annotations
 
@@ -27,11 +53,33 @@ from pyro.infer import SVI
 
 from .config import RunConfig
 from .data import SSData, Split
-from .errors import DivergedError
+from .evaluate import EvalPlan, mean_elbo, mean_iwae
+from .errors import ConfigError, DivergedError
 from .estimators import Estimator, Objective, get_estimator
 from .model import SSVAE
 
 STEP_KINDS = ("sup", "unsup", "aux")
+#: Training loops (see the module docstring): ours, and Pyro's ``ss_vae_M2.py`` exactly.
+PROTOCOLS = ("bench", "pyro")
+#: The image counts Pyro's script asserts the batch size divides (training, validation, test).
+PYRO_DIVIDES = {"training": 50_000, "validation": 10_000, "test": 10_000}
+
+
+def check_protocol(cfg: RunConfig) -> None:
+    """Raise a one-line :class:`ConfigError` for an unknown protocol or a batch size Pyro's loop refuses."""
+    protocol = cfg.protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if protocol == "pyro":
+        if cfg.labels % cfg.batch_size:
+            divisors = [b for b in range(cfg.batch_size, 0, -1) if cfg.labels % b == 0 and
+                        all(n % b == 0 for n in PYRO_DIVIDES.values())]
+            raise ConfigError(f"protocol pyro needs the batch size to divide the label count: batch size "
+                              f"{cfg.batch_size} does not divide {cfg.labels} labels (try {divisors[0]})")
+        for what, n in PYRO_DIVIDES.items():
+            if n % cfg.batch_size:
+                raise ConfigError(f"protocol pyro needs the batch size to divide the {n} {what} images "
+                                  f"(got {cfg.batch_size})")
 
 
 def set_seed(seed: int) -> None:
@@ -103,6 +151,8 @@ class Trainer:
         self.main = self.estimator.build(self.ss, cfg.option_dict)
         self.svi = SVI(self.main.model, self.main.guide, self.optim, loss=self.main.loss)
         self.use_aux = cfg.aux and self.estimator.kind == "ssvae"
+        #: Pyro's loop: the auxiliary loss also steps (on no data) after every unlabeled batch.
+        self.aux_on_unsup = self.use_aux and cfg.protocol == "pyro"
         if self.use_aux:
             self.aux = Objective(self.ss.model_classify, self.ss.guide_classify, pyro.infer.Trace_ELBO())
             self.svi_aux = SVI(self.aux.model, self.aux.guide, self.optim, loss=self.aux.loss)
@@ -149,6 +199,8 @@ class Trainer:
                 out["aux"] = self.svi_aux.step(xs, ys)
         else:
             out["unsup"] = self.svi.step(xs)
+            if self.aux_on_unsup:  # loss 0; Adam still takes a momentum step on every parameter
+                out["aux"] = self.svi_aux.step(xs)
         return out
 
     def objective(self, step_kind: str) -> Objective:
@@ -159,6 +211,23 @@ class Trainer:
 
     def evaluate(self) -> Tuple[float, float]:
         return accuracy(self.ss, self.data.valid), accuracy(self.ss, self.data.test)
+
+    @property
+    def has_elbo(self) -> bool:
+        """Whether this run trains the generative model (the supervised baseline does not)."""
+        return self.estimator.kind == "ssvae"
+
+    def test_elbo(self, plan: EvalPlan = EvalPlan()) -> Optional[float]:
+        """The discrete model's mean test ELBO per image, y summed exactly (None for the baseline)."""
+        if not self.has_elbo or plan.elbo_images == 0:
+            return None
+        return mean_elbo(self.ss, self.data.test, images=plan.elbo_images)
+
+    def test_iwae(self, plan: EvalPlan = EvalPlan()) -> Optional[float]:
+        """The importance-weighted bound on log p(x), test subset (None for the baseline)."""
+        if not self.has_elbo or plan.iwae_images == 0:
+            return None
+        return mean_iwae(self.ss, self.data.test, k=plan.iwae_k, images=plan.iwae_images)
 
 
 @dataclass
@@ -176,13 +245,17 @@ class RunResult:
 
 def train(cfg: RunConfig, data: SSData,
           callback: Optional[Callable[[dict], None]] = None,
-          on_step: Optional[Callable[[Trainer, int], None]] = None) -> RunResult:
+          on_step: Optional[Callable[[Trainer, int], None]] = None,
+          evaluation: EvalPlan = EvalPlan()) -> RunResult:
     """Train one configuration and score it every epoch.
 
     ``callback(event)`` receives ``{"event": "step"|"epoch", ...}`` for progress display.
     ``on_step(trainer, global_step)`` runs before each step (and once after the last, with
     the final step count): measurement probes hook in here, inside :func:`preserved_rng`
     so that they do not change the run.
+    ``evaluation`` sets how many test images the test ELBO and the final bound cover (default:
+    the ELBO on all of them, the bound with k = 100 on the first 1000); evaluation time counts in
+    ``eval_seconds``, never in the training time.
     Raises :class:`DivergedError` if a loss becomes NaN or infinite.
     """
     cfg.validate()
@@ -221,25 +294,34 @@ def train(cfg: RunConfig, data: SSData,
         train_seconds += time.perf_counter() - t0
         t1 = time.perf_counter()
         valid_acc, test_acc = trainer.evaluate()
+        test_elbo = trainer.test_elbo(evaluation)
         eval_seconds += time.perf_counter() - t1
         if valid_acc > best_valid:  # strict, as in Pyro: the first best epoch wins
             best_valid, test_at_best, best_epoch = valid_acc, test_acc, epoch
         row = {"epoch": epoch, "valid_acc": valid_acc, "test_acc": test_acc,
                "loss_sup": sums["sup"] / max(n_sup_ex, 1), "loss_unsup": sums["unsup"] / max(n_unsup_ex, 1),
-               "loss_aux": sums["aux"] / max(n_sup_ex, 1), "elapsed_seconds": train_seconds,
-               "global_step": trainer.global_step}
+               "loss_aux": sums["aux"] / max(n_sup_ex, 1), "test_elbo": test_elbo,
+               "elapsed_seconds": train_seconds, "global_step": trainer.global_step}
         curves.append(row)
         if callback is not None:
             callback({"event": "epoch", **row})
     if on_step is not None:
         with preserved_rng():
             on_step(trainer, trainer.global_step)
+    t3 = time.perf_counter()
+    test_iwae = trainer.test_iwae(evaluation)
+    eval_seconds += time.perf_counter() - t3
     metrics = {
         "test_acc_at_best_valid": test_at_best, "best_valid_acc": best_valid, "best_epoch": best_epoch,
         "final_test_acc": curves[-1]["test_acc"], "final_valid_acc": curves[-1]["valid_acc"],
         "epochs": cfg.epochs, "steps": trainer.global_step, "steps_per_epoch": len(kinds),
         "train_seconds": train_seconds, "eval_seconds": eval_seconds,
         "seconds_per_epoch": train_seconds / cfg.epochs,
+        "final_test_elbo": curves[-1]["test_elbo"], "test_iwae": test_iwae,
+        "elbo_images": evaluation.count(evaluation.elbo_images, data.test) if trainer.has_elbo else None,
+        "iwae_k": evaluation.iwae_k if trainer.has_elbo and evaluation.iwae_images != 0 else None,
+        "iwae_images": evaluation.count(evaluation.iwae_images, data.test) if trainer.has_elbo else None,
+        "protocol": cfg.protocol,
     }
     result = RunResult(cfg.to_dict(), metrics, curves, data.sha256)
     result.trainer = trainer  # for callers that want the trained networks (not serialised)
