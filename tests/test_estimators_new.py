@@ -230,3 +230,29 @@ def test_bad_options_are_one_line_config_errors(name, options, message):
     with pytest.raises(ConfigError, match=message) as info:
         get_estimator(name).build(SSVAE(input_size=4, z_dim=1, hidden=(2,)), options)
     assert "\n" not in str(info.value)
+
+
+# -- hand-written twins (ssvae/reference.py) ---------------------------------------------------------
+from ssvae import reference as ref  # noqa: E402
+
+from .test_reference import assert_grads_close, net_and_batch, pyro_loss_and_grads, ref_loss_and_grads  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("name", ["rloo", "rb-topk", "rb-top3", "rb-topk-plain"])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_label_stack_estimators_match_their_hand_written_twins(net_and_batch, name, seed):
+    """rloo and the rb-topk family: same loss and gradient as the reference under the same seed."""
+    ss, xs, _ = net_and_batch
+    kind = ref.counterpart(name, "unsup")
+    p_loss, p_grads = pyro_loss_and_grads(ss, get_estimator(name).build(ss, {}), seed, xs)
+    r_loss, r_grads = ref_loss_and_grads(ss, kind, seed, xs)
+    assert r_loss == pytest.approx(p_loss, rel=1e-5)
+    assert_grads_close(r_grads, p_grads)
+    other, _ = ref_loss_and_grads(ss, kind, seed + 1, xs)
+    assert other != pytest.approx(r_loss, rel=1e-6)
+
+
+def test_every_ssvae_estimator_has_a_counterpart_or_a_stated_reason():
+    for name, est in REGISTRY.items():
+        if est.kind == "ssvae":
+            assert (ref.counterpart(name, "unsup") is None) == (name in ref.NO_COUNTERPART), name
