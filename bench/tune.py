@@ -68,6 +68,12 @@ def check_tune(tune, estimators: List[str]) -> Dict:
                 _check_list(f"tune.{key}.{k}", v)
         else:
             _check_list(f"tune.{key}", value)
+    from ssvae.model import SSVAE  # every candidate builds: a bad value fails here, in one line
+
+    tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
+    for est in set(estimators) | {k for k, v in tune.items() if isinstance(v, dict)}:
+        for cand in candidates(tune, est):
+            REGISTRY[est].build(tiny, {k: v for k, v in cand.items() if k != "lr"})
     return tune
 
 
