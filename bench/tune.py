@@ -385,7 +385,8 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
     colours = dict(zip(ests, palette[::2] + palette[1::2]))
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(11, 6.5))
-    for est in ests:
+    for e_i, est in enumerate(ests):
+        dodge = math.exp(0.03 * (e_i - (len(ests) - 1) / 2))  # estimators side by side, not on top
         lines: Dict[str, List[dict]] = {}
         for r in rows:
             if r["estimator"] != est or not r["seeds"]:
@@ -395,18 +396,18 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
             lines.setdefault(label, []).append(r)
         for i, (label, rs) in enumerate(sorted(lines.items())):
             rs = sorted(rs, key=lambda r: r["options"]["lr"])
-            xs = [r["options"]["lr"] for r in rs]
+            xs = [r["options"]["lr"] * dodge for r in rs]
             ys = [r["mean"] for r in rs]
-            ax.plot(xs, ys, styles[i % len(styles)], marker="o", color=colours[est], label=label)
-            for r in rs:
+            ax.plot(xs, ys, styles[i % len(styles)], marker="os^D"[i % 4], color=colours[est], label=label)
+            for x, r in zip(xs, rs):
                 for s, a in r["seeds"].items():
-                    ax.plot([r["options"]["lr"]], [a], ".", color=colours[est], alpha=0.5, ms=4)
+                    ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
                 if best.get((r["estimator"], r["aux"], r["labels"])) is r:
-                    ax.plot([r["options"]["lr"]], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
+                    ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
     ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
     ax.text(PYRO_LR, 1.0, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+    ax.set_xlabel("learning rate (estimators drawn a few percent apart at each tried value, for legibility)")
     ax.set_ylabel(f"validation accuracy ({SELECT_ON}, mean over seeds)")
     ax.set_ylim(0, 1)
     ax.set_title("Sensitivity to the learning rate (lines: mean over seeds; small dots: each seed; "
