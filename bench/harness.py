@@ -312,7 +312,7 @@ def _local_timing() -> Optional[str]:
             env = json.loads((t.parent / "env.json").read_text())
         except (OSError, ValueError):
             continue
-        if env.get("device") == "cpu":
+        if env.get("device") == "cpu" and env.get("preset") != "tune":  # a tuning run's probe is minimal (3 steps)
             found.append((env.get("cpu_name") == cpu_name(), t.stat().st_mtime, str(t)))
     return max(found)[2] if found else None
 
