@@ -23,10 +23,12 @@ from ssvae import RunConfig, resolve_labels
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
 
+from . import tune as tunemod
+
 PRESET_DIR = Path(__file__).parent / "presets"
 GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_fractions", "seeds", "epochs",
                "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers",
-               "options"}
+               "options", "tune"}
 PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
                 "timing_batch_size"}
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
@@ -72,6 +74,8 @@ class Grid:
     workers: int = 1
     #: estimator options, per estimator: ``{"rb-topk": {"k": 3}}`` (TOML: ``[options.rb-topk] k = 3``)
     options: Dict[str, Dict] = field(default_factory=dict)
+    #: candidate values per estimator (``bench/tune.py``): each combination is its own cell
+    tune: Dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,7 +112,8 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
         from ssvae.model import SSVAE
         tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
         for e, o in options.items():
-            get_estimator(e).build(tiny, dict(o))
+            get_estimator(e).build(tiny, _estimator_options(o))
+            _lr(e, o, 1.0)
     grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=[bool(a) for a in spec.get("aux", [False, True])],
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
@@ -116,7 +121,8 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 z_dim=int(spec.get("z_dim", 50)), hidden=list(spec.get("hidden", [500])),
                 aux_multiplier=float(spec.get("aux_multiplier", 46.0)), probe=probe,
                 description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
-                options={e: dict(o) for e, o in sorted(options.items())})
+                options={e: dict(o) for e, o in sorted(options.items())},
+                tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)))
     for cfg in train_configs(grid):
         cfg.validate()
     return grid
@@ -127,16 +133,30 @@ def cell_id(cfg: RunConfig) -> str:
     return f"{name}_L{cfg.labels}_s{cfg.seed}"
 
 
-def _config(grid: Grid, **kw) -> RunConfig:
+def _estimator_options(options: dict) -> dict:
+    """An estimator's options without ``lr`` (a per-estimator learning rate sets the run's ``lr``)."""
+    return {k: v for k, v in options.items() if k != "lr"}
+
+
+def _lr(estimator: str, options: dict, default: float) -> float:
+    lr = options.get("lr", default)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"options.{estimator}.lr must be a positive number (got {lr!r})")
+    return float(lr)
+
+
+def _config(grid: Grid, extra: Optional[dict] = None, **kw) -> RunConfig:
+    options = {**grid.options.get(kw["estimator"], {}), **(extra or {})}
     return RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
-                     lr=grid.lr, z_dim=grid.z_dim, hidden=tuple(grid.hidden), aux_multiplier=grid.aux_multiplier,
-                     device=grid.device, options=grid.options.get(kw["estimator"], {}), **kw)
+                     lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
+                     aux_multiplier=grid.aux_multiplier, device=grid.device,
+                     options=_estimator_options(options), **kw)
 
 
 def _with_options(task: dict, grid: Grid) -> dict:
     """Probe tasks build every estimator: they carry the grid's per-estimator options (when any)."""
     if grid.options:
-        task["options"] = grid.options
+        task["options"] = {e: _estimator_options(o) for e, o in grid.options.items()}
     return task
 
 
@@ -145,8 +165,9 @@ def train_configs(grid: Grid) -> List[RunConfig]:
     for labels in grid.labels:
         for seed in grid.seeds:
             for est in grid.estimators:
-                for aux in grid.aux:
-                    cfgs.append(_config(grid, estimator=est, aux=aux, labels=labels, seed=seed))
+                for extra in tunemod.candidates(grid.tune, est):
+                    for aux in grid.aux:
+                        cfgs.append(_config(grid, extra, estimator=est, aux=aux, labels=labels, seed=seed))
             if grid.baseline:
                 cfgs.append(_config(grid, estimator="baseline", aux=False, labels=labels, seed=seed))
     return cfgs
@@ -174,7 +195,7 @@ def expand(grid: Grid) -> List[dict]:
                                             "checkpoints": probe["checkpoints"],
                                             "n_samples": probe["variance_samples"]}, grid))
     for cfg in train_configs(grid):
-        tasks.append({"kind": "train", "id": cell_id(cfg), "config": cfg.to_dict(),
+        tasks.append({"kind": "train", "id": cell_id(cfg) + tunemod.cell_tag(grid.tune, cfg), "config": cfg.to_dict(),
                       "checkpoints": probe["checkpoints"], "n_samples": probe["variance_samples"],
                       "samples_per_class": probe["samples_per_class"]})
     return tasks

@@ -61,6 +61,8 @@ def add_run_parser(sub) -> None:
                    help="dask scheduler address tcp://HOST:PORT (default: start a LocalCluster)")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
+    r.add_argument("--tuned", default=None, metavar="FILE",
+                   help="apply the choices of a tuning run (its tuned.json: python -m bench.tune OUT)")
     r.add_argument("--force", action="store_true", help="rerun every task, even those already done")
     r.add_argument("--dry-run", action="store_true", help="list the tasks and whether they are done")
     add_data_args(r)
@@ -79,6 +81,10 @@ def add_other_parsers(sub) -> None:
 
 def grid_from_args(args) -> gridmod.Grid:
     preset = gridmod.load_preset(args.preset)
+    if getattr(args, "tuned", None):
+        from .tune import apply_choices, load_choices
+        choices, args.tuned_info = load_choices(args.tuned)
+        preset = apply_choices(preset, choices)
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 (got {args.seeds})")
     if args.epochs is not None and args.epochs < 1:
@@ -265,6 +271,8 @@ def cmd_run(args) -> int:
     with OutputLock(out):
         env = environment(grid, tasks, data_sha, workers, executor.threads, args.executor)
         env["tasks_run"] = [t["id"] for t in todo]
+        if getattr(args, "tuned_info", None):
+            env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
         env["earlier_runs"] = _earlier_runs(out / "env.json")
         atomic_write_json(out / "env.json", env)
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
@@ -304,7 +312,7 @@ def _local_timing() -> Optional[str]:
             env = json.loads((t.parent / "env.json").read_text())
         except (OSError, ValueError):
             continue
-        if env.get("device") == "cpu":
+        if env.get("device") == "cpu" and env.get("preset") != "tune":  # a tuning run's probe is minimal (3 steps)
             found.append((env.get("cpu_name") == cpu_name(), t.stat().st_mtime, str(t)))
     return max(found)[2] if found else None
 
@@ -323,10 +331,11 @@ def cmd_list(args) -> int:
         by = {r["estimator"]: float(r["median_ms"]) for r in rows}
         if "trace" in by:
             cost = {e: ms / by["trace"] for e, ms in by.items()}
-    print(f"{'estimator':10s} {'cost/trace':>10s}  description")
+    width = max(10, *(len(n) for n in REGISTRY))
+    print(f"{'estimator':{width}s} {'cost/trace':>10s}  description")
     for name, est in REGISTRY.items():
         c = f"{cost[name]:.1f}x" if name in cost else "-"
-        print(f"{name:10s} {c:>10s}  {est.description}")
+        print(f"{name:{width}s} {c:>10s}  {est.description}")
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
     print("\npresets: " + ", ".join(gridmod.preset_names()))

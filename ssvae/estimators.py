@@ -25,8 +25,10 @@ from .errors import ConfigError
 warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
 from .model import SSVAE
 from .nets import MLP
+from .nvil import NVIL
 from .rb import RaoBlackwellTopK
 from .relax import RelaxLatent, TemperatureSchedule
+from .rloo import LeaveOneOut
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Objective:
     #: Called with the trainer's global step before every optimisation step (e.g. to anneal
     #: a temperature); ``None`` for estimators without a schedule.
     step_hook: Optional[Callable[[int], None]] = None
+    #: Learning rates of the estimator's own modules, by Pyro module name (NVIL's baseline:
+    #: ``{"nvil_baseline": 4.2e-3}``); the SS-VAE's parameters take the run's learning rate.
+    lr_by_module: Optional[Dict[str, float]] = None
 
     def at_step(self, step: int) -> None:
         """Tell the objective which training step comes next (a no-op without a step hook)."""
@@ -90,6 +95,23 @@ def _options(name: str, options: dict, defaults: dict) -> dict:
     return {**defaults, **options}
 
 
+def _number(name: str, option: str, value, kind=float, low=None, high=None, low_open=False):
+    """``value`` as ``kind`` within [low, high] (or (low, high] with ``low_open``), else a one-line ConfigError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and kind is int:
+        ok = int(value) == value
+    if ok:
+        value = kind(value)
+        ok = value == value and (low is None or (value > low if low_open else value >= low)) \
+            and (high is None or value <= high)
+    if not ok:
+        bound = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
+        bound += "" if high is None else f" and <= {high}"
+        raise ConfigError(f"estimator {name!r}: option {option} must be {'an integer' if kind is int else 'a number'}"
+                          f"{bound} (got {value!r})")
+    return value
+
+
 def _with_y_infer(guide: Callable, infer: Callable[[tuple], dict]) -> Callable:
     """``guide`` with ``infer(args)`` attached to its latent ``y`` site (via ``poutine.infer_config``)."""
     def wrapped(*args, **kwargs):
@@ -109,6 +131,7 @@ _AVG_PARAM = "__baseline_avg_downstream_cost_y"
 
 def _trace_avg(ss: SSVAE, options: dict) -> Objective:
     o = _options("trace-avg", options, {"beta": 0.95})
+    o["beta"] = _number("trace-avg", "beta", o["beta"], low=0, high=0.999)
 
     def infer(args):
         # Pyro keeps one running average per position of the plate, with the shape of the
@@ -155,7 +178,8 @@ def _trace_nvil(ss: SSVAE, options: dict) -> Objective:
 
 def _trace_k(ss: SSVAE, options: dict) -> Objective:
     o = _options("trace-k10", options, {"k": 10})
-    return Objective(ss.model, ss.guide, Trace_ELBO(num_particles=int(o["k"]), vectorize_particles=True,
+    o["k"] = _number("trace-k10", "k", o["k"], int, low=1)
+    return Objective(ss.model, ss.guide, Trace_ELBO(num_particles=o["k"], vectorize_particles=True,
                                                     max_plate_nesting=1))
 
 
@@ -164,7 +188,10 @@ def _gumbel(straight_through: bool):
 
     def build(ss: SSVAE, options: dict) -> Objective:
         o = _options(name, options, {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000})
-        schedule = TemperatureSchedule(float(o["tau0"]), float(o["tau_min"]), float(o["rate"]), int(o["every"]))
+        schedule = TemperatureSchedule(_number(name, "tau0", o["tau0"], low=0, low_open=True),
+                                       _number(name, "tau_min", o["tau_min"], low=0, low_open=True),
+                                       _number(name, "rate", o["rate"], low=0),
+                                       _number(name, "every", o["every"], int, low=1))
         relax = RelaxLatent(schedule(0), straight_through=straight_through)
 
         def hook(step: int) -> None:
@@ -177,12 +204,38 @@ def _gumbel(straight_through: bool):
     return build
 
 
-def _rb_topk(ss: SSVAE, options: dict) -> Objective:
-    o = _options("rb-topk", options, {"k": 1, "baseline": True})
-    if int(o["k"]) < 1:
-        raise ConfigError(f"rb-topk needs k >= 1 (got {o['k']})")
-    return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=int(o["k"]), site="y", max_plate_nesting=1,
-                                                          baseline=bool(o["baseline"])))
+def _rb_topk(name: str, k: int, baseline: bool):
+    """rb-topk with defaults ``k`` and ``baseline`` (each registered variant has its own)."""
+    def build(ss: SSVAE, options: dict) -> Objective:
+        o = _options(name, options, {"k": k, "baseline": baseline})
+        top = _number(name, "k", o["k"], int, low=1, high=ss.num_classes)
+        if not isinstance(o["baseline"], bool):
+            raise ConfigError(f"estimator {name!r}: option baseline must be true or false (got {o['baseline']!r})")
+        return Objective(ss.model, ss.guide, RaoBlackwellTopK(k=top, site="y", max_plate_nesting=1,
+                                                              baseline=o["baseline"]))
+
+    return build
+
+
+def _rloo(ss: SSVAE, options: dict) -> Objective:
+    o = _options("rloo", options, {"k": 10})
+    k = _number("rloo", "k", o["k"], int, low=2)
+    return Objective(ss.model, ss.guide, LeaveOneOut(k=k, site="y", max_plate_nesting=1))
+
+
+def _nvil(ss: SSVAE, options: dict) -> Objective:
+    o = _options("nvil", options, {"hidden": 100, "alpha": 0.8, "baseline_lr": None})
+    hidden = _number("nvil", "hidden", o["hidden"], int, low=1)
+    alpha = _number("nvil", "alpha", o["alpha"], low=0, high=0.999)
+    device = next(ss.parameters()).device
+    baseline = _Baseline(ss.input_size, hidden).to(device)
+    loss = NVIL(baseline, alpha=alpha, name="nvil_baseline", site="y", max_plate_nesting=1)
+    lrs = None
+    if o["baseline_lr"] is not None:
+        lrs = {"nvil_baseline": _number("nvil", "baseline_lr", o["baseline_lr"], low=0, low_open=True)}
+    obj = Objective(ss.model, ss.guide, loss, lr_by_module=lrs)
+    obj.baseline = baseline  # for inspection; not an SS-VAE parameter group
+    return obj
 
 
 REGISTRY: Dict[str, Estimator] = {}
@@ -211,7 +264,8 @@ register(Estimator(
     "trace-avg", "score function with a decaying-average baseline (beta 0.95) via TraceGraph_ELBO",
     _trace_avg))
 register(Estimator(
-    "trace-nvil", "score function with a neural baseline b(x) (input-100-1 MLP, NVIL) via TraceGraph_ELBO",
+    "trace-nvil", "score function with a neural baseline b(x) (input-100-1 MLP) trained by squared error via "
+    "TraceGraph_ELBO: no centring, no variance normalisation (Mnih & Gregor's NVIL is `nvil`)",
     _trace_nvil))
 register(Estimator(
     "trace-k10", "score function averaged over k=10 vectorised particles (as many decoder passes as enum)",
@@ -225,7 +279,19 @@ register(Estimator(
 register(Estimator(
     "rb-topk", "Rao-Blackwellised (Liu et al. 2019): sum the k=1 most probable labels, sample one of the rest "
     "(score term baselined by the summed labels' mean)",
-    _rb_topk))
+    _rb_topk("rb-topk", 1, True)))
+register(Estimator(
+    "rb-top3", "rb-topk with k=3: sum the 3 most probable labels, sample one of the rest (baselined); "
+    "4 decoder passes", _rb_topk("rb-top3", 3, True)))
+register(Estimator(
+    "rb-topk-plain", "Liu et al.'s plain Rao-Blackwellised estimator, k=1, no baseline on the tail's score term",
+    _rb_topk("rb-topk-plain", 1, False)))
+register(Estimator(
+    "rloo", "REINFORCE with k=10 samples and the leave-one-out baseline (Kool et al. 2019): "
+    "enum's decoder passes", _rloo))
+register(Estimator(
+    "nvil", "NVIL (Mnih & Gregor 2014): input-dependent baseline (own lr), running-mean centring and "
+    "variance normalisation of the learning signal", _nvil))
 
 
 def get_estimator(name: str) -> Estimator:

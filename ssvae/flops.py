@@ -23,6 +23,9 @@ sup            --           B            B
 unsup-enum     B            K * B        K * B
 unsup-enum-seq B            K x B        K x B
 unsup-sampled  B            B            B
+unsup-rloo     B            K * B        K * B        (k = 10 draws, as many rows as enum)
+unsup-rb-topk  B            2 * B        2 * B        (k = 1 summed + 1 drawn; rb-topk-plain too)
+unsup-rb-top3  B            4 * B        4 * B
 aux, baseline  B            --           --
 ============== ============ ============ ==========
 
@@ -38,7 +41,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-STEP_KINDS = ("sup", "unsup-enum", "unsup-enum-seq", "unsup-sampled", "aux", "baseline")
+STEP_KINDS = ("sup", "unsup-enum", "unsup-enum-seq", "unsup-sampled", "unsup-rloo", "unsup-rb-topk",
+              "unsup-rb-top3", "unsup-rb-topk-plain", "aux", "baseline")
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ def step_flops(kind: str, batch_size: int = 200, sizes: Sizes = Sizes()) -> Dict
         "unsup-enum": (B, K * B, K * B),
         "unsup-enum-seq": (B, K * B, K * B),
         "unsup-sampled": (B, B, B),
+        "unsup-rloo": (B, K * B, K * B),
+        "unsup-rb-topk": (B, 2 * B, 2 * B),
+        "unsup-rb-top3": (B, 4 * B, 4 * B),
+        "unsup-rb-topk-plain": (B, 2 * B, 2 * B),
         "aux": (B, 0, 0),
         "baseline": (B, 0, 0),
     }[kind]

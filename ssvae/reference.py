@@ -14,6 +14,10 @@ Losses are negative ELBOs summed over the batch, as Pyro's ``loss`` returns them
 * :func:`unsup_enum_seq_loss` -- the same sum, one label at a time (``sequential``);
 * :func:`unsup_sampled_loss` -- y ~ q(y|x) with the score-function surrogate, z
   reparameterised (``Trace_ELBO``);
+* :func:`unsup_rloo_loss` -- k draws of y ~ q(y|x), each scored against the mean of the others
+  (:mod:`ssvae.rloo`, registry ``rloo``);
+* :func:`unsup_rb_topk_loss` -- the k most probable labels summed, one of the rest drawn
+  (:mod:`ssvae.rb`, registry ``rb-topk``, ``rb-top3``, ``rb-topk-plain``);
 * :func:`sup_loss` -- y observed (every ELBO estimator on a labeled batch);
 * :func:`aux_loss` -- ``multiplier * -log q(y|x)`` on labeled data (``model_classify``).
 
@@ -126,6 +130,54 @@ def unsup_sampled_loss(ss: SSVAE, xs: torch.Tensor) -> Loss:
     return -surrogate, -elbo_b.sum().item()
 
 
+def _categorical_draws(logits: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, B) label indices, the torch calls of ``Categorical(logits).sample((n,))``."""
+    probs = torch.softmax(logits - logits.logsumexp(-1, keepdim=True), -1)
+    return torch.multinomial(probs, n, True).T
+
+
+def unsup_rloo_loss(ss: SSVAE, xs: torch.Tensor, k: int = 10) -> Loss:
+    """k draws y_i ~ q(y|x), one z each; ``f_i = term_i - log q(y_i|x)``; the surrogate
+    ``mean_i [f_i + stop_grad(f_i - mean_{j != i} f_j) log q(y_i|x)]`` summed over the batch."""
+    logits = ss.encoder_y(xs)
+    log_q = torch.log_softmax(logits, -1)
+    with torch.no_grad():
+        idx = _categorical_draws(log_q.detach(), k)  # (k, B)
+    ys = F.one_hot(idx, ss.num_classes).to(xs.dtype)  # (k, B, 10)
+    log_q_y = log_q.gather(-1, idx.T).T  # (k, B)
+    f = _label_term(ss, xs, ys) - log_q_y
+    fd = f.detach()
+    loo = (fd.sum(0, keepdim=True) - fd) / (k - 1)
+    elbo = f.mean(0).sum()
+    score = ((fd - loo) * log_q_y).mean(0).sum()
+    return -(elbo + score - score.detach()), -elbo.item()
+
+
+def unsup_rb_topk_loss(ss: SSVAE, xs: torch.Tensor, k: int = 1, baseline: bool = True) -> Loss:
+    """The top-k labels of q(y|x) (in label order) summed, one label of the rest drawn from q
+    renormalised; one z per slot. The tail's score term is baselined by the top labels' q-weighted
+    mean f when ``baseline`` (see :mod:`ssvae.rb`)."""
+    log_q = torch.log_softmax(ss.encoder_y(xs), -1)  # (B, 10)
+    with torch.no_grad():
+        top = log_q.topk(k, dim=-1).indices.sort(-1).values  # (B, k)
+        rest = log_q.detach().scatter(-1, top, float("-inf"))
+        draw = _categorical_draws(rest, 1)[0]  # (B,)
+        idx = torch.cat([top, draw[:, None]], dim=-1)  # (B, k + 1)
+    ys = F.one_hot(idx.T, ss.num_classes).to(xs.dtype)  # (k + 1, B, 10)
+    log_q_slots = log_q.gather(-1, idx).T  # (k + 1, B)
+    f = _label_term(ss, xs, ys) - log_q_slots
+    top_part = (log_q_slots[:k].exp() * f[:k]).sum(0)
+    mask = torch.zeros_like(log_q, dtype=torch.bool).scatter(-1, top, True)
+    log_tail = log_q.masked_fill(mask, float("-inf")).logsumexp(-1)
+    elbo = (top_part + log_tail.exp() * f[k]).sum()
+    cost = f[k].detach()
+    if baseline:
+        q_top = log_q_slots[:k].exp().detach()
+        cost = cost - (q_top * f[:k].detach()).sum(0) / q_top.sum(0)
+    score = (log_tail.exp().detach() * cost * (log_q_slots[k] - log_tail)).sum()
+    return -(elbo + score - score.detach()), -elbo.item()
+
+
 def aux_loss(ss: SSVAE, xs: torch.Tensor, ys: torch.Tensor, multiplier: Optional[float] = None) -> Loss:
     """``multiplier * -sum_b log q(y_b|x_b)`` (the classifier's cross-entropy, scaled)."""
     scale = ss.aux_multiplier if multiplier is None else multiplier
@@ -135,7 +187,17 @@ def aux_loss(ss: SSVAE, xs: torch.Tensor, ys: torch.Tensor, multiplier: Optional
 
 # -- which reference matches which (estimator, step kind) --------------------------------------
 #: the hand-written counterpart of each registered estimator's unlabeled step
-UNSUP_COUNTERPART = {"trace": "unsup-sampled", "enum": "unsup-enum", "enum-seq": "unsup-enum-seq"}
+UNSUP_COUNTERPART = {"trace": "unsup-sampled", "enum": "unsup-enum", "enum-seq": "unsup-enum-seq",
+                     "rloo": "unsup-rloo", "rb-topk": "unsup-rb-topk", "rb-top3": "unsup-rb-top3",
+                     "rb-topk-plain": "unsup-rb-topk-plain"}
+#: Estimators with no hand-written counterpart of their unlabeled step, and why (their step time
+#: is paired with the YARDSTICK instead):
+#: trace-avg, trace-nvil -- TraceGraph_ELBO's baseline bookkeeping is the cost being measured;
+#: nvil -- its step is a sampled step plus a baseline MLP and running statistics kept in the
+#: param store between steps: a twin would have to copy that state machine, not a formula;
+#: trace-k10 -- Trace_ELBO's vectorised particles (k sampled steps at once);
+#: gumbel, gumbel-st -- a different (relaxed) objective whose densities are torch's.
+NO_COUNTERPART = {"trace-avg", "trace-nvil", "nvil", "trace-k10", "gumbel", "gumbel-st"}
 
 #: estimators whose every step (labeled too) averages several particles
 MULTI_PARTICLE = {"trace-k10"}
@@ -146,6 +208,10 @@ REFERENCE_LOSSES: Dict[str, Callable[..., Loss]] = {
     "unsup-enum": lambda ss, xs, ys=None: unsup_enum_loss(ss, xs),
     "unsup-enum-seq": lambda ss, xs, ys=None: unsup_enum_seq_loss(ss, xs),
     "unsup-sampled": lambda ss, xs, ys=None: unsup_sampled_loss(ss, xs),
+    "unsup-rloo": lambda ss, xs, ys=None: unsup_rloo_loss(ss, xs, k=10),
+    "unsup-rb-topk": lambda ss, xs, ys=None: unsup_rb_topk_loss(ss, xs, k=1, baseline=True),
+    "unsup-rb-top3": lambda ss, xs, ys=None: unsup_rb_topk_loss(ss, xs, k=3, baseline=True),
+    "unsup-rb-topk-plain": lambda ss, xs, ys=None: unsup_rb_topk_loss(ss, xs, k=1, baseline=False),
     "aux": lambda ss, xs, ys: aux_loss(ss, xs, ys),
     "baseline": lambda ss, xs, ys: aux_loss(ss, xs, ys, multiplier=1.0),
 }

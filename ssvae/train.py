@@ -147,8 +147,9 @@ class Trainer:
         pyro.clear_param_store()
         self.ss = SSVAE(input_size=data.sup.x.shape[1], z_dim=cfg.z_dim, hidden=cfg.hidden,
                         aux_multiplier=cfg.aux_multiplier).to(data.device)
-        self.optim = pyro.optim.Adam({"lr": cfg.lr, "betas": (cfg.beta1, 0.999)})
         self.main = self.estimator.build(self.ss, cfg.option_dict)
+        self.optim = pyro.optim.Adam(self._adam_args if self.main.lr_by_module else
+                                     {"lr": cfg.lr, "betas": (cfg.beta1, 0.999)})
         self.svi = SVI(self.main.model, self.main.guide, self.optim, loss=self.main.loss)
         self.use_aux = cfg.aux and self.estimator.kind == "ssvae"
         #: Pyro's loop: the auxiliary loss also steps (on no data) after every unlabeled batch.
@@ -158,6 +159,11 @@ class Trainer:
             self.svi_aux = SVI(self.aux.model, self.aux.guide, self.optim, loss=self.aux.loss)
         self.shuffle = torch.Generator().manual_seed(cfg.seed + 1)
         self.global_step = 0
+
+    def _adam_args(self, module_name: str, param_name: str) -> dict:
+        """Adam's settings per parameter: the estimator's own modules may have their own learning rate."""
+        lr = self.main.lr_by_module.get(module_name, self.cfg.lr)
+        return {"lr": lr, "betas": (self.cfg.beta1, 0.999)}
 
     # -- schedule ---------------------------------------------------------------------------
     def schedule(self) -> List[str]:

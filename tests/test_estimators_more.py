@@ -20,7 +20,8 @@ from ssvae.train import Trainer, train
 
 from .gradcheck import describe, discrepancy, encoder_y_grads, looks_unbiased
 
-NEW = ("trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk")
+NEW = ("trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk", "rb-top3", "rb-topk-plain",
+       "rloo", "nvil")
 
 
 def labels_for(xs):
@@ -154,7 +155,7 @@ def test_nvil_baseline_is_trained_by_svi_and_is_not_an_ssvae_group(synthetic_dat
     assert any(name.startswith("nvil_baseline$$$") for name in pyro.get_param_store().keys())
 
 
-@pytest.mark.parametrize("name", ["trace-avg", "trace-nvil"])
+@pytest.mark.parametrize("name", ["trace-avg", "trace-nvil", "nvil"])
 def test_gradient_probe_leaves_the_training_state_alone(tiny_model, tiny_batch, name):
     """Probes draw gradients between steps: the running average and b(x)'s .grad must not leak."""
     obj = get_estimator(name).build(tiny_model, {})
@@ -175,10 +176,11 @@ def test_options_are_checked():
     ss = SSVAE(input_size=12, z_dim=3, hidden=(8,))
     with pytest.raises(ConfigError, match="no option"):
         get_estimator("rb-topk").build(ss, {"kk": 2})
-    with pytest.raises(ConfigError, match="k >= 1"):
+    with pytest.raises(ConfigError, match="k must be an integer >= 1"):
         get_estimator("rb-topk").build(ss, {"k": 0})
     assert not REGISTRY["gumbel"].unbiased and not REGISTRY["gumbel-st"].unbiased
-    assert all(REGISTRY[n].unbiased for n in ("trace-avg", "trace-nvil", "trace-k10", "rb-topk"))
+    assert all(REGISTRY[n].unbiased for n in ("trace-avg", "trace-nvil", "trace-k10", "rb-topk", "rb-top3",
+                                              "rb-topk-plain", "rloo", "nvil"))
     assert all("\n" not in REGISTRY[n].description for n in NEW)
 
 

@@ -1,0 +1,469 @@
+"""Tuning on validation data: the ``tune`` preset's grid, the choice file, the sensitivity report.
+
+A preset with a ``[tune]`` table tries, for each estimator, every combination of its candidate
+values (the product of the lists)::
+
+    [tune]                                  # for every estimator of the preset
+    lr = [1.4e-4, 4.2e-4, 1.26e-3]
+    [tune.nvil]                             # one estimator's own candidates (override the above)
+    baseline_lr = [4.2e-4, 4.2e-3]
+    [tune.gumbel]                           # a list of tables: each table is one candidate
+    schedule = [{tau0 = 1.0, tau_min = 0.5}, {tau0 = 0.5, tau_min = 0.5}]
+
+``lr`` sets the run's learning rate; any other key is an estimator option (a table candidate
+sets several options at once, a temperature schedule). Each combination is its own cell,
+its values in the cell's config (so in its identity) and in its id (``..._lr-0.00014``).
+
+Selection (:func:`select`) reads the finished cells and, per estimator and aux setting, takes
+the combination with the highest mean over seeds of the best validation accuracy
+(``best_valid_acc``: the classifier on the 10,000 validation images, after the epoch where it
+is highest). Test accuracy is never read. A combination with a failed or diverged seed is not
+eligible; ties go to the combination nearest Pyro's learning rate, then the first listed.
+The choice file ``tuned.json`` maps each estimator to its chosen values::
+
+    {"estimators": {"rloo": {"lr": 0.00014, "k": 10}, ...}, "selected_on": "best_valid_acc", ...}
+
+and ``python -m bench run --preset P --tuned tuned.json`` applies them to any preset (as
+``options.ESTIMATOR.*``: ``--set`` still overrides), recording the file, its sha256 and the
+values in the run's ``env.json``.
+
+``python -m bench.tune OUT`` writes ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every
+combination with its mean and 95 % t-interval over seeds, and the choices with the chosen
+minus Pyro's default, paired over seeds) and ``OUT/plots/tune_sensitivity.png`` (validation
+accuracy against learning rate, one line per estimator, provenance in the figure).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from ssvae.errors import ConfigError
+
+#: Pyro's learning rate (``ss_vae_M2.py``): the default a tuned choice is compared with
+PYRO_LR = 0.00042
+#: the metric selection uses (validation accuracy only; test accuracy is never read)
+SELECT_ON = "best_valid_acc"
+CHOICE_FILE = "tuned.json"
+
+
+# -- the grid ------------------------------------------------------------------------------------
+def check_tune(tune, estimators: List[str]) -> Dict:
+    """Validate a ``[tune]`` table (one-line :class:`ConfigError`); returns it."""
+    from ssvae.estimators import REGISTRY
+
+    if not isinstance(tune, dict):
+        raise ConfigError("tune must be a table: [tune] lr = [...] and [tune.ESTIMATOR] option = [...]")
+    for key, value in tune.items():
+        if isinstance(value, dict):
+            if key not in REGISTRY:
+                raise ConfigError(f"tune.{key}: unknown estimator (choose from {', '.join(REGISTRY)})")
+            for k, v in value.items():
+                _check_list(f"tune.{key}.{k}", v)
+        else:
+            _check_list(f"tune.{key}", value)
+    from ssvae.model import SSVAE  # every candidate builds: a bad value fails here, in one line
+
+    tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
+    for est in set(estimators) | {k for k, v in tune.items() if isinstance(v, dict)}:
+        for cand in candidates(tune, est):
+            REGISTRY[est].build(tiny, {k: v for k, v in cand.items() if k != "lr"})
+    return tune
+
+
+def _check_list(where: str, values) -> None:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where} must be a non-empty list of candidates (got {values!r})")
+    if where.rsplit(".", 1)[-1] == "lr":
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"{where}: learning rates must be positive numbers (got {v!r})")
+
+
+def _spec(tune: Dict, estimator: str) -> Dict[str, list]:
+    spec = {k: v for k, v in tune.items() if not isinstance(v, dict)}
+    spec.update(tune.get(estimator, {}))
+    return spec
+
+
+def candidates(tune: Dict, estimator: str) -> List[Dict]:
+    """Every combination of ``estimator``'s candidate values: a list of flat option dicts
+    (``lr`` included); ``[{}]`` when nothing is tuned."""
+    spec = _spec(tune or {}, estimator)
+    keys = list(spec)
+    out = []
+    for combo in itertools.product(*(spec[k] for k in keys)):
+        opts = {}
+        for k, v in zip(keys, combo):
+            if isinstance(v, dict):
+                opts.update(v)
+            else:
+                opts[k] = v
+        out.append(opts)
+    return out or [{}]
+
+
+def tuned_keys(tune: Dict, estimator: str) -> List[str]:
+    """The option names ``estimator``'s candidates set (table candidates contribute their keys)."""
+    keys: List[str] = []
+    for k, values in _spec(tune or {}, estimator).items():
+        for v in values:
+            for name in (v if isinstance(v, dict) else {k: v}):
+                if name not in keys:
+                    keys.append(name)
+    return keys
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).lower()
+
+
+def cell_tag(tune: Dict, cfg) -> str:
+    """The suffix that tells the combinations of one estimator apart in cell ids: ``_lr-0.00014_k-3``."""
+    if not tune:
+        return ""
+    opts = dict(cfg.options)
+    parts = []
+    for k in tuned_keys(tune, cfg.estimator):
+        v = cfg.lr if k == "lr" else opts.get(k)
+        parts.append(f"{k}-{_fmt(v)}")
+    return "".join("_" + p for p in parts)
+
+
+# -- applying a choice file -------------------------------------------------------------------
+def load_choices(path) -> Tuple[Dict[str, Dict], dict]:
+    """(estimator -> chosen values, provenance) from a choice file; one-line ConfigError if unusable."""
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+        doc = json.loads(blob)
+    except OSError as e:
+        raise ConfigError(f"--tuned {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError:
+        raise ConfigError(f"--tuned {path}: not a JSON file (write one with python -m bench.tune OUT)") from None
+    ests = doc.get("estimators") if isinstance(doc, dict) else None
+    if not isinstance(ests, dict) or not all(isinstance(v, dict) for v in ests.values()):
+        raise ConfigError(f"--tuned {path}: no 'estimators' table of chosen values (not a choice file)")
+    info = {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(),
+            "selected_on": doc.get("selected_on"), "source": doc.get("source"), "chosen": ests}
+    return ests, info
+
+
+def apply_choices(preset: dict, choices: Dict[str, Dict]) -> dict:
+    """The preset with the chosen values as per-estimator options (the preset's own options kept
+    where the file says nothing)."""
+    options = {e: dict(o) for e, o in (preset.get("options") or {}).items()}
+    for est, values in choices.items():
+        options.setdefault(est, {}).update(values)
+    preset = dict(preset)
+    preset["options"] = options
+    return preset
+
+
+# -- selection ------------------------------------------------------------------------------------
+def _records(out: Path) -> List[dict]:
+    recs = []
+    for path in sorted((out / "runs").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("kind", "train") == "train" and rec.get("config"):
+            recs.append(rec)
+    return recs
+
+
+def _values(cfg: dict, keys: List[str]) -> Dict:
+    opts = cfg.get("options") or {}
+    return {k: (cfg["lr"] if k == "lr" else opts.get(k)) for k in keys}
+
+
+def _interval(xs: List[float]) -> Tuple[float, float]:
+    """(mean, 95 % Student-t half-width); the half-width is NaN for one value."""
+    from scipy import stats
+
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def combinations(out: Path, tune: Dict) -> List[dict]:
+    """One row per (estimator, aux, labels, combination): its seeds' validation accuracies."""
+    rows: Dict[tuple, dict] = {}
+    for rec in _records(out):
+        cfg = rec["config"]
+        keys = tuned_keys(tune, cfg["estimator"])
+        values = _values(cfg, keys)
+        key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True))
+        row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
+                                    "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
+                                    "statuses": {}})
+        row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
+        row["statuses"][cfg["seed"]] = rec.get("status")
+        if rec.get("status") == "ok":
+            row["seeds"][cfg["seed"]] = float(rec["metrics"][SELECT_ON])
+    out_rows = []
+    for row in rows.values():
+        accs = [row["seeds"][s] for s in sorted(row["seeds"])]
+        row["eligible"] = bool(accs) and all(st == "ok" for st in row["statuses"].values())
+        row["mean"], row["half_width"] = _interval(accs) if accs else (float("nan"), float("nan"))
+        out_rows.append(row)
+    out_rows.sort(key=lambda r: (r["estimator"], r["aux"], r["labels"], r["options"].get("lr", 0),
+                                 json.dumps(r["values"], sort_keys=True)))
+    return out_rows
+
+
+def _order(tune: Dict, est: str, values: Dict) -> int:
+    """Position of ``values`` in the preset's candidate order (for the last tie-break)."""
+    for i, cand in enumerate(candidates(tune, est)):
+        if all(cand.get(k, values.get(k)) == values.get(k) for k in values):
+            return i
+    return 10 ** 6
+
+
+def select(rows: List[dict], tune: Dict) -> Dict[tuple, dict]:
+    """(estimator, aux, labels) -> the chosen row (eligible rows only)."""
+    best: Dict[tuple, dict] = {}
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if r["eligible"]:
+            groups.setdefault((r["estimator"], r["aux"], r["labels"]), []).append(r)
+    for key, rs in groups.items():
+        best[key] = max(rs, key=lambda r: (round(r["mean"], 10),
+                                           -abs(math.log(r["options"]["lr"] / PYRO_LR)),
+                                           -_order(tune, key[0], r["values"])))
+    return best
+
+
+def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional[dict]:
+    """The combination at Pyro's learning rate and the estimator's default options, if it was run."""
+    for r in rows:
+        if (r["estimator"], r["aux"], r["labels"]) != (est, aux, labels):
+            continue
+        if not math.isclose(r["options"]["lr"], PYRO_LR, rel_tol=1e-9):
+            continue
+        if all(_is_default(est, k, v) for k, v in r["options"].items() if k != "lr"):
+            return r
+    return None
+
+
+_DEFAULTS = {"gumbel": {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000},
+             "gumbel-st": {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000},
+             "nvil": {"baseline_lr": None}}
+
+
+def _is_default(est: str, key: str, value) -> bool:
+    d = _DEFAULTS.get(est, {})
+    if key not in d:
+        return True  # options that are not tuned keep their defaults
+    if key == "baseline_lr" and value is not None:
+        return math.isclose(value, PYRO_LR, rel_tol=1e-9)  # the run's lr, i.e. Pyro's at the default
+    return d[key] == value
+
+
+def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
+    """Mean and 95 % t half-width of a - b over the seeds both have (paired)."""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if not seeds:
+        return float("nan"), float("nan"), 0
+    mean, hw = _interval([a["seeds"][s] - b["seeds"][s] for s in seeds])
+    return mean, hw, len(seeds)
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
+    import csv
+
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(path_stem.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: _cell(r.get(c)) for c in columns})
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    path_stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _variant(est: str, aux: bool) -> str:
+    return est + (" + aux" if aux else "")
+
+
+def provenance(out: Path) -> dict:
+    try:
+        env = json.loads((out / "env.json").read_text())
+    except (OSError, ValueError):
+        env = {}
+    grid = env.get("grid") or {}
+    return {"preset": env.get("preset"), "commit": env.get("git_commit"), "date": env.get("date"),
+            "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
+            "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
+            "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
+            "command": env.get("command"), "tune": grid.get("tune")}
+
+
+def write_report(out: Path) -> dict:
+    """Select, and write the choice file, the tables and the sensitivity plot; returns the choice document."""
+    prov = provenance(out)
+    tune = prov.get("tune") or {}
+    if not tune:
+        raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune table); "
+                          f"run python -m bench run --preset tune first")
+    rows = combinations(out, tune)
+    if not rows:
+        raise ConfigError(f"{out}: no finished cells under runs/")
+    best = select(rows, tune)
+    all_rows = []
+    for r in rows:
+        chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
+        all_rows.append({"estimator": _variant(r["estimator"], r["aux"]), "labels": r["labels"],
+                         "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
+                         "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
+                         "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
+                         "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
+                         "chosen": "yes" if chosen else ""})
+    _table(out / "tables" / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
+                                         "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
+    choice_rows, chosen_doc = [], {}
+    for (est, aux, labels), r in sorted(best.items()):
+        d = _default_row(rows, est, aux, labels)
+        diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
+        choice_rows.append({"estimator": _variant(est, aux), "labels": labels, "chosen": r["values"],
+                            "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
+                            "default_valid_acc": d["mean"] if d else None,
+                            "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n})
+        chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
+    _table(out / "tables" / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
+                                             "default_valid_acc", "chosen_minus_default", "diff_ci95",
+                                             "paired_seeds"], choice_rows)
+    doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
+           "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
+                   "diverged seed is not eligible; ties: nearest Pyro's lr 4.2e-4, then the preset's order. "
+                   "Test accuracy is not read.",
+           "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
+                                               "seeds", "epochs", "steps_per_epoch")},
+           "aux": sorted({aux for (_, aux, _) in best})}
+    if len({(e, l) for (e, _, l) in best}) != len(best):
+        doc["note"] = ("the grid has several aux settings or label counts per estimator: the file keeps, per "
+                       "estimator, the choice of the last (aux on, largest label count)")
+    (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    plot_sensitivity(out, rows, best, prov)
+    write_markdown(out, all_rows, choice_rows, prov)
+    return doc
+
+
+def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov: dict) -> Path:
+    """Validation accuracy against learning rate, one line per estimator (and per setting of its
+    other tuned options), the chosen combination circled; provenance in the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ests = sorted({r["estimator"] for r in rows})
+    palette = sns.color_palette("tab20")
+    colours = dict(zip(ests, palette[::2] + palette[1::2]))
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    for e_i, est in enumerate(ests):
+        dodge = math.exp(0.03 * (e_i - (len(ests) - 1) / 2))  # estimators side by side, not on top
+        lines: Dict[str, List[dict]] = {}
+        for r in rows:
+            if r["estimator"] != est or not r["seeds"]:
+                continue
+            rest = {k: v for k, v in r["values"].items() if k != "lr"}
+            label = _variant(est, r["aux"]) + (f" ({_cell(rest)})" if rest else "")
+            lines.setdefault(label, []).append(r)
+        for i, (label, rs) in enumerate(sorted(lines.items())):
+            rs = sorted(rs, key=lambda r: r["options"]["lr"])
+            xs = [r["options"]["lr"] * dodge for r in rs]
+            ys = [r["mean"] for r in rs]
+            ax.plot(xs, ys, styles[i % len(styles)], marker="os^D"[i % 4], color=colours[est], label=label)
+            for x, r in zip(xs, rs):
+                for s, a in r["seeds"].items():
+                    ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
+                if best.get((r["estimator"], r["aux"], r["labels"])) is r:
+                    ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
+    ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
+    ax.text(PYRO_LR, 1.0, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (estimators drawn a few percent apart at each tried value, for legibility)")
+    ax.set_ylabel(f"validation accuracy ({SELECT_ON}, mean over seeds)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Sensitivity to the learning rate (lines: mean over seeds; small dots: each seed; "
+                 "circled: the choice)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.text(0.01, 0.01, _provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = out / "plots" / "tune_sensitivity.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _provenance_line(prov: dict) -> str:
+    return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
+            f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch')} steps | {prov.get('device')} "
+            f"({prov.get('cpu')}) | torch {prov.get('torch')}, pyro {prov.get('pyro')} | "
+            f"commit {prov.get('commit')} | {prov.get('date')} | selected on validation accuracy only")
+
+
+def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
+    text = [
+        "# Tuning on validation data", "",
+        f"Provenance: {_provenance_line(prov)}.", "",
+        f"Command: `{prov.get('command')}`; selection: `python -m bench.tune {out.name}` "
+        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "",
+        "Per estimator, the combination with the highest mean validation accuracy over seeds "
+        "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
+        "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
+        "with its 95 % t-interval half-width: with 2 seeds the intervals are wide, and a short budget "
+        "favours large steps; read the choice as a sensitivity check, not a final answer.", "",
+        "## Choices", "", (out / "tables" / "tune_choices.md").read_text(), "",
+        "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
+        "## Every combination", "", (out / "tables" / "tune_all.md").read_text(),
+    ]
+    (out / "tune.md").write_text("\n".join(text))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="the output folder of a tuning run (python -m bench run --preset tune)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        if not (out / "runs").is_dir():
+            raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
+        doc = write_report(out)
+    except ConfigError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    for est, vals in doc["estimators"].items():
+        print(f"{est:14s} {_cell(vals)}")
+    print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

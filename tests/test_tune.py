@@ -1,0 +1,173 @@
+"""The tune preset's grid, selection on validation accuracy only, the choice file and --tuned."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench import grid as gridmod
+from bench import tune
+from bench.cli import build_parser
+from bench.harness import grid_from_args
+from ssvae.errors import ConfigError
+
+from .conftest import REPO
+
+
+def run_args(*argv):
+    return build_parser().parse_args(["run", *argv])
+
+
+def test_the_tune_preset_expands_into_one_cell_per_combination():
+    grid = gridmod.make_grid(gridmod.load_preset("tune"))
+    cells = [t for t in gridmod.expand(grid) if t["kind"] == "train"]
+    ids = [t["id"] for t in cells]
+    assert len(ids) == len(set(ids))  # the combinations are told apart in the ids
+    per_est = {}
+    for t in cells:
+        cfg = t["config"]
+        per_est.setdefault(cfg["estimator"], set()).add((cfg["lr"], json.dumps(cfg["options"], sort_keys=True)))
+        assert cfg["aux"] and cfg["labels"] == 3000
+        assert "lr" not in cfg["options"]  # lr is the run's learning rate, not an estimator option
+    assert {lr for lr, _ in per_est["rloo"]} == {1.4e-4, 4.2e-4, 1.26e-3}
+    assert len(per_est["gumbel"]) == 6 and len(per_est["nvil"]) == 6 and len(per_est["enum"]) == 3
+    assert {json.loads(o)["tau0"] for _, o in per_est["gumbel-st"]} == {1.0, 0.5}
+    assert len(cells) == 2 * sum(len(v) for v in per_est.values())  # 2 seeds
+    assert "nvil+aux_L3000_s0_lr-0.00014_baseline_lr-0.0042" in ids
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"lr": [-1.0]}, "learning rates must be positive"),
+    ({"lr": 0.001}, "non-empty list"),
+    ({"nope": {"k": [1]}}, "unknown estimator"),
+    ({"rloo": {"k": []}}, "non-empty list"),
+])
+def test_bad_tune_tables_are_one_line_errors(bad, message):
+    preset = gridmod.load_preset("tune")
+    preset["tune"] = bad
+    with pytest.raises(ConfigError, match=message) as info:
+        gridmod.make_grid(preset)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bad_candidate_value_fails_before_anything_runs():
+    preset = gridmod.load_preset("tune")
+    preset["tune"] = {"rloo": {"k": [10, 1]}}
+    with pytest.raises(ConfigError, match="k must be an integer >= 2"):
+        gridmod.expand(gridmod.make_grid(preset))
+
+
+def test_per_estimator_learning_rate_and_options_set_the_cell_config():
+    grid = grid_from_args(run_args("--preset", "quick", "--set", "options.rloo.lr=0.0001",
+                                   "--set", "options.rloo.k=4", "--estimators", "rloo,enum"))
+    cfgs = {(c.estimator, c.aux, c.seed): c for c in gridmod.train_configs(grid)}
+    assert cfgs[("rloo", True, 0)].lr == 0.0001 and cfgs[("rloo", True, 0)].option_dict == {"k": 4}
+    assert cfgs[("enum", True, 0)].lr == 0.00042
+    probe = [t for t in gridmod.expand(grid) if t["kind"] == "timing"][0]
+    assert probe["options"]["rloo"] == {"k": 4}  # probes build estimators: no lr among their options
+    with pytest.raises(ConfigError, match="options.rloo.lr must be a positive number"):
+        grid_from_args(run_args("--preset", "quick", "--set", "options.rloo.lr=0"))
+
+
+def _record(out, est, lr, seed, valid, test, status="ok", options=None):
+    cfg = {"estimator": est, "aux": True, "labels": 3000, "seed": seed, "lr": lr, "options": options or {},
+           "epochs": 2, "device": "cpu"}
+    name = f"{est}_{lr}_{seed}_{json.dumps(options or {}, sort_keys=True)}".replace(" ", "")
+    rec = {"kind": "train", "id": name, "status": status, "config": cfg,
+           "metrics": {"best_valid_acc": valid, "test_acc_at_best_valid": test} if status == "ok" else None}
+    (out / "runs" / f"{abs(hash(name))}.json").write_text(json.dumps(rec))
+
+
+@pytest.fixture
+def tuning_run(tmp_path):
+    out = tmp_path / "tune-cpu"
+    (out / "runs").mkdir(parents=True)
+    t = {"lr": [1.4e-4, 4.2e-4, 1.26e-3], "nvil": {"baseline_lr": [4.2e-4, 4.2e-3]}}
+    (out / "env.json").write_text(json.dumps({"preset": "tune", "git_commit": "abc", "date": "d",
+                                              "device_name": "cpu", "command": "python -m bench run --preset tune",
+                                              "grid": {"tune": t, "labels": [3000], "seeds": [0, 1],
+                                                       "epochs": 2, "steps_per_epoch": 60}}))
+    # rloo: validation prefers 1.4e-4, TEST would prefer 1.26e-3
+    for seed, d in ((0, 0.0), (1, 0.01)):
+        _record(out, "rloo", 1.4e-4, seed, 0.60 + d, 0.50)
+        _record(out, "rloo", 4.2e-4, seed, 0.55 + d, 0.55)
+        _record(out, "rloo", 1.26e-3, seed, 0.40 + d, 0.90)
+    # enum: the best mean has a diverged seed: not eligible
+    _record(out, "enum", 1.26e-3, 0, 0.95, 0.95)
+    _record(out, "enum", 1.26e-3, 1, None, None, status="diverged")
+    for lr in (1.4e-4, 4.2e-4):
+        for seed in (0, 1):
+            _record(out, "enum", lr, seed, 0.7 if lr == 4.2e-4 else 0.6, 0.7)
+    # trace: a tie: the learning rate nearest Pyro's wins
+    for lr in (1.4e-4, 4.2e-4, 1.26e-3):
+        for seed in (0, 1):
+            _record(out, "trace", lr, seed, 0.3, 0.3)
+    for blr in (4.2e-4, 4.2e-3):
+        for seed in (0, 1):
+            _record(out, "nvil", 4.2e-4, seed, 0.5 if blr == 4.2e-4 else 0.52, 0.1, options={"baseline_lr": blr})
+    return out
+
+
+def test_selection_reads_validation_accuracy_only(tuning_run):
+    doc = tune.write_report(tuning_run)
+    ests = doc["estimators"]
+    assert ests["rloo"] == {"lr": 1.4e-4}
+    assert ests["enum"] == {"lr": 4.2e-4}  # 1.26e-3 had a diverged seed
+    assert ests["trace"] == {"lr": 4.2e-4}
+    assert ests["nvil"] == {"lr": 4.2e-4, "baseline_lr": 4.2e-3}
+    assert doc["selected_on"] == "best_valid_acc"
+    saved = json.loads((tuning_run / "tuned.json").read_text())
+    assert saved["estimators"] == ests and saved["source"]["preset"] == "tune"
+    choices = (tuning_run / "tables" / "tune_choices.csv").read_text()
+    assert "rloo + aux" in choices and "0.05" in choices  # chosen minus Pyro's default, paired
+    assert "diverged" in (tuning_run / "tables" / "tune_all.md").read_text()
+    assert (tuning_run / "plots" / "tune_sensitivity.png").stat().st_size > 10_000
+    assert "Tuning on validation data" in (tuning_run / "tune.md").read_text()
+
+
+def test_selection_does_not_change_when_test_accuracy_does(tuning_run):
+    first = tune.write_report(tuning_run)["estimators"]
+    for path in (tuning_run / "runs").glob("*.json"):
+        rec = json.loads(path.read_text())
+        if rec["metrics"]:
+            rec["metrics"]["test_acc_at_best_valid"] = 1.0 - rec["metrics"]["test_acc_at_best_valid"]
+            path.write_text(json.dumps(rec))
+    assert tune.write_report(tuning_run)["estimators"] == first
+
+
+def test_tuned_file_applies_to_any_preset_and_set_still_overrides(tuning_run):
+    tune.write_report(tuning_run)
+    path = str(tuning_run / "tuned.json")
+    args = run_args("--preset", "quick", "--tuned", path, "--estimators", "rloo,nvil,trace-avg",
+                    "--set", "options.nvil.lr=0.002")
+    grid = grid_from_args(args)
+    cfgs = {(c.estimator, c.aux, c.labels, c.seed): c for c in gridmod.train_configs(grid)}
+    assert cfgs[("rloo", True, 100, 0)].lr == 1.4e-4
+    assert cfgs[("nvil", False, 3000, 1)].lr == 0.002
+    assert cfgs[("nvil", False, 3000, 1)].option_dict == {"baseline_lr": 4.2e-3}
+    assert cfgs[("trace-avg", True, 100, 0)].lr == 0.00042  # not in the file: untouched
+    assert args.tuned_info["file"] == path and len(args.tuned_info["sha256"]) == 64
+    assert args.tuned_info["chosen"]["rloo"] == {"lr": 1.4e-4}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read it"),
+    ("not json", "not a JSON file"),
+    ('{"x": 1}', "no 'estimators' table"),
+])
+def test_a_bad_choice_file_is_a_one_line_usage_error(tmp_path, content, message):
+    path = tmp_path / "tuned.json"
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--preset", "smoke", "--tuned", str(path),
+                           "--dry-run", "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("bench: error: --tuned") and message in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_tune_command_on_a_folder_that_is_not_a_tuning_run(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "env.json").write_text(json.dumps({"grid": {}}))
+    assert tune.main([str(tmp_path)]) == 2
