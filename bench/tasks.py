@@ -37,12 +37,18 @@ class _StopTraining(Exception):
     pass
 
 
-def _probe_batches(data: ssdata.SSData, batch_size: int):
-    """Fixed batches for gradient probes: the first images of a seeded shuffle of each set."""
+def _probe_batches(data: ssdata.SSData, batch_size: int, step_kinds=("unsup", "sup")):
+    """Fixed batches for gradient probes: the first images of a seeded shuffle of each set.
+
+    ``step_kinds`` (a task's ``step_kinds``, both by default) selects the batches probed: on a
+    labeled batch y is observed and every estimator computes the same supervised ELBO, so a
+    probe pressed for time may measure the unlabeled step alone.
+    """
     g = torch.Generator().manual_seed(12345)
     u = torch.randperm(len(data.unsup), generator=g)[:batch_size].to(data.device)
     s = torch.randperm(len(data.sup), generator=g)[:batch_size].to(data.device)
-    return {"unsup": (data.unsup.x[u],), "sup": (data.sup.x[s], data.sup.y[s])}
+    batches = {"unsup": (data.unsup.x[u],), "sup": (data.sup.x[s], data.sup.y[s])}
+    return {k: v for k, v in batches.items() if k in step_kinds}
 
 
 #: z draws per call of the vectorised reference (a call averages this many enumerated gradients)
@@ -129,6 +135,16 @@ class _BaselineTrainer:
                     p.grad = None
         self.updates += 1
 
+    def install(self, trainer: Trainer) -> None:
+        """Run before each of ``trainer``'s steps, on that step's batch."""
+        step = trainer.step
+
+        def step_with_baselines(kind, xs, ys):
+            self(kind, xs, trainer.global_step)
+            return step(kind, xs, ys)
+
+        trainer.step = step_with_baselines
+
 #: Fault injection for the harness's tests: ``nan:CELL@STEP`` fills a parameter of that cell with
 #: NaN before global step STEP (the loss of that step diverges); ``kill:CELL@STEP`` makes the
 #: worker SIGKILL itself there (every attempt). Several, comma-separated. Never set in real runs.
@@ -167,7 +183,7 @@ def run_train(spec: dict, data_dir, progress: Progress = None) -> dict:
     n_samples = spec.get("n_samples", 20)
     kind = get_estimator(cfg.estimator).kind
     rows: List[dict] = []
-    probe_batches = _probe_batches(data, cfg.batch_size)
+    probe_batches = _probe_batches(data, cfg.batch_size, spec.get("step_kinds", ("unsup", "sup")))
 
     def on_step(trainer: Trainer, step: int):
         # The estimator as its run has it: the temperature of this step, the baseline it has trained
@@ -225,21 +241,16 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
     checkpoints = sorted(set(spec["checkpoints"]))
-    probe_batches = _probe_batches(data, cfg.batch_size)
+    probe_batches = _probe_batches(data, cfg.batch_size, spec.get("step_kinds", ("unsup", "sup")))
+    unsup_xs = _probe_batches(data, cfg.batch_size)["unsup"][0]
     rows: List[dict] = []
     state: dict = {}
 
     def setup(trainer: Trainer):
         objectives = {est: get_estimator(est).build(trainer.ss, spec.get("options", {}).get(est, {}))
                       for est in spec["estimators"]}
-        baselines = _BaselineTrainer(objectives, cfg, probe_batches["unsup"][0], trainer.ss.parameters())
-        step = trainer.step
-
-        def step_with_baselines(kind, xs, ys):
-            baselines(kind, xs, trainer.global_step)
-            return step(kind, xs, ys)
-
-        trainer.step = step_with_baselines  # the trajectory's own step, after the baselines' updates
+        baselines = _BaselineTrainer(objectives, cfg, unsup_xs, trainer.ss.parameters())
+        baselines.install(trainer)
         state.update(objectives=objectives, baselines=baselines)
 
     def on_step(trainer: Trainer, step: int):
