@@ -226,7 +226,7 @@ def expand(grid: Grid) -> List[dict]:
                 own = {e: _config(grid, estimator=e, aux=True, labels=labels, seed=seed).option_dict
                        for e in grid.estimators}
                 if any(own.values()):
-                    task["options"] = {e: o for e, o in own.items() if o}
+                    task["own_options"] = {e: o for e, o in own.items() if o}
                 tasks.append(task)
     for cfg in train_configs(grid):
         own = probe["own_checkpoints"] if probe["own_checkpoints"] is not None else probe["checkpoints"]

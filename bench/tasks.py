@@ -235,7 +235,7 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
 
     Each estimator's objective is built once, at step 0, and kept: its stateful baseline is
     trained along the trajectory (:class:`_BaselineTrainer`) and its temperature is the one its
-    own run has at the checkpoint (``spec["options"]`` carries the own runs' schedules). At each
+    own run has at the checkpoint (``spec["own_options"]`` carries the own runs' schedules). At each
     checkpoint the reference gradient is computed once and every estimator is compared with it.
     """
     cfg = RunConfig.from_dict(spec["config"])
@@ -247,8 +247,8 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
     state: dict = {}
 
     def setup(trainer: Trainer):
-        objectives = {est: get_estimator(est).build(trainer.ss, spec.get("options", {}).get(est, {}))
-                      for est in spec["estimators"]}
+        own = {**spec.get("options", {}), **spec.get("own_options", {})}  # the options of each own run
+        objectives = {est: get_estimator(est).build(trainer.ss, own.get(est, {})) for est in spec["estimators"]}
         baselines = _BaselineTrainer(objectives, cfg, unsup_xs, trainer.ss.parameters())
         baselines.install(trainer)
         state.update(objectives=objectives, baselines=baselines)

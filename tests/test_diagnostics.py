@@ -109,7 +109,7 @@ def test_relaxation_temperature_reaches_its_floor_within_every_preset(preset):
             labels = task["config"]["labels"]
             for est in task["estimators"]:
                 if (est, labels) in own:
-                    assert task["options"][est] == own[(est, labels)]
+                    assert task["own_options"][est] == own[(est, labels)]
 
 
 def test_budget_schedule_is_monotone_and_reaches_the_floor_at_half():

@@ -169,7 +169,7 @@ def test_common_probe_rows_carry_the_statistics(synthetic_data, monkeypatch, tmp
                     steps_per_epoch=6)
     spec = {"kind": "common", "id": "c", "config": cfg.to_dict(), "estimators": ["trace", "trace-avg", "gumbel"],
             "checkpoints": [0, 6], "n_samples": 6, "reference_draws": 4, "bootstrap": 20,
-            "options": {"gumbel": {"rate": 0.5, "every": 1, "tau_min": 0.2}}}
+            "own_options": {"gumbel": {"rate": 0.5, "every": 1, "tau_min": 0.2}}}
     out = tasks.run_common(spec, None)
     assert out["status"] == "ok", out.get("error")
     rows = out["grad_variance"]
