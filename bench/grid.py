@@ -13,6 +13,7 @@ label count and seed). It expands into three kinds of task, each a pure function
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -30,9 +31,14 @@ GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_
                "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers",
                "options", "tune"}
 PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
-                "timing_batch_size"}
+                "timing_batch_size", "own_checkpoints", "reference_draws", "bootstrap"}
+#: ``checkpoints`` (common trajectory) and ``own_checkpoints`` (each cell's own run; default: the
+#: same): a list of global steps, ``"epochs"`` (step 0 and the end of every epoch) or ``"last"``
+#: (the end of the run). ``reference_draws``: z draws averaged by the exact reference gradient
+#: at each checkpoint; ``bootstrap``: resamples of the draws for the intervals.
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
-                  "samples_per_class": 10, "timing_batch_size": 200}
+                  "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
+                  "reference_draws": 200, "bootstrap": 1000}
 
 
 def preset_names() -> List[str]:
@@ -105,6 +111,13 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     if unknown:
         raise ConfigError(f"unknown probe field(s) {', '.join(sorted(unknown))}")
     probe.update(spec.get("probe", {}))
+    for key in ("checkpoints", "own_checkpoints"):
+        value = probe[key]
+        if not (value is None and key == "own_checkpoints") and value not in ("epochs", "last") and not (
+                isinstance(value, list) and all(isinstance(c, int) and c >= 0 for c in value)):
+            raise ConfigError(f"probe.{key} must be a list of steps >= 0, \"epochs\" or \"last\" (got {value!r})")
+    if int(probe["variance_samples"]) < 2 or int(probe["reference_draws"]) < 2 or int(probe["bootstrap"]) < 1:
+        raise ConfigError("probe.variance_samples and probe.reference_draws must be at least 2, probe.bootstrap at least 1")
     options = spec.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ConfigError("options must map an estimator to its options, e.g. options.rb-topk.k=3")
@@ -147,10 +160,44 @@ def _lr(estimator: str, options: dict, default: float) -> float:
 
 def _config(grid: Grid, extra: Optional[dict] = None, **kw) -> RunConfig:
     options = {**grid.options.get(kw["estimator"], {}), **(extra or {})}
-    return RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
-                     lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
-                     aux_multiplier=grid.aux_multiplier, device=grid.device,
-                     options=_estimator_options(options), **kw)
+    cfg = RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
+                    lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
+                    aux_multiplier=grid.aux_multiplier, device=grid.device,
+                    options=_estimator_options(options), **kw)
+    return dataclasses.replace(cfg, options=_budget_options(cfg))
+
+
+def _budget_options(cfg: RunConfig) -> dict:
+    """The estimator's options, a temperature schedule's ``rate``/``every`` set from the run's budget.
+
+    A relaxation's temperature anneals to its floor by half of the run's steps
+    (:meth:`ssvae.relax.TemperatureSchedule.for_budget`), unless the options set ``rate`` or ``every``.
+    """
+    options = cfg.option_dict
+    if not _has_schedule(cfg.estimator) or "rate" in options or "every" in options:
+        return options
+    from ssvae.relax import TemperatureSchedule
+
+    steps = cfg.epochs * _steps_per_epoch(cfg)
+    sched = TemperatureSchedule.for_budget(steps, float(options.get("tau0", 1.0)), float(options.get("tau_min", 0.5)))
+    return {**options, "rate": sched.rate, "every": sched.every}
+
+
+@functools.lru_cache(maxsize=None)
+def _has_schedule(estimator: str) -> bool:
+    from ssvae.model import SSVAE
+
+    return hasattr(get_estimator(estimator).build(SSVAE(input_size=4, z_dim=1, hidden=(2,)), {}), "schedule")
+
+
+def resolve_checkpoints(value, cfg: RunConfig) -> List[int]:
+    """A probe's checkpoints as global steps: a list, ``"epochs"`` or ``"last"`` (see PROBE_DEFAULTS)."""
+    spe = _steps_per_epoch(cfg)
+    if value == "epochs":
+        return [e * spe for e in range(cfg.epochs + 1)]
+    if value == "last":
+        return [cfg.epochs * spe]
+    return sorted(set(int(c) for c in value))
 
 
 def _with_options(task: dict, grid: Grid) -> dict:
@@ -187,16 +234,26 @@ def expand(grid: Grid) -> List[dict]:
             for seed in grid.seeds:
                 cfg = _config(grid, estimator="enum", aux=True, labels=labels, seed=seed)
                 steps_per_epoch = _steps_per_epoch(cfg)
-                last = max(probe["checkpoints"])
-                epochs = max(1, math.ceil((last + 1) / steps_per_epoch))
+                checkpoints = resolve_checkpoints(probe["checkpoints"], cfg)
+                epochs = max(1, math.ceil(max(checkpoints) / steps_per_epoch))
                 cfg = dataclasses.replace(cfg, epochs=epochs)
-                tasks.append(_with_options({"kind": "common", "id": f"common_L{labels}_s{seed}",
-                                            "config": cfg.to_dict(), "estimators": grid.estimators,
-                                            "checkpoints": probe["checkpoints"],
-                                            "n_samples": probe["variance_samples"]}, grid))
+                task = _with_options({"kind": "common", "id": f"common_L{labels}_s{seed}",
+                                      "config": cfg.to_dict(), "estimators": grid.estimators,
+                                      "checkpoints": checkpoints, "n_samples": probe["variance_samples"],
+                                      "reference_draws": probe["reference_draws"], "bootstrap": probe["bootstrap"]},
+                                     grid)
+                # each estimator is probed with the options of its own runs (the temperature a
+                # relaxation's own run had at each checkpoint: its schedule is set by the run's budget)
+                own = {e: _config(grid, estimator=e, aux=True, labels=labels, seed=seed).option_dict
+                       for e in grid.estimators}
+                if any(own.values()):
+                    task["own_options"] = {e: o for e, o in own.items() if o}
+                tasks.append(task)
     for cfg in train_configs(grid):
+        own = probe["own_checkpoints"] if probe["own_checkpoints"] is not None else probe["checkpoints"]
         tasks.append({"kind": "train", "id": cell_id(cfg) + tunemod.cell_tag(grid.tune, cfg), "config": cfg.to_dict(),
-                      "checkpoints": probe["checkpoints"], "n_samples": probe["variance_samples"],
+                      "checkpoints": resolve_checkpoints(own, cfg), "n_samples": probe["variance_samples"],
+                      "reference_draws": probe["reference_draws"], "bootstrap": probe["bootstrap"],
                       "samples_per_class": probe["samples_per_class"]})
     return tasks
 

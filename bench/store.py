@@ -35,7 +35,9 @@ TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "bat
                   "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",
                   "peak_mb_method"]
 VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
-                    "n_samples", "variance", "mean_sq", "snr"]
+                    "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
+                    "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",
+                    "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature", "baseline_updates"]
 
 
 def result_path(out_dir, spec: dict) -> Path:

@@ -6,12 +6,13 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -22,8 +23,9 @@ from ssvae import reference
 from ssvae.errors import DivergedError
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
-from ssvae.metrics import gradient_report
-from ssvae.train import Trainer, set_seed, synchronize, train
+from ssvae.metrics import (Reference, gradient_report, preserved_param_store, reference_gradient,
+                           reference_objective)
+from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
 from .provenance import device_name, host, versions
 from .regress.peakmem import peak_step_memory
@@ -36,22 +38,113 @@ class _StopTraining(Exception):
     pass
 
 
-def _probe_batches(data: ssdata.SSData, batch_size: int):
-    """Fixed batches for gradient probes: the first images of a seeded shuffle of each set."""
+def _probe_batches(data: ssdata.SSData, batch_size: int, step_kinds=("unsup", "sup")):
+    """Fixed batches for gradient probes: the first images of a seeded shuffle of each set.
+
+    ``step_kinds`` (a task's ``step_kinds``, both by default) selects the batches probed: on a
+    labeled batch y is observed and every estimator computes the same supervised ELBO, so a
+    probe pressed for time may measure the unlabeled step alone.
+    """
     g = torch.Generator().manual_seed(12345)
     u = torch.randperm(len(data.unsup), generator=g)[:batch_size].to(data.device)
     s = torch.randperm(len(data.sup), generator=g)[:batch_size].to(data.device)
-    return {"unsup": (data.unsup.x[u],), "sup": (data.sup.x[s], data.sup.y[s])}
+    batches = {"unsup": (data.unsup.x[u],), "sup": (data.sup.x[s], data.sup.y[s])}
+    return {k: v for k, v in batches.items() if k in step_kinds}
 
 
-def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int, **keys) -> List[dict]:
+#: z draws per call of the vectorised reference (a call averages this many enumerated gradients)
+REFERENCE_PARTICLES = 20
+
+
+def _references(trainer: Trainer, batches: dict, draws: int) -> Dict[str, Reference]:
+    """The exact reference gradient of each probe batch (``ssvae.metrics.reference_gradient``)."""
+    particles = min(REFERENCE_PARTICLES, max(1, draws // 2))
+    objective = reference_objective(trainer.ss, particles)
+    groups = trainer.ss.param_groups()
+    return {kind: reference_gradient(objective, groups, args, max(2, math.ceil(draws / particles)), particles)
+            for kind, args in batches.items()}
+
+
+def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int,
+                   references: Optional[Dict[str, Reference]] = None, n_boot: int = 1000, **keys) -> List[dict]:
+    """One row per parameter group and step kind: the statistics of ``ssvae.metrics.gradient_stats``."""
     rows = []
     groups = trainer.ss.param_groups()
+    relax = getattr(objective, "relax", None)
+    extra = {"temperature": relax.temperature if relax is not None else None}
     for step_kind, args in batches.items():
-        for group, stats in gradient_report(objective, groups, args, n).items():
-            rows.append({**keys, "param_group": group, "step_kind": step_kind, **stats})
+        ref = (references or {}).get(step_kind)
+        for group, stats in gradient_report(objective, groups, args, n, ref, n_boot=n_boot).items():
+            rows.append({**keys, "param_group": group, "step_kind": step_kind, **extra, **stats})
     return rows
 
+
+def _stateful_baseline(objective: Objective, xs: torch.Tensor):
+    """What a score-function baseline of ``objective`` keeps between steps, or None.
+
+    Reads the guide's ``infer["baseline"]`` at its latent site y (TraceGraph_ELBO's options):
+    ``("avg", None)`` for a decaying average (kept in the param store), ``("nn", module)`` for a
+    neural baseline b(x) (trained by the optimiser), None for stateless estimators.
+    """
+    from pyro import poutine
+
+    with torch.no_grad(), preserved_param_store():
+        trace = poutine.trace(objective.guide).get_trace(xs)
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            opts = (site.get("infer") or {}).get("baseline") or {}
+            if opts.get("nn_baseline") is not None:
+                return "nn", opts["nn_baseline"]
+            if opts.get("use_decaying_avg_baseline"):
+                return "avg", None
+    return None
+
+
+class _BaselineTrainer:
+    """Train the baselines of the probed estimators along a trajectory they do not drive.
+
+    Before each unlabeled step of the common trajectory, every estimator with a stateful
+    baseline takes one gradient estimate on that step's batch: a decaying average takes its
+    update (in the param store), a neural baseline b(x) one Adam step with the trajectory's
+    learning rate and betas (as the SVI optimiser trains it in the estimator's own run). The
+    networks' gradients are discarded and the RNG streams restored, so the trajectory is the
+    one it would have been without the probe.
+    """
+
+    def __init__(self, objectives: Dict[str, Objective], cfg: RunConfig, xs: torch.Tensor, params):
+        self.items, self.params, self.updates = [], list(params), 0
+        for est, obj in objectives.items():
+            kind = _stateful_baseline(obj, xs)
+            if kind is None:
+                continue
+            opt = None
+            if kind[0] == "nn":
+                opt = torch.optim.Adam(kind[1].parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+            self.items.append((est, obj, opt))
+
+    def __call__(self, kind: str, xs: torch.Tensor, step: int) -> None:
+        if kind != "unsup" or not self.items:
+            return
+        with preserved_rng():
+            torch.manual_seed(1_000_003 + step)
+            for _, obj, opt in self.items:
+                obj.loss_and_grads(xs)
+                if opt is not None:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                for p in self.params:
+                    p.grad = None
+        self.updates += 1
+
+    def install(self, trainer: Trainer) -> None:
+        """Run before each of ``trainer``'s steps, on that step's batch."""
+        step = trainer.step
+
+        def step_with_baselines(kind, xs, ys):
+            self(kind, xs, trainer.global_step)
+            return step(kind, xs, ys)
+
+        trainer.step = step_with_baselines
 
 #: Fault injection for the harness's tests: ``nan:CELL@STEP`` fills a parameter of that cell with
 #: NaN before global step STEP (the loss of that step diverges); ``kill:CELL@STEP`` makes the
@@ -91,13 +184,17 @@ def run_train(spec: dict, data_dir, progress: Progress = None) -> dict:
     n_samples = spec.get("n_samples", 20)
     kind = get_estimator(cfg.estimator).kind
     rows: List[dict] = []
-    probe_batches = _probe_batches(data, cfg.batch_size)
+    probe_batches = _probe_batches(data, cfg.batch_size, spec.get("step_kinds", ("unsup", "sup")))
 
     def on_step(trainer: Trainer, step: int):
+        # The estimator as its run has it: the temperature of this step, the baseline it has trained
+        # (restored after every draw: the probe neither resets nor advances it).
         if kind == "ssvae" and step in checkpoints:
-            rows.extend(_variance_rows(trainer.main, trainer, probe_batches, n_samples,
-                                       estimator=cfg.estimator, aux=cfg.aux, labels=cfg.labels, seed=cfg.seed,
-                                       trajectory="own", step=step))
+            trainer.main.at_step(step)
+            refs = _references(trainer, probe_batches, spec.get("reference_draws", 200))
+            rows.extend(_variance_rows(trainer.main, trainer, probe_batches, n_samples, refs,
+                                       spec.get("bootstrap", 1000), estimator=cfg.estimator, aux=cfg.aux,
+                                       labels=cfg.labels, seed=cfg.seed, trajectory="own", step=step))
 
     fault = _fault_hook(spec["id"])
 
@@ -135,21 +232,43 @@ def _save_samples(trainer: Trainer, spec: dict) -> str:
 
 # -- common-trajectory variance probe --------------------------------------------------------
 def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
+    """Every estimator's gradient at the parameters of one trajectory (enum + aux), checkpoint by checkpoint.
+
+    Each estimator's objective is built once, at step 0, and kept: its stateful baseline is
+    trained along the trajectory (:class:`_BaselineTrainer`) and its temperature is the one its
+    own run has at the checkpoint (``spec["own_options"]`` carries the own runs' schedules). At each
+    checkpoint the reference gradient is computed once and every estimator is compared with it.
+    """
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
     checkpoints = sorted(set(spec["checkpoints"]))
-    probe_batches = _probe_batches(data, cfg.batch_size)
+    probe_batches = _probe_batches(data, cfg.batch_size, spec.get("step_kinds", ("unsup", "sup")))
+    unsup_xs = _probe_batches(data, cfg.batch_size)["unsup"][0]
     rows: List[dict] = []
+    state: dict = {}
+
+    def setup(trainer: Trainer):
+        own = {**spec.get("options", {}), **spec.get("own_options", {})}  # the options of each own run
+        objectives = {est: get_estimator(est).build(trainer.ss, own.get(est, {})) for est in spec["estimators"]}
+        baselines = _BaselineTrainer(objectives, cfg, unsup_xs, trainer.ss.parameters())
+        baselines.install(trainer)
+        state.update(objectives=objectives, baselines=baselines)
 
     def on_step(trainer: Trainer, step: int):
+        if not state:
+            setup(trainer)
         if step in checkpoints:
             # The ELBO gradient alone: the auxiliary loss is a separate step with nothing to estimate,
             # so common rows carry aux=False for every estimator.
-            for est in spec["estimators"]:
-                objective = get_estimator(est).build(trainer.ss, spec.get("options", {}).get(est, {}))
-                rows.extend(_variance_rows(objective, trainer, probe_batches, spec["n_samples"], estimator=est,
-                                           aux=False, labels=cfg.labels, seed=cfg.seed, trajectory="common",
-                                           step=step))
+            refs = _references(trainer, probe_batches, spec.get("reference_draws", 200))
+            for est, objective in state["objectives"].items():
+                objective.at_step(step)
+                rows.extend(_variance_rows(objective, trainer, probe_batches, spec["n_samples"], refs,
+                                           spec.get("bootstrap", 1000), estimator=est, aux=False,
+                                           labels=cfg.labels, seed=cfg.seed, trajectory="common", step=step,
+                                           baseline_updates=state["baselines"].updates))
+            if progress:
+                progress({"event": "checkpoint", "step": step})
             if step >= checkpoints[-1]:
                 raise _StopTraining
 

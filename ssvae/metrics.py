@@ -1,23 +1,49 @@
-"""Gradient-estimator statistics: variance and signal-to-noise per parameter group.
+"""Gradient-estimator diagnostics: error against an exact reference, variance, SNR, intervals.
 
-For a fixed batch and fixed parameters, draw ``n`` independent gradient estimates
-g_1..g_n of the negative ELBO. For each parameter group (``encoder_y``, ``encoder_z``,
-``decoder``) flattened to P coordinates:
+At fixed parameters and a fixed batch, draw ``n`` independent gradient estimates g_1..g_n of
+the negative ELBO. Per parameter group (``encoder_y``, ``encoder_z``, ``decoder``), flattened
+to P coordinates, with m the sample mean of the draws and r the reference gradient:
 
-* ``variance``: mean over coordinates of the unbiased per-coordinate sample variance;
-* ``mean_sq``: mean over coordinates of the squared coordinate of the mean gradient;
-* ``snr``: ``mean_sq / variance`` (per-coordinate signal power over noise power, averaged
-  separately; inf when the variance is zero).
+* ``variance`` = (1/P) sum_c s_c^2, the unbiased per-coordinate sample variance averaged over
+  coordinates (the trace of the covariance over P);
+* ``mean_sq`` = (1/P) ||m||^2, the squared *sample* mean. Its expectation is
+  ||E g||^2/P + variance/n, so on its own it has a floor of variance/n;
+* ``signal`` = mean_sq - variance/n, the debiased estimate of ||E g||^2/P;
+* ``snr`` = signal / variance: the debiased signal-to-noise ratio (can be slightly negative
+  when the mean is below the noise of its estimate);
+* ``bias_sq`` = (1/P) ||m - r||^2 - variance/n - ref_err: the debiased squared bias per
+  coordinate, E||m - r||^2/P = bias^2 + variance/n + ref_err for an independent reference;
+* ``mse`` = bias_sq + variance: the mean squared error of ONE draw against the exact gradient,
+  per coordinate (the quantity that ranks estimators, ``bench.diagnostics``);
+* ``cosine`` = m.r / (|m| |r|): the direction of the mean gradient against the reference.
+
+The reference (:func:`reference_gradient`) is the enumerated ELBO's gradient (y summed out
+exactly, ``TraceEnum_ELBO``) averaged over many reparameterised z draws, batched as vectorised
+particles; ``ref_err`` is its own error, (1/P) E||r - grad ELBO||^2, estimated from the spread
+of its batched calls, and ``ref_draws`` the number of z draws it averages.
+
+Intervals: a percentile bootstrap over the n draws (``B`` resamples, 95 %), vectorised through
+the n x n Gram matrix of the centred draws: every statistic above is a function of that matrix
+and of the draws' inner products with the centre and the reference, so a resample costs
+O(n^2) and the (n, P) draws are read once.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
+import numpy as np
 import pyro
 import torch
 
 from .estimators import Objective
+
+#: the statistics with a bootstrap interval (columns ``<name>_lo`` and ``<name>_hi``)
+INTERVAL_STATS = ("variance", "snr", "bias_sq", "mse", "cosine")
+#: every statistic :func:`gradient_stats` returns
+STAT_COLUMNS = ("n_samples", "variance", "mean_sq", "signal", "snr", "bias_sq", "mse", "cosine", "ref_sq",
+                "ref_err", "ref_draws") + tuple(f"{s}_{e}" for s in INTERVAL_STATS for e in ("lo", "hi"))
 
 
 def _zero_grads(params: Iterable[torch.Tensor]) -> None:
@@ -30,7 +56,8 @@ def preserved_param_store():
     """Undo what gradient draws leave in Pyro's param store: state an estimator updates as it
     runs (the decaying-average baseline of ``trace-avg``), parameters it creates, and the
     ``.grad`` of parameters outside the measured groups (the neural baseline of ``trace-nvil``),
-    which the next SVI step would otherwise apply."""
+    which the next SVI step would otherwise apply. A baseline trained before the block keeps
+    its trained state: the block restores it, it does not reset it."""
     store = pyro.get_param_store()
     state = store.get_state()
     try:
@@ -42,53 +69,203 @@ def preserved_param_store():
         _zero_grads(p for _, p in store.named_parameters())
 
 
-def gradient_samples(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple,
-                     n: int) -> Dict[str, torch.Tensor]:
-    """``n`` gradient estimates at the current parameters: group -> (n, P) tensor (CPU, float64).
+def _flat_grad(ps: List[torch.Tensor]) -> Optional[torch.Tensor]:
+    grads = [p.grad for p in ps]
+    if all(gr is None for gr in grads):
+        return None
+    return torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1) for gr, p in zip(grads, ps)])
 
-    Groups that receive no gradient from this objective are left out. Parameter ``.grad``
-    fields are cleared before and after, and the param store is restored (see
-    :func:`preserved_param_store`), so training is not disturbed.
+
+def draw_gradients(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int,
+                   dtype: torch.dtype = torch.float32, device=None) -> Dict[str, torch.Tensor]:
+    """``n`` independent gradient estimates at the current parameters: group -> (n, P) tensor.
+
+    Every draw starts from the same state: the param store (a decaying average, a neural
+    baseline's registration) is restored after each one, so the draws are i.i.d. given the
+    state the estimator had when the probe began, and training is not disturbed. Groups that
+    receive no gradient are left out. The draws are kept in ``dtype`` (float32 by default:
+    the statistics are accumulated in float64, see :func:`gradient_stats`).
     """
     all_params = [p for ps in groups.values() for p in ps]
-    draws: Dict[str, List[torch.Tensor]] = {g: [] for g in groups}
+    out: Dict[str, torch.Tensor] = {}
     _zero_grads(all_params)
-    with preserved_param_store():
-        for _ in range(n):
+    for i in range(n):
+        with preserved_param_store():
             objective.loss_and_grads(*args)
             for g, ps in groups.items():
-                grads = [p.grad for p in ps]
-                if all(gr is None for gr in grads):
+                flat = _flat_grad(ps)
+                if flat is None:
                     continue
-                flat = torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1)
-                                  for gr, p in zip(grads, ps)])
-                draws[g].append(flat.detach().to("cpu", torch.float64))
+                if g not in out:
+                    out[g] = torch.empty((n, flat.numel()), dtype=dtype, device=device or flat.device)
+                out[g][i] = flat.detach()
             _zero_grads(all_params)
-    return {g: torch.stack(v) for g, v in draws.items() if v}
+    return out
 
 
-def gradient_stats(samples: torch.Tensor) -> Dict[str, float]:
-    """Variance, mean square and SNR of (n, P) gradient samples (see module docstring)."""
-    n = samples.shape[0]
-    mean = samples.mean(0)
-    variance = samples.var(0, unbiased=True).mean().item() if n > 1 else float("nan")
-    mean_sq = mean.pow(2).mean().item()
-    snr = mean_sq / variance if variance > 0 else float("inf")
-    return {"n_samples": n, "variance": variance, "mean_sq": mean_sq, "snr": snr}
+def gradient_samples(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple,
+                     n: int) -> Dict[str, torch.Tensor]:
+    """``n`` gradient estimates: group -> (n, P) tensor (CPU, float64); see :func:`draw_gradients`."""
+    return draw_gradients(objective, groups, args, n, dtype=torch.float64, device="cpu")
 
 
-def gradient_report(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple,
-                    n: int) -> Dict[str, Dict[str, float]]:
-    """group -> {n_samples, variance, mean_sq, snr} for ``n`` draws at the current parameters."""
-    return {g: gradient_stats(s) for g, s in gradient_samples(objective, groups, args, n).items()}
+@dataclass
+class Reference:
+    """The reference gradient of each group (float64), its error and its number of z draws."""
+
+    mean: Dict[str, torch.Tensor] = field(default_factory=dict)
+    err: Dict[str, float] = field(default_factory=dict)
+    draws: int = 0
+
+
+def reference_gradient(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, calls: int,
+                       particles: int = 1) -> Reference:
+    """Average ``calls`` gradients of ``objective`` (each itself a mean over ``particles`` z draws).
+
+    ``err[group]`` = (1/P) E||mean - true||^2, estimated as the per-coordinate variance of one call
+    over ``calls``. Streaming in float64: memory O(P), whatever ``calls``.
+    """
+    if calls < 2:
+        raise ValueError("a reference needs at least 2 calls to estimate its own error")
+    all_params = [p for ps in groups.values() for p in ps]
+    first, total, sq = {}, {}, {}
+    _zero_grads(all_params)
+    for _ in range(calls):
+        with preserved_param_store():
+            objective.loss_and_grads(*args)
+            for g, ps in groups.items():
+                flat = _flat_grad(ps)
+                if flat is None:
+                    continue
+                flat = flat.detach().double()
+                if g not in first:  # shift by the first call: no cancellation in the sum of squares
+                    first[g], total[g], sq[g] = flat.clone(), torch.zeros_like(flat), 0.0
+                d = flat - first[g]
+                total[g] += d
+                sq[g] += float(d.pow(2).sum())
+            _zero_grads(all_params)
+    ref = Reference(draws=calls * particles)
+    for g, d_sum in total.items():
+        p = d_sum.numel()
+        d_mean = d_sum / calls
+        var_call = (sq[g] - calls * float(d_mean.pow(2).sum())) / (calls - 1) / p
+        ref.mean[g] = first[g] + d_mean
+        ref.err[g] = max(var_call, 0.0) / calls
+    return ref
+
+
+def _gram(samples: torch.Tensor, vectors: List[torch.Tensor]):
+    """Centre, Gram matrix of the centred draws and their inner products with the centre and ``vectors``.
+
+    Returns (centre (P,), G (n, n), Y centre (n,), [Y v for v in vectors]) with Y = samples - centre,
+    all in float64, reading ``samples`` in column chunks of about 128 MB. (The rows of Y sum to
+    zero, but a resample's rows do not: Y centre is needed.)
+    """
+    n, p = samples.shape
+    chunk = max(1, (1 << 24) // max(n, 1))
+    centre = torch.empty(p, dtype=torch.float64, device=samples.device)
+    for s in range(0, p, chunk):
+        centre[s:s + chunk] = samples[:, s:s + chunk].double().mean(0)
+    gram = torch.zeros((n, n), dtype=torch.float64, device=samples.device)
+    yc = torch.zeros(n, dtype=torch.float64, device=samples.device)
+    prods = [torch.zeros(n, dtype=torch.float64, device=samples.device) for _ in vectors]
+    for s in range(0, p, chunk):
+        y = samples[:, s:s + chunk].double() - centre[s:s + chunk]
+        gram += y @ y.T
+        yc += y @ centre[s:s + chunk]
+        for out, v in zip(prods, vectors):
+            out += y @ v[s:s + chunk].to(y)
+    return centre, gram.cpu().numpy(), yc.cpu().numpy(), [t.cpu().numpy() for t in prods]
+
+
+def _stats_from_weights(w: np.ndarray, gram: np.ndarray, u: np.ndarray, c2: float, p: int, n: int,
+                        ref: Optional[dict]) -> Dict[str, np.ndarray]:
+    """The statistics of resamples with draw counts ``w`` (B, n) (each row sums to n)."""
+    dm2 = np.einsum("bi,ij,bj->b", w, gram, w) / n ** 2  # ||m_w - centre||^2
+    variance = (w @ np.diag(gram) - n * dm2) / ((n - 1) * p)
+    m2 = c2 + 2 * (w @ u) / n + dm2  # ||m_w||^2
+    mean_sq = m2 / p
+    signal = mean_sq - variance / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(variance > 0, signal / variance, np.inf)
+    out = {"variance": variance, "mean_sq": mean_sq, "signal": signal, "snr": snr}
+    if ref is not None:
+        v = u - ref["yr"]  # Y (centre - r)
+        diff2 = ref["cr2"] + 2 * (w @ v) / n + dm2  # ||m_w - r||^2
+        out["bias_sq"] = diff2 / p - variance / n - ref["err"]
+        out["mse"] = out["bias_sq"] + variance
+        dot = ref["c_dot_r"] + (w @ ref["yr"]) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["cosine"] = dot / np.sqrt(np.maximum(m2, 0.0) * ref["r2"])
+    return out
+
+
+def gradient_stats(samples: torch.Tensor, reference: Optional[torch.Tensor] = None, ref_err: float = 0.0,
+                   ref_draws: int = 0, n_boot: int = 1000, confidence: float = 0.95,
+                   seed: int = 0) -> Dict[str, float]:
+    """The statistics of the module docstring for (n, P) draws, with bootstrap intervals.
+
+    Without a reference, ``bias_sq``, ``mse`` and ``cosine`` (and their intervals) are NaN.
+    """
+    n, p = samples.shape
+    nan = float("nan")
+    if n < 2:
+        raise ValueError("gradient statistics need at least 2 draws")
+    vectors = []
+    r = None
+    if reference is not None:
+        r = reference.to(samples.device, torch.float64).reshape(-1)
+        if r.numel() != p:
+            raise ValueError(f"reference has {r.numel()} coordinates, the draws {p}")
+        vectors.append(r)
+    centre, gram, u, prods = _gram(samples, vectors)
+    c2 = float(centre.pow(2).sum())
+    ref = None
+    if r is not None:
+        ref = {"yr": prods[0], "cr2": float((centre - r).pow(2).sum()), "c_dot_r": float(centre @ r),
+               "r2": float(r.pow(2).sum()), "err": float(ref_err)}
+    point = {k: float(v[0]) for k, v in _stats_from_weights(np.ones((1, n)), gram, u, c2, p, n, ref).items()}
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    boot = _stats_from_weights(w, gram, u, c2, p, n, ref)
+    alpha = (1 - confidence) / 2
+    out = {"n_samples": n, **point, "ref_sq": nan, "ref_err": nan, "ref_draws": ref_draws or None}
+    for k in INTERVAL_STATS:
+        if k in boot:
+            lo, hi = np.quantile(boot[k], [alpha, 1 - alpha])
+            out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
+        else:
+            out[k], out[f"{k}_lo"], out[f"{k}_hi"] = nan, nan, nan
+    if ref is not None:
+        out["ref_sq"], out["ref_err"] = ref["r2"] / p, float(ref_err)
+    return out
+
+
+def gradient_report(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int,
+                    reference: Optional[Reference] = None, n_boot: int = 1000) -> Dict[str, Dict[str, float]]:
+    """group -> statistics of ``n`` draws at the current parameters, against ``reference`` if given."""
+    out = {}
+    for g, s in draw_gradients(objective, groups, args, n).items():
+        if reference is not None and g in reference.mean:
+            out[g] = gradient_stats(s, reference.mean[g], reference.err[g], reference.draws, n_boot=n_boot)
+        else:
+            out[g] = gradient_stats(s, n_boot=n_boot)
+        del s
+    return out
+
+
+def reference_objective(ss, particles: int = 20) -> Objective:
+    """The enumerated ELBO (y summed out exactly) averaged over ``particles`` vectorised z draws."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    return Objective(ss.model, config_enumerate(ss.guide, "parallel"),
+                     TraceEnum_ELBO(num_particles=int(particles), vectorize_particles=True, max_plate_nesting=1))
 
 
 def mean_and_stderr(samples: torch.Tensor):
     """Per-coordinate mean and standard error of (n, P) samples."""
     n = samples.shape[0]
     return samples.mean(0), samples.std(0, unbiased=True) / (n ** 0.5)
-
-
 def accuracy_interval(values: List[float], confidence: float = 0.95) -> Optional[tuple]:
     """(mean, half-width) of a t-interval over seeds; half-width is None for one value."""
     import math

@@ -23,7 +23,11 @@ is therefore clamped below at the smallest normal float (log = -87 in float32), 
 straight-through class clamps its soft sample with ``clamp_probs``.
 
 The temperature follows Jang et al. (2017): ``tau = max(tau_min, tau0 * exp(-rate * t))``
-with ``t`` the training step rounded down to a multiple of ``every``.
+with ``t`` the training step rounded down to a multiple of ``every``. A fixed ``rate`` means
+nothing without the run's length (3e-5 per step keeps tau at 1.0 for a 1,300-step run), so the
+harness expresses the schedule against the run's budget: :meth:`TemperatureSchedule.for_budget`
+gives the ``rate`` and ``every`` with which tau reaches ``tau_min`` at a given fraction of the
+run's steps (half, by default) in ``updates`` steps, and stays there.
 """
 from __future__ import annotations
 
@@ -51,6 +55,33 @@ class TemperatureSchedule:
     def __call__(self, step: int) -> float:
         t = (int(step) // self.every) * self.every
         return max(self.tau_min, self.tau0 * math.exp(-self.rate * t))
+
+    def floor_step(self) -> float:
+        """The first step at which tau equals ``tau_min`` (inf if it never does)."""
+        if self.tau0 <= self.tau_min:
+            return 0
+        if self.rate == 0:
+            return math.inf
+        t = math.log(self.tau0 / self.tau_min) / self.rate
+        step = math.ceil(t / self.every) * self.every
+        while self(step) > self.tau_min:  # rounding of exp/log at the boundary
+            step += self.every
+        return step
+
+    @classmethod
+    def for_budget(cls, steps: int, tau0: float = 1.0, tau_min: float = 0.5, fraction: float = 0.5,
+                   updates: int = 20) -> "TemperatureSchedule":
+        """The schedule that anneals tau0 -> tau_min by step ``fraction * steps``, in ``updates`` updates."""
+        if steps < 1 or not 0 < fraction <= 1 or updates < 1:
+            raise ValueError(f"invalid budget: steps={steps}, fraction={fraction}, updates={updates}")
+        every = max(1, math.floor(fraction * (steps - 1) / updates))
+        t_floor = every * max(1, math.floor(fraction * (steps - 1) / every))
+        rate = math.log(tau0 / tau_min) / t_floor * (1 + 1e-9) if tau0 > tau_min else 0.0
+        return cls(tau0, tau_min, rate, every)
+
+    def options(self) -> dict:
+        """The estimator options (``tau0``, ``tau_min``, ``rate``, ``every``) of this schedule."""
+        return {"tau0": self.tau0, "tau_min": self.tau_min, "rate": self.rate, "every": self.every}
 
 
 class _ClampedRelaxedOneHotCategorical(dist.RelaxedOneHotCategorical):

@@ -49,3 +49,19 @@ def particles(model, n_particles, guide=None):
     """Trace_ELBO with ``n_particles`` vectorised particles (score function for y)."""
     return Objective(model.model, guide or model.guide,
                      Trace_ELBO(num_particles=n_particles, vectorize_particles=True, max_plate_nesting=1))
+
+
+def perturbed(model, scale=0.5, seed=4):
+    """``model`` with every parameter moved by ``scale`` x N(0, 1) noise: q(y|x) then differs from
+    input to input and every term of the gradient matters (at Pyro's init it is nearly uniform)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def group_grads(objective, model, xs, n, replicas=1):
+    """(n, P) gradient draws of every parameter group; the batch replicated ``replicas`` times."""
+    xs = xs.repeat(replicas, 1) if replicas > 1 else xs
+    return {g: s / replicas for g, s in gradient_samples(objective, model.param_groups(), (xs,), n).items()}

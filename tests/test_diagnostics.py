@@ -1,0 +1,123 @@
+"""The diagnostics tables rank by the named definitions; the relaxations' schedules fit every preset."""
+import math
+
+import pandas as pd
+import pytest
+
+from bench import diagnostics as D
+from bench.grid import _steps_per_epoch, expand, load_preset, make_grid, preset_names
+from ssvae import RunConfig
+from ssvae.estimators import get_estimator
+from ssvae.model import SSVAE
+
+
+def _grad(rows):
+    base = {"aux": False, "labels": 3000, "seed": 0, "trajectory": "common", "step_kind": "unsup",
+            "param_group": "encoder_y", "n_samples": 200}
+    out = []
+    for est, step, mse, var in rows:
+        out.append({**base, "estimator": est, "step": step, "mse": mse, "mse_lo": mse * 0.9, "mse_hi": mse * 1.1,
+                    "variance": var, "variance_lo": var * 0.9, "variance_hi": var * 1.1, "bias_sq": mse - var,
+                    "bias_sq_lo": 0, "bias_sq_hi": 0, "cosine": 0.9, "cosine_lo": 0.8, "cosine_hi": 1, "snr": 0.1,
+                    "snr_lo": 0, "snr_hi": 0.2})
+    return pd.DataFrame(out)
+
+
+GRAD = _grad([("trace", 0, 100.0, 100.0), ("enum", 0, 1.0, 1.0), ("gumbel", 0, 50.0, 1.0),
+              ("trace", 250, 40.0, 40.0), ("enum", 250, 2.0, 2.0), ("gumbel", 250, 0.5, 0.4),
+              ("rb-topk", 250, 1.5, 1.5)])
+TIMING = pd.DataFrame([{"estimator": e, "aux": a, "step_kind": k, "median_ms": ms}
+                       for e, ms in (("trace", 10.0), ("enum", 100.0), ("gumbel", 10.0), ("rb-topk", 20.0))
+                       for a in (False, True) for k in ("unsup", "sup")])
+
+
+def test_mse_table_uses_the_last_checkpoint_and_ranks_by_mse():
+    t = D.mse_table(GRAD)
+    assert set(t["step"]) == {250}
+    assert list(t["estimator"]) == ["gumbel", "rb-topk", "enum", "trace"]
+    assert list(t["rank_mse"]) == [1, 2, 3, 4]
+    assert t.set_index("estimator")["biased"].to_dict() == {"gumbel": True, "rb-topk": False, "enum": False,
+                                                            "trace": False}
+    first = D.mse_table(GRAD, checkpoint="first")
+    assert set(first["step"]) == {0} and first.iloc[0]["estimator"] == "enum"
+
+
+def test_efficiency_is_mse_times_seconds_per_unlabeled_step_and_reorders():
+    t = D.efficiency_table(GRAD, TIMING).set_index("estimator")
+    assert t.loc["enum", D.EFFICIENCY] == pytest.approx(2.0 * 0.1)
+    assert t.loc["rb-topk", D.EFFICIENCY] == pytest.approx(1.5 * 0.02)
+    assert t.loc["enum", f"{D.EFFICIENCY}_hi"] == pytest.approx(2.2 * 0.1)
+    assert t.loc["enum", "rank_mse"] == 3 and t.loc["enum", "rank_efficiency"] == 3
+    assert t.loc["trace", "rank_efficiency"] == 4 and t.loc["rb-topk", "rank_efficiency"] == 2
+    order = D.ranking(D.efficiency_table(GRAD, TIMING))["order"].iloc[0]
+    assert order == "gumbel (biased) < rb-topk < enum < trace"
+    assert D.ranking(D.efficiency_table(GRAD, TIMING), by="mse")["order"].iloc[0].startswith("gumbel (biased)")
+
+
+def test_trajectory_ratios_pair_checkpoints():
+    r = D.trajectory_ratios(GRAD, ["gumbel"], against="trace")
+    assert list(r["step"]) == [0, 250]
+    assert list(r["ratio"]) == pytest.approx([0.01, 0.01])
+
+
+def test_efficiency_plot_is_written(tmp_path):
+    path = D.plot_efficiency(D.efficiency_table(GRAD, TIMING), tmp_path / "eff.png")
+    assert path is not None and (tmp_path / "eff.png").stat().st_size > 1000
+    assert D.plot_efficiency(D.efficiency_table(GRAD.iloc[:0], TIMING), tmp_path / "none.png") is None
+
+
+def test_probe_cost_counts_draws_references_and_baselines():
+    grid = make_grid(load_preset("quick"), {"labels": [3000], "seeds": [0]})
+    tasks = expand(grid)
+    common = next(t for t in tasks if t["kind"] == "common")
+    ms = D.step_ms_from_timing(TIMING)
+    cost = D.probe_cost(common, ms)
+    assert cost > 0
+    doubled = D.probe_cost({**common, "n_samples": 2 * common["n_samples"]}, ms)
+    ref_only = D.probe_cost({**common, "n_samples": 0}, ms)
+    assert doubled - cost == pytest.approx(cost - ref_only)
+    base = next(t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "baseline")
+    assert D.probe_cost(base, ms) == 0.0
+    own = next(t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "trace")
+    assert 0 < D.probe_cost(own, ms) < cost
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_relaxation_temperature_reaches_its_floor_within_every_preset(preset):
+    """Every relaxed cell's schedule reaches tau_min before its last step (and starts at tau0); the
+    common probe carries the own runs' schedules."""
+    grid = make_grid(load_preset(preset))
+    tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
+    seen = 0
+    own = {}
+    for task in expand(grid):
+        if task["kind"] != "train":
+            continue
+        cfg = RunConfig.from_dict(task["config"])
+        obj = get_estimator(cfg.estimator).build(tiny, cfg.option_dict)
+        if not hasattr(obj, "schedule"):
+            continue
+        steps = cfg.epochs * _steps_per_epoch(cfg)
+        assert obj.schedule(0) == obj.schedule.tau0
+        assert obj.schedule(steps - 1) == obj.schedule.tau_min, (task["id"], steps, obj.schedule)
+        assert obj.schedule.floor_step() <= steps - 1
+        own[(cfg.estimator, cfg.labels)] = cfg.option_dict
+        seen += 1
+    assert seen > 0
+    for task in expand(grid):
+        if task["kind"] == "common":
+            labels = task["config"]["labels"]
+            for est in task["estimators"]:
+                if (est, labels) in own:
+                    assert task["own_options"][est] == own[(est, labels)]
+
+
+def test_budget_schedule_is_monotone_and_reaches_the_floor_at_half():
+    from ssvae.relax import TemperatureSchedule
+
+    for steps in (2, 20, 1250, 13250):
+        s = TemperatureSchedule.for_budget(steps)
+        taus = [s(t) for t in range(steps)]
+        assert all(a >= b for a, b in zip(taus, taus[1:]))
+        assert taus[0] == 1.0 and taus[-1] == 0.5
+        assert s.floor_step() <= math.ceil(steps / 2) + s.every
