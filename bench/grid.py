@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssvae import RunConfig, resolve_labels
+from ssvae.config import TRAIN_SIZE
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
+from ssvae.model import SSVAE
+from ssvae.train import epoch_schedule
+
+from .schema import (CELL_PROBE_FIELDS, GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA,
+                     SchemaError, cell_id as _cell_id, check_field, common_id, timing_id)
 
 PRESET_DIR = Path(__file__).parent / "presets"
-GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_fractions", "seeds", "epochs",
-               "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers",
-               "options"}
-PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
-                "timing_batch_size"}
-PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
-                  "samples_per_class": 10, "timing_batch_size": 200}
+__all__ = ["GRID_FIELDS", "PROBE_FIELDS", "PROBE_DEFAULTS", "Grid", "load_preset", "make_grid", "expand",
+           "cell_id", "preset_names", "check_fields", "train_configs"]
 
 
 def preset_names() -> List[str]:
@@ -38,16 +39,47 @@ def preset_names() -> List[str]:
 
 
 def load_preset(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.toml"
+    """A preset by name (``bench/presets/<name>.toml``) or by the path of a TOML file."""
+    path = Path(name) if name.endswith(".toml") else PRESET_DIR / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(preset_names())}")
-    with open(path, "rb") as fh:
-        preset = tomllib.load(fh)
+        if name.endswith(".toml"):
+            raise ConfigError(f"preset file {name} does not exist")
+        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(preset_names())} or a .toml file")
+    try:
+        with open(path, "rb") as fh:
+            preset = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {path.name}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"preset {path.name} cannot be read ({exc.__class__.__name__})") from None
     unknown = set(preset) - GRID_FIELDS
     if unknown:
-        raise ConfigError(f"preset {name}: unknown field(s) {', '.join(sorted(unknown))}")
-    preset["name"] = name
+        raise ConfigError(f"preset {path.stem}: unknown field(s) {', '.join(sorted(unknown))}")
+    preset["name"] = path.stem
     return preset
+
+
+def check_fields(spec: dict) -> dict:
+    """Every field of a preset (after overrides) checked against its type and range; one line on error.
+
+    Returns a copy with ints of float fields made floats. Fields that are absent keep their defaults.
+    """
+    out = dict(spec)
+    try:
+        for name, f in GRID_SCHEMA.items():
+            if out.get(name) is not None:
+                out[name] = check_field(name, f, out[name])
+        probe = out.get("probe") or {}
+        if not isinstance(probe, dict):
+            raise SchemaError(f"probe must be a table of probe settings (got {probe!r})")
+        unknown = set(probe) - PROBE_FIELDS
+        if unknown:
+            raise SchemaError(f"unknown probe field(s) {', '.join(sorted(unknown))}: "
+                              f"known {', '.join(sorted(PROBE_FIELDS))}")
+        out["probe"] = {k: check_field(f"probe.{k}", PROBE_SCHEMA[k], v) for k, v in probe.items()}
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from None
+    return out
 
 
 @dataclass
@@ -83,8 +115,11 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     for k, v in (overrides or {}).items():
         if v is not None:
             spec[k] = v
+    spec = check_fields(spec)
     if spec.get("label_fractions") is not None:
         spec["labels"] = [resolve_labels(None, f) for f in spec["label_fractions"]]
+        if len(set(spec["labels"])) < len(spec["labels"]):
+            raise ConfigError(f"label fractions {spec['label_fractions']} give the same label count twice")
     labels = [resolve_labels(v) for v in spec["labels"]]
     ests = spec.get("estimators", "all")
     if ests == "all" or ests == ["all"]:
@@ -94,22 +129,16 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
             raise ConfigError(f"estimator {e!r} is not a semi-supervised estimator (use --baseline)")
     seeds = spec.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("no seeds: --seeds must be at least 1")
     probe = dict(PROBE_DEFAULTS)
-    unknown = set(spec.get("probe", {})) - PROBE_FIELDS
-    if unknown:
-        raise ConfigError(f"unknown probe field(s) {', '.join(sorted(unknown))}")
     probe.update(spec.get("probe", {}))
     options = spec.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ConfigError("options must map an estimator to its options, e.g. options.rb-topk.k=3")
     if options:  # unknown or bad options fail here, in one line, not in every cell
-        from ssvae.model import SSVAE
         tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
         for e, o in options.items():
             get_estimator(e).build(tiny, dict(o))
-    grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=[bool(a) for a in spec.get("aux", [False, True])],
+    grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=list(spec.get("aux", [False, True])),
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
                 batch_size=int(spec.get("batch_size", 200)), lr=float(spec.get("lr", 0.00042)),
@@ -123,8 +152,7 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
 
 
 def cell_id(cfg: RunConfig) -> str:
-    name = cfg.estimator + ("+aux" if cfg.aux and get_estimator(cfg.estimator).kind == "ssvae" else "")
-    return f"{name}_L{cfg.labels}_s{cfg.seed}"
+    return _cell_id(cfg.estimator, cfg.aux and get_estimator(cfg.estimator).kind == "ssvae", cfg.labels, cfg.seed)
 
 
 def _config(grid: Grid, **kw) -> RunConfig:
@@ -133,10 +161,10 @@ def _config(grid: Grid, **kw) -> RunConfig:
                      device=grid.device, options=grid.options.get(kw["estimator"], {}), **kw)
 
 
-def _with_options(task: dict, grid: Grid) -> dict:
-    """Probe tasks build every estimator: they carry the grid's per-estimator options (when any)."""
-    if grid.options:
-        task["options"] = grid.options
+def _with_options(task: dict, grid: Grid, estimator: str) -> dict:
+    """A probe task of one estimator carries that estimator's options (when it has any)."""
+    if grid.options.get(estimator):
+        task["options"] = {estimator: dict(grid.options[estimator])}
     return task
 
 
@@ -153,14 +181,22 @@ def train_configs(grid: Grid) -> List[RunConfig]:
 
 
 def expand(grid: Grid) -> List[dict]:
-    """The task specs of a grid, in run order: timing probe, common probes, then cells."""
+    """The task specs of a grid, in run order: timing probes, common probes, then cells.
+
+    Probes are split per estimator (``timing_<device>_<est>``, ``common_L<labels>_s<seed>_<est>``): a
+    run of a subset of estimators never replaces another estimator's probe. A cell's spec holds the
+    probe settings it uses (:data:`bench.schema.CELL_PROBE_FIELDS`) and no other, so changing a timing
+    setting never retrains a cell.
+    """
     probe = grid.probe
-    tasks: List[dict] = [_with_options({
-        "kind": "timing", "id": f"timing_{grid.device.replace(':', '')}", "exclusive": True,
-        "estimators": grid.estimators, "aux": grid.aux, "device": grid.device,
-        "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
-        "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
-    }, grid)]
+    tasks: List[dict] = []
+    for est in grid.estimators:
+        tasks.append(_with_options({
+            "kind": "timing", "id": timing_id(grid.device, est), "exclusive": True,
+            "estimators": [est], "aux": grid.aux, "device": grid.device,
+            "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
+            "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
+        }, grid, est))
     if "enum" in REGISTRY:
         for labels in grid.labels:
             for seed in grid.seeds:
@@ -169,10 +205,12 @@ def expand(grid: Grid) -> List[dict]:
                 last = max(probe["checkpoints"])
                 epochs = max(1, math.ceil((last + 1) / steps_per_epoch))
                 cfg = dataclasses.replace(cfg, epochs=epochs)
-                tasks.append(_with_options({"kind": "common", "id": f"common_L{labels}_s{seed}",
-                                            "config": cfg.to_dict(), "estimators": grid.estimators,
-                                            "checkpoints": probe["checkpoints"],
-                                            "n_samples": probe["variance_samples"]}, grid))
+                for est in grid.estimators:
+                    tasks.append(_with_options({"kind": "common", "id": common_id(labels, seed, est),
+                                                "config": cfg.to_dict(), "estimators": [est],
+                                                "checkpoints": probe["checkpoints"],
+                                                "n_samples": probe["variance_samples"]}, grid, est))
+    assert set(CELL_PROBE_FIELDS) == {"checkpoints", "variance_samples", "samples_per_class"}
     for cfg in train_configs(grid):
         tasks.append({"kind": "train", "id": cell_id(cfg), "config": cfg.to_dict(),
                       "checkpoints": probe["checkpoints"], "n_samples": probe["variance_samples"],
@@ -181,8 +219,10 @@ def expand(grid: Grid) -> List[dict]:
 
 
 def _steps_per_epoch(cfg: RunConfig) -> int:
-    from ssvae.config import TRAIN_SIZE
-    from ssvae.train import epoch_schedule
-
     n = len(epoch_schedule(cfg.labels, TRAIN_SIZE - cfg.labels, cfg.batch_size, TRAIN_SIZE))
     return min(n, cfg.steps_per_epoch or n)
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Optimisation steps in one epoch of ``cfg`` (truncated epochs included)."""
+    return _steps_per_epoch(cfg)
