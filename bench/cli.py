@@ -8,7 +8,10 @@ import json
 import sys
 from typing import List, Optional
 
+from .compare import add_compare_parser
 from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_data_args, fail, int_list
+from .harness import add_list_parser, add_run_parser
+from .report import add_report_parser
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__)
@@ -33,9 +36,10 @@ def build_parser() -> Parser:
     t.add_argument("--no-progress", action="store_true")
     add_data_args(t)
 
-    from . import harness
-    harness.add_run_parser(sub)
-    harness.add_other_parsers(sub)
+    add_run_parser(sub)
+    add_list_parser(sub)
+    add_report_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

@@ -113,6 +113,14 @@ def host() -> str:
     return platform.node()
 
 
+def identity(device: str, threads: int, data_sha256: Dict[str, str]) -> Dict[str, object]:
+    """Everything a result depends on besides its config: what every record and env.json carries."""
+    return {"git": git_commit(), "distributions": distributions(), "python": platform.python_version(),
+            "data_sha256": dict(sorted(data_sha256.items())), "threads": threads, "host": host(),
+            "cpu": cpu_name(), "device": device, "device_name": device_name(device),
+            "platform": platform.platform()}
+
+
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (never os.cpu_count())."""
     try:

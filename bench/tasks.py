@@ -6,6 +6,7 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -25,8 +26,8 @@ from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.metrics import gradient_report
 from ssvae.train import Trainer, set_seed, synchronize, train
 
-from .provenance import device_name, host, versions
-from .store import atomic_write_json, result_path
+from .provenance import device_name, host, identity, versions
+from .store import atomic_write_bytes, atomic_write_json, result_path
 
 Progress = Optional[Callable[[dict], None]]
 
@@ -257,8 +258,14 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
 RUNNERS = {"train": run_train, "common": run_common, "timing": run_timing}
 
 
-def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None) -> dict:
-    """Run one task and write its result file atomically; returns the record written."""
+def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,
+             token: Optional[str] = None) -> dict:
+    """Run one task and write its result file atomically; returns the record written.
+
+    The record carries its identity (``provenance.identity``: commit and dirty flag, every installed
+    distribution, the sha256 of the four MNIST files, threads, host, CPU, device) and the executor's
+    ``token``, by which the executor tells this attempt's record from an older one.
+    """
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -273,14 +280,17 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=8))
     extra = spec.pop("_extra_files", {})
+    device = (spec.get("config") or {}).get("device", "cpu")
+    try:
+        hashes = ssdata.raw_hashes(ssdata.locate_mnist(data_dir, download=False))
+    except Exception:  # the data could not be found: the record says so in its error
+        hashes = {}
     record.update(seconds=time.time() - started, versions=versions(), threads=torch.get_num_threads(),
-                  device_name=device_name(spec.get("config", {}).get("device", "cpu")),
-                  host=host(), pid=os.getpid())
+                  device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
+                  identity=identity(device, torch.get_num_threads(), hashes))
     for rel, array in extra.items():
-        path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, array)
+        atomic_write_bytes(out_dir / rel, buf.getvalue())
     atomic_write_json(result_path(out_dir, spec), record)
     return record
