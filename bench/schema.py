@@ -90,8 +90,8 @@ GRID_SCHEMA: Dict[str, Field] = {
     "estimators": Field(str, many=True, alt=("all",)),
     "aux": Field(bool, many=True),
     "baseline": Field(bool),
-    "labels": Field(int, many=True, minimum=10),
-    "label_fractions": Field(float, many=True, above=0.0, maximum=1.0, optional=True),
+    "labels": Field(int, many=True),
+    "label_fractions": Field(float, many=True, optional=True),  # range: ssvae.config.resolve_labels
     "seeds": Field(int, many=True, minimum=0, int_too=True),
     "epochs": Field(int, minimum=1),
     "steps_per_epoch": Field(int, minimum=1, optional=True),
@@ -163,7 +163,7 @@ def check_field(name: str, f: Field, value):
         raise SchemaError(f"{name} must be {f.describe()} (got {value!r})")
     if not value:
         raise SchemaError(f"{name} is empty: give at least one value")
-    items = [_one(f"{name} item", f, v) for v in value]
+    items = [_one(f"each of {name}", f, v) for v in value]
     dupes = sorted({repr(v) for v in items if items.count(v) > 1})
     if dupes:
         raise SchemaError(f"{name} lists {', '.join(dupes)} twice: give each value once")
