@@ -11,10 +11,22 @@ from typing import List, Optional
 from .compare import add_compare_parser
 from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_data_args, fail, int_list
 from .harness import add_list_parser, add_run_parser
+from .provenance import commit_label, versions
 from .report import add_report_parser
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ssvae-bench")
+    except PackageNotFoundError:
+        return "(not installed)"
+
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"ssvae-bench {_version()} (commit {commit_label()[:12]}, torch {versions()['torch']})")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     t = sub.add_parser("train", help="train one configuration and print one JSON line")

@@ -226,7 +226,10 @@ def _earlier_runs(path: Path) -> List[dict]:
 
 
 class Progress:
-    """One status line: tasks done / total, the current task, its epoch and step, an ETA."""
+    """One status line: tasks done / total, the current task, its epoch and step, an ETA (a heartbeat
+    line every minute when stderr is a log rather than a terminal)."""
+
+    HEARTBEAT_S = 60.0
 
     def __init__(self, tasks: List[dict], todo: List[dict]):
         self.total = len(tasks)
@@ -236,6 +239,7 @@ class Progress:
         self.units_done = 0.0
         self.start = time.time()
         self.tty = sys.stderr.isatty()
+        self.last_beat = time.time()
         self.counts = {}
 
     def update(self, executor, record: Optional[dict]) -> None:
@@ -260,8 +264,10 @@ class Progress:
                                f"step {p.get('step', 0)}/{p['steps']}")
             else:
                 current.append(f"{tid} starting")
-        if self.tty and record is None:
-            self._print(f"[{self.done}/{self.total}] {'; '.join(current)} | ETA {self.eta(partial)}")
+        if record is None and (self.tty or time.time() - self.last_beat >= self.HEARTBEAT_S):
+            # a TTY gets a live status line; a log gets a heartbeat line every HEARTBEAT_S seconds
+            self.last_beat = time.time()
+            self._print(f"[{self.done}/{self.total}] {'; '.join(current) or 'waiting'} | ETA {self.eta(partial)}")
 
     def eta(self, partial: float) -> str:
         done = self.units_done + partial
@@ -451,5 +457,13 @@ def cmd_list(args) -> int:
         print(f"{name:10s} {c:>10s}  {est.description}")
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
-    print("\npresets: " + ", ".join(gridmod.preset_names()))
+    per = _seconds_per_unit()
+    print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s}  description")
+    for name in gridmod.preset_names():
+        grid = gridmod.make_grid(gridmod.load_preset(name))
+        tasks = gridmod.expand(grid)
+        est = _duration(sum(_units(t) for t in tasks) * per).replace("about ", "") if per else "?"
+        print(f"{name:8s} {len(tasks):5d} {est:>16s}  {grid.description}")
+    if per:
+        print("(time from this machine's enum step time; divide by --workers)")
     return 0
