@@ -169,3 +169,21 @@ def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
     owned = ("cli", "harness", "store", "grid", "executors", "worker", "errors", "provenance", "schema")
     for m in owned:
         assert not (_bench_imports(mods[m])[1] & set(mods)), f"bench/{m}.py imports a bench module in a function"
+
+
+def test_report_reads_only_its_own_grid(tmp_path):
+    from bench import report
+
+    grid_a = _grid()
+    _finish(tmp_path, gridmod.expand(grid_a), commit="a" * 40)
+    grid_b = _grid(estimators=["enum"], lr=0.001)
+    tasks_b = gridmod.expand(grid_b)
+    _finish(tmp_path, [t for t in tasks_b if t["kind"] == "train"], commit="b" * 40)
+    _env(tmp_path, grid_b, tasks_b)
+    write_tables(tmp_path, gridmod.expand(grid_a), IDENT)  # stale caches of the other grid: never read
+    res = report.load_results(tmp_path)
+    assert set(res.runs["cell"]) == {"enum_L100_s0"} and set(res.runs["status"]) == {"ok"}
+    assert set(report.table1(res)["estimator"]) == {"enum"}
+    assert {o["id"] for o in res.outside} >= {"rb-topk_L100_s0", "timing_cpu_rb-topk"}
+    assert any(p.startswith("outside this grid: rb-topk_L100_s0") for p in res.problems)
+    assert res.part_provenance["cells"]["commits"] == {"b" * 40: 1}
