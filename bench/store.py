@@ -122,8 +122,8 @@ def stale_reason(record: dict, spec: dict, ident: Optional[dict] = None) -> Opti
     """Why a record cannot stand for ``spec`` in this run (None: it can). A different commit is no reason."""
     if record.get("spec") != normalise(spec):
         return "another configuration"
-    if ident is None:
-        return None
+    if ident is None or record.get("status") not in DONE_STATUSES:
+        return None  # an unfinished record (failed) is rerun anyway; it stays this spec's
     have = record_identity(record)
     for name, sha in have["data_sha256"].items():
         if ident["data_sha256"].get(name) != sha:

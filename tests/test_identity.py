@@ -187,3 +187,17 @@ def test_report_reads_only_its_own_grid(tmp_path):
     assert {o["id"] for o in res.outside} >= {"rb-topk_L100_s0", "timing_cpu_rb-topk"}
     assert any(p.startswith("outside this grid: rb-topk_L100_s0") for p in res.problems)
     assert res.part_provenance["cells"]["commits"] == {"b" * 40: 1}
+
+
+def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
+    from bench.executors import write_failed
+
+    grid = _grid(estimators=["enum"])
+    tasks = gridmod.expand(grid)
+    _env(tmp_path, grid, tasks)
+    cell = next(t for t in tasks if t["kind"] == "train")
+    write_failed(tmp_path, cell, "worker killed by signal 9")  # the executor's record: no identity
+    g = load_grid(tmp_path)
+    assert cell["id"] in g.records and not g.outside
+    assert {r["cell"]: r["status"] for r in g.tables["runs"]}[cell["id"]] == "failed"
+    assert not is_done(tmp_path, cell, IDENT)
