@@ -11,13 +11,29 @@ ARGS ?=
 SSVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),../shared/data,data)
 export SSVAE_DATA_DIR
 
-.PHONY: install bench report test regress regress-short regress-save regress-ab regress-pyro regress-history clean
+.PHONY: install lock check-lock bench report test regress regress-short regress-save regress-ab regress-pyro regress-history clean
 
-$(VENV)/.installed: pyproject.toml
+# The install is locked: every package at the version and sha256 of requirements.lock (pip checks the
+# hashes), then this project on top without dependencies. `make lock` regenerates the lock.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m bench.provenance --check-lock requirements.lock
 	touch $@
+
+# the venv's versions against the lock (one line per difference; exit 1 on any)
+check-lock: install
+	$(PYTHON) -m bench.provenance --check-lock requirements.lock
+
+# Resolve pyproject.toml's dependencies and dev extra with requirements.in's pins, for Python 3.11 on
+# Linux x86-64, into requirements.lock with the hashes of every file the indexes offer (pip-tools, in a
+# throwaway venv; needs the network).
+LOCK_TOOLS ?= build/lock-tools
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || ($(PY) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q "pip-tools>=7.4")
+	$(LOCK_TOOLS)/bin/pip-compile -q --generate-hashes --allow-unsafe --extra dev --strip-extras \
+	    --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml requirements.in
 
 install: $(VENV)/.installed
 

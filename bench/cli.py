@@ -8,10 +8,26 @@ import json
 import sys
 from typing import List, Optional
 
+from .compare import add_compare_parser
 from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_data_args, fail, int_list
+from .harness import add_list_parser, add_run_parser
+from .provenance import commit_label, versions
+from .regress.cli import add_parser as add_regress_parser
+from .report import add_report_parser
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ssvae-bench")
+    except PackageNotFoundError:
+        return "(not installed)"
+
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"ssvae-bench {_version()} (commit {commit_label()[:12]}, torch {versions()['torch']})")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     t = sub.add_parser("train", help="train one configuration and print one JSON line")
@@ -33,11 +49,11 @@ def build_parser() -> Parser:
     t.add_argument("--no-progress", action="store_true")
     add_data_args(t)
 
-    from . import harness
-    harness.add_run_parser(sub)
-    harness.add_other_parsers(sub)
-    from .regress import cli as regress_cli
-    regress_cli.add_parser(sub)
+    add_run_parser(sub)
+    add_list_parser(sub)
+    add_report_parser(sub)
+    add_compare_parser(sub)
+    add_regress_parser(sub)
     return parser
 
 

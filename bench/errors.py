@@ -10,13 +10,20 @@ from typing import List
 
 from ssvae.errors import ConfigError, DataError  # noqa: F401  (re-exported: one place to import from)
 
-__all__ = ["ConfigError", "DataError", "EXIT_USAGE", "UsageError", "Parser", "fail", "int_list", "str_list", "add_data_args"]
+__all__ = ["ConfigError", "DataError", "EXIT_USAGE", "EXIT_STORAGE", "UsageError", "StorageError", "Parser", "fail",
+           "int_list", "str_list", "add_data_args"]
 
 EXIT_USAGE = 2
+#: a result could not be written (full disk, read-only folder): the grid stops, finished files intact
+EXIT_STORAGE = 3
 
 
 class UsageError(Exception):
     """Bad input found by the harness; printed as one line, exit status 2."""
+
+
+class StorageError(OSError):
+    """The output folder cannot take a write (full disk, read-only): one line; the grid stops."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,9 +31,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def fail(message: str) -> int:
+def fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"bench: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return status
 
 
 def int_list(text: str) -> List[int]:

@@ -9,6 +9,13 @@ that finished.
   writing its result (killed, out of memory) is re-queued once, then recorded as failed.
   Tasks marked ``exclusive`` (the timing probe) run alone. With ``gpus`` (CUDA device ids),
   each running task gets one GPU of its own through ``CUDA_VISIBLE_DEVICES`` (one cell per GPU).
+  A task that runs longer than ``task_timeout`` seconds, or reports no progress for ``stall_timeout``
+  seconds, is killed and recorded ``failed`` with an error starting ``timeout:``; the grid goes on.
+
+Both executors give each attempt a fresh token that the worker writes into its record: a record
+without this attempt's token is an older one and is never taken for the new result. A ``failed``
+record is never written over a finished (ok or diverged) one. A worker that cannot write its result
+(full disk, read-only folder) stops the grid with :class:`bench.errors.StorageError`.
 """
 from __future__ import annotations
 
@@ -24,6 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import uuid
+
+from .errors import EXIT_STORAGE, StorageError
+from .provenance import usable_cpus
+from .schema import DONE_STATUSES
 from .store import atomic_write_json, read_result, result_path
 
 PR_SET_PDEATHSIG = 1
@@ -37,21 +49,40 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 
 
-def worker_command(out_dir, threads: int, data_dir: Optional[str]) -> List[str]:
+def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None) -> List[str]:
     """``python -m bench.worker`` for one task (its spec goes to stdin)."""
     cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
+    cmd += ["--token", token] if token else []
     return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
 
 
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per task: the CPUs this process may use (affinity, cgroup quota) over the workers."""
+    return max(1, usable_cpus() // max(1, workers))
+
+
 def task_threads(spec: dict, threads: int) -> int:
-    """Torch threads for a task: an exclusive one (the timing probe) runs alone and takes every core."""
-    return max(threads, os.cpu_count() or 1) if spec.get("exclusive") else threads
+    """Torch threads for a task: an exclusive one (the timing probe) runs alone and takes every usable CPU."""
+    return max(threads, usable_cpus()) if spec.get("exclusive") else threads
 
 
 def failed_record(spec: dict, error: str) -> dict:
     """The result file of a task whose worker never wrote one."""
     return {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
             "status": "failed", "error": error}
+
+
+def write_failed(out_dir, spec: dict, error: str) -> dict:
+    """Record ``spec`` as failed, unless its file already holds a finished record (kept as it is)."""
+    record = failed_record(spec, error)
+    old, _ = read_result(result_path(out_dir, spec))
+    if old is None or old.get("status") not in DONE_STATUSES:
+        atomic_write_json(result_path(out_dir, spec), record)
+    return record
 
 @dataclass
 class _Running:
@@ -61,18 +92,24 @@ class _Running:
     gpu: Optional[int] = None
     progress: dict = field(default_factory=dict)
     reader: Optional[threading.Thread] = None
+    token: str = ""
+    last_progress: float = 0.0
+    timed_out: Optional[str] = None
 
 
 class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
-                 retries: int = 1, gpus: Optional[List[int]] = None):
+                 retries: int = 1, gpus: Optional[List[int]] = None, task_timeout: Optional[float] = None,
+                 stall_timeout: Optional[float] = None):
         self.gpus = list(gpus or [])
         self.workers = max(1, min(workers, len(self.gpus)) if self.gpus else workers)
-        self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self.threads = threads or default_threads(self.workers)
         self.data_dir = data_dir
         self.retries = retries
+        self.task_timeout = task_timeout or None
+        self.stall_timeout = stall_timeout or None
         self.running: Dict[str, _Running] = {}
 
     def _free_gpu(self) -> Optional[int]:
@@ -80,7 +117,8 @@ class LocalExecutor:
         return next((g for g in self.gpus if g not in busy), None)
 
     def _start(self, spec: dict, out_dir: Path, log_dir: Path) -> _Running:
-        cmd = worker_command(out_dir, task_threads(spec, self.threads), self.data_dir)
+        token = new_token()
+        cmd = worker_command(out_dir, task_threads(spec, self.threads), self.data_dir, token)
         log = open(log_dir / f"{spec['id']}.log", "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         gpu = self._free_gpu() if self.gpus else None
@@ -90,12 +128,13 @@ class LocalExecutor:
                                 preexec_fn=_die_with_parent, env=env)
         proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
-        run = _Running(spec, proc, time.time(), gpu=gpu)
+        run = _Running(spec, proc, time.time(), gpu=gpu, token=token, last_progress=time.time())
 
         def read():
             for line in proc.stdout:
                 try:
                     run.progress = json.loads(line)
+                    run.last_progress = time.time()
                 except json.JSONDecodeError:
                     pass
 
@@ -126,24 +165,41 @@ class LocalExecutor:
                 for tid, run in list(self.running.items()):
                     code = run.proc.poll()
                     if code is None:
+                        self._watch(run)
                         continue
                     run.reader.join(timeout=5)
                     del self.running[tid]
                     record, problem = read_result(result_path(out_dir, run.spec))
-                    fresh = record is not None and record.get("pid") == run.proc.pid
-                    if not fresh:  # the worker died without writing its result
+                    fresh = record is not None and record.get("token") == run.token
+                    if code == EXIT_STORAGE and not fresh:
+                        raise StorageError(_last_line(log_dir / f"{tid}.log") or
+                                           f"{tid}: its result could not be written")
+                    if not fresh and run.timed_out:  # a hung task would hang again: no retry
+                        record = write_failed(out_dir, run.spec, f"timeout: {run.timed_out}; see logs/{tid}.log")
+                    elif not fresh:  # the worker died without writing its result
                         reason = (f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
                         if attempts[tid] <= self.retries:
                             queue.insert(0, run.spec)
                             on_update(self, {"id": tid, "status": "requeued", "error": reason})
                             continue
-                        record = failed_record(run.spec, f"{reason} (after {attempts[tid]} attempts; "
-                                                         f"see logs/{tid}.log)")
-                        atomic_write_json(result_path(out_dir, run.spec), record)
+                        record = write_failed(out_dir, run.spec, f"{reason} (after {attempts[tid]} attempts; "
+                                                                 f"see logs/{tid}.log)")
                     on_update(self, record)
                 on_update(self, None)
         finally:
             self.shutdown()
+
+    def _watch(self, run: _Running) -> None:
+        """Kill a task past its time limit or without progress for too long (the watchdog)."""
+        now = time.time()
+        if run.timed_out:
+            return
+        if self.task_timeout and now - run.started > self.task_timeout:
+            run.timed_out = f"ran longer than the task timeout of {self.task_timeout:g} s"
+        elif self.stall_timeout and now - run.last_progress > self.stall_timeout:
+            run.timed_out = f"no progress for {self.stall_timeout:g} s (stalled)"
+        if run.timed_out:
+            run.proc.kill()
 
     def shutdown(self) -> None:
         for run in self.running.values():
@@ -158,22 +214,37 @@ class LocalExecutor:
         self.running.clear()
 
 
-def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int) -> dict:
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1].replace("bench.worker: ", "") if lines else ""
+
+
+def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int, token: str) -> dict:
     """A dask task: run the spec in a fresh process (Pyro's param store is global) and return its record.
 
-    Raises if the process died without writing its result, so that dask retries it.
+    Raises if the process died without writing this attempt's record (its token), so that dask retries
+    it; an older record of the same task is never taken for this one.
     """
-    cmd = worker_command(out_dir, threads, data_dir)
+    cmd = worker_command(out_dir, threads, data_dir, token)
     log_dir = Path(out_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{spec['id']}.log", "w") as log:
         proc = subprocess.run(cmd, input=json.dumps(spec), stdout=subprocess.DEVNULL, stderr=log, text=True,
                               preexec_fn=_die_with_parent)
     record, _ = read_result(result_path(out_dir, spec))
-    if record is None or record.get("pid") is None:
+    if record is None or record.get("token") != token:
         code = proc.returncode
+        if code == EXIT_STORAGE:
+            raise StorageError(_last_line(log_dir / f"{spec['id']}.log"))
         raise RuntimeError(f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
-    return {k: record.get(k) for k in ("id", "status", "error")}
+    return {k: record.get(k) for k in ("id", "status", "error", "token")}
+
+
+class SchedulerLost(StorageError):
+    """The dask scheduler went away mid-grid: the grid stops; finished records are kept."""
 
 
 class DaskExecutor:
@@ -190,7 +261,7 @@ class DaskExecutor:
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
                  retries: int = 1, scheduler: Optional[str] = None):
         self.workers = max(1, workers)
-        self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self.threads = threads or default_threads(self.workers)
         self.data_dir = data_dir
         self.retries = retries
         self.scheduler = scheduler
@@ -227,24 +298,47 @@ class DaskExecutor:
             for batch in ([[s] for s in exclusive] + [rest]):
                 if not batch:
                     continue
-                futures = {}
+                futures, tokens = {}, {}
                 for spec in batch:
+                    token = new_token()  # one per submission; dask's retries share it, and each writes it
                     fut = self.client.submit(_run_in_subprocess, spec, out_dir, self.data_dir,
-                                             task_threads(spec, self.threads),
-                                             key=f"ssvae-{spec['id']}-{os.getpid()}-{time.time_ns()}",
-                                             retries=self.retries, pure=False)
-                    futures[fut] = spec
+                                             task_threads(spec, self.threads), token,
+                                             key=f"ssvae-{spec['id']}-{token}", retries=self.retries, pure=False)
+                    futures[fut], tokens[spec["id"]] = spec, token
                 for fut in as_completed(list(futures)):
                     spec = futures[fut]
                     try:
                         record = fut.result()
-                    except Exception as exc:  # retries exhausted
-                        record = failed_record(spec, f"{exc} (after {self.retries + 1} attempts; "
-                                                     f"see logs/{spec['id']}.log)")
-                        atomic_write_json(result_path(out_dir, spec), record)
+                    except StorageError:
+                        raise
+                    except Exception as exc:
+                        mine, _ = read_result(result_path(out_dir, spec))
+                        if mine is not None and mine.get("token") == tokens[spec["id"]]:
+                            record = mine  # it finished; only the answer was lost
+                        elif self._scheduler_gone(exc):
+                            raise SchedulerLost(f"the dask scheduler went away ({type(exc).__name__}): finished "
+                                                f"records are kept; rerun the same command to resume") from None
+                        else:  # retries exhausted
+                            record = write_failed(out_dir, spec, f"{exc} (after {self.retries + 1} attempts; "
+                                                                 f"see logs/{spec['id']}.log)")
                     on_update(self, record)
         finally:
             self.shutdown()
+
+    def _scheduler_gone(self, exc: Exception) -> bool:
+        """True when the exception says the scheduler (not the task) failed."""
+        import asyncio
+        import concurrent.futures
+
+        from distributed.comm.core import CommClosedError
+
+        gone = (CommClosedError, OSError, asyncio.CancelledError, concurrent.futures.CancelledError)
+        if isinstance(exc, gone) and not isinstance(exc, StorageError):
+            return True
+        try:
+            return self.client is None or self.client.status not in ("running", "connecting", "newly-created")
+        except Exception:
+            return True
 
     def shutdown(self) -> None:
         if self.client is not None:

@@ -21,24 +21,20 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssvae import RunConfig, resolve_labels
+from ssvae.config import TRAIN_SIZE
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
+from ssvae.model import SSVAE
+from ssvae.train import epoch_schedule
+
+from .schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA,
+                     SchemaError, cell_id as _cell_id, check_field, common_id, timing_id)
 
 from . import tune as tunemod
 
 PRESET_DIR = Path(__file__).parent / "presets"
-GRID_FIELDS = {"description", "estimators", "aux", "baseline", "labels", "label_fractions", "seeds", "epochs",
-               "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "probe", "workers",
-               "options", "tune"}
-PROBE_FIELDS = {"checkpoints", "variance_samples", "timing_warmup", "timing_steps", "samples_per_class",
-                "timing_batch_size", "own_checkpoints", "reference_draws", "bootstrap"}
-#: ``checkpoints`` (common trajectory) and ``own_checkpoints`` (each cell's own run; default: the
-#: same): a list of global steps, ``"epochs"`` (step 0 and the end of every epoch) or ``"last"``
-#: (the end of the run). ``reference_draws``: z draws averaged by the exact reference gradient
-#: at each checkpoint; ``bootstrap``: resamples of the draws for the intervals.
-PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
-                  "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
-                  "reference_draws": 200, "bootstrap": 1000}
+__all__ = ["GRID_FIELDS", "PROBE_FIELDS", "PROBE_DEFAULTS", "Grid", "load_preset", "make_grid", "expand",
+           "cell_id", "preset_names", "check_fields", "train_configs"]
 
 
 def preset_names() -> List[str]:
@@ -46,16 +42,47 @@ def preset_names() -> List[str]:
 
 
 def load_preset(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.toml"
+    """A preset by name (``bench/presets/<name>.toml``) or by the path of a TOML file."""
+    path = Path(name) if name.endswith(".toml") else PRESET_DIR / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(preset_names())}")
-    with open(path, "rb") as fh:
-        preset = tomllib.load(fh)
+        if name.endswith(".toml"):
+            raise ConfigError(f"preset file {name} does not exist")
+        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(preset_names())} or a .toml file")
+    try:
+        with open(path, "rb") as fh:
+            preset = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {path.name}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"preset {path.name} cannot be read ({exc.__class__.__name__})") from None
     unknown = set(preset) - GRID_FIELDS
     if unknown:
-        raise ConfigError(f"preset {name}: unknown field(s) {', '.join(sorted(unknown))}")
-    preset["name"] = name
+        raise ConfigError(f"preset {path.stem}: unknown field(s) {', '.join(sorted(unknown))}")
+    preset["name"] = path.stem
     return preset
+
+
+def check_fields(spec: dict) -> dict:
+    """Every field of a preset (after overrides) checked against its type and range; one line on error.
+
+    Returns a copy with ints of float fields made floats. Fields that are absent keep their defaults.
+    """
+    out = dict(spec)
+    try:
+        for name, f in GRID_SCHEMA.items():
+            if out.get(name) is not None:
+                out[name] = check_field(name, f, out[name])
+        probe = out.get("probe") or {}
+        if not isinstance(probe, dict):
+            raise SchemaError(f"probe must be a table of probe settings (got {probe!r})")
+        unknown = set(probe) - PROBE_FIELDS
+        if unknown:
+            raise SchemaError(f"unknown probe field(s) {', '.join(sorted(unknown))}: "
+                              f"known {', '.join(sorted(PROBE_FIELDS))}")
+        out["probe"] = {k: check_field(f"probe.{k}", PROBE_SCHEMA[k], v) for k, v in probe.items()}
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from None
+    return out
 
 
 @dataclass
@@ -82,6 +109,8 @@ class Grid:
     options: Dict[str, Dict] = field(default_factory=dict)
     #: candidate values per estimator (``bench/tune.py``): each combination is its own cell
     tune: Dict = field(default_factory=dict)
+    #: the training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py loop exactly; ssvae/train.py)
+    protocol: str = "bench"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,8 +122,11 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     for k, v in (overrides or {}).items():
         if v is not None:
             spec[k] = v
+    spec = check_fields(spec)
     if spec.get("label_fractions") is not None:
         spec["labels"] = [resolve_labels(None, f) for f in spec["label_fractions"]]
+        if len(set(spec["labels"])) < len(spec["labels"]):
+            raise ConfigError(f"label fractions {spec['label_fractions']} give the same label count twice")
     labels = [resolve_labels(v) for v in spec["labels"]]
     ests = spec.get("estimators", "all")
     if ests == "all" or ests == ["all"]:
@@ -104,30 +136,17 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
             raise ConfigError(f"estimator {e!r} is not a semi-supervised estimator (use --baseline)")
     seeds = spec.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("no seeds: --seeds must be at least 1")
     probe = dict(PROBE_DEFAULTS)
-    unknown = set(spec.get("probe", {})) - PROBE_FIELDS
-    if unknown:
-        raise ConfigError(f"unknown probe field(s) {', '.join(sorted(unknown))}")
     probe.update(spec.get("probe", {}))
-    for key in ("checkpoints", "own_checkpoints"):
-        value = probe[key]
-        if not (value is None and key == "own_checkpoints") and value not in ("epochs", "last") and not (
-                isinstance(value, list) and all(isinstance(c, int) and c >= 0 for c in value)):
-            raise ConfigError(f"probe.{key} must be a list of steps >= 0, \"epochs\" or \"last\" (got {value!r})")
-    if int(probe["variance_samples"]) < 2 or int(probe["reference_draws"]) < 2 or int(probe["bootstrap"]) < 1:
-        raise ConfigError("probe.variance_samples and probe.reference_draws must be at least 2, probe.bootstrap at least 1")
     options = spec.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ConfigError("options must map an estimator to its options, e.g. options.rb-topk.k=3")
     if options:  # unknown or bad options fail here, in one line, not in every cell
-        from ssvae.model import SSVAE
         tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
         for e, o in options.items():
             get_estimator(e).build(tiny, _estimator_options(o))
             _lr(e, o, 1.0)
-    grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=[bool(a) for a in spec.get("aux", [False, True])],
+    grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=list(spec.get("aux", [False, True])),
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
                 batch_size=int(spec.get("batch_size", 200)), lr=float(spec.get("lr", 0.00042)),
@@ -135,15 +154,15 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 aux_multiplier=float(spec.get("aux_multiplier", 46.0)), probe=probe,
                 description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
                 options={e: dict(o) for e, o in sorted(options.items())},
-                tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)))
+                tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)),
+                protocol=spec.get("protocol", "bench"))
     for cfg in train_configs(grid):
         cfg.validate()
     return grid
 
 
 def cell_id(cfg: RunConfig) -> str:
-    name = cfg.estimator + ("+aux" if cfg.aux and get_estimator(cfg.estimator).kind == "ssvae" else "")
-    return f"{name}_L{cfg.labels}_s{cfg.seed}"
+    return _cell_id(cfg.estimator, cfg.aux and get_estimator(cfg.estimator).kind == "ssvae", cfg.labels, cfg.seed)
 
 
 def _estimator_options(options: dict) -> dict:
@@ -162,7 +181,7 @@ def _config(grid: Grid, extra: Optional[dict] = None, **kw) -> RunConfig:
     options = {**grid.options.get(kw["estimator"], {}), **(extra or {})}
     cfg = RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
                     lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
-                    aux_multiplier=grid.aux_multiplier, device=grid.device,
+                    aux_multiplier=grid.aux_multiplier, device=grid.device, protocol=grid.protocol,
                     options=_estimator_options(options), **kw)
     return dataclasses.replace(cfg, options=_budget_options(cfg))
 
@@ -200,10 +219,12 @@ def resolve_checkpoints(value, cfg: RunConfig) -> List[int]:
     return sorted(set(int(c) for c in value))
 
 
-def _with_options(task: dict, grid: Grid) -> dict:
-    """Probe tasks build every estimator: they carry the grid's per-estimator options (when any)."""
-    if grid.options:
-        task["options"] = {e: _estimator_options(o) for e, o in grid.options.items()}
+def _with_options(task: dict, grid: Grid, estimator: str) -> dict:
+    """A probe task of one estimator carries that estimator's options (when it has any; ``lr`` sets the
+    run's learning rate, not an option of the estimator)."""
+    options = _estimator_options(grid.options.get(estimator, {}))
+    if options:
+        task["options"] = {estimator: options}
     return task
 
 
@@ -221,14 +242,22 @@ def train_configs(grid: Grid) -> List[RunConfig]:
 
 
 def expand(grid: Grid) -> List[dict]:
-    """The task specs of a grid, in run order: timing probe, common probes, then cells."""
+    """The task specs of a grid, in run order: timing probes, common probes, then cells.
+
+    Probes are split per estimator (``timing_<device>_<est>``, ``common_L<labels>_s<seed>_<est>``): a
+    run of a subset of estimators never replaces another estimator's probe. A cell's spec holds the
+    probe settings it uses (:data:`bench.schema.CELL_PROBE_FIELDS`) and no other, so changing a timing
+    setting never retrains a cell.
+    """
     probe = grid.probe
-    tasks: List[dict] = [_with_options({
-        "kind": "timing", "id": f"timing_{grid.device.replace(':', '')}", "exclusive": True,
-        "estimators": grid.estimators, "aux": grid.aux, "device": grid.device,
-        "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
-        "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
-    }, grid)]
+    tasks: List[dict] = []
+    for est in grid.estimators:
+        tasks.append(_with_options({
+            "kind": "timing", "id": timing_id(grid.device, est), "exclusive": True,
+            "estimators": [est], "aux": grid.aux, "device": grid.device,
+            "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
+            "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],
+        }, grid, est))
     if "enum" in REGISTRY:
         for labels in grid.labels:
             for seed in grid.seeds:
@@ -237,30 +266,33 @@ def expand(grid: Grid) -> List[dict]:
                 checkpoints = resolve_checkpoints(probe["checkpoints"], cfg)
                 epochs = max(1, math.ceil(max(checkpoints) / steps_per_epoch))
                 cfg = dataclasses.replace(cfg, epochs=epochs)
-                task = _with_options({"kind": "common", "id": f"common_L{labels}_s{seed}",
-                                      "config": cfg.to_dict(), "estimators": grid.estimators,
-                                      "checkpoints": checkpoints, "n_samples": probe["variance_samples"],
-                                      "reference_draws": probe["reference_draws"], "bootstrap": probe["bootstrap"]},
-                                     grid)
-                # each estimator is probed with the options of its own runs (the temperature a
-                # relaxation's own run had at each checkpoint: its schedule is set by the run's budget)
-                own = {e: _config(grid, estimator=e, aux=True, labels=labels, seed=seed).option_dict
-                       for e in grid.estimators}
-                if any(own.values()):
-                    task["own_options"] = {e: o for e, o in own.items() if o}
-                tasks.append(task)
+                for est in grid.estimators:
+                    task = _with_options({"kind": "common", "id": common_id(labels, seed, est),
+                                          "config": cfg.to_dict(), "estimators": [est],
+                                          "checkpoints": checkpoints, "n_samples": probe["variance_samples"],
+                                          "reference_draws": probe["reference_draws"],
+                                          "bootstrap": probe["bootstrap"]}, grid, est)
+                    # the estimator is probed with the options of its own runs (the temperature a
+                    # relaxation's own run had at each checkpoint: its schedule is set by the run's budget)
+                    own = _config(grid, estimator=est, aux=True, labels=labels, seed=seed).option_dict
+                    if own:
+                        task["own_options"] = {est: own}
+                    tasks.append(task)
     for cfg in train_configs(grid):
         own = probe["own_checkpoints"] if probe["own_checkpoints"] is not None else probe["checkpoints"]
         tasks.append({"kind": "train", "id": cell_id(cfg) + tunemod.cell_tag(grid.tune, cfg), "config": cfg.to_dict(),
                       "checkpoints": resolve_checkpoints(own, cfg), "n_samples": probe["variance_samples"],
                       "reference_draws": probe["reference_draws"], "bootstrap": probe["bootstrap"],
-                      "samples_per_class": probe["samples_per_class"]})
+                      "samples_per_class": probe["samples_per_class"],
+                      "evaluation": {k: probe[k] for k in ("elbo_images", "iwae_k", "iwae_images")}})
     return tasks
 
 
 def _steps_per_epoch(cfg: RunConfig) -> int:
-    from ssvae.config import TRAIN_SIZE
-    from ssvae.train import epoch_schedule
-
     n = len(epoch_schedule(cfg.labels, TRAIN_SIZE - cfg.labels, cfg.batch_size, TRAIN_SIZE))
     return min(n, cfg.steps_per_epoch or n)
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Optimisation steps in one epoch of ``cfg`` (truncated epochs included)."""
+    return _steps_per_epoch(cfg)

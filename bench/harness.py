@@ -1,14 +1,23 @@
 """``python -m bench run``: expand a preset into tasks, run what is missing, write the tables.
 
-A rerun of the same command skips tasks whose result file is complete (status ok or
-diverged, same spec) and runs only what is missing or failed; ``--force`` reruns all.
+Resume by identity: a rerun reuses a finished record (status ok or diverged) only when its spec (every
+run field, estimator options, the probe settings that task uses), the sha256 of the four MNIST files
+and the torch and pyro versions are this run's; anything else is stale and runs again. A different
+git commit alone is not stale (the record keeps its commit; the report counts them).
+
+One folder, one grid: a run into a folder whose grid differs in a setting its cells use (lr, epochs,
+network sizes, options of a shared estimator, the cells' probe settings...) is refused in one line that
+names ``--force`` (run this grid there anyway: the other grid's records stay, and the report lists them
+as outside this grid) and ``--out``. A run of a subset or a superset of the same settings (other
+estimators, labels or seeds) is not another grid: it reuses what is done.
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
+import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -17,16 +26,27 @@ import tomllib
 from pathlib import Path
 from typing import List, Optional
 
-from ssvae import resolve_labels
+from ssvae import data as ssdata
+from ssvae import RunConfig, resolve_labels
 from ssvae.config import check_device
 from ssvae.errors import ConfigError
+from ssvae.estimators import REGISTRY
 
 from . import grid as gridmod
-from .errors import add_data_args
-from .provenance import commit_label, cpu_name, device_name, versions
-from .store import OutputLock, atomic_write_json, is_done, read_result, result_path, write_tables
+from . import tune as tunemod
+from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
+from .executors import EXECUTORS
+from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
+from .schema import CELL_PROBE_FIELDS
+from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
+                    run_identity, stale_reason, write_tables)
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: grid settings every cell uses: two grids that differ in one of them are two grids
+CELL_SETTINGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "device")
+#: default watchdog: a task that reports no progress for this long is recorded failed (timeout)
+STALL_TIMEOUT_S = 1800
 
 
 def _csv(kind):
@@ -42,11 +62,13 @@ def _csv(kind):
 
 def add_run_parser(sub) -> None:
     r = sub.add_parser("run", help="run a grid (a preset plus overrides) into an output folder")
-    r.add_argument("--preset", default="quick", help=f"one of: {', '.join(gridmod.preset_names())}")
-    r.add_argument("--out", default=None, help="output folder (default results/<preset>-<device>)")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--preset", default="quick",
+                   help=f"one of: {', '.join(gridmod.preset_names())}, or a .toml file (default: %(default)s)")
+    r.add_argument("--out", default=None, help="output folder (default: results/<preset>-<device>)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     r.add_argument("--estimators", type=_csv(str), default=None, help="e.g. trace,enum (default: the preset's)")
-    r.add_argument("--aux", choices=["both", "on", "off"], default=None, help="auxiliary loss variants")
+    r.add_argument("--aux", choices=["both", "on", "off"], default=None,
+                   help="auxiliary loss variants (default: the preset's)")
     r.add_argument("--no-baseline", action="store_true")
     r.add_argument("--labels", type=_csv(int), default=None, help="label counts, e.g. 100,3000")
     r.add_argument("--label-fraction", type=_csv(float), default=None, help="label fractions, e.g. 0.02")
@@ -54,41 +76,54 @@ def add_run_parser(sub) -> None:
     r.add_argument("--epochs", type=int, default=None)
     r.add_argument("--steps-per-epoch", type=int, default=None)
     r.add_argument("--batch-size", type=int, default=None)
-    r.add_argument("--workers", type=int, default=None, help="cells at a time (default: 1 per GPU, 1 on CPU)")
-    r.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / workers)")
-    r.add_argument("--executor", default="local", help="local (default: a process per cell) or dask")
+    r.add_argument("--workers", type=int, default=None, help="cells at a time (default: 1 per GPU, the preset's on CPU)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per cell (default: usable CPUs / workers)")
+    r.add_argument("--executor", default="local", help="local (a process per cell) or dask (default: %(default)s)")
     r.add_argument("--scheduler", default=None,
                    help="dask scheduler address tcp://HOST:PORT (default: start a LocalCluster)")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
     r.add_argument("--tuned", default=None, metavar="FILE",
                    help="apply the choices of a tuning run (its tuned.json: python -m bench.tune OUT)")
-    r.add_argument("--force", action="store_true", help="rerun every task, even those already done")
-    r.add_argument("--dry-run", action="store_true", help="list the tasks and whether they are done")
+    r.add_argument("--task-timeout", type=float, default=None, metavar="S",
+                   help="kill and record as failed (timeout) a task running longer than S seconds (default: none)")
+    r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
+                   help="kill and record as failed (timeout) a task with no progress for S seconds "
+                        "(default: %(default)s)")
+    r.add_argument("--force", action="store_true",
+                   help="run this grid in an --out that holds another grid (its records stay, outside this grid)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the tasks, whether each is done, and the estimated time; write nothing")
     add_data_args(r)
     r.set_defaults(func=cmd_run)
 
 
-def add_other_parsers(sub) -> None:
+def add_list_parser(sub) -> None:
     ls = sub.add_parser("list", help="list estimators and presets")
     ls.add_argument("--timing", default=None, help="a timing.csv to take costs relative to trace from")
     ls.set_defaults(func=cmd_list)
-    from .report import add_report_parser
-    add_report_parser(sub)
-    from .compare import add_compare_parser
-    add_compare_parser(sub)
+
+
+def _value(text: str):
+    """A --set value: a TOML value (number, boolean, list, quoted string), else the bare text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def grid_from_args(args) -> gridmod.Grid:
     preset = gridmod.load_preset(args.preset)
     if getattr(args, "tuned", None):
-        from .tune import apply_choices, load_choices
-        choices, args.tuned_info = load_choices(args.tuned)
-        preset = apply_choices(preset, choices)
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {args.seeds})")
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1 (got {args.epochs})")
+        choices, args.tuned_info = tunemod.load_choices(args.tuned)
+        preset = tunemod.apply_choices(preset, choices)
+    for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if args.estimators is not None and not args.estimators:
+        raise ConfigError("--estimators is empty: name at least one, e.g. --estimators enum,rb-topk")
     overrides = {
         "estimators": args.estimators, "labels": args.labels, "label_fractions": args.label_fraction,
         "seeds": args.seeds, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
@@ -98,19 +133,21 @@ def grid_from_args(args) -> gridmod.Grid:
     }
     if args.labels is not None and args.label_fraction is not None:
         raise ConfigError("give --labels or --label-fraction, not both")
+    seen = set()
     for item in args.set:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            value = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            pass  # a bare string
+        if key in seen:
+            raise ConfigError(f"--set {key} is given twice: give each field once")
+        seen.add(key)
+        value = _value(text)
         if key.startswith("probe."):
             sub = key.split(".", 1)[1]
             if sub not in gridmod.PROBE_FIELDS:
                 raise ConfigError(f"unknown probe field {sub!r}: known {', '.join(sorted(gridmod.PROBE_FIELDS))}")
-            preset.setdefault("probe", {})[sub] = value
+            preset["probe"] = {**preset.get("probe", {}), sub: value}
         elif key.startswith("options."):  # options.rb-topk.k=3
             est, _, opt = key.split(".", 1)[1].partition(".")
             if not opt:
@@ -123,7 +160,8 @@ def grid_from_args(args) -> gridmod.Grid:
             raise ConfigError(f"unknown field {key!r}: known {', '.join(sorted(gridmod.GRID_FIELDS - {'probe', 'options'}))}"
                               f", probe.* and options.ESTIMATOR.*")
     if args.label_fraction is not None:
-        overrides["labels"] = [resolve_labels(None, f) for f in args.label_fraction]
+        overrides["labels"] = [resolve_labels(None, f) for f in gridmod.check_fields(
+            {"label_fractions": args.label_fraction})["label_fractions"]]
         overrides["label_fractions"] = None
         preset.pop("label_fractions", None)
     return gridmod.make_grid(preset, overrides)
@@ -140,16 +178,44 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"output folder {out} is not writable: choose another --out") from None
 
 
-def environment(grid: gridmod.Grid, tasks: List[dict], data_sha: str, workers: int, threads: int,
+def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str]:
+    """Why ``out`` holds another grid than ``grid`` (None: it holds none, or this one, or a part of it)."""
+    try:
+        prev = json.loads((out / "env.json").read_text()).get("grid")
+    except (OSError, ValueError, AttributeError):
+        prev = None
+    new = grid.to_dict()
+    if isinstance(prev, dict):
+        for key in CELL_SETTINGS:
+            if key in prev and prev[key] != new[key]:
+                return f"{key} {prev[key]}, not {new[key]}"
+        for key in CELL_PROBE_FIELDS:
+            old = (prev.get("probe") or {}).get(key)
+            if old is not None and old != new["probe"][key]:
+                return f"probe.{key} {old}, not {new['probe'][key]}"
+        shared = set(prev.get("estimators") or []) & set(new["estimators"])
+        for est in sorted(shared):
+            if (prev.get("options") or {}).get(est, {}) != new["options"].get(est, {}):
+                return f"options of {est} {(prev.get('options') or {}).get(est, {})}, not {new['options'].get(est, {})}"
+    clash = conflicts(out, [t for t in tasks if t["kind"] == "train"])
+    if clash:
+        return f"{len(clash)} finished cell(s) of another configuration, e.g. {clash[0]}"
+    return None
+
+
+def environment(grid: gridmod.Grid, tasks: List[dict], ident: dict, hashes: dict, workers: int, threads: int,
                 executor: str) -> dict:
+    info = identity(grid.device, threads, hashes)
     return {
-        **versions(), "platform": platform.platform(),
+        **versions(), "platform": info["platform"],
         "device": grid.device, "device_name": device_name(grid.device), "cpu_name": cpu_name(),
-        "cpu_count": os.cpu_count(), "threads": threads, "workers": workers, "executor": executor,
-        "git_commit": commit_label(), "data_sha256": data_sha, "preset": grid.name,
+        "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "threads": threads, "workers": workers,
+        "executor": executor, "git_commit": commit_label(info["git"]),
+        "data_sha256": hashes[ssdata.TRAIN_IMAGES], "preset": grid.name,
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "bench"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "grid": grid.to_dict(),
+        "grid": grid.to_dict(), "identity": info, "identity_key": ident,
+        "tasks": [normalise(t) for t in tasks],
         "expected_cells": [t["id"] for t in tasks if t["kind"] == "train"],
         "expected_probes": [t["id"] for t in tasks if t["kind"] != "train"],
     }
@@ -166,7 +232,10 @@ def _earlier_runs(path: Path) -> List[dict]:
 
 
 class Progress:
-    """One status line: tasks done / total, the current task, its epoch and step, an ETA."""
+    """One status line: tasks done / total, the current task, its epoch and step, an ETA (a heartbeat
+    line every minute when stderr is a log rather than a terminal)."""
+
+    HEARTBEAT_S = 60.0
 
     def __init__(self, tasks: List[dict], todo: List[dict]):
         self.total = len(tasks)
@@ -176,6 +245,7 @@ class Progress:
         self.units_done = 0.0
         self.start = time.time()
         self.tty = sys.stderr.isatty()
+        self.last_beat = time.time()
         self.counts = {}
 
     def update(self, executor, record: Optional[dict]) -> None:
@@ -200,8 +270,10 @@ class Progress:
                                f"step {p.get('step', 0)}/{p['steps']}")
             else:
                 current.append(f"{tid} starting")
-        if self.tty and record is None:
-            self._print(f"[{self.done}/{self.total}] {'; '.join(current)} | ETA {self.eta(partial)}")
+        if record is None and (self.tty or time.time() - self.last_beat >= self.HEARTBEAT_S):
+            # a TTY gets a live status line; a log gets a heartbeat line every HEARTBEAT_S seconds
+            self.last_beat = time.time()
+            self._print(f"[{self.done}/{self.total}] {'; '.join(current) or 'waiting'} | ETA {self.eta(partial)}")
 
     def eta(self, partial: float) -> str:
         done = self.units_done + partial
@@ -227,32 +299,85 @@ def _units(spec: dict) -> float:
     cfg = spec.get("config") or {}
     if spec["kind"] == "timing":
         return 60.0
-    steps = _epochs(spec) * gridmod._steps_per_epoch(gridmod.RunConfig.from_dict(cfg))
+    steps = _epochs(spec) * gridmod.steps_per_epoch(RunConfig.from_dict(cfg))
     weight = {"baseline": 0.05, "trace": 0.2}.get(cfg.get("estimator"), 1.0)
     if spec["kind"] == "common":
         steps = max(spec["checkpoints"]) + len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"]
     return max(steps * weight, 1.0)
 
 
-def cmd_run(args) -> int:
-    from ssvae import data as ssdata
-    from .executors import EXECUTORS
+def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
+    record, problem = read_result(result_path(out, spec))
+    if record is None:
+        return problem if problem != "missing" else None
+    return stale_reason(record, spec, ident)
 
+
+def _seconds_per_unit() -> Optional[float]:
+    """Seconds per enum step on this machine, from the newest local timing.csv (None: unknown)."""
+    path = _local_timing()
+    if not path:
+        return None
+    try:
+        rows = [r for r in csv.DictReader(open(path)) if r["estimator"] == "enum" and r["step_kind"] == "unsup"]
+        return float(rows[0]["median_ms"]) / 1e3 if rows else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def estimate_seconds(todo: List[dict], workers: int) -> Optional[float]:
+    per = _seconds_per_unit()
+    if per is None:
+        return None
+    return sum(_units(t) for t in todo) * per / max(1, workers)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown (no timing.csv on this machine)"
+    return f"about {max(1, math.ceil(seconds / 60))} min" if seconds >= 60 else f"about {seconds:.0f} s"
+
+
+def cmd_run(args) -> int:
     grid = grid_from_args(args)
     check_device(grid.device)
     if args.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {args.executor!r}: choose from {', '.join(EXECUTORS)}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1 (got {args.threads})")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+    for flag, value in (("--task-timeout", args.task_timeout), ("--stall-timeout", args.stall_timeout)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a positive number of seconds (got {value})")
+    if args.scheduler and args.executor != "dask":
+        raise ConfigError("--scheduler needs --executor dask")
     out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
     check_out_dir(out)
-    root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download else None)
-    data_sha = ssdata.sha256_file(root / "MNIST" / "raw" / ssdata.TRAIN_IMAGES)
+    root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download or args.dry_run else None)
+    hashes = ssdata.check_raw(root)
+    train_labels = ssdata.read_labels(root)
+    for labels in grid.labels:
+        ssdata.check_label_capacity(labels, train_labels)
     tasks = gridmod.expand(grid)
-    todo = [t for t in tasks if args.force or not is_done(out, t)]
+    ident = run_identity(hashes, versions())
+    todo = [t for t in tasks if not is_done(out, t, ident)]
+    stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
+    clash = other_grid(out, grid, tasks)
+    workers = args.workers or grid.workers
     if args.dry_run:
         for t in tasks:
-            print(f"{'todo' if t in todo else 'done'}  {t['kind']:7s} {t['id']}")
+            state = "todo" if t in todo else "done"
+            note = f"  (stale: {stale[t['id']]})" if t["id"] in stale else ""
+            print(f"{state}  {t['kind']:7s} {t['id']}{note}")
+        print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
+              f"estimated {_duration(estimate_seconds(todo, workers))}")
+        if clash:
+            print(f"{out} holds another grid ({clash}): a run needs --force or another --out")
         return 0
-    workers = args.workers or grid.workers
+    if clash and not args.force:
+        raise ConfigError(f"{out} holds another grid ({clash}): add --force to run this grid there "
+                          f"(the other's records stay, outside this grid), or choose another --out")
     gpus = []
     if grid.device == "cuda":  # one cell per GPU, each pinned with CUDA_VISIBLE_DEVICES
         import torch
@@ -260,39 +385,46 @@ def cmd_run(args) -> int:
         workers = min(args.workers or len(gpus), len(gpus))
     elif grid.device.startswith("cuda"):  # cuda:N names one GPU
         workers = 1
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    kwargs = {"scheduler": args.scheduler} if args.executor == "dask" else {"gpus": gpus}
-    if args.scheduler and args.executor != "dask":
-        raise ConfigError("--scheduler needs --executor dask")
+    if args.executor == "dask":
+        kwargs = {"scheduler": args.scheduler}
+    else:
+        kwargs = {"gpus": gpus, "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
     executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root), **kwargs)
     if hasattr(executor, "connect"):
         executor.connect()  # a scheduler that does not answer fails here, before anything is written
+    try:
+        return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor)
+    except StorageError as exc:
+        executor.shutdown()
+        return fail(str(exc), EXIT_STORAGE)
+
+
+def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor) -> int:
     with OutputLock(out):
-        env = environment(grid, tasks, data_sha, workers, executor.threads, args.executor)
+        env = environment(grid, tasks, ident, hashes, workers, executor.threads, args.executor)
         env["tasks_run"] = [t["id"] for t in todo]
         if getattr(args, "tuned_info", None):
             env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
         env["earlier_runs"] = _earlier_runs(out / "env.json")
         atomic_write_json(out / "env.json", env)
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
-              f"{len(todo)} to run -> {out}", file=sys.stderr)
+              f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
         progress = Progress(tasks, todo)
 
         def on_update(ex, record):
             progress.update(ex, record)
             if record is not None:
-                write_tables(out, tasks)
+                write_tables(out, tasks, ident)
 
         try:
             executor.run(todo, out, on_update)
         except KeyboardInterrupt:
-            write_tables(out, tasks)
-            done = sum(is_done(out, t) for t in tasks)
+            write_tables(out, tasks, ident)
+            done = sum(is_done(out, t, ident) for t in tasks)
             print(f"\nbench: interrupted; {done}/{len(tasks)} tasks are done and kept in {out}. "
                   f"Rerun the same command to resume.", file=sys.stderr)
             return 130
-        write_tables(out, tasks)
+        write_tables(out, tasks, ident)
     failed = [t["id"] for t in tasks if (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
     print(f"bench: grid complete ({summary}); tables in {out}", file=sys.stderr)
@@ -318,10 +450,6 @@ def _local_timing() -> Optional[str]:
 
 
 def cmd_list(args) -> int:
-    import csv
-
-    from ssvae.estimators import REGISTRY
-
     cost = {}
     path = args.timing
     if path is None:
@@ -338,5 +466,13 @@ def cmd_list(args) -> int:
         print(f"{name:{width}s} {c:>10s}  {est.description}")
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
-    print("\npresets: " + ", ".join(gridmod.preset_names()))
+    per = _seconds_per_unit()
+    print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s}  description")
+    for name in gridmod.preset_names():
+        grid = gridmod.make_grid(gridmod.load_preset(name))
+        tasks = gridmod.expand(grid)
+        est = _duration(sum(_units(t) for t in tasks) * per).replace("about ", "") if per else "?"
+        print(f"{name:8s} {len(tasks):5d} {est:>16s}  {grid.description}")
+    if per:
+        print("(time from this machine's enum step time; divide by --workers)")
     return 0

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,16 +49,43 @@ def versions() -> Dict[str, Optional[str]]:
     return out
 
 
+def canonical_name(name: str) -> str:
+    """A distribution's name as PEP 503 compares them (``Jinja2`` = ``jinja2``, ``typing_extensions`` =
+    ``typing-extensions``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def distributions() -> Dict[str, str]:
-    """Every installed distribution and its version, sorted by name."""
+    """Every installed distribution (canonical name) and its version, sorted by name."""
     from importlib.metadata import distributions as dists
 
     found = {}
     for d in dists():
         name = d.metadata["Name"]
         if name:
-            found[name.lower()] = d.version
+            found[canonical_name(name)] = d.version
     return dict(sorted(found.items()))
+
+
+def lock_pins(text: str) -> Dict[str, str]:
+    """``name -> version`` of every ``name==version`` line of a pip lock file (hash lines skipped)."""
+    pins = {}
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\\\s;]+)", line.strip())
+        if m:
+            pins[canonical_name(m.group(1))] = m.group(2)
+    return pins
+
+
+def lock_mismatches(lock_text: str, installed: Optional[Dict[str, str]] = None) -> List[str]:
+    """One line per locked distribution whose installed version differs from the lock (or is absent)."""
+    installed = distributions() if installed is None else installed
+    out = []
+    for name, want in sorted(lock_pins(lock_text).items()):
+        have = installed.get(name)
+        if have != want:
+            out.append(f"{name}: locked {want}, installed {have or 'nothing'}")
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -82,6 +111,14 @@ def device_name(device: str) -> str:
 
 def host() -> str:
     return platform.node()
+
+
+def identity(device: str, threads: int, data_sha256: Dict[str, str]) -> Dict[str, object]:
+    """Everything a result depends on besides its config: what every record and env.json carries."""
+    return {"git": git_commit(), "distributions": distributions(), "python": platform.python_version(),
+            "data_sha256": dict(sorted(data_sha256.items())), "threads": threads, "host": host(),
+            "cpu": cpu_name(), "device": device, "device_name": device_name(device),
+            "platform": platform.platform()}
 
 
 def usable_cpus() -> int:
@@ -193,3 +230,23 @@ def machine_fingerprint() -> Dict[str, object]:
                                              fp["cpu_name"].lower())).strip("-")
     fp["name"] = f"{slug or 'unknown'}-{fp['usable_cpus']}cpu-{digest}"
     return fp
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m bench.provenance --check-lock requirements.lock``: exit 1 when the venv differs."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.provenance")
+    p.add_argument("--check-lock", required=True, metavar="LOCK")
+    args = p.parse_args(argv)
+    text = Path(args.check_lock).read_text()
+    bad = lock_mismatches(text)
+    for line in bad:
+        print(f"lock: {line}", file=sys.stderr)
+    if bad:
+        print(f"lock: {len(bad)} distribution(s) differ from {args.check_lock}: run `make install`", file=sys.stderr)
+        return 1
+    print(f"lock: the {len(lock_pins(text))} distributions of {args.check_lock} are installed at their locked versions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,29 +15,25 @@ every task, so they can always be regenerated.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-DONE_STATUSES = ("ok", "diverged")
+from .errors import ConfigError, StorageError
+from .provenance import commit_label
+from .schema import (CURVES_COLUMNS, DONE_STATUSES, RUNS_COLUMNS, TABLES, TIMING_COLUMNS,  # noqa: F401
+                     VARIANCE_COLUMNS)
 
-RUNS_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "status", "test_acc_at_best_valid",
-                "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc", "epochs", "steps",
-                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "protocol", "final_test_elbo",
-                "elbo_images", "test_iwae", "iwae_k", "iwae_images", "data_sha256", "error"]
-CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch", "global_step", "valid_acc",
-                  "test_acc", "test_elbo", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
-TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "batch_size", "n_steps", "median_ms",
-                  "q1_ms", "q3_ms", "min_ms", "mean_ms", "threads", "ref_step", "ref_median_ms", "ref_q1_ms",
-                  "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",
-                  "peak_mb_method"]
-VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
-                    "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
-                    "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",
-                    "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature", "baseline_updates"]
+#: the metrics of a cell that runs.csv shows (the record's ``metrics`` holds these and more)
+RUN_METRICS = ["test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc",
+               "steps", "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "protocol",
+               "final_test_elbo", "elbo_images", "test_iwae", "iwae_k", "iwae_images"]
 
 
 def result_path(out_dir, spec: dict) -> Path:
@@ -46,13 +42,29 @@ def result_path(out_dir, spec: dict) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` whole or not at all: a temp file, fsync, rename; the temp file never outlives a failure.
+
+    A full disk or a read-only folder raises :class:`StorageError` (one line).
+    """
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise StorageError(f"cannot write {path} ({exc.strerror or exc}): finished results are intact; "
+                           f"free space or choose another --out, then rerun") from None
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic_write_bytes(Path(path), data)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -81,28 +93,82 @@ def read_result(path) -> Tuple[Optional[dict], Optional[str]]:
         return None, f"corrupt: {type(exc).__name__}"
 
 
-def _normalise(spec: dict) -> dict:
+def normalise(spec: dict) -> dict:
+    """A spec as its record stores it (JSON types, private ``_`` keys dropped)."""
     return json.loads(json.dumps({k: v for k, v in spec.items() if not k.startswith("_")}, sort_keys=True))
 
 
-def is_done(out_dir, spec: dict) -> bool:
-    """A task is done when its file is complete, finished (ok or diverged) and for this very spec."""
+_normalise = normalise
+
+
+# -- identity: what makes a finished record reusable ------------------------------------------------
+def run_identity(data_hashes: Dict[str, str], versions: Dict[str, Optional[str]]) -> dict:
+    """What a finished record must share with this run to be reused (besides its spec)."""
+    return {"data_sha256": dict(data_hashes), "torch": versions.get("torch"), "pyro": versions.get("pyro")}
+
+
+def record_identity(record: dict) -> dict:
+    """The same facts, read from a record (older records name only the training images' sha256)."""
+    ident = record.get("identity") or {}
+    data = ident.get("data_sha256")
+    if not isinstance(data, dict):
+        data = {"train-images-idx3-ubyte": record.get("data_sha256")}
+    versions = ident.get("distributions") or {}
+    old = record.get("versions") or {}
+    return {"data_sha256": data, "torch": versions.get("torch", old.get("torch")),
+            "pyro": versions.get("pyro-ppl", old.get("pyro"))}
+
+
+def stale_reason(record: dict, spec: dict, ident: Optional[dict] = None) -> Optional[str]:
+    """Why a record cannot stand for ``spec`` in this run (None: it can). A different commit is no reason."""
+    if record.get("spec") != normalise(spec):
+        return "another configuration"
+    if ident is None or record.get("status") not in DONE_STATUSES:
+        return None  # an unfinished record (failed) is rerun anyway; it stays this spec's
+    have = record_identity(record)
+    for name, sha in have["data_sha256"].items():
+        if ident["data_sha256"].get(name) != sha:
+            return f"other data ({name})"
+    for lib in ("torch", "pyro"):
+        if have[lib] != ident[lib]:
+            return f"{lib} {have[lib]}, not {ident[lib]}"
+    return None
+
+
+def is_done(out_dir, spec: dict, ident: Optional[dict] = None) -> bool:
+    """A task is done when its file is complete, finished (ok or diverged), for this very spec and, given
+    ``ident``, made from the same data with the same torch and pyro."""
     record, problem = read_result(result_path(out_dir, spec))
-    return problem is None and record.get("status") in DONE_STATUSES and record.get("spec") == _normalise(spec)
+    return problem is None and record.get("status") in DONE_STATUSES and stale_reason(record, spec, ident) is None
+
+
+def conflicts(out_dir, tasks: List[dict]) -> List[str]:
+    """Ids of finished records in ``out_dir`` that a task of ``tasks`` would replace with another config."""
+    found = []
+    for spec in tasks:
+        record, problem = read_result(result_path(out_dir, spec))
+        if problem is None and record.get("status") in DONE_STATUSES and record.get("spec") != normalise(spec):
+            found.append(spec["id"])
+    return found
 
 
 class OutputLock:
-    """An exclusive ``flock`` on ``OUT/.lock``: released by the kernel if the holder dies."""
+    """An exclusive ``flock`` on ``OUT/.lock``: released by the kernel if the holder dies.
+
+    ``flock`` holds on local file systems; where the file system has none (some network mounts) the
+    run is refused in one line rather than left unguarded.
+    """
 
     def __init__(self, out_dir):
         self.path = Path(out_dir) / ".lock"
         self.fh = None
 
     def acquire(self) -> None:
-        from ssvae.errors import ConfigError
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a+")
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.path} ({exc.strerror or exc}): choose another --out") from None
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,6 +178,12 @@ class OutputLock:
             self.fh = None
             raise ConfigError(f"{self.path.parent} is in use by another `python -m bench run` ({holder}): "
                               f"wait for it, or use another --out") from None
+        except OSError as exc:
+            self.fh.close()
+            self.fh = None
+            raise ConfigError(f"{self.path.parent} is on a file system without flock "
+                              f"({exc.strerror or errno.errorcode.get(exc.errno, exc)}): the lock that keeps two "
+                              f"runs apart holds on local file systems; choose an --out there") from None
         self.fh.seek(0)
         self.fh.truncate()
         self.fh.write(f"pid {os.getpid()}")
@@ -133,11 +205,18 @@ class OutputLock:
 
 # -- tables ----------------------------------------------------------------------------------
 def _write_csv(path: Path, columns: List[str], rows: List[dict]) -> None:
+    """Write a table; a row with a column the header lacks, or lacking one of its columns, is an error
+    (a column is never dropped or invented silently)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="raise", lineterminator="\n")
     w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(r.get(k)) for k in columns})
+    for i, r in enumerate(rows):
+        unknown, missing = sorted(set(r) - set(columns)), [c for c in columns if c not in r]
+        if unknown or missing:
+            raise ValueError(f"{path.name} row {i}: " + "; ".join(
+                p for p in (f"unknown column(s) {', '.join(unknown)}" if unknown else "",
+                            f"missing column(s) {', '.join(missing)}" if missing else "") if p))
+        w.writerow({k: _fmt(r[k]) for k in columns})
     _atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -149,37 +228,138 @@ def _fmt(v):
     return v
 
 
-def collect(out_dir, tasks: List[dict]) -> Dict[str, List[dict]]:
-    """Rows of the four tables from the result files of ``tasks`` (absent cells: status 'missing')."""
-    runs, curves, timing, variance = [], [], [], []
+def _commit(record: dict) -> Optional[str]:
+    git = (record.get("identity") or {}).get("git")
+    return commit_label(git) if git else None
+
+
+def _cell_rows(spec: dict, record: Optional[dict], status: str) -> Tuple[dict, List[dict]]:
+    cfg = spec["config"]
+    keys = {"cell": spec["id"], "estimator": cfg["estimator"], "aux": cfg["aux"], "labels": cfg["labels"],
+            "seed": cfg["seed"], "device": cfg["device"]}
+    metrics = (record or {}).get("metrics") or {}
+    row = {**keys, "status": status, **{k: metrics.get(k) for k in RUN_METRICS}, "epochs": cfg["epochs"],
+           "data_sha256": (record or {}).get("data_sha256"), "git_commit": _commit(record or {}),
+           "error": (record or {}).get("error")}
+    curves = []
+    if status in DONE_STATUSES:
+        curves = [{**keys, **{k: c.get(k) for k in CURVES_COLUMNS[6:]}} for c in record.get("curves", [])]
+    return row, curves
+
+
+def _variance_rows(record: dict) -> List[dict]:
+    return [{k: r.get(k) for k in VARIANCE_COLUMNS} for r in record.get("grad_variance", [])]
+
+
+def collect(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Dict[str, List[dict]]:
+    """Rows of the four tables from the result files of ``tasks`` (absent cells: status 'missing';
+    a record for another configuration, other data or other torch/pyro: 'stale', and no rows)."""
+    tables = {name: [] for name in TABLES}
     for spec in tasks:
         record, problem = read_result(result_path(out_dir, spec))
+        stale = record is not None and stale_reason(record, spec, ident) is not None
         if spec["kind"] == "train":
-            cfg = spec["config"]
-            keys = {"cell": spec["id"], "estimator": cfg["estimator"], "aux": cfg["aux"], "labels": cfg["labels"],
-                    "seed": cfg["seed"], "device": cfg["device"]}
-            if record is None:
-                runs.append({**keys, "status": problem, "epochs": cfg["epochs"]})
-                continue
-            stale = record.get("spec") != _normalise(spec)
-            status = "stale" if stale else record["status"]
-            runs.append({**keys, **(record.get("metrics") or {}), "status": status, "epochs": cfg["epochs"],
-                         "data_sha256": record.get("data_sha256"), "error": record.get("error")})
-            if stale:
-                continue
-            curves += [{**keys, **row} for row in record.get("curves", [])]
-            variance += record.get("grad_variance", [])
-        elif record is not None and record.get("spec") == _normalise(spec):
-            variance += record.get("grad_variance", [])
-            timing += [{**row, "device_name": record.get("device_name")} for row in record.get("timing", [])]
-    return {"runs": runs, "curves": curves, "timing": timing, "grad_variance": variance}
-
-
-def write_tables(out_dir, tasks: List[dict]) -> Dict[str, List[dict]]:
-    out_dir = Path(out_dir)
-    tables = collect(out_dir, tasks)
-    _write_csv(out_dir / "runs.csv", RUNS_COLUMNS, tables["runs"])
-    _write_csv(out_dir / "curves.csv", CURVES_COLUMNS, tables["curves"])
-    _write_csv(out_dir / "timing.csv", TIMING_COLUMNS, tables["timing"])
-    _write_csv(out_dir / "grad_variance.csv", VARIANCE_COLUMNS, tables["grad_variance"])
+            status = problem or ("stale" if stale else record["status"])
+            row, curves = _cell_rows(spec, None if problem else record, status)
+            tables["runs"].append(row)
+            tables["curves"] += curves
+            if record is not None and not stale:
+                tables["grad_variance"] += _variance_rows(record)
+        elif record is not None and not stale:
+            tables["grad_variance"] += _variance_rows(record)
+            tables["timing"] += [{**{k: row.get(k) for k in TIMING_COLUMNS}, "device_name": record.get("device_name")}
+                                 for row in record.get("timing", [])]
     return tables
+
+
+def write_tables(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Dict[str, List[dict]]:
+    """Rebuild runs.csv, curves.csv, timing.csv and grad_variance.csv (caches of the JSON records)."""
+    out_dir = Path(out_dir)
+    tables = collect(out_dir, tasks, ident)
+    for name, columns in TABLES.items():
+        _write_csv(out_dir / f"{name}.csv", columns, tables[name])
+    return tables
+
+
+# -- one grid of a folder --------------------------------------------------------------------------
+@dataclass
+class GridResults:
+    """What ``load_grid`` finds: the grid of env.json, its rows, and what else the folder holds."""
+
+    env: dict
+    tasks: List[dict]
+    #: id -> record, for the tasks of this grid whose record is for this very spec (and identity)
+    records: Dict[str, dict]
+    #: the four tables, rebuilt from the records of this grid only
+    tables: Dict[str, List[dict]]
+    #: one entry per record of the folder that is not a result of this grid: id, kind, status, why
+    outside: List[dict] = field(default_factory=list)
+    #: per part (cells, probes): {"commits": {commit: n}, "threads": {threads: n}}
+    provenance: Dict[str, dict] = field(default_factory=dict)
+    #: True when env.json names its tasks by id only (written before records carried their identity)
+    legacy: bool = False
+
+
+def _summary(record: dict, why: str) -> dict:
+    cfg = record.get("config") or {}
+    return {"id": record.get("id"), "kind": record.get("kind"), "status": record.get("status"), "why": why,
+            "git_commit": _commit(record), "config": {k: cfg.get(k) for k in ("estimator", "aux", "labels", "seed",
+                                                                              "epochs", "lr") if k in cfg}}
+
+
+def load_grid(out_dir) -> GridResults:
+    """The results of the grid named in ``OUT/env.json``, rebuilt from the JSON records (the CSV tables
+    are caches and are not read), and the records of the folder outside that grid, listed apart.
+
+    A record belongs to the grid when its id is one of the grid's tasks, its spec is that task's spec
+    and (for env.json written with identities) its data and torch/pyro versions are the grid's. A
+    different git commit does not take a record out of the grid; ``provenance`` counts the commits
+    (and thread counts) that made the cells and the probes.
+    """
+    out_dir = Path(out_dir)
+    try:
+        env = json.loads((out_dir / "env.json").read_text())
+    except (OSError, ValueError):
+        env = {}
+    env = env if isinstance(env, dict) else {}
+    specs = env.get("tasks")
+    legacy = not isinstance(specs, list)
+    ident = env.get("identity_key") if not legacy else None
+    if legacy:  # ids only: a record belongs by its id
+        ids = list(env.get("expected_cells") or []) + list(env.get("expected_probes") or [])
+        specs = []
+        for tid in ids:
+            record, _ = read_result(out_dir / ("probes" if tid.startswith(("timing", "common")) else "runs")
+                                    / f"{tid}.json")
+            spec = (record or {}).get("spec") or {"id": tid, "kind": "train" if not tid.startswith(
+                ("timing", "common")) else tid.split("_", 1)[0]}
+            if spec.get("kind") == "train" and "config" not in spec:
+                continue  # a missing legacy cell: no config to show; the report lists it from env.json
+            specs.append(spec)
+    wanted = {s["id"]: s for s in specs}
+    records, outside = {}, []
+    for sub in ("runs", "probes"):
+        for path in sorted((out_dir / sub).glob("*.json")):
+            record, problem = read_result(path)
+            tid = path.stem
+            if record is None:
+                if tid not in wanted:
+                    outside.append({"id": tid, "kind": None, "status": "corrupt", "why": problem,
+                                    "git_commit": None, "config": {}})
+                continue
+            if tid not in wanted:
+                outside.append(_summary(record, "not a task of this grid"))
+                continue
+            why = stale_reason(record, wanted[tid], ident)
+            if why is not None:
+                outside.append(_summary(record, why))
+                continue
+            records[tid] = record
+    tables = collect(out_dir, specs, ident)
+    provenance = {}
+    for part, kinds in (("cells", ("train",)), ("probes", ("common", "timing"))):
+        recs = [r for r in records.values() if r.get("kind") in kinds]
+        provenance[part] = {"commits": dict(Counter(_commit(r) or "unknown" for r in recs)),
+                            "threads": dict(Counter(r.get("threads") for r in recs)), "records": len(recs)}
+    return GridResults(env=env, tasks=specs, records=records, tables=tables, outside=outside,
+                       provenance=provenance, legacy=legacy)

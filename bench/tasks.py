@@ -6,6 +6,7 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -21,15 +22,16 @@ from ssvae import RunConfig
 from ssvae import data as ssdata
 from ssvae import reference
 from ssvae.errors import DivergedError
+from ssvae.evaluate import EvalPlan
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.metrics import (Reference, gradient_report, preserved_param_store, reference_gradient,
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
-from .provenance import device_name, host, versions
+from .provenance import device_name, host, identity, versions
 from .regress.peakmem import peak_step_memory
-from .store import atomic_write_json, result_path
+from .store import atomic_write_bytes, atomic_write_json, result_path
 
 Progress = Optional[Callable[[dict], None]]
 
@@ -206,7 +208,8 @@ def run_train(spec: dict, data_dir, progress: Progress = None) -> dict:
 
     out = {"data_sha256": data.sha256}
     try:
-        result = train(cfg, data, callback=progress, on_step=hooks if checkpoints or fault else None)
+        result = train(cfg, data, callback=progress, on_step=hooks if checkpoints or fault else None,
+                       evaluation=EvalPlan(**spec.get("evaluation", {})))
     except DivergedError as exc:
         out.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_epoch=exc.epoch,
                    grad_variance=rows)
@@ -273,7 +276,7 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
                 raise _StopTraining
 
     try:
-        train(cfg, data, callback=progress, on_step=on_step)
+        train(cfg, data, callback=progress, on_step=on_step, evaluation=EvalPlan(elbo_images=0, iwae_images=0))
     except _StopTraining:
         pass
     except DivergedError as exc:
@@ -381,8 +384,14 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
 RUNNERS = {"train": run_train, "common": run_common, "timing": run_timing}
 
 
-def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None) -> dict:
-    """Run one task and write its result file atomically; returns the record written."""
+def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,
+             token: Optional[str] = None) -> dict:
+    """Run one task and write its result file atomically; returns the record written.
+
+    The record carries its identity (``provenance.identity``: commit and dirty flag, every installed
+    distribution, the sha256 of the four MNIST files, threads, host, CPU, device) and the executor's
+    ``token``, by which the executor tells this attempt's record from an older one.
+    """
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -397,14 +406,17 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=8))
     extra = spec.pop("_extra_files", {})
+    device = (spec.get("config") or {}).get("device", "cpu")
+    try:
+        hashes = ssdata.raw_hashes(ssdata.locate_mnist(data_dir, download=False))
+    except Exception:  # the data could not be found: the record says so in its error
+        hashes = {}
     record.update(seconds=time.time() - started, versions=versions(), threads=torch.get_num_threads(),
-                  device_name=device_name(spec.get("config", {}).get("device", "cpu")),
-                  host=host(), pid=os.getpid())
+                  device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
+                  identity=identity(device, torch.get_num_threads(), hashes))
     for rel, array in extra.items():
-        path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, array)
+        atomic_write_bytes(out_dir / rel, buf.getvalue())
     atomic_write_json(result_path(out_dir, spec), record)
     return record

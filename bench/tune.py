@@ -35,7 +35,6 @@ accuracy against learning rate, one line per estimator, provenance in the figure
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import hashlib
 import itertools
 import json

@@ -1,13 +1,21 @@
-"""One task in its own process: ``python -m bench.worker --out DIR < spec.json``.
+"""One task in its own process: ``python -m bench.worker --out DIR [--token T] < spec.json``.
 
-Progress goes to stdout as JSON lines (read by the local executor); logs to stderr.
+Progress goes to stdout as JSON lines (read by the local executor); logs to stderr. A result that
+cannot be written (full disk, read-only folder) exits with status ``EXIT_STORAGE`` and one line on
+stderr, so the driver stops the grid instead of retrying.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
+from .errors import EXIT_STORAGE, StorageError
 from .tasks import run_task
+
+#: Test-only: ``SSVAE_BENCH_HANG=CELL`` makes that task's worker hang before it starts (no progress,
+#: never ends), as a deadlocked cell would; the driver's stall watchdog must record it and go on.
+HANG_ENV = "SSVAE_BENCH_HANG"
 
 
 def main() -> int:
@@ -15,8 +23,12 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--token", default=None)
     args = p.parse_args()
     spec = json.loads(sys.stdin.read())
+    if spec["id"] in os.environ.get(HANG_ENV, "").split(","):
+        while True:
+            time.sleep(60)
     last = [0.0]
 
     def progress(ev):
@@ -25,7 +37,12 @@ def main() -> int:
             last[0] = now
             print(json.dumps(ev), flush=True)
 
-    record = run_task(spec, args.out, data_dir=args.data_dir, progress=progress, threads=args.threads)
+    try:
+        record = run_task(spec, args.out, data_dir=args.data_dir, progress=progress, threads=args.threads,
+                          token=args.token)
+    except StorageError as exc:
+        print(f"bench.worker: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     print(json.dumps({"event": "done", "status": record["status"]}), flush=True)
     return 0
 

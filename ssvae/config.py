@@ -136,13 +136,14 @@ def check_device(device: str) -> str:
 
     if device == "cpu":
         return device
-    if device.startswith("cuda"):
+    if device == "cuda" or device.startswith("cuda:"):
+        if ":" in device and not device.split(":", 1)[1].isdigit():
+            raise ConfigError(f"--device {device}: the GPU index must be a number, e.g. cuda:0")
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {device} requested but no CUDA GPU is visible to torch "
                               f"{torch.__version__}: use --device cpu")
         if ":" in device:
-            idx = int(device.split(":", 1)[1])
-            if idx >= torch.cuda.device_count():
+            if int(device.split(":", 1)[1]) >= torch.cuda.device_count():
                 raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
         return device
     raise ConfigError(f"unknown device {device!r}: use cpu or cuda")

@@ -25,11 +25,14 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 from .config import NUM_CLASSES, TRAIN_SIZE, VALID_SIZE, resolve_labels
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: the shape each raw file must declare (images: N x 28 x 28, labels: N)
+RAW_SHAPES = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
+              "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
 DOWNLOAD_TIMEOUT_S = 20
 
 
@@ -47,6 +50,78 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_HASHES: dict = {}
+
+
+def raw_hashes(root: os.PathLike) -> dict:
+    """``{file name: sha256}`` of the four MNIST files in ``root/MNIST/raw`` (cached per size and mtime)."""
+    out = {}
+    for name in RAW_FILES:
+        path = Path(root) / "MNIST" / "raw" / name
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _HASHES:
+            _HASHES[key] = sha256_file(path)
+        out[name] = _HASHES[key]
+    return out
+
+
+def idx_shape(path: Path) -> Tuple[int, ...]:
+    """The shape a uint8 IDX file declares; DataError if its header or its length is wrong."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] > 4:
+            raise DataError(f"{path} is not a uint8 IDX file (MNIST raw format)")
+        dims = fh.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        raise DataError(f"{path} is truncated: its header is cut short; delete it and download MNIST again")
+    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+    n = 1
+    for d in shape:
+        n *= d
+    size = path.stat().st_size
+    if size != 4 + 4 * len(shape) + n:
+        raise DataError(f"{path} is truncated or padded: {size} bytes, expected {4 + 4 * len(shape) + n} "
+                        f"for shape {shape}; delete it and download MNIST again")
+    return shape
+
+
+def check_raw(root: os.PathLike) -> dict:
+    """Check the four raw files (IDX headers, lengths, MNIST's shapes) without reading the pixels.
+
+    Returns their sha256 (:func:`raw_hashes`). A truncated file, or one whose shape is not the one
+    its name promises (e.g. a label file under an image file's name), is a one-line DataError.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    for name, want in RAW_SHAPES.items():
+        shape = idx_shape(raw / name)
+        if shape != want:
+            raise DataError(f"{raw / name} holds shape {shape}, expected {want} for {name}: "
+                            f"the MNIST files are mismatched; delete them and download MNIST again")
+    return raw_hashes(root)
+
+
+def read_labels(root: os.PathLike) -> torch.Tensor:
+    """The 60,000 training labels (a 60 kB read)."""
+    return read_idx(Path(root) / "MNIST" / "raw" / "train-labels-idx1-ubyte").long()
+
+
+def balanced_capacity(train_labels: torch.Tensor, train_size: int = TRAIN_SIZE) -> Tuple[int, int, int]:
+    """(the largest class-balanced label count, the rarest digit, its count) among the first ``train_size``."""
+    counts = torch.bincount(train_labels[:train_size], minlength=NUM_CLASSES)
+    digit = int(counts.argmin())
+    return int(counts[digit]) * NUM_CLASSES, digit, int(counts[digit])
+
+
+def check_label_capacity(labels: int, train_labels: torch.Tensor, train_size: int = TRAIN_SIZE) -> None:
+    """ConfigError when ``labels`` is more than a class-balanced subset of the training pool can hold."""
+    cap, digit, count = balanced_capacity(train_labels, train_size)
+    if labels > cap:
+        raise ConfigError(f"label count {labels} is above what a class-balanced subset of the first {train_size} "
+                          f"training images can hold: {count} images of digit {digit}, so at most {cap}")
 
 
 def locate_mnist(data_dir: Optional[os.PathLike] = None, download: Optional[bool] = None) -> Path:
@@ -115,6 +190,7 @@ class SSData:
     unsup_index: torch.Tensor  # indices of the unlabeled ones
     sha256: str  # of the training-image file
     root: str
+    hashes: Optional[dict] = None  # sha256 of each of the four raw files (raw_hashes)
 
     @property
     def device(self) -> torch.device:
@@ -176,9 +252,11 @@ def load(labels: int, seed: int, device: str = "cpu", data_dir: Optional[os.Path
     """Load MNIST and split it for a run with ``labels`` labeled images chosen by ``seed``."""
     root = locate_mnist(data_dir, download)
     train_x, train_y, test_x, test_y = load_mnist_tensors(root)
-    sha = sha256_file(root / "MNIST" / "raw" / TRAIN_IMAGES)
-    return split(train_x, train_y, test_x, test_y, labels=labels, seed=seed, device=device,
-                 sha256=sha, root=str(root))
+    hashes = raw_hashes(root)
+    data = split(train_x, train_y, test_x, test_y, labels=labels, seed=seed, device=device,
+                 sha256=hashes[TRAIN_IMAGES], root=str(root))
+    data.hashes = hashes
+    return data
 
 
 def split(train_x, train_y, test_x, test_y, labels: int, seed: int, device: str = "cpu",

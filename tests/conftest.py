@@ -68,6 +68,42 @@ def synthetic_data():
     return ssdata.split(tx, ty, vx, vy, labels=100, seed=0, train_size=500, sha256="synthetic")
 
 
+def offline(monkeypatch):
+    """Simulate a machine without network: any connection beyond this host fails as it would offline."""
+    import errno
+    import ipaddress
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = isinstance(address, (str, bytes))  # a unix socket path
+        if not local:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable (simulated offline)")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *a, **k):
+        if host not in (None, "localhost", "127.0.0.1", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (simulated offline)")
+        return real_getaddrinfo(host, *a, **k)
+
+    real_getaddrinfo = socket.getaddrinfo
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test reaches the network: in process, connections beyond this host fail; subprocesses get
+    SSVAE_NO_DOWNLOAD=1 (MNIST is never downloaded)."""
+    offline(monkeypatch)
+    monkeypatch.setenv("SSVAE_NO_DOWNLOAD", "1")
+
+
 def mnist_dir():
     root = Path(os.environ.get("SSVAE_DATA_DIR", REPO / "data"))
     return root if ssdata._have_raw(root) else None

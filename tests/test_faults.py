@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.tasks import FAULT_ENV
+from bench.worker import HANG_ENV
 
 from .conftest import REPO, mnist_dir, needs_mnist
 
@@ -39,8 +40,8 @@ def _env(**extra):
     return {**env, **extra}
 
 
-def run(out: Path, *extra, fault: str = None, timeout=600):
-    env = _env(**({FAULT_ENV: fault} if fault else {}))
+def run(out: Path, *extra, fault: str = None, timeout=600, env_extra=None):
+    env = _env(**({FAULT_ENV: fault} if fault else {}), **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "bench", "run", "--out", str(out), *GRID, *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -158,6 +159,32 @@ def test_worker_sigkilled_from_outside_mid_cell_is_requeued_once(grid):
     assert report_status(grid)["ok"] == 5
 
 
+def test_hung_cell_is_recorded_failed_timeout_and_the_grid_goes_on(grid):
+    for cell in ("enum_L100_s0", "trace_L100_s0"):
+        (grid / "runs" / f"{cell}.json").unlink()
+    before = files(grid)
+    r = run(grid, "--stall-timeout", "60", env_extra={HANG_ENV: "enum_L100_s0"})
+    assert r.returncode == 1 and "1 task(s) failed: enum_L100_s0" in r.stderr, r.stderr
+    record = json.loads((grid / "runs" / "enum_L100_s0.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("timeout: no progress for 60 s"), record
+    assert statuses(grid) == {**{c: "ok" for c in CELLS}, "enum_L100_s0": "failed"}  # the grid went on
+    _assert_intact(grid, before)
+    r = run(grid)  # not hung this time: the rerun finishes it
+    assert r.returncode == 0 and "1 to run" in r.stderr, r.stderr
+    assert statuses(grid) == {c: "ok" for c in CELLS}
+
+
+def test_another_grid_in_the_folder_is_refused_in_one_line(grid):
+    before = {p: p.read_bytes() for p in grid.rglob("*") if p.is_file()}
+    r = run(grid, "--set", "lr=0.001", timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "holds another grid (lr 0.00042, not 0.001)" in lines[0] and "--force" in lines[0] and "--out" in lines[0]
+    assert {p: p.read_bytes() for p in grid.rglob("*") if p.is_file()} == before
+    r = run(grid, "--estimators", "enum", timeout=300)  # a part of the same grid: reused, nothing to run
+    assert r.returncode == 0 and "0 to run" in r.stderr, r.stderr
+
+
 def test_truncated_result_file_is_reported_and_rerun(grid):
     path = grid / "runs" / "enum+aux_L100_s0.json"
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
@@ -198,7 +225,7 @@ def test_driver_interrupted_and_killed_then_resumed(tmp_path):
     out = tmp_path / "out"
     args = ["--workers", "1", "--epochs", "3", "--steps-per-epoch", "20"]  # slow enough to interrupt
     done = lambda: len(list(out.glob("probes/*.json")) + list(out.glob("runs/*.json")))
-    n_tasks = 2 + len(CELLS)  # timing, common and the cells
+    n_tasks = 2 + 2 + len(CELLS)  # timing and common probes of trace and enum, and the cells
     finished = {}
     for sig, after in ((signal.SIGINT, 1), (signal.SIGKILL, 3)):
         # a shell that starts pytest in the background leaves SIGINT ignored, and Python then installs

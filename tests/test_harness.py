@@ -152,7 +152,11 @@ def test_estimator_options_reach_cells_and_probes():
     cells = {t["id"]: t for t in tasks if t["kind"] == "train"}
     assert cells["rb-topk+aux_L100_s0"]["config"]["options"] == {"k": 3}
     assert cells["enum_L100_s0"]["config"]["options"] == {}
-    assert all(t["options"] == grid.options for t in tasks if t["kind"] in ("timing", "common"))
+    # a probe task belongs to one estimator and carries that estimator's options only
+    probes = [t for t in tasks if t["kind"] in ("timing", "common")]
+    assert all(t.get("options", {}) == ({t["estimators"][0]: grid.options[t["estimators"][0]]}
+                                        if t["estimators"][0] in grid.options else {}) for t in probes)
+    assert {t["id"] for t in probes if "options" in t} >= {"timing_cpu_rb-topk", "common_L100_s0_rb-topk"}
     # no options: probe specs unchanged (finished folders stay done)
     assert all("options" not in t for t in gridmod.expand(gridmod.make_grid(gridmod.load_preset("smoke"))))
     with pytest.raises(ConfigError, match="has no option"):

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from ..store import load_grid, read_result
+
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 #: "stale": runs.csv says the file was written for another configuration than the grid's
 STATUS_ORDER = ("ok", "failed", "diverged", "corrupt", "stale", "missing")
@@ -41,6 +43,8 @@ class Results:
     samples: Dict[str, Path]    # cell -> samples/<cell>.npy
     problems: List[str] = field(default_factory=list)
     timing_sources: List[Tuple[str, dict]] = field(default_factory=list)  # (label, env) per timing folder
+    outside: List[dict] = field(default_factory=list)  # records of the folder outside its grid (in no table)
+    part_provenance: Dict[str, dict] = field(default_factory=dict)  # cells/probes: commits and threads
 
 
 def parse_cell(cell: str) -> Optional[dict]:
@@ -130,8 +134,19 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         problems.append("env.json missing or unreadable: provenance unknown")
         env = {}
 
+    # The grid of env.json, from its JSON records (bench.store.load_grid). A folder whose env.json lists
+    # its task specs is read from its records alone: CSVs are caches, and a record outside the grid
+    # (another configuration, other data or torch) is in no table. Older folders: as they were written.
+    grid = load_grid(root)
+    paths = sorted((root / "runs").glob("*.json"))
+    if not grid.legacy:
+        expected_ids = set(_expected_cells(env))
+        paths = [p for p in paths if p.stem in grid.records or (p.stem in expected_ids and read_result(p)[0] is None)]
+        for o in grid.outside:
+            problems.append(f"outside this grid: {o['id']} ({o['status']}, {o['why']}"
+                            + (f", commit {o['git_commit'][:7]}" if o.get("git_commit") else "") + ")")
     rows, json_curves = {}, []
-    for path in sorted((root / "runs").glob("*.json")):
+    for path in paths:
         record = _read_json(path, problems)
         if record is not None and not isinstance(record, dict):
             problems.append(f"{path.name}: not a JSON object")
@@ -148,7 +163,12 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                 if isinstance(c, dict):
                     json_curves.append({"cell": cell, **{k: c.get(k) for k in CURVE_COLUMNS[5:]}})
 
-    csv_runs = _read_csv(root / "runs.csv", problems)
+    csv_runs = _read_csv(root / "runs.csv", problems) if grid.legacy else pd.DataFrame()
+    if not grid.legacy:  # an expected cell whose file holds another configuration's record
+        for o in grid.outside:
+            if o["id"] in expected_ids and o["id"] not in rows and o["kind"] == "train":
+                rows[o["id"]] = {"cell": o["id"], **(parse_cell(o["id"]) or {}), "status": "stale",
+                                 "error": f"result file written for {o['why']}", "source": "json"}
     if "cell" in csv_runs:  # cells with a CSV row but no JSON file
         for rec in csv_runs.to_dict("records"):
             cell = str(rec["cell"])
@@ -183,7 +203,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
 
     ok_cells = set(runs.loc[runs.status == "ok", "cell"])
     curves = pd.DataFrame(json_curves, columns=["cell", *CURVE_COLUMNS[5:]])
-    csv_curves = _read_csv(root / "curves.csv", problems)
+    csv_curves = _read_csv(root / "curves.csv", problems) if grid.legacy else pd.DataFrame()
     if "cell" in csv_curves and "epoch" in csv_curves:
         extra = csv_curves[~csv_curves["cell"].isin(set(curves["cell"]))]
         extra = extra.reindex(columns=["cell", *CURVE_COLUMNS[5:]])
@@ -195,8 +215,9 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         curves[key] = pd.to_numeric(curves[key], errors="coerce")
     curves = curves.sort_values(["cell", "epoch"]).reset_index(drop=True)
 
-    timing, sources = _load_timing(root, env, problems, compare_timing)
-    grad = _read_csv(root / "grad_variance.csv", problems)
+    own_timing = None if grid.legacy else pd.DataFrame(grid.tables["timing"])
+    timing, sources = _load_timing(root, env, problems, compare_timing, own_timing)
+    grad = _read_csv(root / "grad_variance.csv", problems) if grid.legacy else pd.DataFrame(grid.tables["grad_variance"])
     if len(grad):
         need = {"estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
                 "variance"}
@@ -210,14 +231,15 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                     grad[key] = pd.to_numeric(grad[key], errors="coerce")
 
     samples = {p.stem: p for p in sorted((root / "samples").glob("*.npy"))}
-    return Results(root, env, runs, curves, timing, grad, samples, problems, sources)
+    return Results(root, env, runs, curves, timing, grad, samples, problems, sources, outside=grid.outside,
+                   part_provenance=grid.provenance)
 
 
-def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence):
+def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence, own: Optional[pd.DataFrame] = None):
     frames, sources = [], []
     for i, folder in enumerate([root, *[Path(c) for c in compare]]):
         label = "this run" if i == 0 else str(folder)
-        t = _read_csv(folder / "timing.csv", problems)
+        t = own if i == 0 and own is not None else _read_csv(folder / "timing.csv", problems)
         fenv = env if i == 0 else (_read_json(folder / "env.json", problems)
                                    if (folder / "env.json").exists() else {}) or {}
         need = {"estimator", "aux", "step_kind", "median_ms"}

@@ -1,0 +1,189 @@
+"""The names the harness writes, said once (a leaf module: it imports nothing from ``bench``).
+
+* the cell id, ``<estimator>[+aux]_L<labels>_s<seed>``: :func:`cell_id`, :func:`parse_cell_id`;
+* the task kinds and the id of each probe task (one per estimator, so a run of a subset of
+  estimators never touches another estimator's probe);
+* the statuses a result can have and those that count as finished;
+* the step kinds of the timing and variance tables;
+* the columns of the four CSV tables (results/README.md documents each one);
+* the typed schema of a grid: every preset field and ``--set`` target with its type and range
+  (:data:`GRID_SCHEMA`, :data:`PROBE_SCHEMA`), checked by :func:`check_field` before anything runs.
+
+A field is ``Field(kind, minimum, ...)`` where ``kind`` is ``int``, ``float``, ``bool``, ``str`` or a
+list of one of them; ``float`` fields must be finite, list fields non-empty and free of duplicates.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+# -- tasks and statuses ----------------------------------------------------------------------------
+TASK_KINDS = ("train", "common", "timing")
+#: finished: reused by a rerun when the record's identity matches
+DONE_STATUSES = ("ok", "diverged")
+#: every status a cell can show in a table
+STATUSES = ("ok", "diverged", "failed", "missing", "corrupt", "stale")
+STEP_KINDS = ("sup", "unsup", "aux")
+
+CELL_RE = re.compile(r"^(?P<estimator>[a-z0-9-]+)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
+
+
+def cell_id(estimator: str, aux: bool, labels: int, seed: int) -> str:
+    return f"{estimator}{'+aux' if aux else ''}_L{int(labels)}_s{int(seed)}"
+
+
+def parse_cell_id(text: str) -> Optional[dict]:
+    m = CELL_RE.match(text)
+    if not m:
+        return None
+    return {"estimator": m["estimator"], "aux": bool(m["aux"]), "labels": int(m["labels"]), "seed": int(m["seed"])}
+
+
+def common_id(labels: int, seed: int, estimator: str) -> str:
+    return f"common_L{int(labels)}_s{int(seed)}_{estimator}"
+
+
+def timing_id(device: str, estimator: str) -> str:
+    return f"timing_{device.replace(':', '')}_{estimator}"
+
+
+# -- the CSV tables --------------------------------------------------------------------------------
+RUNS_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "status", "test_acc_at_best_valid",
+                "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc", "epochs", "steps",
+                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "protocol", "final_test_elbo",
+                "elbo_images", "test_iwae", "iwae_k", "iwae_images", "data_sha256", "git_commit", "error"]
+CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch", "global_step", "valid_acc",
+                  "test_acc", "test_elbo", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
+TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "batch_size", "n_steps", "median_ms",
+                  "q1_ms", "q3_ms", "min_ms", "mean_ms", "threads", "ref_step", "ref_median_ms", "ref_q1_ms",
+                  "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",
+                  "peak_mb_method"]
+VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
+                    "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
+                    "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",
+                    "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature", "baseline_updates"]
+TABLES: Dict[str, list] = {"runs": RUNS_COLUMNS, "curves": CURVES_COLUMNS, "timing": TIMING_COLUMNS,
+                           "grad_variance": VARIANCE_COLUMNS}
+
+
+# -- the typed schema of a grid ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    kind: type                       #: int, float, bool or str
+    many: bool = False               #: a list of ``kind`` (non-empty, no duplicates)
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    above: Optional[float] = None    #: strictly greater than
+    alt: Tuple = ()                  #: other accepted values (e.g. "all" for estimators)
+    int_too: bool = False            #: also accept a single integer (seeds = N means 0..N-1)
+    optional: bool = False           #: may be absent
+
+    def describe(self) -> str:
+        what = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}[self.kind]
+        if self.many:
+            what = {int: "integers", float: "finite numbers", bool: "booleans", str: "strings"}[self.kind]
+            what = f"a list of distinct {what}, e.g. " + {int: "[0, 1]", float: "[0.1, 0.2]",
+                                                           bool: "[false, true]", str: '["enum"]'}[self.kind]
+        return what
+
+
+GRID_SCHEMA: Dict[str, Field] = {
+    "description": Field(str, optional=True),
+    "estimators": Field(str, many=True, alt=("all",)),
+    "aux": Field(bool, many=True),
+    "baseline": Field(bool),
+    "labels": Field(int, many=True),
+    "label_fractions": Field(float, many=True, optional=True),  # range: ssvae.config.resolve_labels
+    "seeds": Field(int, many=True, minimum=0, int_too=True),
+    "epochs": Field(int, minimum=1),
+    "steps_per_epoch": Field(int, minimum=1, optional=True),
+    "batch_size": Field(int, minimum=1),
+    "lr": Field(float, above=0.0),
+    "z_dim": Field(int, minimum=1),
+    "hidden": Field(int, many=True, minimum=1),
+    "aux_multiplier": Field(float, minimum=0.0),
+    "workers": Field(int, minimum=1),
+    "protocol": Field(str, alt=("bench", "pyro")),   # the training loop (ssvae.train: 'bench' or Pyro's exact one)
+}
+#: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below
+GRID_FIELDS = set(GRID_SCHEMA) | {"probe", "options", "tune"}
+
+PROBE_SCHEMA: Dict[str, Field] = {
+    #: global steps, or "epochs" (step 0 and the end of every epoch) or "last" (the end of the run)
+    "checkpoints": Field(int, many=True, minimum=0, alt=("epochs", "last")),
+    #: the cells' own checkpoints (absent: the same as ``checkpoints``)
+    "own_checkpoints": Field(int, many=True, minimum=0, alt=("epochs", "last"), optional=True),
+    #: z draws averaged by the exact reference gradient; bootstrap resamples of the draws
+    "reference_draws": Field(int, minimum=2),
+    "bootstrap": Field(int, minimum=1),
+    #: evaluation: test images of the per-epoch exact test ELBO (absent: all), z draws per label and
+    #: test images of the final importance-weighted bound (0 images: off)
+    "elbo_images": Field(int, minimum=0, optional=True),
+    "iwae_k": Field(int, minimum=1),
+    "iwae_images": Field(int, minimum=0),
+    "variance_samples": Field(int, minimum=2),
+    "timing_warmup": Field(int, minimum=0),
+    "timing_steps": Field(int, minimum=1),
+    "samples_per_class": Field(int, minimum=0),
+    "timing_batch_size": Field(int, minimum=1),
+}
+PROBE_FIELDS = set(PROBE_SCHEMA)
+PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
+                  "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
+                  "reference_draws": 200, "bootstrap": 1000, "elbo_images": None, "iwae_k": 100,
+                  "iwae_images": 1000}
+#: the probe settings a training cell uses (it measures its own gradient variance and draws digits);
+#: the others (timing_*) never retrain a cell
+CELL_PROBE_FIELDS = ("checkpoints", "own_checkpoints", "variance_samples", "samples_per_class", "reference_draws",
+                     "bootstrap", "elbo_images", "iwae_k", "iwae_images")
+
+
+class SchemaError(ValueError):
+    """A field of the wrong type or out of range (the harness turns it into a ConfigError)."""
+
+
+def _one(name: str, f: Field, v):
+    if f.kind is bool:
+        ok = isinstance(v, bool)
+    elif f.kind is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif f.kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if ok and not math.isfinite(v):
+            raise SchemaError(f"{name} must be finite (got {v})")
+        v = float(v) if ok else v
+    else:
+        ok = isinstance(v, str)
+    if not ok:
+        raise SchemaError(f"{name} must be {f.describe()} (got {v!r})")
+    if f.kind in (int, float):
+        if f.minimum is not None and v < f.minimum:
+            raise SchemaError(f"{name} must be at least {f.minimum:g} (got {v!r})")
+        if f.above is not None and v <= f.above:
+            raise SchemaError(f"{name} must be greater than {f.above:g} (got {v!r})")
+        if f.maximum is not None and v > f.maximum:
+            raise SchemaError(f"{name} must be at most {f.maximum:g} (got {v!r})")
+    return v
+
+
+def check_field(name: str, f: Field, value):
+    """``value`` checked against ``f`` (ints of a float field become floats); raises SchemaError."""
+    if isinstance(value, str) and value in f.alt:
+        return value
+    if f.int_too and isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise SchemaError(f"{name} must be at least 1 (got {value})")
+        return value
+    if not f.many:
+        return _one(name, f, value)
+    if not isinstance(value, list):
+        raise SchemaError(f"{name} must be {f.describe()} (got {value!r})")
+    if not value:
+        raise SchemaError(f"{name} is empty: give at least one value")
+    items = [_one(f"each of {name}", f, v) for v in value]
+    dupes = sorted({repr(v) for v in items if items.count(v) > 1})
+    if dupes:
+        raise SchemaError(f"{name} lists {', '.join(dupes)} twice: give each value once")
+    return items

@@ -1,0 +1,145 @@
+"""Faults of the harness that need no training: a hung task (stall watchdog), a full disk or read-only
+folder, a file system without flock, a dask scheduler that goes away, old records, usable CPUs.
+
+Workers are replaced by tiny stand-in commands where the point is the executor's reaction, so these
+run in seconds; tests/test_faults.py runs the real workers on MNIST."""
+import errno
+import json
+import sys
+
+import pytest
+
+from bench import executors, provenance, store
+from bench.errors import EXIT_STORAGE, StorageError
+from bench.store import OutputLock, atomic_write_json, read_result, result_path
+from bench.cli import main
+from ssvae.errors import ConfigError
+
+from .conftest import mnist_dir, needs_mnist
+
+SPEC = {"kind": "train", "id": "enum_L100_s0", "config": {"estimator": "enum"}}
+
+
+def _fake_worker(monkeypatch, code: str):
+    monkeypatch.setattr(executors, "worker_command",
+                        lambda out, threads, data_dir, token=None: [sys.executable, "-c", code])
+
+
+def _run(ex, specs, out):
+    seen = []
+    ex.run(specs, out, lambda e, r: seen.append(r) if r is not None else None)
+    return seen
+
+
+def test_hung_task_is_recorded_failed_timeout_and_the_grid_goes_on(tmp_path, monkeypatch):
+    _fake_worker(monkeypatch, "import time; time.sleep(600)")  # never reports progress, never ends
+    ex = executors.LocalExecutor(workers=1, threads=1, stall_timeout=1.5)
+    other = {**SPEC, "id": "trace_L100_s0"}
+    seen = _run(ex, [SPEC, other], tmp_path)
+    assert [r["id"] for r in seen] == ["enum_L100_s0", "trace_L100_s0"]  # the second ran after the first hung
+    for r in seen:
+        assert r["status"] == "failed" and r["error"].startswith("timeout: no progress for 1.5 s"), r
+    assert read_result(result_path(tmp_path, SPEC))[0]["status"] == "failed"
+    ex = executors.LocalExecutor(workers=1, threads=1, task_timeout=1.0, stall_timeout=None)
+    assert _run(ex, [SPEC], tmp_path)[0]["error"].startswith("timeout: ran longer than the task timeout of 1 s")
+
+
+def test_an_old_record_is_never_taken_for_a_new_result_nor_overwritten_with_failed(tmp_path, monkeypatch):
+    old = {"id": SPEC["id"], "kind": "train", "spec": SPEC, "status": "ok", "token": "an-earlier-attempt"}
+    atomic_write_json(result_path(tmp_path, SPEC), old)
+    _fake_worker(monkeypatch, "import sys; sys.exit(1)")  # dies without writing anything
+    seen = _run(executors.LocalExecutor(workers=1, threads=1, retries=0), [SPEC], tmp_path)
+    assert seen[0]["status"] == "failed" and "exited with status 1" in seen[0]["error"]
+    assert read_result(result_path(tmp_path, SPEC))[0] == old  # the finished record is kept as it was
+    # dask's task function: the same rule (token), so dask retries instead of returning the old record
+    with pytest.raises(RuntimeError, match="exited with status 1"):
+        executors._run_in_subprocess(SPEC, str(tmp_path), None, 1, "this-attempt")
+
+
+def test_worker_that_cannot_write_stops_the_grid(tmp_path, monkeypatch):
+    _fake_worker(monkeypatch, "import sys; print('bench.worker: cannot write runs/x.json (No space left on "
+                              f"device)', file=sys.stderr); sys.exit({EXIT_STORAGE})")
+    with pytest.raises(StorageError, match="No space left on device"):
+        _run(executors.LocalExecutor(workers=1, threads=1), [SPEC, {**SPEC, "id": "trace_L100_s0"}], tmp_path)
+    assert not list(tmp_path.glob("runs/*.json"))
+
+
+def test_full_disk_leaves_no_temp_file_and_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "runs" / "a.json"
+    atomic_write_json(path, {"status": "ok"})
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    with pytest.raises(StorageError, match=r"cannot write .*a\.json \(No space left on device\)"):
+        atomic_write_json(path, {"status": "failed"})
+    assert json.loads(path.read_text()) == {"status": "ok"}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+def test_file_system_without_flock_is_one_line(tmp_path, monkeypatch):
+    def no_flock(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store.fcntl, "flock", no_flock)
+    with pytest.raises(ConfigError, match="file system without flock .*holds on local file systems"):
+        OutputLock(tmp_path).acquire()
+
+
+def test_dask_scheduler_gone_stops_the_grid_and_keeps_finished_records(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from distributed.comm.core import CommClosedError
+
+    done = {"id": SPEC["id"], "kind": "train", "spec": SPEC, "status": "ok", "token": "earlier"}
+    atomic_write_json(result_path(tmp_path, SPEC), done)
+
+    class Future:
+        def result(self):
+            raise CommClosedError("scheduler went away")
+
+    class Client:
+        status = "closed"
+
+        def submit(self, *a, **k):
+            return Future()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(distributed, "as_completed", lambda futures: iter(futures))
+    ex = executors.DaskExecutor(workers=1, threads=1)
+    ex.client = Client()
+    with pytest.raises(executors.SchedulerLost, match="scheduler went away"):
+        _run(ex, [SPEC], tmp_path)
+    assert read_result(result_path(tmp_path, SPEC))[0] == done
+
+
+def test_thread_counts_come_from_usable_cpus(monkeypatch):
+    monkeypatch.setattr(provenance.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(provenance, "_cgroup_quota", lambda: 3.0)  # a cgroup quota of 3 CPUs
+    assert provenance.usable_cpus() == 3
+    assert executors.LocalExecutor(workers=2).threads == 1
+    assert executors.task_threads({"exclusive": True}, 1) == 3
+    monkeypatch.setattr(provenance, "_cgroup_quota", lambda: None)
+    assert executors.DaskExecutor(workers=2).threads == 4
+
+
+@needs_mnist
+def test_driver_stops_in_one_line_when_the_folder_takes_no_write(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSVAE_DATA_DIR", str(mnist_dir()))
+    out = tmp_path / "out"
+    atomic_write_json(out / "runs" / "earlier_L100_s0.json", {"status": "ok"})
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    monkeypatch.setattr(executors.LocalExecutor, "run",
+                        lambda *a: pytest.fail("the grid started although env.json could not be written"))
+    capsys.readouterr()
+    code = main(["run", "--estimators", "enum", "--labels", "100", "--no-baseline", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_STORAGE and len(err) == 1 and "No space left on device" in err[0], err
+    assert json.loads((out / "runs" / "earlier_L100_s0.json").read_text()) == {"status": "ok"}
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

@@ -1,0 +1,203 @@
+"""Identity: resume by identity, one grid per folder, the report's own grid, strict tables, and the
+module graph of the harness. No training: records are written by hand, as a worker would."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import grid as gridmod
+from bench import harness, schema
+from bench.store import (_write_csv, atomic_write_json, is_done, load_grid, normalise, result_path,
+                         run_identity, stale_reason, write_tables)
+
+from .conftest import REPO
+
+HASHES = {n: f"{i}" * 64 for i, n in enumerate(("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))}
+VERSIONS = {"torch": "2.14.1", "pyro": "1.9.2"}
+IDENT = run_identity(HASHES, VERSIONS)
+
+
+def _grid(**over):
+    preset = {**gridmod.load_preset("smoke"), "estimators": ["enum", "rb-topk"], "labels": [100], "seeds": 1,
+              "baseline": False, "aux": [False]}
+    return gridmod.make_grid({**preset, **over})
+
+
+def _record(spec, commit="a" * 40, torch="2.14.1", hashes=HASHES, status="ok", threads=1):
+    cfg = spec.get("config") or {}
+    rec = {"id": spec["id"], "kind": spec["kind"], "spec": normalise(spec), "config": cfg, "status": status,
+           "error": None, "threads": threads, "data_sha256": hashes["train-images-idx3-ubyte"],
+           "identity": {"git": {"commit": commit, "dirty": False}, "data_sha256": hashes,
+                        "distributions": {"torch": torch, "pyro-ppl": "1.9.2"}, "threads": threads}}
+    if spec["kind"] == "train":
+        rec.update(metrics={"test_acc_at_best_valid": 0.5, "eval_seconds": 1.0}, curves=[
+            {"epoch": 1, "global_step": 10, "valid_acc": 0.5, "test_acc": 0.5, "loss_sup": 1.0, "loss_unsup": 2.0,
+             "loss_aux": None, "elapsed_seconds": 1.0}], grad_variance=[])
+    else:
+        rec.update(grad_variance=[], timing=[])
+    return rec
+
+
+def _finish(out, tasks, **kw):
+    for t in tasks:
+        atomic_write_json(result_path(out, t), _record(t, **kw))
+
+
+def _env(out, grid, tasks):
+    atomic_write_json(out / "env.json", {"grid": grid.to_dict(), "tasks": [normalise(t) for t in tasks],
+                                         "identity_key": IDENT,
+                                         "expected_cells": [t["id"] for t in tasks if t["kind"] == "train"]})
+
+
+def test_resume_by_identity(tmp_path):
+    spec = next(t for t in gridmod.expand(_grid()) if t["kind"] == "train")
+    _finish(tmp_path, [spec])
+    assert is_done(tmp_path, spec, IDENT)
+    _finish(tmp_path, [spec], commit="b" * 40)  # another commit alone is not stale
+    assert is_done(tmp_path, spec, IDENT)
+    _finish(tmp_path, [spec], torch="2.15.0")
+    assert not is_done(tmp_path, spec, IDENT)
+    assert stale_reason(_record(spec, torch="2.15.0"), spec, IDENT) == "torch 2.15.0, not 2.14.1"
+    other = {**HASHES, "t10k-labels-idx1-ubyte": "f" * 64}
+    assert stale_reason(_record(spec, hashes=other), spec, IDENT) == "other data (t10k-labels-idx1-ubyte)"
+    changed = json.loads(json.dumps(spec))
+    changed["config"]["lr"] = 0.001
+    assert stale_reason(_record(spec), changed, IDENT) == "another configuration"
+
+
+def test_probes_per_estimator_and_probe_settings_never_touch_cells():
+    both, one = gridmod.expand(_grid()), gridmod.expand(_grid(estimators=["rb-topk"]))
+    by_id = {t["id"]: t for t in both}
+    for t in one:  # a subset's tasks are the same specs as the full grid's: nothing of enum is touched
+        assert by_id[t["id"]] == t
+    assert {t["id"] for t in both} - {t["id"] for t in one} >= {"timing_cpu_enum", "common_L100_s0_enum"}
+    slower = gridmod.expand(_grid(probe={**gridmod.load_preset("smoke")["probe"], "timing_steps": 99, "timing_warmup": 9}))
+    cells = lambda ts: [t for t in ts if t["kind"] == "train"]
+    assert cells(slower) == cells(both)
+    assert [t for t in slower if t["kind"] == "timing"] != [t for t in both if t["kind"] == "timing"]
+
+
+def test_another_grid_is_refused_a_subset_is_not(tmp_path):
+    grid = _grid()
+    tasks = gridmod.expand(grid)
+    _finish(tmp_path, tasks)
+    _env(tmp_path, grid, tasks)
+    sub = _grid(estimators=["enum"])
+    assert harness.other_grid(tmp_path, sub, gridmod.expand(sub)) is None
+    faster = _grid(estimators=["enum"], lr=0.001)
+    assert harness.other_grid(tmp_path, faster, gridmod.expand(faster)) == "lr 0.00042, not 0.001"
+    (tmp_path / "env.json").unlink()  # no env.json: the records alone say it
+    assert "1 finished cell(s) of another configuration" in harness.other_grid(tmp_path, faster,
+                                                                                gridmod.expand(faster))
+
+
+def test_load_grid_reads_its_own_grid_and_lists_the_rest(tmp_path):
+    grid_a = _grid()
+    tasks_a = gridmod.expand(grid_a)
+    _finish(tmp_path, tasks_a, commit="a" * 40)
+    grid_b = _grid(estimators=["enum"], lr=0.001)
+    tasks_b = gridmod.expand(grid_b)
+    _finish(tmp_path, [t for t in tasks_b if t["kind"] == "train"], commit="b" * 40, threads=2)
+    _env(tmp_path, grid_b, tasks_b)
+    (tmp_path / "runs.csv").write_text("cell,status\nrb-topk_L100_s0,ok\n")  # a cache: never read
+    g = load_grid(tmp_path)
+    cells = {r["cell"]: r for r in g.tables["runs"]}
+    assert set(cells) == {"enum_L100_s0"} and cells["enum_L100_s0"]["status"] == "ok"
+    assert cells["enum_L100_s0"]["git_commit"] == "b" * 40
+    outside = {o["id"]: o["why"] for o in g.outside}
+    assert outside["rb-topk_L100_s0"] == "not a task of this grid"
+    assert outside["timing_cpu_enum"] == "another configuration"  # grid b's probes never ran: a's are not b's
+    assert g.provenance["cells"] == {"commits": {"b" * 40: 1}, "threads": {2: 1}, "records": 1}
+    assert g.provenance["probes"]["records"] == 0
+    write_tables(tmp_path, tasks_b, IDENT)  # the caches, rebuilt, agree
+    assert (tmp_path / "runs.csv").read_text().count("\n") == 2
+
+
+def test_csv_writer_refuses_unknown_or_missing_columns(tmp_path):
+    _write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1, "b": None}])
+    assert (tmp_path / "t.csv").read_text() == "a,b\n1,\n"
+    with pytest.raises(ValueError, match="unknown column"):
+        _write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1, "b": 2, "c": 3}])
+    with pytest.raises(ValueError, match="missing column"):
+        _write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1}])
+    assert (tmp_path / "t.csv").read_text() == "a,b\n1,\n" and not list(tmp_path.glob(".*tmp"))
+
+
+def test_cell_ids_round_trip():
+    assert schema.cell_id("rb-topk", True, 100, 1) == "rb-topk+aux_L100_s1"
+    assert schema.parse_cell_id("rb-topk+aux_L100_s1") == {"estimator": "rb-topk", "aux": True, "labels": 100,
+                                                          "seed": 1}
+    assert schema.parse_cell_id("timing_cpu_enum") is None
+
+
+def _bench_imports(path: Path):
+    """(module-level bench imports, function-local bench imports) of one module."""
+    tree = ast.parse(path.read_text())
+    top, local = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [node.module] if node.module else [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
+            names = [node.module.split(".", 1)[1]] if "." in node.module else [a.name for a in node.names]
+        else:
+            continue
+        (top if node.col_offset == 0 else local).update(n.split(".")[0] for n in names)
+    return top, local
+
+
+def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
+    mods = {p.stem: p for p in (REPO / "bench").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    graph = {m: _bench_imports(p)[0] & set(mods) for m, p in mods.items()}
+    state = {}
+
+    def visit(m, path):
+        assert state.get(m) != "open", f"import circle: {' -> '.join(path + [m])}"
+        if state.get(m) == "done":
+            return
+        state[m] = "open"
+        for n in graph[m]:
+            visit(n, path + [m])
+        state[m] = "done"
+
+    for m in graph:
+        visit(m, [])
+    assert {"harness", "report", "compare"} <= graph["cli"]
+    assert not any("cli" in deps for deps in graph.values())
+    assert graph["schema"] == set() and graph["errors"] == set() and graph["provenance"] == set()
+    owned = ("cli", "harness", "store", "grid", "executors", "worker", "errors", "provenance", "schema")
+    for m in owned:
+        assert not (_bench_imports(mods[m])[1] & set(mods)), f"bench/{m}.py imports a bench module in a function"
+
+
+def test_report_reads_only_its_own_grid(tmp_path):
+    from bench import report
+
+    grid_a = _grid()
+    _finish(tmp_path, gridmod.expand(grid_a), commit="a" * 40)
+    grid_b = _grid(estimators=["enum"], lr=0.001)
+    tasks_b = gridmod.expand(grid_b)
+    _finish(tmp_path, [t for t in tasks_b if t["kind"] == "train"], commit="b" * 40)
+    _env(tmp_path, grid_b, tasks_b)
+    write_tables(tmp_path, gridmod.expand(grid_a), IDENT)  # stale caches of the other grid: never read
+    res = report.load_results(tmp_path)
+    assert set(res.runs["cell"]) == {"enum_L100_s0"} and set(res.runs["status"]) == {"ok"}
+    assert set(report.table1(res)["estimator"]) == {"enum"}
+    assert {o["id"] for o in res.outside} >= {"rb-topk_L100_s0", "timing_cpu_rb-topk"}
+    assert any(p.startswith("outside this grid: rb-topk_L100_s0") for p in res.problems)
+    assert res.part_provenance["cells"]["commits"] == {"b" * 40: 1}
+
+
+def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
+    from bench.executors import write_failed
+
+    grid = _grid(estimators=["enum"])
+    tasks = gridmod.expand(grid)
+    _env(tmp_path, grid, tasks)
+    cell = next(t for t in tasks if t["kind"] == "train")
+    write_failed(tmp_path, cell, "worker killed by signal 9")  # the executor's record: no identity
+    g = load_grid(tmp_path)
+    assert cell["id"] in g.records and not g.outside
+    assert {r["cell"]: r["status"] for r in g.tables["runs"]}[cell["id"]] == "failed"
+    assert not is_done(tmp_path, cell, IDENT)
