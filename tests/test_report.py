@@ -438,6 +438,8 @@ def test_verdict_without_enum_aux(tmp_path):
     head = pd.read_csv(tmp_path / "tables/headline.csv", keep_default_na=False).iloc[0]
     assert head.verdict.startswith("No verdict at 3000 labels with the auxiliary loss: no variant has seeds paired "
                                    "with finished enum + aux cells")
+    summary = (tmp_path / "tables/summary.md").read_text()
+    assert "nan" not in summary and "n = 0" not in summary and "minus the supervised-only baseline" not in summary
 
 
 def test_published_anchors_load_and_match(built):

@@ -1,5 +1,6 @@
 """Frames several sections read: Table 1 in long form, cell statuses, gradient variance at the common
-checkpoints, step times without duplicates. Each is a pure function of :class:`Results`; the
+checkpoints, step times without duplicates, this folder's own timing rows, the training protocols, and
+the paired differences and verdicts (:mod:`bench.paired`). Each is a pure function of :class:`Results`; the
 :class:`~bench.report.context.Context` computes each once per report (``ctx.frame(table1)``).
 """
 from __future__ import annotations

@@ -127,7 +127,7 @@ def elsewhere_line(ctx: Context) -> Optional[str]:
         if r is not None:
             parts.append(f"at {labels} labels with the auxiliary loss no variant qualifies (the closest, "
                          f"{r.variant}, is {ci_text(r)}{_time(r)})")
-    b = p[(p.reference == BASE_REF) & (p.variant == ENUM_REF)].sort_values("labels", ascending=False)
+    b = p[(p.reference == BASE_REF) & (p.variant == ENUM_REF) & (p.n > 0)].sort_values("labels", ascending=False)
     if len(b):
         parts.append(f"{ENUM_REF} minus the supervised-only baseline is "
                      + "; ".join(f"{ci_text(r)} at {r.labels} labels" for r in b.itertuples()))
@@ -136,7 +136,7 @@ def elsewhere_line(ctx: Context) -> Optional[str]:
 
 def caveat_line(ctx: Context) -> str:
     p, v, _ = conclusions(ctx)
-    ns = sorted(set(int(n) for n in v.n)) if len(v) else []
+    ns = sorted(set(int(n) for n in v.n if n > 0)) if len(v) else []
     epochs = sorted(set(e for es in v.epochs for e in str(es).split(",") if e), key=int) if len(v) else []
     parts = [f"n = {', '.join(map(str, ns)) or '0'} paired seed{'s' if ns != [1] else ''} per comparison"]
     small = [n for n in ns if n >= 2]
