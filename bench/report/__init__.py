@@ -1,13 +1,14 @@
 """``python -m bench report RESULTS_DIR``: tables, plots and a self-contained HTML report.
 
 The report is a pure function of the results folder (plus any ``--compare-timing`` folders, whose
-``timing.csv`` is shown beside this folder's so CPU and GPU step times can be read side by side).
+``timing.csv`` is shown beside this folder's so CPU and GPU step times can be read side by side, and the
+paired verdict's ``--margin`` and ``--time-fraction``, stated on the page).
 It writes into RESULTS_DIR:
 
 * ``tables/*.csv`` (numbers) and ``tables/*.md`` (formatted, one provenance line each);
 * ``plots/*.png`` (seaborn; colours by estimator family, aux shown by line style and marker; the
   provenance line inside each image);
-* ``tables/summary.md`` (the three-line summary the README quotes) and ``tables/run_cost.md``;
+* ``tables/summary.md`` (the summary the README quotes) and ``tables/run_cost.md``;
 * ``report.md`` and ``report.html`` (plots inline as base64 PNG, table of contents, anchors, sortable
   tables; opens from disk).
 

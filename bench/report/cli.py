@@ -1,4 +1,4 @@
-"""``python -m bench report RESULTS_DIR [--compare-timing DIR ...] [--no-plots]``."""
+"""``python -m bench report RESULTS_DIR [--compare-timing DIR ...] [--no-plots] [--margin M] [--time-fraction F]``."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Parser, UsageError, fail
+from ..paired import DEFAULT_MARGIN, DEFAULT_TIME_FRACTION
 from .page import build_report
 
 
@@ -17,6 +18,12 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                    help="another results folder (e.g. the same preset on another device) whose timing.csv is "
                         "shown beside this one's; may be repeated (default: none)")
     p.add_argument("--no-plots", action="store_true", help="tables and report only, no PNG (default: plots)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="M",
+                   help="equivalence margin of the paired verdict, in accuracy (0.01 = 1 point; default: "
+                        f"{DEFAULT_MARGIN:g})")
+    p.add_argument("--time-fraction", type=float, default=DEFAULT_TIME_FRACTION, metavar="F",
+                   help="the verdict's time bound, a fraction of enum + aux's time per epoch from the timing "
+                        f"probe (default: {DEFAULT_TIME_FRACTION:g})")
     p.set_defaults(func=cmd_report)
     return p
 
@@ -28,7 +35,12 @@ def cmd_report(args) -> int:
     for other in args.compare_timing:
         if not (Path(other) / "timing.csv").is_file():
             raise UsageError(f"--compare-timing {other}: no timing.csv there")
-    out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots)
+    if not 0 < args.margin < 1:
+        raise UsageError(f"--margin {args.margin:g}: give an accuracy difference between 0 and 1 (0.01 = 1 point)")
+    if not 0 < args.time_fraction:
+        raise UsageError(f"--time-fraction {args.time_fraction:g}: give a positive fraction (0.6 = 60 %)")
+    out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots, margin=args.margin,
+                       time_fraction=args.time_fraction)
     print(out["report.html"])
     return 0
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..paired import DEFAULT_MARGIN, DEFAULT_TIME_FRACTION
 from .common import provenance
 from .data import Results
 from .render import markdown_table
@@ -53,6 +54,8 @@ class Section:
 class Context:
     res: Results
     plots: bool = True              # False: no PNG is drawn (save_figure returns None)
+    margin: float = DEFAULT_MARGIN  # the paired verdict's equivalence margin (accuracy; 0.01 = 1 point)
+    time_fraction: float = DEFAULT_TIME_FRACTION  # ... and its time fraction (of enum + aux's time per epoch)
     _frames: Dict[Callable, object] = field(default_factory=dict)
 
     @property
@@ -75,11 +78,12 @@ class Context:
     def grid(self) -> dict:
         return self.env.get("grid") or {}
 
-    def frame(self, fn: Callable[[Results], object]):
-        """``fn(res)``, computed once per report (``fn`` from :mod:`bench.report.frames`)."""
-        if fn not in self._frames:
-            self._frames[fn] = fn(self.res)
-        return self._frames[fn]
+    def frame(self, fn: Callable[..., object], *args):
+        """``fn(res, *args)``, computed once per report (``fn`` from :mod:`bench.report.frames`)."""
+        key = (fn, *args)
+        if key not in self._frames:
+            self._frames[key] = fn(self.res, *args)
+        return self._frames[key]
 
     def write_table(self, df: pd.DataFrame, name: str, caption: str = "") -> str:
         """tables/<name>.csv (as is) and tables/<name>.md (caption, table, one provenance line)."""
@@ -106,6 +110,30 @@ class Context:
         # bbox "tight" grows the canvas to every artist (legend outside the axes, the provenance line):
         # nothing is clipped
         fig.savefig(path, dpi=110, metadata=PNG_METADATA, bbox_inches="tight", pad_inches=0.15)
+        plt.close(fig)
+        return path
+
+    def adopt_png(self, path, title: str) -> Optional[Path]:
+        """A PNG drawn by a plotting function outside the report (``bench.paired``, ``bench.diagnostics``,
+        ``bench.elbo_plots``), given the report's frame: the title on top, the provenance line at the
+        foot, saved without matplotlib's metadata. The drawn pixels are copied one to one, not resampled."""
+        if path is None or not Path(path).is_file():
+            return None
+        path = Path(path)
+        img = plt.imread(path)
+        h, w = img.shape[:2]
+        dpi, top, foot = 110, 30, 16
+        fig = plt.figure(figsize=(w / dpi, (h + top + foot) / dpi), dpi=dpi)
+        fig.figimage(img, xo=0, yo=foot, origin="upper")
+        fig.text(0.5, 1 - top / 2 / (h + top + foot), title, fontsize=12, ha="center", va="center")
+        note = fig.text(4 / w, foot / 2 / (h + top + foot), provenance(self.env), fontsize=6.5, color="0.35",
+                        ha="left", va="center")
+        width = note.get_window_extent(fig.canvas.get_renderer()).x1 + 8
+        if width > w:  # a narrow plot: widen the canvas so the provenance line is not clipped
+            fig.set_size_inches(width / dpi, (h + top + foot) / dpi)
+            note.set_x(4 / width)
+            fig.texts[0].set_x(w / 2 / width)
+        fig.savefig(path, dpi=dpi, metadata=PNG_METADATA)
         plt.close(fig)
         return path
 

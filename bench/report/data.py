@@ -24,12 +24,19 @@ STATUS_ORDER = ("ok", "failed", "diverged", "corrupt", "stale", "missing")
 #: supervised-only estimators (no unlabeled objective, so no aux variant); the report shows them last
 BASELINES = ("baseline",)
 RUN_NUMERIC = ("test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_test_acc",
-               "final_valid_acc", "epochs", "steps", "train_seconds", "seconds_per_epoch")
+               "final_valid_acc", "epochs", "steps", "train_seconds", "seconds_per_epoch", "final_test_elbo",
+               "test_iwae", "iwae_k")
+#: runs' text columns (absent in older folders: empty)
+RUN_TEXT = ("protocol",)
 CURVE_COLUMNS = ("cell", "estimator", "aux", "labels", "seed", "epoch", "global_step", "valid_acc",
-                 "test_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds")
-#: timing.csv columns of the reference-step timing (Pyro's overhead), numeric
+                 "test_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds", "test_elbo")
+#: timing.csv columns of the reference-step timing (Pyro's overhead) and the peak memory, numeric
 OVERHEAD_COLUMNS = ("ref_median_ms", "ref_q1_ms", "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops",
-                    "pct_of_matmul_peak")
+                    "pct_of_matmul_peak", "peak_mb")
+#: grad_variance.csv columns read as numbers where present
+GRAD_NUMERIC = ("labels", "seed", "step", "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse",
+                "cosine", "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo",
+                "mse_hi", "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature")
 
 
 @dataclass
@@ -118,7 +125,7 @@ def _run_row(cell: str, record: Optional[dict]) -> dict:
     row["status"] = _status(record.get("status"))
     row["error"] = record.get("error")
     metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
-    for key in RUN_NUMERIC:
+    for key in RUN_NUMERIC + RUN_TEXT:
         row[key] = metrics.get(key)
     if row["status"] == "ok" and row.get("test_acc_at_best_valid") is None:
         row["status"], row["error"] = "failed", row["error"] or "status ok but no test_acc_at_best_valid"
@@ -177,7 +184,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                     rows[cell].update(status="stale", error="result file written for another configuration")
                 continue
             row = {"cell": cell, **(parse_cell(cell) or {}), "source": "runs.csv"}
-            for key in ("estimator", "labels", "seed", "status", "error", *RUN_NUMERIC):
+            for key in ("estimator", "labels", "seed", "status", "error", *RUN_NUMERIC, *RUN_TEXT):
                 if key in rec and not (isinstance(rec[key], float) and math.isnan(rec[key])):
                     row[key] = rec[key]
             row["aux"] = _bool(rec.get("aux", row.get("aux")))
@@ -190,6 +197,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
             ident = parse_cell(cell) or {"estimator": "?", "aux": False, "labels": -1, "seed": -1}
             rows[cell] = {"cell": cell, **ident, "status": "missing", "error": "no result file", "source": ""}
     runs = pd.DataFrame(list(rows.values()))
+    runs = runs.reindex(columns=[*runs.columns, *(k for k in RUN_TEXT if k not in runs)])
     for key in RUN_NUMERIC:
         runs[key] = pd.to_numeric(runs[key], errors="coerce") if key in runs else np.nan
     runs["labels"] = pd.to_numeric(runs["labels"], errors="coerce").fillna(-1).astype(int)
@@ -226,7 +234,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
             grad = pd.DataFrame()
         else:
             grad["aux"] = grad["aux"].map(_bool)
-            for key in ("labels", "seed", "step", "n_samples", "variance", "mean_sq", "snr"):
+            for key in GRAD_NUMERIC:
                 if key in grad:
                     grad[key] = pd.to_numeric(grad[key], errors="coerce")
 

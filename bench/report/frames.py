@@ -1,5 +1,6 @@
 """Frames several sections read: Table 1 in long form, cell statuses, gradient variance at the common
-checkpoints, step times without duplicates. Each is a pure function of :class:`Results`; the
+checkpoints, step times without duplicates, this folder's own timing rows, the training protocols, and
+the paired differences and verdicts (:mod:`bench.paired`). Each is a pure function of :class:`Results`; the
 :class:`~bench.report.context.Context` computes each once per report (``ctx.frame(table1)``).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pandas as pd
 
 from ssvae.metrics import accuracy_interval
 
+from .. import paired as paired_stats
 from .common import kinds_in, load_pyro_table1, rnd, sig, variant_label, variants
 from .data import STATUS_ORDER, Results
 
@@ -65,31 +67,44 @@ def status(res: Results) -> Tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def grad_variance(res: Results) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """Common-checkpoint gradient variance: (per checkpoint with ratio to enum, median over checkpoints)."""
+    """Common-checkpoint gradient variance: (per checkpoint with ratio to enum, median over checkpoints).
+
+    Where grad_variance.csv has the error against the exact gradient (``mse``, ``bias_sq``, ``cosine``:
+    folders written by the newer probe), both frames carry them too, with the MSE's ratio to enum's."""
     g = res.grad
     if not len(g):
         return pd.DataFrame(), pd.DataFrame()
     g = g[g.trajectory == "common"].copy()
     if not len(g):
         return pd.DataFrame(), pd.DataFrame()
+    has_mse = "mse" in g and g["mse"].notna().any()
     keys = ["labels", "seed", "step", "param_group", "step_kind"]
     ref = g[g.estimator == "enum"].sort_values("aux").drop_duplicates(keys, keep="first")
     g = g.merge(ref[keys + ["variance"]].rename(columns={"variance": "enum_variance"}), on=keys, how="left")
     g["ratio_to_enum"] = g["variance"] / g["enum_variance"]
+    extra = []
+    if has_mse:
+        g = g.merge(ref[keys + ["mse"]].rename(columns={"mse": "enum_mse"}), on=keys, how="left")
+        g["mse_ratio_to_enum"] = g["mse"] / g["enum_mse"]
+        extra = [c for c in ("mse", "bias_sq", "cosine", "mse_ratio_to_enum") if c in g]
     g["variant"] = [variant_label(e, a) for e, a in zip(g.estimator, g.aux)]
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
     g["_o"] = g["variant"].map(lambda v: order.get(v, len(order)))
     per = g.sort_values(["labels", "step_kind", "param_group", "_o", "variant", "seed", "step"])
     per = per[["labels", "seed", "step", "step_kind", "param_group", "variant", "n_samples", "variance",
-               "mean_sq", "snr", "ratio_to_enum"]].reset_index(drop=True)
+               "mean_sq", "snr", "ratio_to_enum", *extra]].reset_index(drop=True)
     med_rows = []
     for (labels, kind, group, _o, var), sub in g.groupby(["labels", "step_kind", "param_group", "_o", "variant"],
                                                          sort=True):
-        med_rows.append({"labels": int(labels), "step_kind": kind, "param_group": group, "variant": var,
-                         "n_checkpoints": len(sub),
-                         "median_variance": sig(sub["variance"].median()),
-                         "median_snr": sig(sub["snr"].median()) if "snr" in sub else None,
-                         "median_ratio_to_enum": sig(sub["ratio_to_enum"].median())})
+        row = {"labels": int(labels), "step_kind": kind, "param_group": group, "variant": var,
+               "n_checkpoints": len(sub),
+               "median_variance": sig(sub["variance"].median()),
+               "median_snr": sig(sub["snr"].median()) if "snr" in sub else None,
+               "median_ratio_to_enum": sig(sub["ratio_to_enum"].median())}
+        if has_mse:
+            row.update(median_mse=sig(sub["mse"].median()),
+                       median_mse_ratio_to_enum=sig(sub["mse_ratio_to_enum"].median()))
+        med_rows.append(row)
     med = pd.DataFrame(med_rows)
     # unsupervised steps first (that is where the estimators differ), then encoder_y, encoder_z, decoder
     med["_k"] = med["step_kind"].map({"unsup": 0, "sup": 1}).fillna(2)
@@ -117,4 +132,26 @@ def timing(res: Results) -> pd.DataFrame:
                  from_aux_run=t.aux)
     t = t.sort_values(["device", "device_name", "_o", "estimator", "_k", "aux"], kind="stable")
     t = t.drop_duplicates(["device", "device_name", "estimator", "step_kind"], keep="first")
+    cols += [c for c in ("peak_mb", "peak_mb_method") if c in t and t[c].notna().any()]  # newer probes only
     return t[cols].reset_index(drop=True)
+
+
+def this_timing(res: Results) -> pd.DataFrame:
+    """This folder's timing.csv rows only (not the ``--compare-timing`` folders')."""
+    t = res.timing
+    return t[t.source == "this run"].reset_index(drop=True) if len(t) else t
+
+
+def protocols(res: Results) -> list:
+    """The training protocols of the folder's cells (``runs.csv`` ``protocol``; a folder written before the
+    column: ``bench``, the only loop there was)."""
+    p = res.runs["protocol"] if "protocol" in res.runs else pd.Series(dtype=object)
+    have = sorted(set(p.dropna().astype(str)) - {"", "nan"})
+    return have or ["bench"]
+
+
+def paired(res: Results, margin: float, fraction: float) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(paired differences, verdicts, generated text) of :func:`bench.paired.conclusions`: seeds paired,
+    against enum + aux and the supervised baseline, times from this folder's timing probe only."""
+    runs = res.runs.assign(protocol=", ".join(protocols(res)))
+    return paired_stats.conclusions(runs, this_timing(res), margin, fraction, res.env.get("device", "cpu"))

@@ -2,7 +2,24 @@
 from __future__ import annotations
 
 from ..context import Context, Section
-from ..frames import status
+from ..frames import protocols, status
+
+#: one sentence per training protocol, in ssvae/train.py's words
+PROTOCOL_WORDS = {
+    "bench": "bench (ours: an unlabeled batch takes the ELBO step only, no empty auxiliary step, and an epoch's last "
+             "labeled batch may be partial)",
+    "pyro": "pyro (Pyro's loop exactly: with the auxiliary loss every unlabeled batch also takes an empty "
+            "model_classify step, which moves Adam by its momentum; the batch size divides the label count)",
+}
+
+
+def protocol_line(ctx: Context) -> str:
+    """'Protocol: bench (ours: ...).', saying so when the folder predates the protocol column."""
+    names = protocols(ctx.res)
+    old = "protocol" not in ctx.res.runs or not ctx.res.runs["protocol"].notna().any()
+    return ("Protocol: " + "; ".join(PROTOCOL_WORDS.get(p, p) for p in names)
+            + (" — runs.csv has no protocol column (a folder written before the option), and bench's was then the "
+               "only loop" if old else "") + ".")
 
 
 def compute_minutes(ctx: Context):
@@ -27,6 +44,7 @@ def build(ctx: Context) -> Section:
         f"{', '.join(map(str, grid.get('labels', []))) or '?'}; seeds "
         f"{', '.join(map(str, grid.get('seeds', []))) or '?'}; {grid.get('epochs', '?')} epochs"
         f"{'' if not grid.get('steps_per_epoch') else ' of ' + str(grid['steps_per_epoch']) + ' steps'}.",
+        protocol_line(ctx),
         f"Environment: python {env.get('python', '?')}, torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
         f"torchvision {env.get('torchvision', '?')}; {env.get('platform', '?')}; device {env.get('device', '?')} "
         f"({env.get('device_name', '?')}); CPU {env.get('cpu_name', '?')}, {env.get('threads', '?')} threads; "

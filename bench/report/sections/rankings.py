@@ -1,7 +1,11 @@
-"""Estimators ranked: by mean test accuracy, by encoder_y's gradient variance on the unlabeled step at
+"""Estimators ranked: by mean test accuracy, by encoder_y's gradient error on the unlabeled step at
 the common checkpoints, and by median seconds per epoch, at 3000 and 100 labels (else the largest and
 smallest label counts, named in ``chosen``). Files: ``rank_accuracy.csv``, ``rank_grad_variance.csv``,
 ``rank_time.csv``.
+
+The gradient ranking is by the MSE against the exact gradient where grad_variance.csv has it (variance
+plus squared bias); in older folders by the variance, and then a biased estimator (a relaxation,
+:func:`bench.diagnostics.is_biased`) is listed unranked: its variance alone says nothing of its error.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import List
 
 import pandas as pd
 
+from ...diagnostics import is_biased
 from ..common import (fmt_sig, median_seconds_per_epoch, ok_runs, rank_label_counts, rnd, sig, t1_mean,
                       variant_label, variants)
 from ..context import Context, Section, Table
@@ -49,9 +54,10 @@ def rank_accuracy(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_grad_variance(res: Results, grad_per: pd.DataFrame) -> pd.DataFrame:
-    """encoder_y's gradient variance on the unlabeled step at the common checkpoints (median), ranked low first."""
-    cols = ["labels", "chosen", "rank", "variant", "step_kind", "checkpoints", "n_checkpoints",
-            "median_variance", "median_ratio_to_enum"]
+    """encoder_y's gradient error on the unlabeled step at the common checkpoints (median), ranked low first:
+    by MSE where measured (``ranked_by`` mse), else by variance with the biased estimators unranked."""
+    cols = ["labels", "chosen", "rank", "variant", "biased", "ranked_by", "step_kind", "checkpoints",
+            "n_checkpoints", "median_mse", "median_variance", "median_ratio_to_enum"]
     if not len(grad_per) or not {"param_group", "step_kind", "variance", "ratio_to_enum"} <= set(grad_per.columns):
         return pd.DataFrame(columns=cols)
     g = grad_per[grad_per.param_group == "encoder_y"]
@@ -62,16 +68,25 @@ def rank_grad_variance(res: Results, grad_per: pd.DataFrame) -> pd.DataFrame:
     later = g[g.step > 0]
     which = "checkpoints > 0" if len(later) else "all checkpoints"
     g = later if len(later) else g
+    by_mse = "mse" in g and g["mse"].notna().any()
+    ratio = "mse_ratio_to_enum" if by_mse else "ratio_to_enum"
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
+    estimator = {variant_label(e, a): e for e, a in variants(res)}
     out = []
     for labels, chosen in rank_label_counts(g["labels"].dropna().astype(int)):
         rows = []
         for var, sub in g[g.labels == labels].groupby("variant", sort=True):
-            rows.append({"labels": labels, "chosen": chosen, "variant": var, "step_kind": kind, "checkpoints": which,
-                         "n_checkpoints": int(len(sub)), "median_variance": sig(float(sub["variance"].median())),
-                         "median_ratio_to_enum": sig(float(sub["ratio_to_enum"].median())),
+            biased = is_biased(estimator.get(var, var.removesuffix(" + aux")))
+            mse = sig(float(sub["mse"].median())) if by_mse else None
+            variance = sig(float(sub["variance"].median()))
+            rows.append({"labels": labels, "chosen": chosen, "variant": var, "biased": biased,
+                         "ranked_by": "mse" if by_mse else ("variance" if not biased else "unranked (biased)"),
+                         "step_kind": kind, "checkpoints": which, "n_checkpoints": int(len(sub)),
+                         "median_mse": mse, "median_variance": variance,
+                         "median_ratio_to_enum": sig(float(sub[ratio].median())),
+                         "_key": mse if by_mse else (None if biased else variance),
                          "_o": order.get(var, len(order))})
-        out += _ranked(rows, "median_variance", ascending=True)
+        out += [{k: v for k, v in r.items() if k != "_key"} for r in _ranked(rows, "_key", ascending=True)]
     return pd.DataFrame(out, columns=cols)
 
 
@@ -107,9 +122,12 @@ def rank_display(df: pd.DataFrame, labels: int, kind: str) -> pd.DataFrame:
                               "− enum + aux": "–" if pd.isna(r.diff_vs_enum_aux) else f"{r.diff_vs_enum_aux:+.4f}"}
                              for r in d.itertuples()])
     if kind == "variance":
-        return pd.DataFrame([{"rank": rank(r.rank), "estimator": r.variant,
+        mse = d.ranked_by.eq("mse").any()
+        return pd.DataFrame([{"rank": rank(r.rank), "estimator": r.variant + (" (biased)" if r.biased else ""),
+                              **({"encoder_y MSE": fmt_sig(r.median_mse)} if mse else {}),
                               "encoder_y variance": fmt_sig(r.median_variance),
-                              "× enum": fmt_sig(r.median_ratio_to_enum), "checkpoints": str(r.n_checkpoints)}
+                              ("MSE × enum" if mse else "× enum"): fmt_sig(r.median_ratio_to_enum),
+                              "checkpoints": str(r.n_checkpoints)}
                              for r in d.itertuples()])
     return pd.DataFrame([{"rank": rank(r.rank), "variant": r.variant,
                           "s / epoch": fmt_sig(r.median_seconds_per_epoch),
@@ -124,19 +142,28 @@ def build(ctx: Context) -> Section:
     per, _ = ctx.frame(grad_variance)
     acc, var, tm = rank_accuracy(res, t1), rank_grad_variance(res, per), rank_time(res)
     ctx.write_table(acc, "rank_accuracy", "Variants ranked by mean test accuracy at best validation epoch")
+    by_mse = var.ranked_by.eq("mse").any() if len(var) else False
     ctx.write_table(var, "rank_grad_variance",
-                    "Estimators ranked by encoder_y gradient variance at the common checkpoints (median)")
+                    f"Estimators ranked by encoder_y gradient {'MSE against the exact gradient' if by_mse else 'variance'}"
+                    f" at the common checkpoints (median){'' if by_mse else '; biased estimators unranked'}")
     ctx.write_table(tm, "rank_time", "Variants ranked by median seconds per epoch (ok cells)")
     sec = Section("rankings", "Estimators ranked", side_by_side=True)
     sec.text.append(
         "Three rankings of the variants (`+ aux`: with the auxiliary loss): by mean test accuracy at the best "
-        "validation epoch; by the gradient variance of q(y|x)'s parameters (encoder_y) on the unlabeled step at the "
+        "validation epoch; by the gradient error of q(y|x)'s parameters (encoder_y) on the unlabeled step at the "
         "common checkpoints (every estimator at the same parameters, the ELBO gradient alone; median over "
         "checkpoints after the first, ratio to enum's median per checkpoint); by the median seconds per training "
         "epoch of the ok cells, with the ratio to enum + aux at the same label count. Ties keep the report's "
         "order; variants with no number are listed last, unranked.")
+    sec.text.append(
+        "The gradient error is the mean squared error against the exact gradient (variance plus squared bias)."
+        if by_mse else
+        "This folder's grad_variance.csv has no error against the exact gradient (written before the probe "
+        "measured it), so the gradient ranking is by variance, and the biased estimators (relaxations, marked "
+        "biased) are listed unranked: a biased estimator's variance alone says nothing of its error.")
     for df, kind, what, name in ((acc, "accuracy", "test accuracy", "rank_accuracy"),
-                                 (var, "variance", "encoder_y gradient variance (unlabeled step)", "rank_grad_variance"),
+                                 (var, "variance", f"encoder_y gradient {'MSE' if by_mse else 'variance'} "
+                                                   f"(unlabeled step)", "rank_grad_variance"),
                                  (tm, "time", "seconds per epoch", "rank_time")):
         if not len(df):
             sec.text.append(f"No data to rank by {what}.")

@@ -31,6 +31,10 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
                                   f"{fmt_ms(by.loc[k, 'q3_ms'])}]" if k in by.index else "–")
             un = by.loc["unsup", "median_ms"] if "unsup" in by.index else None
             row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
+            if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
+                row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
+                    fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
+                    for k in kinds)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -98,6 +102,10 @@ def build(ctx: Context) -> Section:
                     "classification loss) and device, from the timing probe (one task at a time). The `sup` and "
                     "`unsup` steps are the same with or without the auxiliary loss, so each estimator has one row. "
                     "Timing sources: " + "; ".join(srcs) + ".")
+    if "peak_mb" in long:
+        methods = sorted(set(long.peak_mb_method.dropna().astype(str))) if "peak_mb_method" in long else []
+        sec.text.append("Peak memory: the growth of one more step of each kind after the timed ones, in MB"
+                        + (f" ({'; '.join(methods)})" if methods else "") + ".")
     en = rel[rel.estimator == "enum"].dropna(subset=["relative_to_trace"])
     if len(en):
         sec.text.append("**Cost of enumeration relative to sampling (enum unsup / trace unsup):** " + "; ".join(

@@ -1,0 +1,43 @@
+"""Tuning: a run made with ``python -m bench run ... --tuned FILE`` records the choice file in env.json
+(``tuned``: the file, its sha256, the metric the choices were selected on, and the values it set per
+estimator; :func:`bench.tune.load_choices`). This section names the file and the chosen values; a run
+without ``--tuned`` has no such section. File: ``tuned.csv``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import pandas as pd
+
+from ..context import Context, Section, Table
+
+
+def frame(tuned: dict) -> pd.DataFrame:
+    """One row per (estimator, setting): the chosen value."""
+    rows = []
+    for est, values in sorted((tuned.get("chosen") or {}).items()):
+        for key, value in sorted((values or {}).items()):
+            rows.append({"estimator": est, "setting": key,
+                         "value": value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)})
+    return pd.DataFrame(rows, columns=["estimator", "setting", "value"])
+
+
+def build(ctx: Context) -> Optional[Section]:
+    tuned = ctx.env.get("tuned")
+    if not isinstance(tuned, dict):
+        return None
+    df = frame(tuned)
+    ctx.write_table(df, "tuned", f"Values chosen by the tuning run ({tuned.get('file', '?')})")
+    sec = Section("tuning", "Tuning")
+    sec.text.append(
+        f"This run applied the choices of a tuning run: `--tuned {tuned.get('file', '?')}` (sha256 "
+        f"`{str(tuned.get('sha256', '?'))[:12]}`), selected on `{tuned.get('selected_on') or '?'}` (validation "
+        "data only, never test accuracy; `bench/tune.py`)"
+        + (f", from `{tuned['source']}`" if tuned.get("source") else "") + ". The chosen values below override the "
+        "preset's per-estimator options; `--set` still overrides them.")
+    if len(df):
+        sec.tables.append(Table("Chosen values", df.astype({"value": str}), "tuned"))
+    else:
+        sec.text.append("The file chose no values.")
+    return sec

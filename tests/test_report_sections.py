@@ -1,0 +1,165 @@
+"""The report's sections built on bench.paired, bench.diagnostics and bench.elbo_plots, the peak memory, the
+protocol and the tuning record: on a folder with the newer columns and on an older one without them."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import report
+from tests.report_fixtures import fabricate_results
+
+
+@pytest.fixture(scope="module")
+def modern(tmp_path_factory):
+    """The newer columns, a relaxation in the gradient and timing probes, the pyro protocol, a tuned run."""
+    root = tmp_path_factory.mktemp("modern")
+    fabricate_results(root, relaxation=True, protocol="pyro", tuned={
+        "file": "results/tune-cpu/tuned.json", "sha256": "ab" * 32, "selected_on": "best_valid_acc", "source": None,
+        "chosen": {"enum": {"lr": 0.00126}, "gumbel": {"lr": 0.00126, "tau0": 1.0, "tau_min": 0.5}}})
+    report.build_report(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory):
+    """A folder written before the newer columns (as the committed reference is), with a relaxation."""
+    root = tmp_path_factory.mktemp("old")
+    fabricate_results(root, modern=False, relaxation=True)
+    report.build_report(root)
+    return root
+
+
+def _section(root, title):
+    text = (root / "report.md").read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+# -- paired differences ------------------------------------------------------------------------------
+def test_paired_differences_cover_every_setting_and_both_references(modern):
+    p = pd.read_csv(modern / "tables/paired_differences.csv", keep_default_na=False)
+    assert set(p.reference) == {"enum + aux", "baseline"}
+    for ref in ("enum + aux", "baseline"):
+        assert set(zip(p[p.reference == ref].labels, p[p.reference == ref].aux)) == {
+            (100, False), (100, True), (3000, False), (3000, True)}
+    # the per-seed differences are the runs' own, seed by seed
+    runs = pd.read_csv(modern / "runs.csv").set_index("cell")
+    row = p[(p.reference == "enum + aux") & (p.labels == 100) & (p.variant == "trace + aux")].iloc[0]
+    want = [runs.loc[f"trace+aux_L100_s{s}", "test_acc_at_best_valid"]
+            - runs.loc[f"enum+aux_L100_s{s}", "test_acc_at_best_valid"] for s in (0, 1)]
+    assert [float(d) for d in row.diffs.split(";")] == pytest.approx(want, rel=1e-5)
+    assert row.n == 2 and row.seeds == "0,1" and row.mean_diff == pytest.approx(np.mean(want))
+    # a failed cell leaves its seed out of n, and says so
+    row = p[(p.reference == "enum + aux") & (p.labels == 100) & (p.variant == "enum-seq + aux")].iloc[0]
+    assert row.n == 1 and str(row.unpaired) == "1"
+    v = pd.read_csv(modern / "tables/verdicts.csv")
+    assert len(v) == len(p) and v[v.reference == "baseline"].time_fraction.isna().all()
+
+
+def test_paired_section_on_the_page(modern):
+    sec = _section(modern, "Paired differences")
+    assert "This page: `--margin 0.01 --time-fraction 0.6`" in sec
+    assert "**Against enum + aux: mean paired difference [95 % CI] in points, per label count**" in sec
+    assert "**Against baseline: mean paired difference" in sec and "**Verdicts against enum + aux" in sec
+    assert (modern / "tables/paired.md").read_text().split("\n")[0] in sec  # bench.paired's generated text
+    assert "pyro protocol" in sec
+    for name in ("paired_differences", "accuracy_points"):
+        png = (modern / "plots" / f"{name}.png").read_bytes()
+        assert len(png) > 10_000 and b"Software" not in png  # adopted: no matplotlib metadata
+        assert f"plots/{name}.png" in sec
+
+
+def test_margin_option_is_checked(tmp_path, capsys):
+    fabricate_results(tmp_path)
+    assert report.main([str(tmp_path), "--no-plots", "--margin", "2"]) == 2
+    assert "--margin 2: give an accuracy difference between 0 and 1" in capsys.readouterr().err
+    assert report.main([str(tmp_path), "--no-plots", "--time-fraction", "0"]) == 2
+
+
+# -- gradient error ----------------------------------------------------------------------------------
+def test_gradient_error_ranks_by_mse_and_by_work(modern):
+    eff = pd.read_csv(modern / "tables/grad_efficiency.csv")
+    enc = eff[(eff.labels == 3000) & (eff.param_group == "encoder_y")].set_index("estimator")
+    assert enc.loc["gumbel", "biased"] and not enc.loc["trace", "biased"]
+    timing = pd.read_csv(modern / "timing.csv")
+    sec_per_step = timing[(timing.estimator == "trace") & (timing.step_kind == "unsup")].median_ms.median() / 1e3
+    assert enc.loc["trace", "work_normalised_mse"] == pytest.approx(enc.loc["trace", "mse"] * sec_per_step)
+    # gumbel: low variance but a large bias, so its MSE ranks it behind enum; cheap, so its work ranks it ahead of
+    # enum-seq
+    assert enc.loc["gumbel", "variance"] < enc.loc["enum", "variance"] < enc.loc["gumbel", "mse"]
+    assert enc.loc["enum", "rank_mse"] < enc.loc["gumbel", "rank_mse"] < enc.loc["trace", "rank_mse"]
+    assert enc.loc["gumbel", "rank_efficiency"] < enc.loc["enum-seq", "rank_efficiency"]
+    ranks = pd.read_csv(modern / "tables/grad_ranking.csv")
+    order = ranks[(ranks.labels == 3000) & (ranks.param_group == "encoder_y") & (ranks.by == "mse")].order.iloc[0]
+    assert order.endswith("gumbel (biased) < trace")
+    sec = _section(modern, "Gradient error against the exact gradient")
+    assert "| 3000 | MSE | " in sec and "gumbel (biased)" in sec
+    for labels in (100, 3000):
+        assert (modern / "plots" / f"grad_efficiency_L{labels}.png").stat().st_size > 10_000
+        assert f"plots/grad_efficiency_L{labels}.png" in sec
+
+
+def test_gradient_error_on_an_older_folder_says_so(old):
+    sec = _section(old, "Gradient error against the exact gradient")
+    assert "No gradient error in this folder: its grad_variance.csv has no `mse` column" in sec
+    assert not (old / "tables/grad_efficiency.csv").exists() and not list((old / "plots").glob("grad_efficiency*"))
+    # the heatmap falls back to the variance, and says so
+    m = pd.read_csv(old / "tables/grad_error_vs_enum.csv")
+    assert "median_ratio_to_enum" in m and "median_mse_ratio_to_enum" not in m
+    assert "so the heatmap shows the variance" in _section(old, "Gradient error relative to enum")
+
+
+def test_gradient_ranking_never_ranks_a_biased_estimator_by_variance(old, modern):
+    var = pd.read_csv(old / "tables/rank_grad_variance.csv")
+    g = var[var.variant == "gumbel"]
+    assert g["rank"].isna().all() and (g.ranked_by == "unranked (biased)").all()
+    assert g.median_variance.iloc[0] < var[var.variant == "enum"].median_variance.iloc[0]  # lowest, yet unranked
+    assert (var[var.variant != "gumbel"].ranked_by == "variance").all() and var[var.variant != "gumbel"]["rank"].notna().all()
+    assert "gumbel (biased)" in _section(old, "Estimators ranked")
+    var = pd.read_csv(modern / "tables/rank_grad_variance.csv")
+    assert (var.ranked_by == "mse").all() and var["rank"].notna().all()
+    at = var[var.labels == 3000].set_index("variant")
+    assert at.loc["enum", "rank"] < at.loc["gumbel", "rank"] < at.loc["trace", "rank"]
+
+
+# -- test ELBO ---------------------------------------------------------------------------------------
+def test_test_elbo_section(modern):
+    t = pd.read_csv(modern / "tables/test_elbo.csv").set_index(["labels", "variant"])
+    runs = pd.read_csv(modern / "runs.csv")
+    ok = runs[(runs.status == "ok") & (runs.cell.str.startswith("enum+aux_L100"))]
+    assert t.loc[(100, "enum + aux"), "final_test_elbo"] == pytest.approx(ok.final_test_elbo.mean())
+    assert t.loc[(100, "enum + aux"), "test_iwae"] == pytest.approx(ok.test_iwae.mean())
+    assert "baseline" not in set(t.index.get_level_values("variant"))  # no generative model
+    sec = _section(modern, "Test ELBO")
+    for name in ("test_elbo_vs_step", "test_elbo_vs_time"):
+        assert (modern / "plots" / f"{name}.png").stat().st_size > 10_000 and f"plots/{name}.png" in sec
+
+
+def test_test_elbo_on_an_older_folder_says_so(old):
+    assert "No test ELBO in this folder" in _section(old, "Test ELBO")
+    assert not (old / "tables/test_elbo.csv").exists() and not list((old / "plots").glob("test_elbo*"))
+
+
+# -- peak memory, protocol, tuning -------------------------------------------------------------------
+def test_peak_memory_in_the_timing_table(modern, old):
+    wide = pd.read_csv(modern / "tables/timing.csv").set_index("estimator")
+    assert wide.loc["trace", "peak MB sup / unsup / aux"] == "9 / 18 / 3.6"
+    assert "RSS sampling after malloc_trim" in _section(modern, "Time per step")
+    assert not any(c.startswith("peak") for c in pd.read_csv(old / "tables/timing.csv").columns)
+
+
+def test_protocol_is_stated(modern, old):
+    assert "Protocol: pyro (Pyro's loop exactly: with the auxiliary loss every unlabeled batch" in _section(modern, "Run")
+    run = _section(old, "Run")
+    assert "Protocol: bench (ours: an unlabeled batch takes the ELBO step only" in run
+    assert "runs.csv has no protocol column" in run
+    assert "bench protocol" in (old / "tables/summary.md").read_text()
+
+
+def test_tuning_section(modern, old):
+    sec = _section(modern, "Tuning")
+    assert "`--tuned results/tune-cpu/tuned.json`" in sec and "`best_valid_acc`" in sec
+    t = pd.read_csv(modern / "tables/tuned.csv")
+    assert set(zip(t.estimator, t.setting)) == {("enum", "lr"), ("gumbel", "lr"), ("gumbel", "tau0"),
+                                                ("gumbel", "tau_min")}
+    assert "## Tuning" not in (old / "report.md").read_text()
