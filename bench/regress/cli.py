@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import Parser, UsageError, fail, str_list
+from ..provenance import machine_fingerprint
 from . import ab as abmod
+from . import history
 from .baseline import DEFAULT_STAT, _rel, cmd_run
 
 
@@ -109,6 +111,7 @@ def cmd_ab(args) -> int:
         raise UsageError("regress ab: give either git revisions (--base/--head) or environments "
                          "(--pyro-*/--pythonpath-*/--python-*), not both")
     if args.inject_slowdown:
+        # imported only when asked: `bench run` and `bench train` never load the injection module
         from ..slowdown import parse
 
         try:
@@ -150,8 +153,6 @@ def cmd_ab(args) -> int:
           f">= {abmod.MIN_MS:.0f} ms per round, {args.threads} thread(s)")
     print(abmod.table(rows))
     problems = abmod.verdict_lines(rows, a, b, args.tolerance)
-    from ..provenance import machine_fingerprint
-
     fp = machine_fingerprint()
     summary = {"a": {"describe": a.describe, "commit": a.commit, "versions": va},
                "b": {"describe": b.describe, "commit": b.commit, "versions": vb},
@@ -165,8 +166,6 @@ def cmd_ab(args) -> int:
         _write_markdown(args.table_out, summary, fp, rows)
         print(f"regress ab: table written to {_rel(args.table_out)}")
     if not args.no_history and not args.inject_slowdown:
-        from . import history
-
         def side_cases(k):
             return {c: {"ms": r[f"{k}_ms"], "peak_mb": r[f"{k}_peak_mb"], "status": r[f"{k}_status"]}
                     for c, r in rows.items()}
@@ -207,8 +206,6 @@ def _write_markdown(path: Path, summary: dict, fp: dict, rows: dict) -> None:
 
 
 def cmd_history(args) -> int:
-    from . import history
-
     name = args.machine or history.machine()["name"]
     try:
         out = history.draw(name, out_dir=args.out)

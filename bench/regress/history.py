@@ -24,6 +24,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..provenance import machine_fingerprint
+
 REPO = Path(__file__).resolve().parents[2]
 HISTORY = REPO / "results" / "history"
 #: the case other cases are divided by in the load-robust panel (in the short A/B and the full one)
@@ -31,8 +33,6 @@ YARDSTICK = "ref:unsup-enum"
 
 
 def machine() -> dict:
-    from ..provenance import machine_fingerprint
-
     return machine_fingerprint()
 
 
