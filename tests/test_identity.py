@@ -132,12 +132,13 @@ def test_cell_ids_round_trip():
     assert schema.parse_cell_id("timing_cpu_enum") is None
 
 
-def _bench_imports(path: Path):
-    """(module-level bench imports, function-local bench imports) of one module."""
+def _bench_imports(path: Path, level: int = 1):
+    """(module-level bench imports, function-local bench imports) of one module; ``level``: the relative
+    import level that names a module of ``bench`` (1 in bench/, 2 in a subpackage such as bench/report/)."""
     tree = ast.parse(path.read_text())
     top, local = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             names = [node.module] if node.module else [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
             names = [node.module.split(".", 1)[1]] if "." in node.module else [a.name for a in node.names]
@@ -149,7 +150,17 @@ def _bench_imports(path: Path):
 
 def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
     mods = {p.stem: p for p in (REPO / "bench").glob("*.py") if p.stem not in ("__init__", "__main__")}
-    graph = {m: _bench_imports(p)[0] & set(mods) for m, p in mods.items()}
+    # a subpackage (bench/report/, bench/regress/) is one node: the bench modules its files import
+    packages = {d.name: sorted(d.rglob("*.py")) for d in (REPO / "bench").iterdir() if (d / "__init__.py").is_file()}
+    names = set(mods) | set(packages)
+    graph = {m: _bench_imports(p)[0] & names for m, p in mods.items()}
+    for pkg, files in packages.items():
+        deps = set()
+        for f in files:
+            depth = len(f.relative_to(REPO / "bench" / pkg).parts)   # 1: bench/pkg/x.py, 2: bench/pkg/sub/x.py
+            deps |= _bench_imports(f, level=depth + 1)[0]
+            deps |= {n for n in _bench_imports(f, level=99)[0]}       # absolute `from bench.X import`
+        graph[pkg] = (deps & names) - {pkg}
     state = {}
 
     def visit(m, path):
@@ -163,7 +174,7 @@ def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
 
     for m in graph:
         visit(m, [])
-    assert {"harness", "report", "compare"} <= graph["cli"]
+    assert {"harness", "report", "compare", "regress"} <= graph["cli"]
     assert not any("cli" in deps for deps in graph.values())
     assert graph["schema"] == set() and graph["errors"] == set() and graph["provenance"] == set()
     owned = ("cli", "harness", "store", "grid", "executors", "worker", "errors", "provenance", "schema")
@@ -173,6 +184,7 @@ def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
 
 def test_report_reads_only_its_own_grid(tmp_path):
     from bench import report
+    from bench.report.frames import table1 as table1_long
 
     grid_a = _grid()
     _finish(tmp_path, gridmod.expand(grid_a), commit="a" * 40)
@@ -183,7 +195,7 @@ def test_report_reads_only_its_own_grid(tmp_path):
     write_tables(tmp_path, gridmod.expand(grid_a), IDENT)  # stale caches of the other grid: never read
     res = report.load_results(tmp_path)
     assert set(res.runs["cell"]) == {"enum_L100_s0"} and set(res.runs["status"]) == {"ok"}
-    assert set(report.table1(res)["estimator"]) == {"enum"}
+    assert set(table1_long(res)["estimator"]) == {"enum"}
     assert {o["id"] for o in res.outside} >= {"rb-topk_L100_s0", "timing_cpu_rb-topk"}
     assert any(p.startswith("outside this grid: rb-topk_L100_s0") for p in res.problems)
     assert res.part_provenance["cells"]["commits"] == {"b" * 40: 1}
