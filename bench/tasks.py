@@ -411,8 +411,9 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         hashes = ssdata.raw_hashes(ssdata.locate_mnist(data_dir, download=False))
     except Exception:  # the data could not be found: the record says so in its error
         hashes = {}
-    record.update(seconds=time.time() - started, versions=versions(), threads=torch.get_num_threads(),
-                  device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
+    finished = time.time()  # started/finished (epoch seconds): bench.paired.ran_beside finds overlapping tasks
+    record.update(seconds=finished - started, started=started, finished=finished, versions=versions(),
+                  threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
                   identity=identity(device, torch.get_num_threads(), hashes))
     for rel, array in extra.items():
         buf = io.BytesIO()
