@@ -76,6 +76,20 @@ def _flat_grad(ps: List[torch.Tensor]) -> Optional[torch.Tensor]:
     return torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1) for gr, p in zip(grads, ps)])
 
 
+def _draws(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int):
+    """Yield ``n`` gradient estimates, each ``{group: flat gradient (detached)}``, every one from the
+    state the probe began with (:func:`preserved_param_store`); groups with no gradient are left out."""
+    all_params = [p for ps in groups.values() for p in ps]
+    _zero_grads(all_params)
+    for _ in range(n):
+        with preserved_param_store():
+            objective.loss_and_grads(*args)
+            draw = {g: flat.detach() for g, flat in ((g, _flat_grad(ps)) for g, ps in groups.items())
+                    if flat is not None}
+            _zero_grads(all_params)
+        yield draw
+
+
 def draw_gradients(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int,
                    dtype: torch.dtype = torch.float32, device=None) -> Dict[str, torch.Tensor]:
     """``n`` independent gradient estimates at the current parameters: group -> (n, P) tensor.
@@ -86,20 +100,12 @@ def draw_gradients(objective: Objective, groups: Dict[str, List[torch.Tensor]], 
     receive no gradient are left out. The draws are kept in ``dtype`` (float32 by default:
     the statistics are accumulated in float64, see :func:`gradient_stats`).
     """
-    all_params = [p for ps in groups.values() for p in ps]
     out: Dict[str, torch.Tensor] = {}
-    _zero_grads(all_params)
-    for i in range(n):
-        with preserved_param_store():
-            objective.loss_and_grads(*args)
-            for g, ps in groups.items():
-                flat = _flat_grad(ps)
-                if flat is None:
-                    continue
-                if g not in out:
-                    out[g] = torch.empty((n, flat.numel()), dtype=dtype, device=device or flat.device)
-                out[g][i] = flat.detach()
-            _zero_grads(all_params)
+    for i, draw in enumerate(_draws(objective, groups, args, n)):
+        for g, flat in draw.items():
+            if g not in out:
+                out[g] = torch.empty((n, flat.numel()), dtype=dtype, device=device or flat.device)
+            out[g][i] = flat
     return out
 
 
@@ -127,23 +133,15 @@ def reference_gradient(objective: Objective, groups: Dict[str, List[torch.Tensor
     """
     if calls < 2:
         raise ValueError("a reference needs at least 2 calls to estimate its own error")
-    all_params = [p for ps in groups.values() for p in ps]
     first, total, sq = {}, {}, {}
-    _zero_grads(all_params)
-    for _ in range(calls):
-        with preserved_param_store():
-            objective.loss_and_grads(*args)
-            for g, ps in groups.items():
-                flat = _flat_grad(ps)
-                if flat is None:
-                    continue
-                flat = flat.detach().double()
-                if g not in first:  # shift by the first call: no cancellation in the sum of squares
-                    first[g], total[g], sq[g] = flat.clone(), torch.zeros_like(flat), 0.0
-                d = flat - first[g]
-                total[g] += d
-                sq[g] += float(d.pow(2).sum())
-            _zero_grads(all_params)
+    for draw in _draws(objective, groups, args, calls):
+        for g, flat in draw.items():
+            flat = flat.double()
+            if g not in first:  # shift by the first call: no cancellation in the sum of squares
+                first[g], total[g], sq[g] = flat.clone(), torch.zeros_like(flat), 0.0
+            d = flat - first[g]
+            total[g] += d
+            sq[g] += float(d.pow(2).sum())
     ref = Reference(draws=calls * particles)
     for g, d_sum in total.items():
         p = d_sum.numel()
