@@ -9,48 +9,56 @@ from ..common import AUX_STYLE, palette
 from ..context import Context, Figure, Section
 
 
-def plot_learning_curves(ctx: Context):
+def _per_variant(ctx: Context, c, draw):
+    """One panel per label count, ``draw(ax, colour, aux, rows)`` per variant; titles and the legend."""
     res = ctx.res
-    c = res.curves.dropna(subset=["valid_acc"])
-    if not len(c):
-        return None
     pal = palette(res)
     fig, panels = label_panels(c)
     pairs = []
     for ax, l in panels:
         for est, aux, sub in variant_rows(res, c, l, pairs):
-            for _, s in sub.groupby("seed"):  # each seed, thin
-                s = s.sort_values("epoch")
-                ax.plot(s.epoch, s.valid_acc, color=pal[est], linewidth=0.7, alpha=0.35,
-                        linestyle=AUX_STYLE[aux]["linestyle"])
-            mean = sub.groupby("epoch")["valid_acc"].mean()
-            ax.plot(mean.index, mean.values, color=pal[est], markersize=3.5, linewidth=1.6, **AUX_STYLE[aux])
+            draw(ax, pal[est], aux, sub)
         ax.set_title(f"{l} labels")
+    legend_right(panels[-1][0], legend_handles(pal, pairs))
+    return fig, panels
+
+
+def plot_learning_curves(ctx: Context):
+    c = ctx.res.curves.dropna(subset=["valid_acc"])
+    if not len(c):
+        return None
+
+    def draw(ax, colour, aux, sub):
+        for _, s in sub.groupby("seed"):  # each seed, thin
+            s = s.sort_values("epoch")
+            ax.plot(s.epoch, s.valid_acc, color=colour, linewidth=0.7, alpha=0.35,
+                    linestyle=AUX_STYLE[aux]["linestyle"])
+        mean = sub.groupby("epoch")["valid_acc"].mean()
+        ax.plot(mean.index, mean.values, color=colour, markersize=3.5, linewidth=1.6, **AUX_STYLE[aux])
+
+    fig, panels = _per_variant(ctx, c, draw)
+    for ax, _ in panels:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     panels[0][0].set_ylabel("validation accuracy")
-    legend_right(panels[-1][0], legend_handles(pal, pairs))
     return ctx.save_figure(fig, "learning_curves", "Validation accuracy per epoch (thick: mean over seeds; thin: each seed)")
 
 
 def plot_accuracy_vs_time(ctx: Context):
-    res = ctx.res
-    c = res.curves.dropna(subset=["test_acc", "elapsed_seconds"])
+    c = ctx.res.curves.dropna(subset=["test_acc", "elapsed_seconds"])
     if not len(c):
         return None
-    pal = palette(res)
-    fig, panels = label_panels(c)
-    pairs = []
-    for ax, l in panels:
-        for est, aux, sub in variant_rows(res, c, l, pairs):
-            for _, s in sub.groupby("seed"):
-                s = s.sort_values("elapsed_seconds")
-                ax.plot(s.elapsed_seconds, s.test_acc, color=pal[est], markersize=3, alpha=0.85, **AUX_STYLE[aux])
+
+    def draw(ax, colour, aux, sub):
+        for _, s in sub.groupby("seed"):
+            s = s.sort_values("elapsed_seconds")
+            ax.plot(s.elapsed_seconds, s.test_acc, color=colour, markersize=3, alpha=0.85, **AUX_STYLE[aux])
+
+    fig, panels = _per_variant(ctx, c, draw)
+    for ax, _ in panels:
         ax.set_xscale("log")
-        ax.set_title(f"{l} labels")
         ax.set_xlabel("cumulative training wall time (s, log)")
     panels[0][0].set_ylabel("test accuracy")
-    legend_right(panels[-1][0], legend_handles(pal, pairs))
     return ctx.save_figure(fig, "accuracy_vs_time", "Test accuracy vs training time (one line per seed)")
 
 
