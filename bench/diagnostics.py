@@ -177,6 +177,7 @@ def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param
         ax.annotate(label(est), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short decade
     xl = (x.min() / 1.6, x.max() * 1.6)
     yl = (y.min() / 4, y.max() * 4)
     ax.set_xlim(*xl)
