@@ -27,6 +27,9 @@ DONE_STATUSES = ("ok", "diverged")
 STATUSES = ("ok", "diverged", "failed", "missing", "corrupt", "stale")
 STEP_KINDS = ("sup", "unsup", "aux")
 
+#: generated digits of a cell: samples/<cell> + this suffix, (10, n, 28, 28) uint8, one shared z per column
+ANALOGY_SUFFIX = ".analogy.npy"
+
 CELL_RE = re.compile(r"^(?P<estimator>[a-z0-9-]+)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 
 

@@ -96,9 +96,16 @@ class SSVAE(nn.Module):
         return self.encoder_y(xs).argmax(-1)
 
     @torch.no_grad()
-    def sample_images(self, digits: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """Pixel probabilities of images drawn from p(x | y, z), z ~ N(0, I): (n, 784)."""
+    def sample_images(self, digits: torch.Tensor, zs: torch.Tensor = None,
+                      generator: torch.Generator = None) -> torch.Tensor:
+        """Pixel probabilities of p(x | y, z) for each digit: (n, 784).
+
+        ``zs`` (n, z_dim) fixes the style; by default z ~ N(0, I), one draw per image. Passing the
+        same z beside every digit gives Kingma et al.'s analogy figure: style held, class varied.
+        """
         ys = torch.nn.functional.one_hot(digits.long(), self.num_classes).float()
         device = self.decoder.out.weight.device
-        zs = torch.randn(len(digits), self.z_dim, generator=generator).to(device)
+        if zs is None:
+            zs = torch.randn(len(digits), self.z_dim, generator=generator)
+        zs = zs.to(device)
         return torch.sigmoid(self.decoder([zs, ys.to(device)]))

@@ -129,7 +129,7 @@ def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon
             probs = rng.rand(10, 6, 28, 28) ** 3
             for d in range(10):  # a bright bar whose position encodes the digit
                 probs[d, :, 4 + 2 * d: 6 + 2 * d, 4:24] = 1.0
-            np.save(root / "samples" / f"{cid}.npy", (probs * 255).astype(np.uint8))
+            np.save(root / "samples" / f"{cid}.analogy.npy", (probs * 255).astype(np.uint8))
 
     _write_csv(root / "runs.csv", run_rows)
     _write_csv(root / "curves.csv", curve_rows)

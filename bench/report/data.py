@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import load_grid, read_result
+from ..schema import ANALOGY_SUFFIX
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 #: "stale": runs.csv says the file was written for another configuration than the grid's
@@ -47,7 +48,7 @@ class Results:
     curves: pd.DataFrame        # per-epoch rows of ok cells
     timing: pd.DataFrame        # this folder's timing.csv plus any --compare-timing folders' (column source)
     grad: pd.DataFrame          # grad_variance.csv
-    samples: Dict[str, Path]    # cell -> samples/<cell>.npy
+    samples: Dict[str, Path]    # cell -> samples/<cell>.analogy.npy (or an older folder's samples/<cell>.npy)
     problems: List[str] = field(default_factory=list)
     timing_sources: List[Tuple[str, dict]] = field(default_factory=list)  # (label, env) per timing folder
     outside: List[dict] = field(default_factory=list)  # records of the folder outside its grid (in no table)
@@ -238,7 +239,11 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                 if key in grad:
                     grad[key] = pd.to_numeric(grad[key], errors="coerce")
 
-    samples = {p.stem: p for p in sorted((root / "samples").glob("*.npy"))}
+    samples = {}
+    for p in sorted((root / "samples").glob("*.npy")):  # an analogy file wins over an older independent-z one
+        cell = p.name[: -len(ANALOGY_SUFFIX)] if p.name.endswith(ANALOGY_SUFFIX) else p.stem
+        if cell not in samples or p.name.endswith(ANALOGY_SUFFIX):
+            samples[cell] = p
     return Results(root, env, runs, curves, timing, grad, samples, problems, sources, outside=grid.outside,
                    part_provenance=grid.provenance)
 

@@ -1,9 +1,9 @@
 """Generated digits: one row per class y, decoded from p(x | y, z).
 
-Kingma et al.'s analogy figure holds z fixed down each column and varies y along the rows. The result
-files cannot give it: ``samples/<cell>.npy`` holds (10, n, 28, 28) class-conditional draws, each with its
-own z ~ N(0, I), and the trained weights are not saved. So the figure shows those draws, one row per
-class; the analogy figure needs the harness to save draws with a shared z per column.
+Kingma et al.'s analogy figure holds z fixed down each column and varies y along the rows:
+``samples/<cell>.analogy.npy`` holds it, (10, n, 28, 28), one shared z ~ N(0, I) per column. Folders
+written before the harness saved it hold ``samples/<cell>.npy`` with an independent z per image; the
+figure says which it shows.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ...schema import ANALOGY_SUFFIX
 from ..context import Context, Figure, Section
 
 
@@ -47,8 +48,20 @@ def plot(ctx: Context, cell: str):
     ax.set_yticks([c * (h + pad) + h / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)])
     ax.set_xticks([])
     ax.set_ylabel("class y given to the decoder")
-    ax.set_xlabel("x ~ p(x | y, z), an independent z ~ N(0, I) per image; pixel probability, dark = 1")
-    return ctx.save_figure(fig, "samples", f"Generated digits, one row per class (cell {cell})")
+    if analogy(res, cell):
+        ax.set_xlabel("one z ~ N(0, I) per column, shared by every row: style held, class varied; "
+                      "pixel probability of p(x | y, z), dark = 1")
+        caption = f"Analogies (Kingma et al. 2014, fig. 1): z fixed per column, y per row (cell {cell})"
+    else:
+        ax.set_xlabel("x ~ p(x | y, z), an independent z ~ N(0, I) per image; pixel probability, dark = 1")
+        caption = (f"Generated digits, one row per class, an independent z per image (cell {cell}; this folder "
+                   "predates the analogy figure)")
+    return ctx.save_figure(fig, "samples", caption)
+
+
+def analogy(res, cell: str) -> bool:
+    """Whether the cell's samples share one z per column (the analogy layout)."""
+    return res.samples[cell].name.endswith(ANALOGY_SUFFIX)
 
 
 def build(ctx: Context) -> Section:
@@ -58,9 +71,16 @@ def build(ctx: Context) -> Section:
     if cell is None or (ctx.plots and fig is None):
         sec.text.append("No readable samples/*.npy for an ok cell.")
         return sec
-    sec.text.append(f"Cell `{cell}` (enum + aux with the most labels, lowest seed, when present). Kingma et al.'s "
-                    "analogy figure (z fixed per column, y per row) cannot be drawn from these files: each saved "
-                    "image has its own z and the trained weights are not saved.")
+    chosen = f"Cell `{cell}` (enum + aux with the most labels, lowest seed, when present)."
+    if analogy(ctx.res, cell):
+        sec.text.append(f"{chosen} Kingma et al.'s analogy figure: each column decodes one style z ~ N(0, I) under "
+                        "every label y = 0…9, so a good model keeps the slant and stroke down a column and changes "
+                        "only the digit.")
+        caption = "Analogies from the trained decoder: z fixed per column, y per row."
+    else:
+        sec.text.append(f"{chosen} This folder was written before the harness saved the analogy figure: each image "
+                        "has its own z, so rows show the classes but columns do not share a style.")
+        caption = "Ten draws per class from the trained decoder (rows: y = 0…9), an independent z per image."
     if fig:
-        sec.figures.append(Figure(fig, "Ten draws per class from the trained decoder (rows: y = 0…9)."))
+        sec.figures.append(Figure(fig, caption))
     return sec
