@@ -12,6 +12,11 @@ that finished.
   A task that runs longer than ``task_timeout`` seconds, or reports no progress for ``stall_timeout``
   seconds, is killed and recorded ``failed`` with an error starting ``timeout:``; the grid goes on.
 
+An executor is a class with the members of :class:`Executor`, registered in ``EXECUTORS``; it tells
+the driver how things move through ``on_update(running, record)``: ``running`` maps each task it is
+running to a :class:`TaskState` (its spec and the worker's last progress line), ``record`` is a
+finished task's record or None. The driver reads nothing else of it.
+
 Both executors give each attempt a fresh token that the worker writes into its record: a record
 without this attempt's token is an older one and is never taken for the new result. A ``failed``
 record is never written over a finished (ok or diverged) one. A worker that cannot write its result
@@ -29,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, runtime_checkable
 
 import uuid
 
@@ -39,6 +44,36 @@ from .schema import DONE_STATUSES
 from .store import atomic_write_json, read_result, result_path
 
 PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A running task as the driver sees it: its spec and the worker's last progress line
+    (``{"epoch": e, "step": s, "steps": n}``; empty before the first)."""
+    spec: dict
+    progress: Mapping = field(default_factory=dict)
+
+
+#: on_update(running task id -> TaskState, the record of a task that just finished or None)
+OnUpdate = Callable[[Mapping[str, TaskState], Optional[dict]], None]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where the tasks of a grid run. Constructed as ``cls(workers=, threads=, data_dir=, **options)``."""
+
+    name: str
+    workers: int
+    threads: int
+
+    def connect(self) -> None:
+        """Reach what the executor needs; raise ConfigError when it does not answer (nothing is written yet)."""
+
+    def run(self, specs: List[dict], out_dir, on_update: OnUpdate) -> None:
+        """Run every spec (each worker writes its own result file); call ``on_update`` as things move."""
+
+    def shutdown(self) -> None:
+        """Stop what is still running; safe to call twice."""
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -112,6 +147,12 @@ class LocalExecutor:
         self.stall_timeout = stall_timeout or None
         self.running: Dict[str, _Running] = {}
 
+    def connect(self) -> None:
+        """Nothing to reach: tasks run in subprocesses of this one."""
+
+    def states(self) -> Dict[str, TaskState]:
+        return {tid: TaskState(r.spec, dict(r.progress)) for tid, r in self.running.items()}
+
     def _free_gpu(self) -> Optional[int]:
         busy = {r.gpu for r in self.running.values()}
         return next((g for g in self.gpus if g not in busy), None)
@@ -143,8 +184,8 @@ class LocalExecutor:
         log.close()
         return run
 
-    def run(self, specs: List[dict], out_dir, on_update: Callable[["LocalExecutor", Optional[dict]], None]) -> None:
-        """Run ``specs``; ``on_update(executor, finished_record_or_None)`` is called as things move."""
+    def run(self, specs: List[dict], out_dir, on_update: OnUpdate) -> None:
+        """Run ``specs``; ``on_update(running, finished_record_or_None)`` is called as things move."""
         out_dir = Path(out_dir)
         log_dir = out_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -180,12 +221,12 @@ class LocalExecutor:
                         reason = (f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
                         if attempts[tid] <= self.retries:
                             queue.insert(0, run.spec)
-                            on_update(self, {"id": tid, "status": "requeued", "error": reason})
+                            on_update(self.states(), {"id": tid, "status": "requeued", "error": reason})
                             continue
                         record = write_failed(out_dir, run.spec, f"{reason} (after {attempts[tid]} attempts; "
                                                                  f"see logs/{tid}.log)")
-                    on_update(self, record)
-                on_update(self, None)
+                    on_update(self.states(), record)
+                on_update(self.states(), None)
         finally:
             self.shutdown()
 
@@ -265,7 +306,6 @@ class DaskExecutor:
         self.data_dir = data_dir
         self.retries = retries
         self.scheduler = scheduler
-        self.running: Dict[str, _Running] = {}
         self.client = self.cluster = None
 
     def connect(self) -> None:
@@ -286,7 +326,7 @@ class DaskExecutor:
                                         dashboard_address=None, silence_logs=40)
             self.client = Client(self.cluster)
 
-    def run(self, specs: List[dict], out_dir, on_update) -> None:
+    def run(self, specs: List[dict], out_dir, on_update: OnUpdate) -> None:
         from distributed import as_completed
 
         if self.client is None:
@@ -305,8 +345,10 @@ class DaskExecutor:
                                              task_threads(spec, self.threads), token,
                                              key=f"ssvae-{spec['id']}-{token}", retries=self.retries, pure=False)
                     futures[fut], tokens[spec["id"]] = spec, token
+                pending = {spec["id"]: TaskState(spec) for spec in batch}  # submitted: no progress lines from dask
                 for fut in as_completed(list(futures)):
                     spec = futures[fut]
+                    pending.pop(spec["id"], None)
                     try:
                         record = fut.result()
                     except StorageError:
@@ -321,7 +363,7 @@ class DaskExecutor:
                         else:  # retries exhausted
                             record = write_failed(out_dir, spec, f"{exc} (after {self.retries + 1} attempts; "
                                                                  f"see logs/{spec['id']}.log)")
-                    on_update(self, record)
+                    on_update(pending, record)
         finally:
             self.shutdown()
 
@@ -348,4 +390,4 @@ class DaskExecutor:
         self.client = self.cluster = None
 
 
-EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
+EXECUTORS: Dict[str, type] = {"local": LocalExecutor, "dask": DaskExecutor}  # each an Executor

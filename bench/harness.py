@@ -24,10 +24,12 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
+
+from tqdm import tqdm
 
 from ssvae import data as ssdata
-from ssvae import RunConfig, resolve_labels
+from ssvae import resolve_labels
 from ssvae.config import check_device
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
@@ -35,9 +37,10 @@ from ssvae.estimators import REGISTRY
 from . import grid as gridmod
 from . import tune as tunemod
 from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
-from .executors import EXECUTORS
+from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from .schema import CELL_PROBE_FIELDS
+from .tasks import KINDS
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
                     run_identity, stale_reason, write_tables)
 
@@ -232,23 +235,27 @@ def _earlier_runs(path: Path) -> List[dict]:
 
 
 class Progress:
-    """One status line: tasks done / total, the current task, its epoch and step, an ETA (a heartbeat
-    line every minute when stderr is a log rather than a terminal)."""
+    """Tasks done / total, the running tasks with their epoch and step, and tqdm's ETA: a live bar on a
+    terminal, a heartbeat line every ``HEARTBEAT_S`` seconds in a log (CI, nohup, Slurm)."""
 
     HEARTBEAT_S = 60.0
+    METER = "{percentage:3.0f}% of the work | {elapsed} elapsed, ETA {remaining}"
 
-    def __init__(self, tasks: List[dict], todo: List[dict]):
+    def __init__(self, tasks: List[dict], todo: List[dict], stream=None):
+        self.stream = stream or sys.stderr
         self.total = len(tasks)
         self.done = self.total - len(todo)
-        self.units = {t["id"]: _units(t) for t in tasks}
+        self.units = {t["id"]: task_cost(t) for t in tasks}
         self.todo_units = sum(self.units[t["id"]] for t in todo)
         self.units_done = 0.0
-        self.start = time.time()
-        self.tty = sys.stderr.isatty()
-        self.last_beat = time.time()
+        self.start = self.last_beat = time.time()
+        self.tty = self.stream.isatty()
         self.counts = {}
+        # the bar counts work (enum-step equivalents), so its rate and ETA weigh a long cell over a probe
+        self.bar = tqdm(total=self.todo_units, file=self.stream, disable=not self.tty, leave=False,
+                        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", dynamic_ncols=True)
 
-    def update(self, executor, record: Optional[dict]) -> None:
+    def update(self, running: Mapping[str, TaskState], record: Optional[dict]) -> None:
         if record is not None:
             status = record.get("status")
             if status != "requeued":
@@ -258,52 +265,46 @@ class Progress:
             line = f"[{self.done}/{self.total}] {record['id']}: {status}"
             if record.get("error"):
                 line += f" ({str(record['error'])[:160]})"
-            self._print(line, final=True)
+            self._print(line)
         partial, current = 0.0, []
-        for tid, run in executor.running.items():
-            p = run.progress
+        for tid, state in running.items():
+            p, epochs = state.progress, task_epochs(state.spec)
             if p.get("steps"):
-                frac = ((p.get("epoch", 1) - 1) * p["steps"] + p.get("step", 0)) / (
-                    p["steps"] * _epochs(run.spec))
-                partial += min(frac, 1.0) * self.units[tid]
-                current.append(f"{tid} epoch {p.get('epoch', 1)}/{_epochs(run.spec)} "
-                               f"step {p.get('step', 0)}/{p['steps']}")
+                frac = ((p.get("epoch", 1) - 1) * p["steps"] + p.get("step", 0)) / (p["steps"] * epochs)
+                partial += min(frac, 1.0) * self.units.get(tid, 1)
+                current.append(f"{tid} epoch {p.get('epoch', 1)}/{epochs} step {p.get('step', 0)}/{p['steps']}")
             else:
                 current.append(f"{tid} starting")
-        if record is None and (self.tty or time.time() - self.last_beat >= self.HEARTBEAT_S):
-            # a TTY gets a live status line; a log gets a heartbeat line every HEARTBEAT_S seconds
-            self.last_beat = time.time()
-            self._print(f"[{self.done}/{self.total}] {'; '.join(current) or 'waiting'} | ETA {self.eta(partial)}")
-
-    def eta(self, partial: float) -> str:
-        done = self.units_done + partial
-        if done <= 0:
-            return "?"
-        left = (time.time() - self.start) / done * max(self.todo_units - done, 0)
-        return f"{int(left // 60)}m{int(left % 60):02d}s"
-
-    def _print(self, line: str, final: bool = False) -> None:
+        work = min(self.units_done + partial, self.todo_units)
+        status = f"[{self.done}/{self.total}] {'; '.join(current) or 'waiting'}"
         if self.tty:
-            sys.stderr.write("\r\033[K" + line[:200] + ("\n" if final else ""))
+            self.bar.n = work
+            self.bar.set_postfix_str(status, refresh=True)
+        elif record is None and time.time() - self.last_beat >= self.HEARTBEAT_S:
+            self.last_beat = time.time()
+            self._print(f"{status} | {self.meter(work)}")
+
+    def meter(self, work: float) -> str:
+        """tqdm's meter for ``work`` of the todo units done: percentage, elapsed, ETA."""
+        return tqdm.format_meter(work, self.todo_units or 1, time.time() - self.start, bar_format=self.METER)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _print(self, line: str) -> None:
+        if self.tty:
+            self.bar.write(line, file=self.stream)
         else:
-            print(line, file=sys.stderr)
-        sys.stderr.flush()
+            print(line, file=self.stream, flush=True)
 
 
-def _epochs(spec: dict) -> int:
-    return (spec.get("config") or {}).get("epochs", 1) if spec["kind"] != "timing" else 1
+def task_cost(spec: dict) -> float:
+    """A rough cost of a task in enum-step equivalents (its kind says), for the ETA and ``bench list``."""
+    return KINDS[spec["kind"]].cost(spec)
 
 
-def _units(spec: dict) -> float:
-    """A rough cost of a task in enum-step equivalents, for the ETA."""
-    cfg = spec.get("config") or {}
-    if spec["kind"] == "timing":
-        return 60.0
-    steps = _epochs(spec) * gridmod.steps_per_epoch(RunConfig.from_dict(cfg))
-    weight = {"baseline": 0.05, "trace": 0.2}.get(cfg.get("estimator"), 1.0)
-    if spec["kind"] == "common":
-        steps = max(spec["checkpoints"]) + len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"]
-    return max(steps * weight, 1.0)
+def task_epochs(spec: dict) -> int:
+    return KINDS[spec["kind"]].epochs(spec)
 
 
 def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
@@ -329,7 +330,7 @@ def estimate_seconds(todo: List[dict], workers: int) -> Optional[float]:
     per = _seconds_per_unit()
     if per is None:
         return None
-    return sum(_units(t) for t in todo) * per / max(1, workers)
+    return sum(task_cost(t) for t in todo) * per / max(1, workers)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -390,8 +391,7 @@ def cmd_run(args) -> int:
     else:
         kwargs = {"gpus": gpus, "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
     executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root), **kwargs)
-    if hasattr(executor, "connect"):
-        executor.connect()  # a scheduler that does not answer fails here, before anything is written
+    executor.connect()  # a scheduler that does not answer fails here, before anything is written
     try:
         return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor)
     except StorageError as exc:
@@ -411,19 +411,21 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
               f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
         progress = Progress(tasks, todo)
 
-        def on_update(ex, record):
-            progress.update(ex, record)
+        def on_update(running, record):
+            progress.update(running, record)
             if record is not None:
                 write_tables(out, tasks, ident)
 
         try:
             executor.run(todo, out, on_update)
         except KeyboardInterrupt:
+            progress.close()
             write_tables(out, tasks, ident)
             done = sum(is_done(out, t, ident) for t in tasks)
             print(f"\nbench: interrupted; {done}/{len(tasks)} tasks are done and kept in {out}. "
                   f"Rerun the same command to resume.", file=sys.stderr)
             return 130
+        progress.close()
         write_tables(out, tasks, ident)
     failed = [t["id"] for t in tasks if (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
@@ -471,7 +473,7 @@ def cmd_list(args) -> int:
     for name in gridmod.preset_names():
         grid = gridmod.make_grid(gridmod.load_preset(name))
         tasks = gridmod.expand(grid)
-        est = _duration(sum(_units(t) for t in tasks) * per).replace("about ", "") if per else "?"
+        est = _duration(sum(task_cost(t) for t in tasks) * per).replace("about ", "") if per else "?"
         print(f"{name:8s} {len(tasks):5d} {est:>16s}  {grid.description}")
     if per:
         print("(time from this machine's enum step time; divide by --workers)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 # -- tasks and statuses ----------------------------------------------------------------------------
-TASK_KINDS = ("train", "common", "timing")
+# task kinds: bench.tasks.KINDS (how each runs and what it costs)
 #: finished: reused by a rerun when the record's identity matches
 DONE_STATUSES = ("ok", "diverged")
 #: every status a cell can show in a table

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -29,6 +30,7 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
+from .grid import steps_per_epoch
 from .provenance import device_name, host, identity, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
@@ -387,7 +389,42 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
     return {"status": "ok", "error": None, "timing": rows, "matmul": matmul, "data_sha256": data.sha256}
 
 
-RUNNERS = {"train": run_train, "common": run_common, "timing": run_timing}
+# -- the task kinds ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task: how a worker runs its spec, and what it costs.
+
+    ``run(spec, data_dir, progress) -> dict`` returns the record's fields (``status`` among them) and
+    may call ``progress({"epoch": e, "step": s, "steps": n})``; ``cost(spec)`` is a rough size in
+    enum-step equivalents (the ETA and ``bench list`` read it); ``epochs(spec)`` is how many epochs the
+    progress lines count. A new kind is a runner, one entry here, and its spec expansion in
+    ``bench.grid.expand``.
+    """
+    run: Callable[[dict, Optional[str], Progress], dict]
+    cost: Callable[[dict], float]
+    epochs: Callable[[dict], int] = lambda spec: 1
+
+
+def _config_epochs(spec: dict) -> int:
+    return (spec.get("config") or {}).get("epochs", 1)
+
+
+def _train_cost(spec: dict) -> float:
+    cfg = RunConfig.from_dict(spec.get("config") or {})
+    weight = {"baseline": 0.05, "trace": 0.2}.get(cfg.estimator, 1.0)  # work per step relative to enum
+    return max(_config_epochs(spec) * steps_per_epoch(cfg) * weight, 1.0)
+
+
+def _common_cost(spec: dict) -> float:
+    """The common trajectory up to its last checkpoint plus the draws at every checkpoint."""
+    return max(max(spec["checkpoints"]) + len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"], 1.0)
+
+
+KINDS: Dict[str, TaskKind] = {
+    "train": TaskKind(run_train, _train_cost, _config_epochs),
+    "common": TaskKind(run_common, _common_cost, _config_epochs),
+    "timing": TaskKind(run_timing, lambda spec: 60.0),
+}
 
 
 def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,
@@ -405,7 +442,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
     try:
         set_seed(0)
-        record.update(RUNNERS[spec["kind"]](spec, data_dir, progress))
+        record.update(KINDS[spec["kind"]].run(spec, data_dir, progress))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, and the grid goes on

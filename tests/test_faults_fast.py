@@ -143,3 +143,42 @@ def test_driver_stops_in_one_line_when_the_folder_takes_no_write(tmp_path, monke
     assert code == EXIT_STORAGE and len(err) == 1 and "No space left on device" in err[0], err
     assert json.loads((out / "runs" / "earlier_L100_s0.json").read_text()) == {"status": "ok"}
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_executors_follow_the_protocol_and_report_progress_as_task_states(tmp_path, monkeypatch):
+    """The driver reads an executor only through on_update(running, record): running maps a task id to
+    its TaskState, with the worker's last progress line."""
+    assert isinstance(executors.LocalExecutor(workers=1, threads=1), executors.Executor)
+    assert isinstance(executors.DaskExecutor(workers=1, threads=1), executors.Executor)
+    _fake_worker(monkeypatch, "import json, time; print(json.dumps({'epoch': 1, 'step': 3, 'steps': 10}), "
+                              "flush=True); time.sleep(1.5)")
+    states = []
+    ex = executors.LocalExecutor(workers=1, threads=1)
+    ex.run([SPEC], tmp_path, lambda running, r: states.append(dict(running)))
+    seen = [s[SPEC["id"]] for s in states if SPEC["id"] in s]
+    assert seen and all(isinstance(s, executors.TaskState) and s.spec["id"] == SPEC["id"] for s in seen)
+    assert {"epoch": 1, "step": 3, "steps": 10} in [dict(s.progress) for s in seen]
+    assert states[-1] == {}  # nothing runs once the worker is gone
+
+
+def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypatch):
+    import io
+
+    from bench.executors import TaskState
+    from bench.harness import Progress
+
+    tasks = [{**SPEC, "config": {"estimator": "enum", "epochs": 2, "labels": 100}},
+             {**SPEC, "id": "trace_L100_s0", "config": {"estimator": "trace", "epochs": 2, "labels": 100}}]
+    log = io.StringIO()  # not a terminal: heartbeat lines, no bar
+    p = Progress(tasks, tasks, stream=log)
+    p.HEARTBEAT_S = 0.0
+    p.start -= 30  # thirty seconds in
+    p.update({SPEC["id"]: TaskState(tasks[0], {"epoch": 2, "step": 5, "steps": 10})}, None)
+    p.update({}, {"id": SPEC["id"], "status": "ok"})
+    p.close()
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("[0/2] enum_L100_s0 epoch 2/2 step 5/10 |")
+    share = 0.75 * p.units[SPEC["id"]] / p.todo_units  # three quarters of the first task's work
+    assert f"{round(100 * share):3d}% of the work" in lines[0] and "ETA 00:" in lines[0]
+    assert lines[1] == "[1/2] enum_L100_s0: ok"
+    assert "\r" not in log.getvalue()
