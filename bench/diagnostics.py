@@ -203,7 +203,7 @@ def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param
 #: batch 200, one thread); estimators not listed cost as trace-k10
 DEFAULT_STEP_MS = {("trace", "sup"): 13.3, ("trace", "unsup"): 17.4, ("enum", "sup"): 12.7,
                    ("enum", "unsup"): 70.6, ("trace-avg", "sup"): 15.4, ("trace-avg", "unsup"): 28.7,
-                   ("trace-nvil", "sup"): 15.7, ("trace-nvil", "unsup"): 29.6, ("trace-k10", "sup"): 48.3,
+                   ("trace-bx", "sup"): 15.7, ("trace-bx", "unsup"): 29.6, ("trace-k10", "sup"): 48.3,
                    ("trace-k10", "unsup"): 76.0, ("gumbel", "sup"): 15.3, ("gumbel", "unsup"): 23.0,
                    ("gumbel-st", "sup"): 15.1, ("gumbel-st", "unsup"): 22.0, ("rb-topk", "sup"): 14.8,
                    ("rb-topk", "unsup"): 29.7, ("enum-seq", "sup"): 12.7, ("enum-seq", "unsup"): 160.0}
@@ -226,7 +226,7 @@ def probe_cost(task: dict, step_ms: Optional[Mapping] = None) -> float:
 
     Per checkpoint: ``n_samples`` draws of each probed estimator on the labeled and unlabeled probe
     batches, and ``reference_draws`` enumerated z draws on each (a vectorised particle costs about
-    one enum step). The common task adds one update per stateful baseline (trace-avg, trace-nvil)
+    one enum step). The common task adds one update per stateful baseline (trace-avg, trace-bx, nvil)
     per unlabeled step of its trajectory. Training steps themselves are not counted.
     """
     step_ms = step_ms or DEFAULT_STEP_MS
@@ -249,6 +249,6 @@ def probe_cost(task: dict, step_ms: Optional[Mapping] = None) -> float:
     ms = n_ck * (draws + reference)
     if task["kind"] == "common":
         last = max(task["checkpoints"])
-        stateful = [e for e in ests if e in ("trace-avg", "trace-nvil")]
+        stateful = [e for e in ests if e in ("trace-avg", "trace-bx", "nvil")]  # bench.tasks._stateful_baseline
         ms += last * sum(_ms(step_ms, e, "unsup") for e in stateful)
     return ms / 1e3

@@ -87,11 +87,17 @@ def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int
 def _stateful_baseline(objective: Objective, xs: torch.Tensor):
     """What a score-function baseline of ``objective`` keeps between steps, or None.
 
-    Reads the guide's ``infer["baseline"]`` at its latent site y (TraceGraph_ELBO's options):
-    ``("avg", None)`` for a decaying average (kept in the param store), ``("nn", module)`` for a
-    neural baseline b(x) (trained by the optimiser), None for stateless estimators.
+    ``("nn", module, lr)`` for a neural baseline (trained by the optimiser at ``lr``; None: the
+    run's): NVIL's C(x), whose centring and scale statistics also move with each of its steps, or
+    a guide's ``infer["baseline"]["nn_baseline"]`` (TraceGraph_ELBO); ``("avg", None, None)`` for
+    a decaying average (kept in the param store); None for stateless estimators.
     """
     from pyro import poutine
+
+    from ssvae.nvil import NVIL
+
+    if isinstance(objective.loss, NVIL):
+        return "nn", objective.loss.baseline, (objective.lr_by_module or {}).get(objective.loss.name)
 
     with torch.no_grad(), preserved_param_store():
         trace = poutine.trace(objective.guide).get_trace(xs)
@@ -99,9 +105,9 @@ def _stateful_baseline(objective: Objective, xs: torch.Tensor):
         if site["type"] == "sample" and not site["is_observed"]:
             opts = (site.get("infer") or {}).get("baseline") or {}
             if opts.get("nn_baseline") is not None:
-                return "nn", opts["nn_baseline"]
+                return "nn", opts["nn_baseline"], None
             if opts.get("use_decaying_avg_baseline"):
-                return "avg", None
+                return "avg", None, None
     return None
 
 
@@ -110,8 +116,9 @@ class _BaselineTrainer:
 
     Before each unlabeled step of the common trajectory, every estimator with a stateful
     baseline takes one gradient estimate on that step's batch: a decaying average takes its
-    update (in the param store), a neural baseline b(x) one Adam step with the trajectory's
-    learning rate and betas (as the SVI optimiser trains it in the estimator's own run). The
+    update (in the param store), a neural baseline one Adam step with the betas of the trajectory and
+    the learning rate the estimator's own run gives it (NVIL's ``baseline_lr``, else the run's), as the
+    SVI optimiser trains it there; NVIL's centring and scale statistics take their update too. The
     networks' gradients are discarded and the RNG streams restored, so the trajectory is the
     one it would have been without the probe.
     """
@@ -124,7 +131,8 @@ class _BaselineTrainer:
                 continue
             opt = None
             if kind[0] == "nn":
-                opt = torch.optim.Adam(kind[1].parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+                lr = kind[2] if kind[2] is not None else cfg.lr
+                opt = torch.optim.Adam(kind[1].parameters(), lr=lr, betas=(cfg.beta1, 0.999))
             self.items.append((est, obj, opt))
 
     def __call__(self, kind: str, xs: torch.Tensor, step: int) -> None:

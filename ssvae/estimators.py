@@ -157,8 +157,8 @@ class _Baseline(nn.Module):
         return self.net(xs).squeeze(-1)
 
 
-def _trace_nvil(ss: SSVAE, options: dict) -> Objective:
-    o = _options("trace-nvil", options, {"hidden": 100})
+def _trace_bx(ss: SSVAE, options: dict) -> Objective:
+    o = _options("trace-bx", options, {"hidden": 100})
     device = next(ss.parameters()).device
     baseline = _Baseline(ss.input_size, int(o["hidden"])).to(device)
 
@@ -264,9 +264,9 @@ register(Estimator(
     "trace-avg", "score function with a decaying-average baseline (beta 0.95) via TraceGraph_ELBO",
     _trace_avg))
 register(Estimator(
-    "trace-nvil", "score function with a neural baseline b(x) (input-100-1 MLP) trained by squared error via "
+    "trace-bx", "score function with a neural baseline b(x) (input-100-1 MLP) trained by squared error via "
     "TraceGraph_ELBO: no centring, no variance normalisation (Mnih & Gregor's NVIL is `nvil`)",
-    _trace_nvil))
+    _trace_bx))
 register(Estimator(
     "trace-k10", "score function averaged over k=10 vectorised particles (as many decoder passes as enum)",
     _trace_k))

@@ -55,7 +55,7 @@ def _zero_grads(params: Iterable[torch.Tensor]) -> None:
 def preserved_param_store():
     """Undo what gradient draws leave in Pyro's param store: state an estimator updates as it
     runs (the decaying-average baseline of ``trace-avg``), parameters it creates, and the
-    ``.grad`` of parameters outside the measured groups (the neural baseline of ``trace-nvil``),
+    ``.grad`` of parameters outside the measured groups (the neural baseline of ``trace-bx``),
     which the next SVI step would otherwise apply. A baseline trained before the block keeps
     its trained state: the block restores it, it does not reset it."""
     store = pyro.get_param_store()

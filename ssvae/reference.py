@@ -192,12 +192,12 @@ UNSUP_COUNTERPART = {"trace": "unsup-sampled", "enum": "unsup-enum", "enum-seq":
                      "rb-topk-plain": "unsup-rb-topk-plain"}
 #: Estimators with no hand-written counterpart of their unlabeled step, and why (their step time
 #: is paired with the YARDSTICK instead):
-#: trace-avg, trace-nvil -- TraceGraph_ELBO's baseline bookkeeping is the cost being measured;
+#: trace-avg, trace-bx -- TraceGraph_ELBO's baseline bookkeeping is the cost being measured;
 #: nvil -- its step is a sampled step plus a baseline MLP and running statistics kept in the
 #: param store between steps: a twin would have to copy that state machine, not a formula;
 #: trace-k10 -- Trace_ELBO's vectorised particles (k sampled steps at once);
 #: gumbel, gumbel-st -- a different (relaxed) objective whose densities are torch's.
-NO_COUNTERPART = {"trace-avg", "trace-nvil", "nvil", "trace-k10", "gumbel", "gumbel-st"}
+NO_COUNTERPART = {"trace-avg", "trace-bx", "nvil", "trace-k10", "gumbel", "gumbel-st"}
 
 #: estimators whose every step (labeled too) averages several particles
 MULTI_PARTICLE = {"trace-k10"}

@@ -119,7 +119,7 @@ def test_baseline_objective_is_cross_entropy(tiny_model, tiny_batch):
 
 # -- unbiasedness in every parameter group, away from the initialisation ------------------------
 
-@pytest.mark.parametrize("name, replicas", [("trace", 100), ("trace-avg", 100), ("trace-nvil", 100),
+@pytest.mark.parametrize("name, replicas", [("trace", 100), ("trace-avg", 100), ("trace-bx", 100),
                                             ("trace-k10", 10), ("rb-topk", 30), ("enum-seq", 1)])
 def test_gradient_is_unbiased_in_every_group_on_perturbed_parameters(tiny_model, tiny_batch, name, replicas):
     """At Pyro's init q(y|x) is the same for every input; perturbed, it is not, and the mean gradient
@@ -131,7 +131,7 @@ def test_gradient_is_unbiased_in_every_group_on_perturbed_parameters(tiny_model,
         for _ in range(20):
             obj.loss_and_grads(tiny_batch.repeat(replicas, 1))
         model.zero_grad(set_to_none=True)
-    if name == "trace-nvil":  # a baseline that depends on x: unbiased for any b(x)
+    if name == "trace-bx":  # a baseline that depends on x: unbiased for any b(x)
         with torch.no_grad():
             for p in obj.baseline.parameters():
                 p.normal_(0.0, 1.0)
@@ -247,9 +247,9 @@ def test_trained_neural_baseline_lowers_the_variance(tiny_model, tiny_batch):
 
     model = perturbed(tiny_model, scale=0.2)  # costs of tens of nats: a scale Adam at lr 0.05 reaches
     pyro.set_rng_seed(0)
-    obj = get_estimator("trace-nvil").build(model, {"hidden": 16})
+    obj = get_estimator("trace-bx").build(model, {"hidden": 16})
     untrained = _encoder_y_variance(obj, model, tiny_batch)
-    trainer = _BaselineTrainer({"trace-nvil": obj}, SimpleNamespace(lr=0.05, beta1=0.9), tiny_batch,
+    trainer = _BaselineTrainer({"trace-bx": obj}, SimpleNamespace(lr=0.05, beta1=0.9), tiny_batch,
                                model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
     for step in range(300):

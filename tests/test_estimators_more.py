@@ -20,7 +20,7 @@ from ssvae.train import Trainer, train
 
 from .gradcheck import describe, discrepancy, encoder_y_grads, looks_unbiased
 
-NEW = ("trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk", "rb-top3", "rb-topk-plain",
+NEW = ("trace-avg", "trace-bx", "trace-k10", "gumbel", "gumbel-st", "rb-topk", "rb-top3", "rb-topk-plain",
        "rloo", "nvil")
 
 
@@ -36,7 +36,7 @@ def enum_grads(model, xs, n=150):
 
 @pytest.mark.parametrize("name, options, replicas", [
     ("trace-avg", {}, 200),
-    ("trace-nvil", {}, 200),
+    ("trace-bx", {}, 200),
     ("trace-k10", {}, 20),  # 10 vectorised particles x 20 copies = 200 samples per image
     ("rb-topk", {}, 40),
     ("rb-topk", {"k": 3}, 40),
@@ -45,7 +45,7 @@ def enum_grads(model, xs, n=150):
 def test_gradient_is_unbiased_for_enum_gradient(tiny_model, tiny_batch, name, options, replicas):
     pyro.set_rng_seed(0)
     obj = get_estimator(name).build(tiny_model, options)
-    if name == "trace-nvil":  # a baseline that really depends on x: unbiased for any b(x)
+    if name == "trace-bx":  # a baseline that really depends on x: unbiased for any b(x)
         with torch.no_grad():
             for p in obj.baseline.parameters():
                 p.normal_(0.0, 1.0)
@@ -111,7 +111,7 @@ def test_trace_k10_is_the_mean_of_ten_single_particle_elbos(tiny_model, tiny_bat
     assert get_estimator("trace-k10").build(tiny_model, {"k": 3}).loss.num_particles == 3
 
 
-@pytest.mark.parametrize("name", ["trace-avg", "trace-nvil"])
+@pytest.mark.parametrize("name", ["trace-avg", "trace-bx"])
 def test_baselines_change_the_gradient_not_the_loss(tiny_model, tiny_batch, name):
     """A baseline only reduces variance: loss = plain score-function loss, under the same noise."""
     trace = get_estimator("trace").build(tiny_model, {})
@@ -143,7 +143,7 @@ def test_decaying_average_is_one_scalar_across_batch_sizes(tiny_model, tiny_batc
 
 
 def test_nvil_baseline_is_trained_by_svi_and_is_not_an_ssvae_group(synthetic_data):
-    cfg = RunConfig(estimator="trace-nvil", labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3)
+    cfg = RunConfig(estimator="trace-bx", labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3)
     trainer = Trainer(cfg, synthetic_data)
     baseline = trainer.main.baseline
     before = [p.detach().clone() for p in baseline.parameters()]
@@ -155,7 +155,7 @@ def test_nvil_baseline_is_trained_by_svi_and_is_not_an_ssvae_group(synthetic_dat
     assert any(name.startswith("nvil_baseline$$$") for name in pyro.get_param_store().keys())
 
 
-@pytest.mark.parametrize("name", ["trace-avg", "trace-nvil", "nvil"])
+@pytest.mark.parametrize("name", ["trace-avg", "trace-bx", "nvil"])
 def test_gradient_probe_leaves_the_training_state_alone(tiny_model, tiny_batch, name):
     """Probes draw gradients between steps: the running average and b(x)'s .grad must not leak."""
     obj = get_estimator(name).build(tiny_model, {})
@@ -179,7 +179,7 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match="k must be an integer >= 1"):
         get_estimator("rb-topk").build(ss, {"k": 0})
     assert not REGISTRY["gumbel"].unbiased and not REGISTRY["gumbel-st"].unbiased
-    assert all(REGISTRY[n].unbiased for n in ("trace-avg", "trace-nvil", "trace-k10", "rb-topk", "rb-top3",
+    assert all(REGISTRY[n].unbiased for n in ("trace-avg", "trace-bx", "trace-k10", "rb-topk", "rb-top3",
                                               "rb-topk-plain", "rloo", "nvil"))
     assert all("\n" not in REGISTRY[n].description for n in NEW)
 

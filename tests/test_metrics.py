@@ -125,10 +125,12 @@ def test_draws_start_from_the_same_state(tiny_model, tiny_batch):
 
 
 def test_stateful_baselines_are_detected(tiny_model, tiny_batch):
-    kinds = {name: _stateful_baseline(get_estimator(name).build(tiny_model, {}), tiny_batch)
-             for name in ("trace", "enum", "trace-avg", "trace-nvil", "rb-topk", "gumbel")}
-    assert kinds["trace-avg"] == ("avg", None) and kinds["trace-nvil"][0] == "nn"
-    assert all(kinds[n] is None for n in ("trace", "enum", "rb-topk", "gumbel"))
+    objs = {name: get_estimator(name).build(tiny_model, {"baseline_lr": 0.003} if name == "nvil" else {})
+            for name in ("trace", "enum", "trace-avg", "trace-bx", "nvil", "rb-topk", "rloo", "gumbel")}
+    kinds = {name: _stateful_baseline(obj, tiny_batch) for name, obj in objs.items()}
+    assert kinds["trace-avg"] == ("avg", None, None) and kinds["trace-bx"][:1] == ("nn",)
+    assert kinds["nvil"] == ("nn", objs["nvil"].baseline, 0.003)  # C(x), at its own learning rate
+    assert all(kinds[n] is None for n in ("trace", "enum", "rb-topk", "rloo", "gumbel"))
 
 
 def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthetic_data):
@@ -142,9 +144,10 @@ def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthe
 
     def on_step(trainer, step):
         if not state:
-            objs = {n: get_estimator(n).build(trainer.ss, {}) for n in ("trace-avg", "trace-nvil", "trace")}
+            objs = {n: get_estimator(n).build(trainer.ss, {}) for n in ("trace-avg", "trace-bx", "nvil", "trace")}
             state["b"] = _BaselineTrainer(objs, cfg, synthetic_data.unsup.x[:32], trainer.ss.parameters())
-            state["nvil"] = [p.detach().clone() for p in objs["trace-nvil"].baseline.parameters()]
+            state["before"] = {n: [p.detach().clone() for p in objs[n].baseline.parameters()]
+                               for n in ("trace-bx", "nvil")}
             state["objs"] = objs
             state["b"].install(trainer)
 
@@ -152,11 +155,12 @@ def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthe
     for a, b in zip(plain_params, probed.ss.parameters()):
         assert torch.equal(a, b.detach())
     assert state["b"].updates == 5  # the unlabeled steps of the epoch (one labeled)
-    assert [n for n, _, _ in state["b"].items] == ["trace-avg", "trace-nvil"]
-    moved = [not torch.equal(a, b.detach()) for a, b in
-             zip(state["nvil"], state["objs"]["trace-nvil"].baseline.parameters())]
-    assert all(moved)
+    assert [n for n, _, _ in state["b"].items] == ["trace-avg", "trace-bx", "nvil"]
+    for n, before in state["before"].items():
+        moved = [not torch.equal(a, b.detach()) for a, b in zip(before, state["objs"][n].baseline.parameters())]
+        assert all(moved), n
     assert "__baseline_avg_downstream_cost_y" in pyro.get_param_store()
+    assert state["objs"]["nvil"].loss.signal_stats() is not None  # NVIL's c and v moved with it
 
 
 def test_common_probe_rows_carry_the_statistics(synthetic_data, monkeypatch, tmp_path):

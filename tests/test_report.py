@@ -477,7 +477,7 @@ def test_published_anchors_load_and_match(built):
 
 def test_colours_by_family_scale_past_ten():
     from bench.report.common import family, family_colours
-    names = ["trace", "enum", "enum-seq", "trace-avg", "trace-nvil", "trace-k10", "gumbel", "gumbel-st", "rb-topk",
+    names = ["trace", "enum", "enum-seq", "trace-avg", "trace-bx", "trace-k10", "gumbel", "gumbel-st", "rb-topk",
              "baseline", "rb-top3", "vimco", "mystery-a", "mystery-b", "mystery-c"]
     assert [family(n) for n in ("enum-seq", "trace-k10", "gumbel-st", "rb-topk", "baseline", "mystery-a")] == \
         ["enumeration", "score function", "relaxation", "Rao-Blackwell", "supervised only", None]
@@ -486,7 +486,7 @@ def test_colours_by_family_scale_past_ten():
     blue = lambda c: c[2] > c[0] and c[2] > c[1]
     orange = lambda c: c[0] > c[1] > c[2]
     assert all(blue(pal[n]) for n in ("enum", "enum-seq"))
-    assert all(orange(pal[n]) for n in ("trace", "trace-avg", "trace-nvil", "trace-k10", "vimco"))
+    assert all(orange(pal[n]) for n in ("trace", "trace-avg", "trace-bx", "trace-k10", "vimco"))
     assert all(pal[n][1] > pal[n][0] for n in ("gumbel", "gumbel-st"))  # greens
 
 

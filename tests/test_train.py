@@ -34,7 +34,7 @@ def test_same_seed_pairs_subset_weights_and_batch_order_across_estimators():
     assert not torch.equal(data.sup_index, _data(1).sup_index)
     runs = {}
     for est, aux, protocol in [("enum", True, "bench"), ("trace", False, "bench"), ("rb-topk", True, "bench"),
-                               ("gumbel", True, "pyro"), ("trace-nvil", False, "bench"), ("baseline", False, "bench")]:
+                               ("gumbel", True, "pyro"), ("trace-bx", False, "bench"), ("baseline", False, "bench")]:
         t = Trainer(RunConfig(estimator=est, aux=aux, seed=3, protocol=protocol, **TINY).validate(), data)
         kinds = t.schedule()
         runs[est] = (_state(t), kinds, [xs.clone() for _, xs, _ in t.batches(kinds)])

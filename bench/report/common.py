@@ -5,7 +5,7 @@ epoch, the label counts the rankings prefer).
 Colours. An estimator's hue says its family; its shade tells the members apart:
 
 * enumeration (``enum``, ``enum-seq``): blues;
-* score function (``trace``, ``trace-avg``, ``trace-nvil``, ``trace-k10``, ...): oranges;
+* score function (``trace``, ``trace-avg``, ``trace-bx``, ``trace-k10``, ...): oranges;
 * relaxation (``gumbel``, ``gumbel-st``, ...): greens;
 * Rao-Blackwell (``rb-topk``, ...): purples;
 * supervised only (``baseline``): grey.
