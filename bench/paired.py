@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .schema import CONTENDED_LOAD
+
 METRIC = "test_acc_at_best_valid"
 CONFIDENCE = 0.95
 #: Equivalence margin (accuracy, 0.01 = 1 point) and time fraction of the verdict: options.
@@ -169,7 +171,8 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
 
     An epoch of the SS-VAE (``ssvae.train.epoch_schedule``) has S labeled and U unlabeled batches;
     its estimate is ``S (sup + aux if aux) + U unsup`` median ms. Estimators the probe did not time
-    (the supervised baseline) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
+    (the supervised baseline) and probes that shared the machine (``other_cpu_load`` at least
+    ``bench.schema.CONTENDED_LOAD`` cores) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
     protocol an epoch also takes U empty auxiliary steps (an Adam update with zero gradients), which the
     probe does not time: the estimate leaves them out.
     """
@@ -178,6 +181,8 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
     t = timing.copy()
     t["aux"] = t["aux"].map(_as_bool)
     t = t[(t["device"] == device) & (t["aux"] == bool(aux))]
+    if "other_cpu_load" in t:  # a probe that shared the machine is no isolated measurement (unknown: kept)
+        t = t[~(pd.to_numeric(t["other_cpu_load"], errors="coerce") >= CONTENDED_LOAD)]
     if t.empty:
         return pd.Series(dtype=float)
     bs = int(batch_size or t["batch_size"].iloc[0])
@@ -342,25 +347,6 @@ def _list(items: list) -> str:
 
 
 # -- concurrency -----------------------------------------------------------------------------------
-def ran_beside(cells: pd.DataFrame) -> pd.DataFrame:
-    """What else ran beside each task: ``cells`` has id, host, started, finished (epoch seconds).
-
-    Returns id, beside (how many other tasks on the same host overlapped it in time), beside_ids
-    (their ids, ';'-joined) and alone (beside == 0). Cells without start/finish times get NaN/None.
-    """
-    rows = []
-    for r in cells.itertuples(index=False):
-        if not (pd.notna(r.started) and pd.notna(r.finished)):
-            rows.append({"id": r.id, "beside": math.nan, "beside_ids": None, "alone": None})
-            continue
-        other = cells[(cells["id"] != r.id) & (cells["host"] == r.host) & cells["started"].notna()
-                      & cells["finished"].notna()]
-        hit = other[(other["started"] < r.finished) & (other["finished"] > r.started)]
-        rows.append({"id": r.id, "beside": len(hit), "beside_ids": ";".join(sorted(map(str, hit["id"]))),
-                     "alone": len(hit) == 0})
-    return pd.DataFrame(rows, columns=["id", "beside", "beside_ids", "alone"])
-
-
 # -- plots -----------------------------------------------------------------------------------------
 def _plt():
     import matplotlib

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,6 +132,36 @@ def usable_cpus() -> int:
     if quota is not None:
         n = min(n, max(1, int(quota)))
     return max(1, n)
+
+
+def cpu_times() -> Optional[Tuple[float, float]]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children), now.
+
+    The machine's from the first line of /proc/stat (user, nice, system, irq, softirq; idle, iowait and
+    steal are not work of this machine's processes); None where it cannot be read. Two snapshots
+    around a task give :func:`other_cpu_load`.
+    """
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 7:
+        return None
+    busy = (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / hz
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy, own
+
+
+def other_cpu_load(start, end, seconds: float) -> Optional[float]:
+    """Cores kept busy by everything but this process between two :func:`cpu_times` snapshots, on
+    average over ``seconds``: 0 for a task that ran alone, about 1 beside one single-threaded task."""
+    if start is None or end is None or seconds <= 0:
+        return None
+    other = (end[0] - start[0]) - (end[1] - start[1])
+    return round(max(other, 0.0) / seconds, 2)
 
 
 def _cgroup_quota() -> Optional[float]:

@@ -55,14 +55,17 @@ def timing_id(device: str, estimator: str) -> str:
 # -- the CSV tables --------------------------------------------------------------------------------
 RUNS_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "status", "test_acc_at_best_valid",
                 "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc", "epochs", "steps",
-                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "protocol", "final_test_elbo",
+                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "beside", "other_cpu_load", "protocol", "final_test_elbo",
                 "elbo_images", "test_iwae", "iwae_k", "iwae_images", "data_sha256", "git_commit", "error"]
 CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch", "global_step", "valid_acc",
                   "test_acc", "test_elbo", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]
 TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "batch_size", "n_steps", "median_ms",
                   "q1_ms", "q3_ms", "min_ms", "mean_ms", "threads", "ref_step", "ref_median_ms", "ref_q1_ms",
                   "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops", "pct_of_matmul_peak", "peak_mb",
-                  "peak_mb_method"]
+                  "peak_mb_method", "other_cpu_load"]
+#: a task beside which other processes kept at least this many cores busy on average is contended
+#: (its times are labelled so and never feed a verdict)
+CONTENDED_LOAD = 0.25
 VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
                     "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
                     "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",

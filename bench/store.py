@@ -242,6 +242,7 @@ def _cell_rows(spec: dict, record: Optional[dict], status: str) -> Tuple[dict, L
     metrics = (record or {}).get("metrics") or {}
     row = {**keys, "status": status, **{k: metrics.get(k) for k in RUN_METRICS}, "epochs": cfg["epochs"],
            "data_sha256": (record or {}).get("data_sha256"), "git_commit": _commit(record or {}),
+           "other_cpu_load": (record or {}).get("other_cpu_load"),
            "error": (record or {}).get("error")}
     curves = []
     if status in DONE_STATUSES:
@@ -253,23 +254,40 @@ def _variance_rows(record: dict) -> List[dict]:
     return [{k: r.get(k) for k in VARIANCE_COLUMNS} for r in record.get("grad_variance", [])]
 
 
+def ran_beside(records: List[dict]) -> Dict[str, List[str]]:
+    """What else of the folder ran beside each task: id -> ids of the other records on the same host
+    whose [started, finished] overlaps its own (absent: the record has no times)."""
+    timed = [r for r in records if isinstance(r.get("started"), (int, float)) and isinstance(r.get("finished"), (int, float))]
+    return {r["id"]: sorted(o["id"] for o in timed if o["id"] != r["id"] and o.get("host") == r.get("host")
+                            and o["started"] < r["finished"] and o["finished"] > r["started"])
+            for r in timed}
+
+
 def collect(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Dict[str, List[dict]]:
     """Rows of the four tables from the result files of ``tasks`` (absent cells: status 'missing';
-    a record for another configuration, other data or other torch/pyro: 'stale', and no rows)."""
+    a record for another configuration, other data or other torch/pyro: 'stale', and no rows).
+
+    A cell's ``beside`` counts the tasks of this folder that ran beside it (:func:`ran_beside`) and
+    ``other_cpu_load`` the cores that anything else on the machine kept busy meanwhile (the worker's
+    measurement, ``bench.provenance.other_cpu_load``); a timing row carries its probe's."""
     tables = {name: [] for name in TABLES}
-    for spec in tasks:
-        record, problem = read_result(result_path(out_dir, spec))
+    found = [(spec, *read_result(result_path(out_dir, spec))) for spec in tasks]
+    beside = ran_beside([r for _, r, _ in found if r is not None])
+    for spec, record, problem in found:
         stale = record is not None and stale_reason(record, spec, ident) is not None
         if spec["kind"] == "train":
             status = problem or ("stale" if stale else record["status"])
             row, curves = _cell_rows(spec, None if problem else record, status)
+            if record is not None and spec["id"] in beside:
+                row["beside"] = len(beside[spec["id"]])
             tables["runs"].append(row)
             tables["curves"] += curves
             if record is not None and not stale:
                 tables["grad_variance"] += _variance_rows(record)
         elif record is not None and not stale:
             tables["grad_variance"] += _variance_rows(record)
-            tables["timing"] += [{**{k: row.get(k) for k in TIMING_COLUMNS}, "device_name": record.get("device_name")}
+            tables["timing"] += [{**{k: row.get(k) for k in TIMING_COLUMNS}, "device_name": record.get("device_name"),
+                                  "other_cpu_load": record.get("other_cpu_load")}
                                  for row in record.get("timing", [])]
     return tables
 

@@ -31,7 +31,7 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
 from .grid import steps_per_epoch
-from .provenance import device_name, host, identity, versions
+from .provenance import cpu_times, device_name, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
 from .store import atomic_write_bytes, atomic_write_json, result_path
@@ -446,7 +446,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    started = time.time()
+    started, cpu_start = time.time(), cpu_times()
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
     try:
         set_seed(0)
@@ -462,8 +462,9 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         hashes = ssdata.raw_hashes(ssdata.locate_mnist(data_dir, download=False))
     except Exception:  # the data could not be found: the record says so in its error
         hashes = {}
-    finished = time.time()  # started/finished (epoch seconds): bench.paired.ran_beside finds overlapping tasks
-    record.update(seconds=finished - started, started=started, finished=finished, versions=versions(),
+    finished = time.time()  # started/finished (epoch seconds): bench.store.ran_beside finds overlapping tasks
+    record.update(seconds=finished - started, started=started, finished=finished,
+                  other_cpu_load=other_cpu_load(cpu_start, cpu_times(), finished - started), versions=versions(),
                   threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
                   identity=identity(device, torch.get_num_threads(), hashes))
     for rel, array in extra.items():

@@ -182,3 +182,30 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     assert f"{round(100 * share):3d}% of the work" in lines[0] and "ETA 00:" in lines[0]
     assert lines[1] == "[1/2] enum_L100_s0: ok"
     assert "\r" not in log.getvalue()
+
+
+def test_other_cpu_load_sees_a_busy_process_beside_the_task():
+    """The worker's record says how many cores something else kept busy while it ran."""
+    import subprocess
+    import time
+
+    assert provenance.other_cpu_load((10.0, 1.0), (14.0, 3.0), 2.0) == 1.0  # 4 s busy, 2 of them its own
+    assert provenance.other_cpu_load(None, (1.0, 1.0), 1.0) is None
+    if provenance.cpu_times() is None:
+        pytest.skip("no /proc/stat on this platform")
+
+    def window(seconds=1.2):
+        a = provenance.cpu_times()
+        time.sleep(seconds)
+        return provenance.other_cpu_load(a, provenance.cpu_times(), seconds)
+
+    quiet = window()
+    if quiet > provenance.usable_cpus() - 1:
+        pytest.skip(f"the machine is saturated ({quiet} cores busy already): one more process cannot show")
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"])
+    try:
+        time.sleep(0.3)  # past its start-up
+        loaded = window()
+    finally:
+        busy.wait()
+    assert loaded - quiet > 0.6, (quiet, loaded)

@@ -172,6 +172,14 @@ def test_timing_and_relative_cost(built):
     assert "2.33×" in (root / "report.md").read_text()
 
 
+def test_a_contended_timing_probe_is_labelled(built):
+    root, out = built
+    shown = pd.read_csv(root / "tables" / "timing.csv").set_index("estimator")
+    assert shown.loc["enum-seq", "measured"] == "contended (1.1 cores busy beside)"
+    assert (shown.drop(index="enum-seq")["measured"] == "alone").all()
+    assert "beside the probe of enum-seq: those times are labelled so and no verdict uses them" in out["report.md"].read_text()
+
+
 def test_timing_rows_not_duplicated(built):
     """timing.csv repeats the sup/unsup measurement for aux and no-aux: the report shows it once."""
     root, _ = built

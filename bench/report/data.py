@@ -208,6 +208,10 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     runs["status"] = runs["status"].astype(str)
     runs["expected"] = runs["cell"].isin(set(expected))
     runs["error"] = runs["error"].where(runs["error"].notna(), "")
+    # what ran beside each cell (bench.store.collect, from the records' times and the worker's measurement)
+    side = {} if grid.legacy else {r["cell"]: r for r in grid.tables.get("runs", [])}
+    for key in ("beside", "other_cpu_load"):
+        runs[key] = pd.to_numeric(runs["cell"].map(lambda c: side.get(c, {}).get(key)), errors="coerce")
     runs = runs.sort_values(["labels", "estimator", "aux", "seed", "cell"]).reset_index(drop=True)
 
     ok_cells = set(runs.loc[runs.status == "ok", "cell"])

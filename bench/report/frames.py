@@ -132,7 +132,7 @@ def timing(res: Results) -> pd.DataFrame:
                  from_aux_run=t.aux)
     t = t.sort_values(["device", "device_name", "_o", "estimator", "_k", "aux"], kind="stable")
     t = t.drop_duplicates(["device", "device_name", "estimator", "step_kind"], keep="first")
-    cols += [c for c in ("peak_mb", "peak_mb_method") if c in t and t[c].notna().any()]  # newer probes only
+    cols += [c for c in ("peak_mb", "peak_mb_method", "other_cpu_load") if c in t and t[c].notna().any()]  # newer probes only
     return t[cols].reset_index(drop=True)
 
 

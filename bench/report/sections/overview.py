@@ -32,6 +32,23 @@ def compute_minutes(ctx: Context):
     return float(sec.sum()) / 60, int(workers), float(sec.sum()) / 60 / int(workers)
 
 
+def beside_line(ctx: Context):
+    """How many cells ran alone: runs.csv ``beside`` (tasks of this folder overlapping in time) and
+    ``other_cpu_load`` (cores anything else kept busy meanwhile); None for a folder without them."""
+    r = ctx.res.runs
+    if "beside" not in r or not r["beside"].notna().any():
+        return None
+    r = r[r["beside"].notna()]
+    n_beside = int((r["beside"] > 0).sum())
+    load = r["other_cpu_load"].dropna() if "other_cpu_load" in r else r["beside"].iloc[:0]
+    return (f"Beside what: {len(r) - n_beside} of {len(r)} timed cells ran with no other task of this folder, "
+            f"{n_beside} beside others (up to {int(r['beside'].max())}; runs.csv `beside`)"
+            + (f"; anything else on the machine kept a median of {load.median():.2g} cores busy while a cell ran "
+               f"(`other_cpu_load`, up to {load.max():.2g})" if len(load) else "")
+            + ". Cell wall times are therefore not isolated measurements; the verdicts' times come from the timing "
+              "probe.")
+
+
 def build(ctx: Context) -> Section:
     env, grid, res = ctx.env, ctx.grid, ctx.res
     s = ctx.frame(status)[0].iloc[0]
@@ -61,6 +78,9 @@ def build(ctx: Context) -> Section:
         sec.text.append(f"Compute: the ok cells trained for {total:.0f} minutes in all (runs.csv `train_seconds`, "
                         f"evaluation excluded); with {workers} worker{'s' if workers > 1 else ''} that is at least "
                         f"{per:.0f} minutes of wall time.")
+    beside = beside_line(ctx)
+    if beside:
+        sec.text.append(beside)
     probes = env.get("expected_probes")
     if isinstance(probes, list) and probes:
         have = {p.stem for p in (res.root / "probes").glob("*.json")}

@@ -1,7 +1,9 @@
 """Time per step: the timing probe's median ms [q1–q3] per device, estimator and step kind, each
 measurement once (see :func:`bench.report.frames.timing`), enumeration's cost relative to sampling,
 and a plot of points on a log axis, one panel per step kind. Files: ``timing.csv`` (the table shown),
-``timing_long.csv`` (numbers), ``timing_relative.csv`` (unlabeled step over trace's).
+``timing_long.csv`` (numbers), ``timing_relative.csv`` (unlabeled step over trace's). A probe beside
+which other processes kept ``bench.schema.CONTENDED_LOAD`` cores or more busy is marked contended, and
+the verdicts do not take its times.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 import pandas as pd
 
+from ...schema import CONTENDED_LOAD
 from ..common import fmt_ms, kinds_in, palette, rnd
 from ..context import Context, Figure, Section, Table
 from ..frames import timing
@@ -31,6 +34,10 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
                                   f"{fmt_ms(by.loc[k, 'q3_ms'])}]" if k in by.index else "–")
             un = by.loc["unsup", "median_ms"] if "unsup" in by.index else None
             row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
+            if "other_cpu_load" in long:  # what else kept the machine busy while the probe ran
+                load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
+                row["measured"] = ("–" if pd.isna(load) else f"contended ({load:.2g} cores busy beside)"
+                                   if load >= CONTENDED_LOAD else "alone")
             if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
                 row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
                     fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
@@ -106,6 +113,13 @@ def build(ctx: Context) -> Section:
         methods = sorted(set(long.peak_mb_method.dropna().astype(str))) if "peak_mb_method" in long else []
         sec.text.append("Peak memory: the growth of one more step of each kind after the timed ones, in MB"
                         + (f" ({'; '.join(methods)})" if methods else "") + ".")
+    if "other_cpu_load" in long:
+        load = pd.to_numeric(long.other_cpu_load, errors="coerce")
+        busy = sorted(set(long.estimator[load >= CONTENDED_LOAD]))
+        sec.text.append(f"**Contended:** other processes kept {CONTENDED_LOAD:g} cores or more busy beside the probe of "
+                        f"{', '.join(busy)}: those times are labelled so and no verdict uses them." if busy else
+                        "Every probe ran with the machine to itself (`measured`: alone; the worker's "
+                        "`other_cpu_load` below " f"{CONTENDED_LOAD:g} cores).")
     en = rel[rel.estimator == "enum"].dropna(subset=["relative_to_trace"])
     if len(en):
         sec.text.append("**Cost of enumeration relative to sampling (enum unsup / trace unsup):** " + "; ".join(
