@@ -26,6 +26,7 @@ from ssvae.errors import DivergedError
 from ssvae.evaluate import EvalPlan
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
+from ssvae.nvil import NVIL
 from ssvae.metrics import (Reference, gradient_report, preserved_param_store, reference_gradient,
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
@@ -93,8 +94,6 @@ def _stateful_baseline(objective: Objective, xs: torch.Tensor):
     a decaying average (kept in the param store); None for stateless estimators.
     """
     from pyro import poutine
-
-    from ssvae.nvil import NVIL
 
     if isinstance(objective.loss, NVIL):
         return "nn", objective.loss.baseline, (objective.lr_by_module or {}).get(objective.loss.name)
