@@ -1,6 +1,7 @@
 """Run: the command, the grid, the environment, what became of every cell, the compute the cells took."""
 from __future__ import annotations
 
+from ...schema import CONTENDED_LOAD
 from ..context import Context, Section
 from ..frames import protocols, status
 
@@ -41,12 +42,14 @@ def beside_line(ctx: Context):
     r = r[r["beside"].notna()]
     n_beside = int((r["beside"] > 0).sum())
     load = r["other_cpu_load"].dropna() if "other_cpu_load" in r else r["beside"].iloc[:0]
-    return (f"Beside what: {len(r) - n_beside} of {len(r)} timed cells ran with no other task of this folder, "
-            f"{n_beside} beside others (up to {int(r['beside'].max())}; runs.csv `beside`)"
+    shared = n_beside > 0 or (len(load) and load.max() >= CONTENDED_LOAD)
+    return (f"Beside what: {len(r) - n_beside} of {len(r)} finished cells ran with no other task of this folder, "
+            f"{n_beside} beside others (up to {int(r['beside'].max())}; runs.csv `beside`; a task still running "
+            f"when the tables were written is not counted)"
             + (f"; anything else on the machine kept a median of {load.median():.2g} cores busy while a cell ran "
                f"(`other_cpu_load`, up to {load.max():.2g})" if len(load) else "")
-            + ". Cell wall times are therefore not isolated measurements; the verdicts' times come from the timing "
-              "probe.")
+            + (". Cell wall times are therefore not isolated measurements; the verdicts' times come from the timing "
+               "probe." if shared else ". The verdicts' times come from the timing probe all the same."))
 
 
 def build(ctx: Context) -> Section:
