@@ -643,3 +643,17 @@ def test_readme_states_no_unchecked_number():
     assert requires.startswith(">=")
     assert numbers == [requires[2:]], numbers
     assert f"Python {requires[2:]} or newer" in text
+
+
+def test_beside_line_counts_cells_that_shared_the_machine():
+    from types import SimpleNamespace
+
+    from bench.report.sections.overview import beside_line
+
+    runs = pd.DataFrame({"beside": [0, 1, 2, None], "other_cpu_load": [0.0, 1.0, 0.9, None]})
+    line = beside_line(SimpleNamespace(res=SimpleNamespace(runs=runs)))
+    assert line.startswith("Beside what: 1 of 3 finished cells ran with no other task of this folder, 2 beside others (up to 2")
+    assert "median of 0.9 cores" in line and "not isolated measurements" in line
+    alone = beside_line(SimpleNamespace(res=SimpleNamespace(runs=runs.iloc[:1])))
+    assert "1 of 1 finished cells" in alone and "not isolated" not in alone
+    assert beside_line(SimpleNamespace(res=SimpleNamespace(runs=pd.DataFrame({"cell": ["a"]})))) is None
