@@ -174,10 +174,12 @@ class LocalExecutor:
         def read():
             for line in proc.stdout:
                 try:
-                    run.progress = json.loads(line)
-                    run.last_progress = time.time()
+                    event = json.loads(line)
                 except json.JSONDecodeError:
-                    pass
+                    continue
+                if isinstance(event, dict):  # merged: an epoch's summary keeps the step count of the lines before
+                    run.progress = {**run.progress, **event}
+                    run.last_progress = time.time()
 
         run.reader = threading.Thread(target=read, daemon=True)
         run.reader.start()

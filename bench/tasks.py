@@ -286,7 +286,7 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
                                            labels=cfg.labels, seed=cfg.seed, trajectory="common", step=step,
                                            baseline_updates=state["baselines"].updates))
             if progress:
-                progress({"event": "checkpoint", "step": step})
+                progress({"event": "checkpoint", "checkpoint": step})
             if step >= checkpoints[-1]:
                 raise _StopTraining
 

@@ -151,13 +151,16 @@ def test_executors_follow_the_protocol_and_report_progress_as_task_states(tmp_pa
     assert isinstance(executors.LocalExecutor(workers=1, threads=1), executors.Executor)
     assert isinstance(executors.DaskExecutor(workers=1, threads=1), executors.Executor)
     _fake_worker(monkeypatch, "import json, time; print(json.dumps({'epoch': 1, 'step': 3, 'steps': 10}), "
-                              "flush=True); time.sleep(1.5)")
+                              "flush=True); time.sleep(1.0); print(json.dumps({'event': 'epoch', 'epoch': 1, "
+                              "'valid_acc': 0.5}), flush=True); time.sleep(1.0)")
     states = []
     ex = executors.LocalExecutor(workers=1, threads=1)
     ex.run([SPEC], tmp_path, lambda running, r: states.append(dict(running)))
     seen = [s[SPEC["id"]] for s in states if SPEC["id"] in s]
     assert seen and all(isinstance(s, executors.TaskState) and s.spec["id"] == SPEC["id"] for s in seen)
     assert {"epoch": 1, "step": 3, "steps": 10} in [dict(s.progress) for s in seen]
+    # an epoch's summary line has no step count: the lines are merged, so the task does not fall back to "starting"
+    assert {"epoch": 1, "step": 3, "steps": 10, "event": "epoch", "valid_acc": 0.5} == dict(seen[-1].progress)
     assert states[-1] == {}  # nothing runs once the worker is gone
 
 
