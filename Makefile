@@ -49,7 +49,7 @@ report: install
 # unit tests, the smoke benchmark end to end, then step times: A/B against the parent commit in short mode
 # (says "NOT CHECKED" when the clone has no parent commit) and the stored baseline where this machine has one
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 	$(PYTHON) -m bench regress ab --base HEAD~1 --short --if-available && $(PYTHON) -m bench regress run --short --missing-ok
 
 # Performance regressions (docs/regressions.md). `make regress`: the A/B of the working tree against
