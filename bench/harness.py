@@ -457,8 +457,10 @@ def cmd_list(args) -> int:
     if path is None:
         path = _local_timing()
     if path and Path(path).is_file():
-        rows = [r for r in csv.DictReader(open(path)) if r["step_kind"] == "unsup" and r["aux"] == "False"]
-        by = {r["estimator"]: float(r["median_ms"]) for r in rows}
+        by = {}  # the unlabeled step is one measurement per estimator, repeated on its aux and no-aux rows
+        for r in csv.DictReader(open(path)):
+            if r["step_kind"] == "unsup":
+                by.setdefault(r["estimator"], float(r["median_ms"]))
         if "trace" in by:
             cost = {e: ms / by["trace"] for e, ms in by.items()}
     width = max(10, *(len(n) for n in REGISTRY))

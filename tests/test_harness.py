@@ -175,6 +175,10 @@ def test_list_names_every_estimator_with_its_cost_relative_to_trace(tmp_path, ca
     for name, est in REGISTRY.items():
         assert any(line.startswith(name + " ") and est.description in line for line in out.splitlines()), name
     assert re_line(out, "enum") == "5.2x" and re_line(out, "trace") == "1.0x" and re_line(out, "gumbel") == "-"
+    # a grid with the auxiliary loss only (the long preset) times the same unlabeled step on its aux rows
+    timing.write_text("estimator,aux,step_kind,median_ms\ntrace,True,unsup,10\nenum,True,unsup,34\n")
+    assert main(["list", "--timing", str(timing)]) == 0
+    assert re_line(capsys.readouterr().out, "enum") == "3.4x"
 
 
 def re_line(out, name):
