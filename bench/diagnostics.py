@@ -226,7 +226,7 @@ def probe_cost(task: dict, step_ms: Optional[Mapping] = None) -> float:
 
     Per checkpoint: ``n_samples`` draws of each probed estimator on the labeled and unlabeled probe
     batches, and ``reference_draws`` enumerated z draws on each (a vectorised particle costs about
-    one enum step). The common task adds one update per stateful baseline (trace-avg, trace-bx, nvil)
+    one enum step). The common task adds one update per stateful baseline (``Estimator.stateful``)
     per unlabeled step of its trajectory. Training steps themselves are not counted.
     """
     step_ms = step_ms or DEFAULT_STEP_MS
@@ -249,6 +249,6 @@ def probe_cost(task: dict, step_ms: Optional[Mapping] = None) -> float:
     ms = n_ck * (draws + reference)
     if task["kind"] == "common":
         last = max(task["checkpoints"])
-        stateful = [e for e in ests if e in ("trace-avg", "trace-bx", "nvil")]  # bench.tasks._stateful_baseline
+        stateful = [e for e in ests if REGISTRY.get(e) is not None and REGISTRY[e].stateful]
         ms += last * sum(_ms(step_ms, e, "unsup") for e in stateful)
     return ms / 1e3

@@ -6,12 +6,15 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import os
 import signal
 import time
 import traceback
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -189,7 +192,7 @@ def _load_data(cfg: RunConfig, data_dir) -> ssdata.SSData:
 
 
 # -- train -----------------------------------------------------------------------------------
-def run_train(spec: dict, data_dir, progress: Progress = None) -> dict:
+def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Optional[Path] = None) -> dict:
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
     checkpoints = set(spec.get("checkpoints", []))
@@ -249,19 +252,76 @@ def _save_samples(trainer: Trainer, spec: dict) -> str:
 
 
 # -- common-trajectory variance probe --------------------------------------------------------
-def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
+#: bump when what the trajectory cache holds, or how it is computed, changes
+TRAJECTORY_CACHE_VERSION = 1
+
+
+class _TrajectoryCache:
+    """The common trajectory's parameters and reference gradients at each checkpoint, on disk.
+
+    The per-estimator common probes of one (labels, seed) share the same trajectory and the same
+    exact reference gradient; the first probe to run writes them (``OUT/cache/common/<key>/step<N>.pt``),
+    and a later probe of an estimator without a stateful baseline reads them instead of training
+    the trajectory again. ``key`` hashes everything they depend on: the trajectory's config, the
+    probe batches' kinds, the reference draws, the data and the torch and pyro versions. The cache
+    is a cache: deleting it changes no result (the draws are seeded per checkpoint either way).
+    """
+
+    def __init__(self, root: Optional[Path], spec: dict, data_sha256: str):
+        self.dir = None
+        if root is not None:
+            what = {"v": TRAJECTORY_CACHE_VERSION, "config": spec["config"], "data": data_sha256,
+                    "step_kinds": list(spec.get("step_kinds", ("unsup", "sup"))),
+                    "reference_draws": spec.get("reference_draws", 200), "versions": versions()}
+            key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            self.dir = Path(root) / "common" / key
+
+    def _path(self, step: int) -> Optional[Path]:
+        return None if self.dir is None else self.dir / f"step{int(step)}.pt"
+
+    def has(self, steps) -> bool:
+        return self.dir is not None and all(self._path(s).is_file() for s in steps)
+
+    def load(self, step: int):
+        blob = torch.load(self._path(step), map_location="cpu", weights_only=True)
+        refs = {k: Reference(mean=r["mean"], err=r["err"], draws=r["draws"]) for k, r in blob["refs"].items()}
+        return blob["state"], refs
+
+    def save(self, step: int, state: dict, refs: Dict[str, Reference]) -> None:
+        if self.dir is None or self._path(step).is_file():
+            return
+        buf = io.BytesIO()
+        torch.save({"state": {k: v.detach().cpu() for k, v in state.items()},
+                    "refs": {k: {"mean": {g: t.cpu() for g, t in r.mean.items()}, "err": dict(r.err),
+                                 "draws": r.draws} for k, r in refs.items()}}, buf)
+        try:
+            atomic_write_bytes(self._path(step), buf.getvalue())
+        except OSError:  # a cache that cannot be written costs time, not results
+            pass
+
+
+def _checkpoint_seed(cfg: RunConfig, step: int) -> int:
+    """The torch seed of a checkpoint's reference (each estimator's draws add their own offset): the
+    same whether the trajectory was trained or read from the cache, and whichever estimators share the task."""
+    return 7_000_003 + 1_009 * int(step) + int(cfg.seed)
+
+
+def run_common(spec: dict, data_dir, progress: Progress = None, cache_dir: Optional[Path] = None) -> dict:
     """Every estimator's gradient at the parameters of one trajectory (enum + aux), checkpoint by checkpoint.
 
     Each estimator's objective is built once, at step 0, and kept: its stateful baseline is
     trained along the trajectory (:class:`_BaselineTrainer`) and its temperature is the one its
     own run has at the checkpoint (``spec["own_options"]`` carries the own runs' schedules). At each
     checkpoint the reference gradient is computed once and every estimator is compared with it.
+    The trajectory and the references are shared through :class:`_TrajectoryCache` (``cache_dir``):
+    a probe whose estimators keep no state reads them when a sibling probe has written them.
     """
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
     checkpoints = sorted(set(spec["checkpoints"]))
     probe_batches = _probe_batches(data, cfg.batch_size, spec.get("step_kinds", ("unsup", "sup")))
     unsup_xs = _probe_batches(data, cfg.batch_size)["unsup"][0]
+    cache = _TrajectoryCache(cache_dir, spec, data.sha256)
     rows: List[dict] = []
     state: dict = {}
 
@@ -272,32 +332,51 @@ def run_common(spec: dict, data_dir, progress: Progress = None) -> dict:
         baselines.install(trainer)
         state.update(objectives=objectives, baselines=baselines)
 
-    def on_step(trainer: Trainer, step: int):
-        if not state:
-            setup(trainer)
-        if step in checkpoints:
-            # The ELBO gradient alone: the auxiliary loss is a separate step with nothing to estimate,
-            # so common rows carry aux=False for every estimator.
-            refs = _references(trainer, probe_batches, spec.get("reference_draws", 200))
+    def measure(trainer: Trainer, step: int, refs=None):
+        # The ELBO gradient alone: the auxiliary loss is a separate step with nothing to estimate,
+        # so common rows carry aux=False for every estimator.
+        with preserved_rng():
+            torch.manual_seed(_checkpoint_seed(cfg, step))
+            if refs is None:
+                refs = _references(trainer, probe_batches, spec.get("reference_draws", 200))
+                cache.save(step, trainer.ss.state_dict(), refs)
             for est, objective in state["objectives"].items():
                 objective.at_step(step)
+                torch.manual_seed(_checkpoint_seed(cfg, step) + 1 + zlib.crc32(est.encode()) % 1_000_003)
                 rows.extend(_variance_rows(objective, trainer, probe_batches, spec["n_samples"], refs,
                                            spec.get("bootstrap", 1000), estimator=est, aux=False,
                                            labels=cfg.labels, seed=cfg.seed, trajectory="common", step=step,
                                            baseline_updates=state["baselines"].updates))
-            if progress:
-                progress({"event": "checkpoint", "checkpoint": step})
+        if progress:
+            progress({"event": "checkpoint", "checkpoint": step})
+
+    def on_step(trainer: Trainer, step: int):
+        if not state:
+            setup(trainer)
+        if step in checkpoints:
+            measure(trainer, step, cache.load(step)[1] if cache.has([step]) else None)
             if step >= checkpoints[-1]:
                 raise _StopTraining
 
+    out = {"status": "ok", "error": None, "grad_variance": rows, "data_sha256": data.sha256,
+           "trajectory": {"estimator": cfg.estimator, "aux": cfg.aux}}
+    if cache.has(checkpoints):
+        trainer = Trainer(cfg, data)
+        setup(trainer)
+        if not state["baselines"].items:  # nothing to train along the way: read the trajectory
+            for step in checkpoints:
+                params, refs = cache.load(step)
+                trainer.ss.load_state_dict(params)
+                measure(trainer, step, refs)
+            return {**out, "trajectory_cache": "read"}
+        state.clear()
     try:
         train(cfg, data, callback=progress, on_step=on_step, evaluation=EvalPlan(elbo_images=0, iwae_images=0))
     except _StopTraining:
         pass
     except DivergedError as exc:
         return {"status": "diverged", "error": str(exc), "grad_variance": rows, "data_sha256": data.sha256}
-    return {"status": "ok", "error": None, "grad_variance": rows, "data_sha256": data.sha256,
-            "trajectory": {"estimator": cfg.estimator, "aux": cfg.aux}}
+    return {**out, "trajectory_cache": "trained" if cache.dir is not None else None}
 
 
 # -- timing probe ----------------------------------------------------------------------------
@@ -346,7 +425,7 @@ def _reference_columns(cfg: RunConfig, estimator: str, step_kind: str, xs, ys, s
     return out
 
 
-def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
+def run_timing(spec: dict, data_dir, progress: Progress = None, cache_dir: Optional[Path] = None) -> dict:
     """Median time of each estimator's Pyro step of each kind, beside its hand-written twin.
 
     Per row: Pyro's times, the reference step's (same batch, warm-up and step count, timed
@@ -401,13 +480,14 @@ def run_timing(spec: dict, data_dir, progress: Progress = None) -> dict:
 class TaskKind:
     """One kind of task: how a worker runs its spec, and what it costs.
 
-    ``run(spec, data_dir, progress) -> dict`` returns the record's fields (``status`` among them) and
-    may call ``progress({"epoch": e, "step": s, "steps": n})``; ``cost(spec)`` is a rough size in
+    ``run(spec, data_dir, progress, cache_dir) -> dict`` returns the record's fields (``status`` among
+    them), may call ``progress({"epoch": e, "step": s, "steps": n})`` and may keep what sibling tasks
+    can reuse under ``cache_dir`` (``OUT/cache``; never a result); ``cost(spec)`` is a rough size in
     enum-step equivalents (the ETA and ``bench list`` read it); ``epochs(spec)`` is how many epochs the
     progress lines count. A new kind is a runner, one entry here, and its spec expansion in
     ``bench.grid.expand``.
     """
-    run: Callable[[dict, Optional[str], Progress], dict]
+    run: Callable[..., dict]
     cost: Callable[[dict], float]
     epochs: Callable[[dict], int] = lambda spec: 1
 
@@ -423,8 +503,12 @@ def _train_cost(spec: dict) -> float:
 
 
 def _common_cost(spec: dict) -> float:
-    """The common trajectory up to its last checkpoint plus the draws at every checkpoint."""
-    return max(max(spec["checkpoints"]) + len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"], 1.0)
+    """The draws at every checkpoint, plus the trajectory up to the last one where it is trained: by a
+    probe with a stateful baseline, and (not counted here) by the first probe of each (labels, seed),
+    which the others read from the trajectory cache."""
+    stateful = any(get_estimator(e).stateful for e in spec["estimators"])
+    draws = len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"]
+    return max(draws + (max(spec["checkpoints"]) if stateful else 0), 1.0)
 
 
 KINDS: Dict[str, TaskKind] = {
@@ -449,7 +533,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
     try:
         set_seed(0)
-        record.update(KINDS[spec["kind"]].run(spec, data_dir, progress))
+        record.update(KINDS[spec["kind"]].run(spec, data_dir, progress, cache_dir=out_dir / "cache"))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, and the grid goes on

@@ -65,6 +65,9 @@ class Estimator:
     unbiased: bool = True
     #: label used in tables for the Pyro tutorial's variants
     pyro_variant: str = ""
+    #: whether the objective keeps a baseline that learns from step to step (a decaying average, a
+    #: network b(x) or C(x)): a measurement at given parameters must train it along the way first
+    stateful: bool = False
 
 
 def _trace(ss: SSVAE, options: dict) -> Objective:
@@ -262,11 +265,11 @@ register(Estimator(
     _baseline, kind="supervised", pyro_variant="baseline classifier"))
 register(Estimator(
     "trace-avg", "score function with a decaying-average baseline (beta 0.95) via TraceGraph_ELBO",
-    _trace_avg))
+    _trace_avg, stateful=True))
 register(Estimator(
     "trace-bx", "score function with a neural baseline b(x) (input-100-1 MLP) trained by squared error via "
     "TraceGraph_ELBO: no centring, no variance normalisation (Mnih & Gregor's NVIL is `nvil`)",
-    _trace_bx))
+    _trace_bx, stateful=True))
 register(Estimator(
     "trace-k10", "score function averaged over k=10 vectorised particles (as many decoder passes as enum)",
     _trace_k))
@@ -291,7 +294,7 @@ register(Estimator(
     "enum's decoder passes", _rloo))
 register(Estimator(
     "nvil", "NVIL (Mnih & Gregor 2014): input-dependent baseline (own lr), running-mean centring and "
-    "variance normalisation of the learning signal", _nvil))
+    "variance normalisation of the learning signal", _nvil, stateful=True))
 
 
 def get_estimator(name: str) -> Estimator:

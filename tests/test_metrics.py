@@ -133,6 +133,16 @@ def test_stateful_baselines_are_detected(tiny_model, tiny_batch):
     assert all(kinds[n] is None for n in ("trace", "enum", "rb-topk", "rloo", "gumbel"))
 
 
+def test_the_registry_says_which_estimators_keep_a_learning_baseline(tiny_model, tiny_batch):
+    """Estimator.stateful (read by the cost estimates and the trajectory cache) is what the probe finds."""
+    from ssvae.estimators import REGISTRY
+
+    for name, est in REGISTRY.items():
+        if est.kind == "ssvae":
+            found = _stateful_baseline(est.build(tiny_model, {}), tiny_batch) is not None
+            assert est.stateful == found, name
+
+
 def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthetic_data):
     """The common probe's baseline updates do not move the enum + aux run: same parameters after
     training with and without them; and the baselines did learn (b(x) moved, the average exists)."""
@@ -187,3 +197,30 @@ def test_common_probe_rows_carry_the_statistics(synthetic_data, monkeypatch, tmp
         assert r["n_samples"] == 6 and r["ref_draws"] >= 4 and r["ref_err"] >= 0
         assert r["mse_lo"] <= r["mse_hi"] and r["variance_lo"] <= r["variance"] * 1.0000001 or r["variance"] == 0
         assert r["mse"] == pytest.approx(r["bias_sq"] + r["variance"])
+
+
+def test_sibling_common_probes_share_the_trajectory_through_the_cache(synthetic_data, monkeypatch, tmp_path):
+    """The first probe of a (labels, seed) trains the trajectory and writes its parameters and references;
+    a probe of a stateless estimator then reads them and gives the very rows it would have computed; a
+    stateful one still trains (its baseline must learn along the way) and reads only the references."""
+    import bench.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_load_data", lambda cfg, data_dir: synthetic_data)
+    cfg = RunConfig(estimator="enum", aux=True, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3,
+                    steps_per_epoch=6)
+    base = {"kind": "common", "config": cfg.to_dict(), "checkpoints": [0, 3, 6], "n_samples": 5,
+            "reference_draws": 4, "bootstrap": 20}
+    gumbel = {**base, "id": "g", "estimators": ["gumbel"], "own_options": {"gumbel": {"rate": 0.5, "every": 1}}}
+    avg = {**base, "id": "a", "estimators": ["trace-avg"]}
+    cache = tmp_path / "cache"
+    alone = tasks.run_common(gumbel, None)  # no cache at all
+    first = tasks.run_common(avg, None, cache_dir=cache)
+    assert first["trajectory_cache"] == "trained" and len(list(cache.rglob("step*.pt"))) == 3
+    read = tasks.run_common(gumbel, None, cache_dir=cache)
+    assert read["trajectory_cache"] == "read"
+    assert read["grad_variance"] == alone["grad_variance"]  # to the last bit
+    again = tasks.run_common(avg, None, cache_dir=cache)
+    assert again["trajectory_cache"] == "trained" and again["grad_variance"] == first["grad_variance"]
+    other = {**gumbel, "config": {**cfg.to_dict(), "lr": cfg.lr * 2}}  # another trajectory: another key
+    assert tasks.run_common(other, None, cache_dir=cache)["trajectory_cache"] == "trained"
+    assert len(list(cache.rglob("step*.pt"))) == 6
