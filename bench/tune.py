@@ -317,7 +317,10 @@ def provenance(out: Path) -> dict:
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
-            "command": env.get("command"), "tune": grid.get("tune")}
+            "command": env.get("command"), "tune": grid.get("tune"),
+            # a folder resumed or extended by later commands: every part, oldest first
+            "parts": [*(env.get("earlier_runs") or []),
+                      {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
 
 
 def write_report(out: Path) -> dict:
@@ -428,12 +431,26 @@ def _provenance_line(prov: dict) -> str:
             f"commit {prov.get('commit')} | {prov.get('date')} | selected on validation accuracy only")
 
 
+def _parts_lines(prov: dict) -> List[str]:
+    """The commands that made the folder, when more than one did (each with its commit and threads)."""
+    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run") or p is prov["parts"][-1]]
+    if len(parts) < 2:
+        return []
+    lines = [f"Made in {len(parts)} parts (a later part ran only what was missing; the cells record their own "
+             "commit):", ""]
+    for p in parts:
+        n = len(p.get("tasks_run") or [])
+        lines.append(f"- `{p.get('command')}`: {n} task{'s' if n != 1 else ''}, commit "
+                     f"{str(p.get('git_commit') or '?')[:10]}, {p.get('threads')} thread(s) per task, {p.get('date')}")
+    return lines + [""]
+
+
 def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
     text = [
         "# Tuning on validation data", "",
         f"Provenance: {_provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench.tune {out.name}` "
-        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "",
+        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
