@@ -428,7 +428,16 @@ def _provenance_line(prov: dict) -> str:
     return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
             f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch')} steps | {prov.get('device')} "
             f"({prov.get('cpu')}) | torch {prov.get('torch')}, pyro {prov.get('pyro')} | "
-            f"commit {prov.get('commit')} | {prov.get('date')} | selected on validation accuracy only")
+            f"{_commits(prov)} | {prov.get('date')} | selected on validation accuracy only")
+
+
+def _commits(prov: dict) -> str:
+    """'commit X', or for a folder made in parts 'commits X (n tasks), Y (m tasks)'."""
+    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run")]
+    if len(parts) < 2:
+        return f"commit {prov.get('commit')}"
+    return "commits " + ", ".join(f"{str(p.get('git_commit') or '?')[:10]} ({len(p['tasks_run'])} tasks)"
+                                  for p in parts)
 
 
 def _parts_lines(prov: dict) -> List[str]:
