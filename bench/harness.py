@@ -39,7 +39,7 @@ from . import tune as tunemod
 from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
 from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from .schema import CELL_PROBE_FIELDS
+from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD
 from .tasks import KINDS
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
                     run_identity, stale_reason, write_tables)
@@ -94,6 +94,8 @@ def add_run_parser(sub) -> None:
     r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
                    help="kill and record as failed (timeout) a task with no progress for S seconds "
                         "(default: %(default)s)")
+    r.add_argument("--retime", action="store_true",
+                   help="run the timing probes again even where done (a measurement that shared the machine)")
     r.add_argument("--force", action="store_true",
                    help="run this grid in an --out that holds another grid (its records stay, outside this grid)")
     r.add_argument("--dry-run", action="store_true",
@@ -263,6 +265,10 @@ class Progress:
                 self.units_done += self.units.get(record["id"], 1)
                 self.counts[status] = self.counts.get(status, 0) + 1
             line = f"[{self.done}/{self.total}] {record['id']}: {status}"
+            load = record.get("other_cpu_load")
+            if record.get("kind") == "timing" and isinstance(load, (int, float)) and load >= CONTENDED_LOAD:
+                line += (f" (contended: other processes kept {load:.2g} cores busy; the report labels these "
+                         "times and no verdict uses them; `--retime` measures again on a quiet machine)")
             if record.get("error"):
                 line += f" ({str(record['error'])[:160]})"
             self._print(line)
@@ -362,7 +368,7 @@ def cmd_run(args) -> int:
         ssdata.check_label_capacity(labels, train_labels)
     tasks = gridmod.expand(grid)
     ident = run_identity(hashes, versions())
-    todo = [t for t in tasks if not is_done(out, t, ident)]
+    todo = [t for t in tasks if not is_done(out, t, ident) or (args.retime and t["kind"] == "timing")]
     stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
     clash = other_grid(out, grid, tasks)
     workers = args.workers or grid.workers

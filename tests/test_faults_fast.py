@@ -184,6 +184,8 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     share = 0.75 * p.units[SPEC["id"]] / p.todo_units  # three quarters of the first task's work
     assert f"{round(100 * share):3d}% of the work" in lines[0] and "ETA 00:" in lines[0]
     assert lines[1] == "[1/2] enum_L100_s0: ok"
+    p.update({}, {"id": "timing_cpu_enum", "kind": "timing", "status": "ok", "other_cpu_load": 1.0})
+    assert "timing_cpu_enum: ok (contended: other processes kept 1 cores busy" in log.getvalue()
     assert "\r" not in log.getvalue()
 
 
@@ -212,3 +214,20 @@ def test_other_cpu_load_sees_a_busy_process_beside_the_task():
     finally:
         busy.wait()
     assert loaded - quiet > 0.6, (quiet, loaded)
+
+
+def test_retime_runs_the_timing_probes_again_and_only_them(tmp_path, monkeypatch):
+    from bench import harness
+
+    seen = {}
+
+    def fake_run(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor):
+        seen["todo"] = [t["id"] for t in todo]
+        return 0
+
+    monkeypatch.setattr(harness, "_run_locked", fake_run)
+    monkeypatch.setattr(harness, "is_done", lambda out, t, ident: True)  # everything finished
+    args = ["run", "--preset", "smoke", "--estimators", "trace,enum", "--labels", "100", "--out", str(tmp_path / "o")]
+    assert main(args) == 0 and seen["todo"] == []
+    assert main([*args, "--retime"]) == 0
+    assert seen["todo"] == ["timing_cpu_trace", "timing_cpu_enum"]
