@@ -30,8 +30,6 @@ CORRUPT_CELL = "enum-seq_L3000_s0"
 # rough accuracy levels, in the spirit of Pyro's Table 1
 _ACC = {("trace", False): 0.20, ("trace", True): 0.90, ("enum", False): 0.60, ("enum", True): 0.94,
         ("enum-seq", False): 0.60, ("enum-seq", True): 0.94, ("baseline", False): 0.82}
-#: cores another program kept busy beside an estimator's timing probe (enum-seq's probe was contended)
-CONTENDED_LOAD_OF = {"enum-seq": 1.1}
 _MS = {"trace": 6.0, "enum": 14.0, "enum-seq": 55.0, "baseline": 1.5, "gumbel": 5.0}
 # the timing probe's reference columns: Pyro / reference per (estimator, step kind), GFLOP per reference step
 OVERHEAD = {("trace", "unsup"): 1.3, ("enum", "unsup"): 1.15, ("enum-seq", "unsup"): 1.6, "sup": 1.2, "aux": 1.8}
@@ -50,7 +48,8 @@ def variants(estimators=ESTIMATORS):
 
 
 def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon (fake)", seeds=SEEDS, acc=None,
-                      overhead=True, modern=True, relaxation=False, noise=0.01, protocol="bench", tuned=None):
+                      overhead=True, modern=True, relaxation=False, noise=0.01, protocol="bench", tuned=None,
+                      contended=None):
     """``acc``: {(estimator, aux): level} overriding the accuracy levels; ``overhead`` False: a timing.csv
     without the reference-step columns (a folder written before the probe timed the reference);
     ``noise``: the per-epoch accuracy noise (0: every seed the same curve); ``tuned``: env.json's record of
@@ -153,7 +152,7 @@ def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon
                            pct_of_matmul_peak=100 * GFLOP[ref] / (ref_ms / 1e3) / MATMUL_GFLOPS)
             if modern:
                 row.update(peak_mb=round(base * 3.0, 3), peak_mb_method="RSS sampling after malloc_trim",
-                           other_cpu_load=CONTENDED_LOAD_OF.get(est, 0.0))
+                           other_cpu_load=(contended or {}).get(est, 0.0))
             timing.append(row)
     _write_csv(root / "timing.csv", timing)
 

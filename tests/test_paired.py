@@ -180,7 +180,7 @@ def test_a_contended_timing_probe_feeds_no_verdict():
 
 
 def test_runs_csv_counts_what_ran_beside_each_cell(tmp_path):
-    from bench.store import atomic_write_json, collect, result_path
+    from bench.store import atomic_write_json, result_path, write_tables
 
     specs, times = [], {"a": (0.0, 10.0, 0.0), "b": (5.0, 15.0, 1.0), "c": (20.0, 30.0, 0.1)}
     for name, (start, end, load) in times.items():
@@ -191,6 +191,12 @@ def test_runs_csv_counts_what_ran_beside_each_cell(tmp_path):
         atomic_write_json(result_path(tmp_path, spec), {"id": spec["id"], "kind": "train", "spec": spec,
                                                         "status": "ok", "metrics": {}, "curves": [], "host": "h",
                                                         "started": start, "finished": end, "other_cpu_load": load})
-    rows = {r["cell"]: r for r in collect(tmp_path, specs)["runs"]}
+    missing = {**specs[0], "id": "enum_L100_s9", "config": {**specs[0]["config"], "seed": 9}}  # no record yet
+    untimed = {**specs[0], "id": "enum_L100_s8", "config": {**specs[0]["config"], "seed": 8}}  # an older record
+    atomic_write_json(result_path(tmp_path, untimed), {"id": untimed["id"], "kind": "train", "spec": untimed,
+                                                       "status": "ok", "metrics": {}, "curves": []})
+    tables = write_tables(tmp_path, specs + [missing, untimed])  # the writer checks every column is there
+    rows = {r["cell"]: r for r in tables["runs"]}
+    assert rows["enum_L100_s9"]["beside"] is None and rows["enum_L100_s8"]["beside"] is None
     assert [rows[s["id"]]["beside"] for s in specs] == [1, 1, 0]
     assert [rows[s["id"]]["other_cpu_load"] for s in specs] == [0.0, 1.0, 0.1]

@@ -172,8 +172,14 @@ def test_timing_and_relative_cost(built):
     assert "2.33×" in (root / "report.md").read_text()
 
 
-def test_a_contended_timing_probe_is_labelled(built):
-    root, out = built
+def test_a_contended_timing_probe_is_labelled(tmp_path):
+    """enum-seq's timing probe shared the machine with 1.1 busy cores: labelled, and out of the verdicts."""
+    root = tmp_path
+    fabricate_results(root, contended={"enum-seq": 1.1})
+    out = report.build_report(root)
+    cands = pd.read_csv(root / "tables" / "headline_candidates.csv").set_index("variant")
+    assert pd.isna(cands.loc["enum-seq + aux", "time_fraction"]) and "no isolated timing" in cands.loc[
+        "enum-seq + aux", "fails"]
     shown = pd.read_csv(root / "tables" / "timing.csv").set_index("estimator")
     assert shown.loc["enum-seq", "measured"] == "contended (1.1 cores busy beside)"
     assert (shown.drop(index="enum-seq")["measured"] == "alone").all()
