@@ -19,11 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit(repo: Path = REPO) -> Dict[str, object]:
-    """``{"commit": sha or "unknown", "dirty": bool}`` of the checkout (tracked files only)."""
+    """``{"commit": sha or "unknown", "dirty": bool}`` of the checkout: dirty when a tracked file outside
+    ``results/`` differs from the commit (a run writing into a committed results folder is not a code change)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": False}
@@ -114,9 +116,13 @@ def host() -> str:
     return platform.node()
 
 
-def identity(device: str, threads: int, data_sha256: Dict[str, str]) -> Dict[str, object]:
-    """Everything a result depends on besides its config: what every record and env.json carries."""
-    return {"git": git_commit(), "distributions": distributions(), "python": platform.python_version(),
+def identity(device: str, threads: int, data_sha256: Dict[str, str],
+             git: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Everything a result depends on besides its config: what every record and env.json carries.
+
+    ``git``: the commit the code was loaded from, read when the task started (a long task must not
+    take the commit the checkout has moved to while it ran); read now when not given."""
+    return {"git": git if git is not None else git_commit(), "distributions": distributions(), "python": platform.python_version(),
             "data_sha256": dict(sorted(data_sha256.items())), "threads": threads, "host": host(),
             "cpu": cpu_name(), "device": device, "device_name": device_name(device),
             "platform": platform.platform()}

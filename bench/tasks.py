@@ -35,7 +35,7 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
 from .grid import steps_per_epoch
-from .provenance import cpu_times, device_name, host, identity, other_cpu_load, versions
+from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
 from .store import atomic_write_bytes, atomic_write_json, result_path
@@ -529,7 +529,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    started, cpu_start = time.time(), cpu_times()
+    started, cpu_start, git = time.time(), cpu_times(), git_commit()  # the code this task runs is loaded now
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
     try:
         set_seed(0)
@@ -549,7 +549,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     record.update(seconds=finished - started, started=started, finished=finished,
                   other_cpu_load=other_cpu_load(cpu_start, cpu_times(), finished - started), versions=versions(),
                   threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
-                  identity=identity(device, torch.get_num_threads(), hashes))
+                  identity=identity(device, torch.get_num_threads(), hashes, git=git))
     for rel, array in extra.items():
         buf = io.BytesIO()
         np.save(buf, array)

@@ -213,3 +213,26 @@ def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
     assert cell["id"] in g.records and not g.outside
     assert {r["cell"]: r["status"] for r in g.tables["runs"]}[cell["id"]] == "failed"
     assert not is_done(tmp_path, cell, IDENT)
+
+
+def test_dirty_means_a_code_change_not_a_run_writing_its_results(tmp_path):
+    import subprocess
+
+    from bench.provenance import git_commit, identity
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "runs.csv").write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "runs.csv").write_text("a\nb\n")  # a run writing into a committed results folder
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True
+    # a task keeps the commit it was loaded from, not the one the checkout moved to while it ran
+    assert identity("cpu", 1, {}, git={"commit": "a" * 40, "dirty": False})["git"]["commit"] == "a" * 40
