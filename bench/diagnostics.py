@@ -33,7 +33,7 @@ Relaxations (``unbiased=False`` in the registry) are marked ``biased`` wherever 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -196,59 +196,3 @@ def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-# -- the probe's cost, for `bench list` and the dry run ------------------------------------------
-#: per-step milliseconds used when no timing table is at hand (this repository's quick-cpu reference,
-#: batch 200, one thread); estimators not listed cost as trace-k10
-DEFAULT_STEP_MS = {("trace", "sup"): 13.3, ("trace", "unsup"): 17.4, ("enum", "sup"): 12.7,
-                   ("enum", "unsup"): 70.6, ("trace-avg", "sup"): 15.4, ("trace-avg", "unsup"): 28.7,
-                   ("trace-bx", "sup"): 15.7, ("trace-bx", "unsup"): 29.6, ("trace-k10", "sup"): 48.3,
-                   ("trace-k10", "unsup"): 76.0, ("gumbel", "sup"): 15.3, ("gumbel", "unsup"): 23.0,
-                   ("gumbel-st", "sup"): 15.1, ("gumbel-st", "unsup"): 22.0, ("rb-topk", "sup"): 14.8,
-                   ("rb-topk", "unsup"): 29.7, ("enum-seq", "sup"): 12.7, ("enum-seq", "unsup"): 160.0}
-
-
-def step_ms_from_timing(timing: Optional[pd.DataFrame]) -> Dict[Tuple[str, str], float]:
-    """(estimator, step_kind) -> median milliseconds per step, from a timing table (or the defaults)."""
-    if timing is None or timing.empty:
-        return dict(DEFAULT_STEP_MS)
-    med = timing.groupby(["estimator", "step_kind"])["median_ms"].median()
-    return {**DEFAULT_STEP_MS, **{k: float(v) for k, v in med.items()}}
-
-
-def _ms(step_ms: Mapping, est: str, kind: str) -> float:
-    return step_ms.get((est, kind), step_ms.get(("trace-k10", kind), DEFAULT_STEP_MS[("trace-k10", kind)]))
-
-
-def probe_cost(task: dict, step_ms: Optional[Mapping] = None) -> float:
-    """Estimated seconds a task spends in the gradient probe (draws, references, baseline updates).
-
-    Per checkpoint: ``n_samples`` draws of each probed estimator on the labeled and unlabeled probe
-    batches, and ``reference_draws`` enumerated z draws on each (a vectorised particle costs about
-    one enum step). The common task adds one update per stateful baseline (``Estimator.stateful``)
-    per unlabeled step of its trajectory. Training steps themselves are not counted.
-    """
-    step_ms = step_ms or DEFAULT_STEP_MS
-    if task.get("kind") not in ("train", "common"):
-        return 0.0
-    n_ck = len(task.get("checkpoints") or [])
-    if not n_ck:
-        return 0.0
-    if task["kind"] == "train":
-        est = task["config"]["estimator"]
-        if REGISTRY.get(est) is None or REGISTRY[est].kind != "ssvae":
-            return 0.0
-        ests = [est]
-    else:
-        ests = list(task["estimators"])
-    n = task.get("n_samples", 20)
-    ref = task.get("reference_draws", 200)
-    draws = sum(n * (_ms(step_ms, e, "sup") + _ms(step_ms, e, "unsup")) for e in ests)
-    reference = ref * (_ms(step_ms, "enum", "sup") + _ms(step_ms, "enum", "unsup"))
-    ms = n_ck * (draws + reference)
-    if task["kind"] == "common":
-        last = max(task["checkpoints"])
-        stateful = [e for e in ests if REGISTRY.get(e) is not None and REGISTRY[e].stateful]
-        ms += last * sum(_ms(step_ms, e, "unsup") for e in stateful)
-    return ms / 1e3

@@ -244,6 +244,10 @@ def train_configs(grid: Grid) -> List[RunConfig]:
 def expand(grid: Grid) -> List[dict]:
     """The task specs of a grid, in run order: timing probes, common probes, then cells.
 
+    The common probes of each (labels, seed) start with the estimators that keep a trained baseline
+    (``Estimator.stateful``): they train the trajectory anyway and write its cache, which the others
+    then read, rather than two stateless probes starting together and both training it.
+
     Probes are split per estimator (``timing_<device>_<est>``, ``common_L<labels>_s<seed>_<est>``): a
     run of a subset of estimators never replaces another estimator's probe. A cell's spec holds the
     probe settings it uses (:data:`bench.schema.CELL_PROBE_FIELDS`) and no other, so changing a timing
@@ -266,7 +270,7 @@ def expand(grid: Grid) -> List[dict]:
                 checkpoints = resolve_checkpoints(probe["checkpoints"], cfg)
                 epochs = max(1, math.ceil(max(checkpoints) / steps_per_epoch))
                 cfg = dataclasses.replace(cfg, epochs=epochs)
-                for est in grid.estimators:
+                for est in sorted(grid.estimators, key=lambda e: not REGISTRY[e].stateful):
                     task = _with_options({"kind": "common", "id": common_id(labels, seed, est),
                                           "config": cfg.to_dict(), "estimators": [est],
                                           "checkpoints": checkpoints, "n_samples": probe["variance_samples"],

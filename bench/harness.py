@@ -321,10 +321,25 @@ def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
 
 
 def _seconds_per_unit() -> Optional[float]:
-    """Seconds per enum step on this machine, from the newest local timing.csv (None: unknown)."""
+    """Seconds per unit of :func:`task_cost` on this machine: from the finished tasks of the folder of the
+    newest local timing.csv (their wall seconds over their cost, as they ran: side by side when the run
+    had several workers), else that timing.csv's enum step time alone (None: unknown)."""
     path = _local_timing()
     if not path:
         return None
+    wall = cost = 0.0
+    for rec in [*Path(path).parent.glob("runs/*.json"), *Path(path).parent.glob("probes/*.json")]:
+        record, _ = read_result(rec)
+        spec = (record or {}).get("spec")
+        if record and record.get("status") == "ok" and isinstance(spec, dict) and spec.get("kind") in KINDS \
+                and isinstance(record.get("started"), (int, float)) and isinstance(record.get("finished"), (int, float)):
+            try:
+                units = task_cost(spec)
+            except (KeyError, TypeError, ValueError):
+                continue
+            wall, cost = wall + record["finished"] - record["started"], cost + units
+    if cost >= 1000:  # enough finished work to calibrate on
+        return wall / cost
     try:
         rows = [r for r in csv.DictReader(open(path)) if r["estimator"] == "enum" and r["step_kind"] == "unsup"]
         return float(rows[0]["median_ms"]) / 1e3 if rows else None
@@ -484,5 +499,5 @@ def cmd_list(args) -> int:
         est = _duration(sum(task_cost(t) for t in tasks) * per).replace("about ", "") if per else "?"
         print(f"{name:8s} {len(tasks):5d} {est:>16s}  {grid.description}")
     if per:
-        print("(time from this machine's enum step time; divide by --workers)")
+        print("(time from the finished tasks of the folder above, else its enum step time; divide by --workers)")
     return 0

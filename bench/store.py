@@ -263,6 +263,21 @@ def ran_beside(records: List[dict]) -> Dict[str, List[str]]:
             for r in timed}
 
 
+def busy_seconds(records: List[dict]) -> Optional[float]:
+    """Wall seconds during which at least one of ``records`` was running: the union of their
+    [started, finished] intervals (a run resumed later does not count the pause); None without times."""
+    spans = sorted((r["started"], r["finished"]) for r in records
+                   if isinstance(r.get("started"), (int, float)) and isinstance(r.get("finished"), (int, float)))
+    if not spans:
+        return None
+    total, (lo, hi) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > hi:
+            total, lo = total + hi - lo, a
+        hi = max(hi, b)
+    return total + hi - lo
+
+
 def collect(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Dict[str, List[dict]]:
     """Rows of the four tables from the result files of ``tasks`` (absent cells: status 'missing';
     a record for another configuration, other data or other torch/pyro: 'stale', and no rows).

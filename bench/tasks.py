@@ -496,19 +496,34 @@ def _config_epochs(spec: dict) -> int:
     return (spec.get("config") or {}).get("epochs", 1)
 
 
+#: work per step relative to an enum step, for the ETA and ``bench list`` (other estimators: about one)
+STEP_WEIGHT = {"baseline": 0.05, "trace": 0.2}
+
+
+def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
+    """The gradient probe, in enum-step equivalents: at each checkpoint, ``n_samples`` draws of every probed
+    estimator's labeled and unlabeled steps and (``references``) ``reference_draws`` enumerated draws on
+    both, one enum step each."""
+    per = sum(2 * spec.get("n_samples", 0) * STEP_WEIGHT.get(e, 1.0) for e in estimators)
+    per += 2 * spec.get("reference_draws", 0) if references else 0
+    return len(spec.get("checkpoints") or []) * per
+
+
 def _train_cost(spec: dict) -> float:
+    """Training steps, plus the probe on the cell's own run (SS-VAE estimators only)."""
     cfg = RunConfig.from_dict(spec.get("config") or {})
-    weight = {"baseline": 0.05, "trace": 0.2}.get(cfg.estimator, 1.0)  # work per step relative to enum
-    return max(_config_epochs(spec) * steps_per_epoch(cfg) * weight, 1.0)
+    train = _config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
+    probed = get_estimator(cfg.estimator).kind == "ssvae"
+    return max(train + (_probe_cost(spec, [cfg.estimator]) if probed else 0.0), 1.0)
 
 
 def _common_cost(spec: dict) -> float:
-    """The draws at every checkpoint, plus the trajectory up to the last one where it is trained: by a
-    probe with a stateful baseline, and (not counted here) by the first probe of each (labels, seed),
-    which the others read from the trajectory cache."""
+    """The draws at every checkpoint, plus the trajectory up to the last one and its references where the
+    task trains it: a probe with a stateful baseline. (The first probe of each (labels, seed) trains it
+    too, which the others then read from the trajectory cache; that one is not counted here.)"""
     stateful = any(get_estimator(e).stateful for e in spec["estimators"])
-    draws = len(spec["checkpoints"]) * len(spec["estimators"]) * spec["n_samples"]
-    return max(draws + (max(spec["checkpoints"]) if stateful else 0), 1.0)
+    return max(_probe_cost(spec, spec["estimators"], references=stateful)
+               + (max(spec["checkpoints"]) if stateful else 0), 1.0)
 
 
 KINDS: Dict[str, TaskKind] = {

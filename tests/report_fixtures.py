@@ -49,11 +49,12 @@ def variants(estimators=ESTIMATORS):
 
 def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon (fake)", seeds=SEEDS, acc=None,
                       overhead=True, modern=True, relaxation=False, noise=0.01, protocol="bench", tuned=None,
-                      contended=None):
+                      contended=None, stateful=False):
     """``acc``: {(estimator, aux): level} overriding the accuracy levels; ``overhead`` False: a timing.csv
     without the reference-step columns (a folder written before the probe timed the reference);
     ``noise``: the per-epoch accuracy noise (0: every seed the same curve); ``tuned``: env.json's record of
-    a ``--tuned`` choice file."""
+    a ``--tuned`` choice file; ``stateful``: trace-avg in the gradient probe, its variance half of trace's at
+    every common checkpoint but one (seed 0, step 50, 3000 labels: 1.5 times)."""
     levels = {**_ACC, **(acc or {})}
     root = Path(root)
     (root / "runs").mkdir(parents=True, exist_ok=True)
@@ -161,13 +162,20 @@ def fabricate_results(root, corrupt=False, device="cpu", device_name="Intel Xeon
     bias0 = {"gumbel": 3.0}  # squared bias per coordinate: the relaxation's, the others' are zero
     for labels in LABELS:
         for seed in seeds:
-            for est in ("trace", "enum", "enum-seq") + (("gumbel",) if relaxation else ()):
+            for est in ("trace", "enum", "enum-seq") + (("gumbel",) if relaxation else ()) \
+                    + (("trace-avg",) if stateful else ()):
                 for traj in ("own", "common"):
                     for step in (0, 50, 100):
                         for group in ("encoder_y", "encoder_z", "decoder"):
                             for kind in ("unsup", "sup"):
-                                v = var0[est] * (1.0 if kind == "unsup" else 0.1) / (1 + step / 50) \
+                                v = var0.get(est, 40.0) * (1.0 if kind == "unsup" else 0.1) / (1 + step / 50) \
                                     * (1 + 0.1 * rng.rand())
+                                if est == "trace-avg":  # half of trace's row just written (same key)
+                                    worse = (labels, seed, step) == (3000, 0, 50)
+                                    v = next(r["variance"] for r in grad[::-1] if r["estimator"] == "trace" and
+                                             (r["labels"], r["seed"], r["trajectory"], r["step"], r["param_group"],
+                                              r["step_kind"]) == (labels, seed, traj, step, group, kind)) \
+                                        * (1.5 if worse else 0.5)
                                 msq = 0.05 / (1 + step / 100)
                                 row = {"estimator": est, "aux": False, "labels": labels, "seed": seed,
                                        "trajectory": traj, "step": step, "param_group": group,

@@ -66,20 +66,36 @@ def test_efficiency_plot_is_written(tmp_path):
     assert D.plot_efficiency(D.efficiency_table(GRAD.iloc[:0], TIMING), tmp_path / "none.png") is None
 
 
-def test_probe_cost_counts_draws_references_and_baselines():
-    grid = make_grid(load_preset("quick"), {"labels": [3000], "seeds": [0]})
-    tasks = expand(grid)
-    common = next(t for t in tasks if t["kind"] == "common")
-    ms = D.step_ms_from_timing(TIMING)
-    cost = D.probe_cost(common, ms)
-    assert cost > 0
-    doubled = D.probe_cost({**common, "n_samples": 2 * common["n_samples"]}, ms)
-    ref_only = D.probe_cost({**common, "n_samples": 0}, ms)
-    assert doubled - cost == pytest.approx(cost - ref_only)
+def test_task_costs_count_the_probe_draws_references_and_baselines():
+    """One cost rule for the ETA and `bench list` (bench.tasks.KINDS): more draws cost more, linearly; a
+    stateful probe trains the trajectory and its references; a cell pays for the probe on its own run."""
+    from bench.tasks import KINDS
+
+    tasks = expand(make_grid(load_preset("quick"), {"labels": [3000], "seeds": [0]}))
+    cost = lambda t: KINDS[t["kind"]].cost(t)
+    common = {t["id"]: t for t in tasks if t["kind"] == "common"}
+    plain, stateful = common["common_L3000_s0_rb-topk"], common["common_L3000_s0_trace-avg"]
+    doubled = cost({**plain, "n_samples": 2 * plain["n_samples"]})
+    half = cost({**plain, "n_samples": plain["n_samples"] // 2})
+    assert doubled - cost(plain) == pytest.approx(2 * (cost(plain) - half)) and cost(plain) > half
+    # trace-avg's draws are as dear as rb-topk's (weight 1); it also trains 1250 steps and the references
+    assert cost(stateful) == pytest.approx(cost(plain) + max(stateful["checkpoints"])
+                                           + 2 * stateful["reference_draws"] * len(stateful["checkpoints"]))
+    cell = next(t for t in tasks if t["id"] == "rb-topk_L3000_s0")
+    unprobed = cost({**cell, "checkpoints": []})
+    assert cost(cell) - unprobed == pytest.approx(2 * (cell["n_samples"] + cell["reference_draws"]))
     base = next(t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "baseline")
-    assert D.probe_cost(base, ms) == 0.0
-    own = next(t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "trace")
-    assert 0 < D.probe_cost(own, ms) < cost
+    assert cost(base) == cost({**base, "checkpoints": []})  # the baseline has no latent y to probe
+
+
+def test_stateful_common_probes_run_first_and_write_the_trajectory_cache_for_the_rest():
+    tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0, 1]}))
+    common = [t for t in tasks if t["kind"] == "common"]
+    for key in ("L100_s0", "L100_s1", "L3000_s0", "L3000_s1"):
+        ests = [t["estimators"][0] for t in common if t["id"].startswith(f"common_{key}_")]
+        flags = [get_estimator(e).stateful for e in ests]
+        assert flags == sorted(flags, reverse=True) and sum(flags) == 3, (key, ests)
+        assert len(ests) == len(load_preset("quick")["estimators"])
 
 
 @pytest.mark.parametrize("preset", preset_names())

@@ -520,7 +520,8 @@ def test_grad_error_heatmap_table(built):
 def test_summary_lines_from_the_paired_verdicts(built):
     root, _ = built
     lines = (root / "tables/summary.md").read_text().splitlines()
-    assert len(lines) == 4 and all(l.startswith("- ") for l in lines)
+    assert len(lines) == 5 and all(l.startswith("- ") for l in lines)  # no stateful baseline: no 6th line
+    assert lines[4].startswith("- Gradient error at 3000 labels (encoder_y, unlabeled step")
     head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
     assert lines[0][2:] == head.verdict  # the same verdict as the Headline
     assert lines[1].startswith("- Elsewhere: at 100 labels with the auxiliary loss")
@@ -537,23 +538,23 @@ def test_summary_lines_from_the_paired_verdicts(built):
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
+#: the README's generated blocks: <!-- NAME:begin (generated: PATH; ...) --> ... <!-- NAME:end -->
+GENERATED = re.compile(r"<!-- ([\w-]+):begin \(generated: ([^;)]+)[^>]*-->\n(.*?)<!-- \1:end -->", re.S)
 
 
-def _readme_block(name):
-    text = README.read_text()
-    m = re.search(rf"<!-- {name}:begin[^>]*-->\n(.*?)<!-- {name}:end -->", text, re.S)
-    assert m, f"README has no {name} block"
-    return m.group(1)
-
-
-@pytest.mark.skipif(not (REFERENCE / "tables" / "summary.md").is_file(), reason="no committed reference report")
 def test_readme_quotes_the_reports_summary():
-    """The README's summary and run cost are the reference report's, word for word (regenerate the report,
-    then paste tables/summary.md and tables/run_cost.md between the markers)."""
-    assert _readme_block("summary") == (REFERENCE / "tables" / "summary.md").read_text()
-    assert _readme_block("run-cost") == (REFERENCE / "tables" / "run_cost.md").read_text()
-    figure = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", README.read_text()).group(1)
-    assert (README.parent / figure).is_file()
+    """The README's summaries and run cost are the reference reports' own, word for word: each block names
+    the file it was pasted from (regenerate the report, then paste that file between the markers)."""
+    text = README.read_text()
+    blocks = GENERATED.findall(text)
+    assert {"summary", "summary-quick", "run-cost"} <= {name for name, _, _ in blocks}
+    assert text.count(":begin") == len(blocks)  # no block the pattern missed
+    for name, src, body in blocks:
+        path = README.parent / src.strip()
+        assert path.is_file(), f"README block {name} quotes {src}, which is missing"
+        assert body == path.read_text(), f"README block {name} differs from {src}"
+    for figure in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+        assert (README.parent / figure).is_file(), figure
 
 
 def test_html_navigation(built):

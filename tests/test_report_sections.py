@@ -99,6 +99,56 @@ def test_gradient_error_ranks_by_mse_and_by_work(modern):
         assert f"plots/grad_efficiency_L{labels}.png" in sec
 
 
+def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
+    """The summary's gradient lines come from grad_efficiency.csv and grad_baselines.csv, and a checkpoint
+    where the trained baseline did not help is counted and said, not hidden."""
+    fabricate_results(tmp_path, relaxation=True, stateful=True)
+    report.build_report(tmp_path, plots=False)
+    base = pd.read_csv(tmp_path / "tables/grad_baselines.csv").set_index("labels")
+    # steps 50 and 100 (step 0 excluded) x seeds 0 and 1; at 3000 labels one checkpoint is 1.5x trace's
+    assert base.loc[3000, "estimator"] == "trace-avg" and base.loc[3000, "against"] == "trace"
+    assert base.loc[3000, "checkpoints"] == 4 and base.loc[3000, "at_most_against"] == 3
+    assert base.loc[3000, "max_ratio"] == pytest.approx(1.5) and base.loc[3000, "median_ratio"] == pytest.approx(0.5)
+    assert base.loc[100, "at_most_against"] == base.loc[100, "checkpoints"] == 4
+    lines = (tmp_path / "tables/summary.md").read_text().splitlines()
+    grad = next(l for l in lines if l.startswith("- Gradient error at 3000 labels"))
+    eff = pd.read_csv(tmp_path / "tables/grad_efficiency.csv")
+    enc = eff[(eff.labels == 3000) & (eff.param_group == "encoder_y")].sort_values("rank_mse")
+    first = enc.iloc[0]
+    assert f"lowest MSE against the exact gradient {first.estimator} {first.mse:.2g}" in grad
+    assert "trajectory: step 100; mean over n = 2 seeds, 32 draws" in grad
+    g = enc.set_index("estimator").loc["gumbel"]
+    assert g.rank_mse == 3 and f"{enc.iloc[1].estimator} {enc.iloc[1].mse:.2g}, gumbel (biased) {g.mse:.2g};" in grad
+    assert f"trace {enc.set_index('estimator').loc['trace', 'mse']:.2g} " not in grad  # only the first three
+    trained = next(l for l in lines if l.startswith("- Trained baselines at 3000 labels"))
+    assert "trace-avg at 3 of 4 (median 0.5×, largest 1.5×)" in trained and "not at every checkpoint" in trained
+    assert "trace-avg at 3 of 4" in _section(tmp_path, "Summary")
+
+
+def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
+    """The fabricated folder has one cell without a result file; removing another makes two."""
+    fabricate_results(tmp_path)
+    caveats = lambda: next(l for l in (tmp_path / "tables/summary.md").read_text().splitlines()
+                           if l.startswith("- Caveats"))
+    report.build_report(tmp_path, plots=False)
+    expected = int(pd.read_csv(tmp_path / "tables/status_summary.csv").iloc[0].expected)
+    assert f"the run is incomplete: 1 of {expected} cells have no result yet (the same command resumes it)" \
+        in caveats()
+    (tmp_path / "runs" / "trace_L100_s0.json").unlink()
+    (tmp_path / "runs.csv").write_text("\n".join(l for l in (tmp_path / "runs.csv").read_text().splitlines()
+                                                  if not l.startswith("trace_L100_s0,")) + "\n")
+    report.build_report(tmp_path, plots=False)
+    assert f"the run is incomplete: 2 of {expected} cells" in caveats()
+
+
+def test_busy_seconds_is_the_union_of_the_tasks_times():
+    from bench.store import busy_seconds
+
+    assert busy_seconds([dict(started=0.0, finished=10.0), dict(started=5.0, finished=15.0),
+                         dict(started=100.0, finished=110.0), dict(started=102.0, finished=104.0), dict()]) == 25.0
+    assert busy_seconds([dict(id="no times")]) is None
+
+
 def test_gradient_error_on_an_older_folder_says_so(old):
     sec = _section(old, "Gradient error against the exact gradient")
     assert "No gradient error in this folder: its grad_variance.csv has no `mse` column" in sec

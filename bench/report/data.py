@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ..store import load_grid, read_result
+from ..store import busy_seconds, load_grid, read_result
 from ..schema import ANALOGY_SUFFIX
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
@@ -53,6 +53,7 @@ class Results:
     timing_sources: List[Tuple[str, dict]] = field(default_factory=list)  # (label, env) per timing folder
     outside: List[dict] = field(default_factory=list)  # records of the folder outside its grid (in no table)
     part_provenance: Dict[str, dict] = field(default_factory=dict)  # cells/probes: commits and threads
+    busy_seconds: Optional[float] = None  # wall time with a task of the grid running (bench.store.busy_seconds)
 
 
 def parse_cell(cell: str) -> Optional[dict]:
@@ -249,7 +250,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         if cell not in samples or p.name.endswith(ANALOGY_SUFFIX):
             samples[cell] = p
     return Results(root, env, runs, curves, timing, grad, samples, problems, sources, outside=grid.outside,
-                   part_provenance=grid.provenance)
+                   part_provenance=grid.provenance, busy_seconds=busy_seconds(list(grid.records.values())))
 
 
 def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence, own: Optional[pd.DataFrame] = None):

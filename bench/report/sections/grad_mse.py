@@ -3,22 +3,33 @@ per coordinate, one draw) at the last common checkpoint, and by the work-normali
 unlabeled step of the timing probe: :data:`bench.diagnostics.EFFICIENCY`), relaxations marked biased,
 with the log-log plot of MSE against seconds per step (:func:`bench.diagnostics.plot_efficiency`).
 
+It also checks the trained baselines: at every common checkpoint after step 0, each estimator with a
+stateful baseline (``Estimator.stateful``: trace-avg, trace-bx, nvil) against trace at the same parameters
+(:func:`baseline_check`). The summary quotes both (:func:`summary_lines`).
+
 Needs grad_variance.csv's error columns (``mse``, ``bias_sq``, ``cosine`` and their ``_lo``/``_hi``
 intervals), written by the newer gradient probe; an older folder gets one line saying so.
 Files: ``grad_mse.csv`` (every group and step kind's statistics), ``grad_efficiency.csv``,
-``grad_ranking.csv``; plots ``grad_efficiency_L<labels>.png``.
+``grad_ranking.csv``, ``grad_baselines.csv``; plots ``grad_efficiency_L<labels>.png``.
 """
 from __future__ import annotations
+
+from typing import List
 
 import numpy as np
 import pandas as pd
 
-from ...diagnostics import EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, label, mse_table, plot_efficiency, ranking
-from ..common import fmt_sig
+from ssvae.estimators import REGISTRY
+
+from ...diagnostics import (EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, is_biased, label, mse_table, plot_efficiency, ranking,
+                            trajectory_ratios)
+from ..common import fmt_sig, rank_label_counts
 from ..context import Context, Figure, Section, Table
 from ..frames import this_timing
 
 GROUP = "encoder_y"
+#: what an estimator with a trained baseline is checked against: the same score function without one
+AGAINST = "trace"
 
 
 def has_error(ctx: Context) -> bool:
@@ -44,6 +55,77 @@ def display(eff: pd.DataFrame, labels: int) -> pd.DataFrame:
         for r in d.itertuples()])
 
 
+def efficiency(res) -> pd.DataFrame:
+    """The unlabeled step's MSE table with seconds per step and the work-normalised MSE (NaN without a
+    timing table): :func:`bench.diagnostics.efficiency_table`."""
+    timing = this_timing(res)
+    eff = efficiency_table(res.grad, timing) if len(timing) else mse_table(res.grad).assign(seconds_per_step=np.nan)
+    if EFFICIENCY not in eff:
+        eff = eff.assign(**{EFFICIENCY: np.nan, "rank_efficiency": pd.NA})
+    return eff
+
+
+def baseline_check(res) -> pd.DataFrame:
+    """Per (labels, estimator with a stateful baseline): its encoder_y variance on the unlabeled step over
+    trace's at the same common checkpoint (same labels, seed and step), at every checkpoint after step 0
+    (where the baselines have been trained along the trajectory): how many checkpoints, at how many the
+    variance is at most trace's, the median and the largest ratio."""
+    cols = ["labels", "estimator", "against", "checkpoints", "seeds", "at_most_against", "median_ratio", "max_ratio"]
+    g = res.grad
+    stateful = [e for e in dict.fromkeys(g.estimator) if e in REGISTRY and REGISTRY[e].stateful] if len(g) else []
+    r = trajectory_ratios(g[g.step > 0], stateful, against=AGAINST) if stateful and (g.estimator == AGAINST).any() \
+        else pd.DataFrame()
+    if not len(r):
+        return pd.DataFrame(columns=cols)
+    out = r.groupby(["labels", "estimator"], sort=False).agg(
+        checkpoints=("ratio", "size"), seeds=("seed", "nunique"), at_most_against=("ratio", lambda x: int((x <= 1).sum())),
+        median_ratio=("ratio", "median"), max_ratio=("ratio", "max")).reset_index()
+    out.insert(2, "against", AGAINST)
+    return out.sort_values(["labels", "estimator"], ascending=[False, True]).reset_index(drop=True)[cols]
+
+
+def summary_lines(ctx: Context) -> List[str]:
+    """The summary's gradient lines at 3000 labels (else the largest count): the MSE order with the
+    relaxations' place in it, the work-normalised order, and the trained baselines against trace."""
+    if not has_error(ctx):
+        return []
+    eff = ctx.frame(efficiency)
+    eff = eff[eff.param_group == GROUP]
+    choice = rank_label_counts(eff.labels)
+    if not choice:
+        return []
+    labels, chosen = choice[0]
+    d = eff[eff.labels == labels].sort_values(["rank_mse", "estimator"])
+    n, steps = sorted(set(int(x) for x in d.n_seeds)), sorted(set(int(x) for x in d.step))
+    draws = sorted(set(int(x) for x in ctx.res.grad.n_samples.dropna())) if "n_samples" in ctx.res.grad else []
+    head = (f"Gradient error at {chosen} ({GROUP}, unlabeled step, the last checkpoint of the common trajectory: step "
+            f"{', '.join(map(str, steps))}; mean over n = {', '.join(map(str, n))} seed{'s' if n != [1] else ''}"
+            + (f", {', '.join(map(str, draws))} draws" if draws else "") + ")")
+    best = d.iloc[0]
+    top = ", ".join(f"{label(r.estimator)} {fmt_sig(r.mse, 2)}" for r in d.head(3).itertuples())
+    text = f"{head}: lowest MSE against the exact gradient {top}"
+    biased = d[d.estimator.map(is_biased) & (d.rank_mse > 3)]
+    if len(biased):
+        text += "; " + ", ".join(f"{label(r.estimator)} {fmt_sig(r.mse, 2)} (rank {int(r.rank_mse)} of {len(d)}, "
+                                 f"{fmt_sig(r.mse / best.mse, 2)}× {best.estimator}'s)" for r in biased.itertuples())
+    w = d.dropna(subset=[EFFICIENCY]).sort_values([EFFICIENCY, "estimator"])
+    if len(w):
+        text += ("; lowest work-normalised MSE (MSE × seconds per unlabeled step, timing probe) "
+                 + ", ".join(label(e) for e in w.estimator.head(3)))
+    lines = [text + "."]
+    b = ctx.frame(baseline_check)
+    b = b[b.labels == labels]
+    if len(b):
+        parts = [f"{r.estimator} at {r.at_most_against} of {r.checkpoints} (median {fmt_sig(r.median_ratio, 2)}×, "
+                 f"largest {fmt_sig(r.max_ratio, 2)}×)" for r in b.itertuples()]
+        held = (b.at_most_against == b.checkpoints).all()
+        lines.append(f"Trained baselines at {chosen} ({GROUP} variance, unlabeled step, against {AGAINST} at the same "
+                     f"common checkpoints after step 0, seeds × checkpoints): variance at most {AGAINST}'s for "
+                     + "; ".join(parts) + ("." if held else
+                                           " — not at every checkpoint: see the Gradient error section."))
+    return lines
+
+
 def build(ctx: Context) -> Section:
     sec = Section("grad-mse", "Gradient error against the exact gradient")
     if not has_error(ctx):
@@ -53,9 +135,7 @@ def build(ctx: Context) -> Section:
     grad, timing = ctx.res.grad, this_timing(ctx.res)
     stats = pd.concat([mse_table(grad, step_kind=k) for k in ("unsup", "sup")], keys=["unsup", "sup"],
                       names=["step_kind", None]).reset_index(level=0).reset_index(drop=True)
-    eff = efficiency_table(grad, timing) if len(timing) else mse_table(grad).assign(seconds_per_step=np.nan)
-    if EFFICIENCY not in eff:
-        eff = eff.assign(**{EFFICIENCY: np.nan, "rank_efficiency": pd.NA})
+    eff = ctx.frame(efficiency)
     ranks = pd.concat([ranking(eff, "mse"), ranking(eff, EFFICIENCY)], ignore_index=True)
     ranks = ranks.sort_values(["labels", "param_group", "by"], kind="stable").reset_index(drop=True)
     ctx.write_table(stats, "grad_mse", "Gradient error against the exact gradient at the last common checkpoint, "
@@ -73,6 +153,17 @@ def build(ctx: Context) -> Section:
         f"draws. Rows: {GROUP}; every parameter group in `tables/grad_efficiency.csv`.")
     if not len(timing):
         sec.text.append("No timing.csv in this folder: no work-normalised ranking.")
+    base = ctx.frame(baseline_check)
+    ctx.write_table(base, "grad_baselines", f"Trained baselines: {GROUP} variance on the unlabeled step over "
+                                            f"{AGAINST}'s at the same common checkpoints after step 0")
+    if len(base):
+        sec.text.append(
+            f"**Trained baselines.** Along the common trajectory trace-avg's average, trace-bx's b(x) and nvil's C(x) "
+            f"and statistics are trained on its batches without changing it; at each checkpoint after step 0 their "
+            f"{GROUP} variance on the unlabeled step is compared with {AGAINST}'s at the same parameters (ratio: "
+            f"theirs over {AGAINST}'s; a ratio at most 1 is a checkpoint where the baseline helped).")
+        sec.tables.append(Table("Trained baselines against trace", base.assign(
+            median_ratio=base.median_ratio.map(fmt_sig), max_ratio=base.max_ratio.map(fmt_sig)), "grad_baselines"))
     shown = ranks[ranks.param_group == GROUP].assign(by=lambda d: d.by.map({"mse": "MSE", EFFICIENCY: "MSE × s"}))
     sec.tables.append(Table(f"Order ({GROUP}, lower first)", shown[["labels", "by", "order"]], "grad_ranking"))
     for labels in sorted(set(eff.labels), reverse=True):

@@ -1,6 +1,8 @@
 """Run: the command, the grid, the environment, what became of every cell, the compute the cells took."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ...schema import CONTENDED_LOAD
 from ..context import Context, Section
 from ..frames import protocols, status
@@ -31,6 +33,31 @@ def compute_minutes(ctx: Context):
         return None
     workers = ctx.env.get("workers") or ctx.grid.get("workers") or 1
     return float(sec.sum()) / 60, int(workers), float(sec.sum()) / 60 / int(workers)
+
+
+def _hours(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def run_cost_line(ctx: Context) -> Optional[str]:
+    """What the run cost: the cells' training minutes, and the wall time with any task of the grid running
+    (``Results.busy_seconds``; else the lower bound the training minutes give). The report's Run section
+    and ``tables/run_cost.md`` (which the README quotes) say it in these words."""
+    cost = compute_minutes(ctx)
+    if not cost:
+        return None
+    total, workers, per = cost
+    text = (f"The `{ctx.env.get('preset', '?')}` preset's cells trained for {total:.0f} minutes in all (runs.csv "
+            f"`train_seconds`; evaluation and probes not counted)")
+    busy = ctx.res.busy_seconds
+    if busy:
+        text += (f"; the whole run, every task included, took {_hours(busy)} of wall time with {workers} "
+                 f"worker{'s' if workers > 1 else ''} (time with at least one of its tasks running: pauses between "
+                 f"resumed sessions not counted)")
+    else:
+        text += f": at least {per:.0f} minutes of wall time with {workers} worker{'s' if workers > 1 else ''}"
+    return text + "."
 
 
 def beside_line(ctx: Context):
@@ -75,12 +102,9 @@ def build(ctx: Context) -> Section:
                     if k not in ("expected", "present", "unexpected", "missing")
                     and (s[k] or k in ("ok", "failed", "diverged", "corrupt")))
         + (f"; {int(s['unexpected'])} not in the grid" if s["unexpected"] else "") + ".**"])
-    cost = compute_minutes(ctx)
+    cost = run_cost_line(ctx)
     if cost:
-        total, workers, per = cost
-        sec.text.append(f"Compute: the ok cells trained for {total:.0f} minutes in all (runs.csv `train_seconds`, "
-                        f"evaluation excluded); with {workers} worker{'s' if workers > 1 else ''} that is at least "
-                        f"{per:.0f} minutes of wall time.")
+        sec.text.append(f"Compute: {cost}")
     beside = beside_line(ctx)
     if beside:
         sec.text.append(beside)

@@ -14,7 +14,6 @@ one verdict.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -25,7 +24,7 @@ from ...paired import (BASELINE, ENUM_AUX, SUPERVISED, plot_accuracy_points, plo
                        reference_label)
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
-from ..frames import paired, protocols
+from ..frames import paired, protocols, status
 
 ENUM_REF, BASE_REF = reference_label(ENUM_AUX), reference_label(BASELINE)
 
@@ -151,6 +150,10 @@ def caveat_line(ctx: Context) -> str:
     if rising:
         parts.append(f"{rising} of {cells} paired cells had their best validation epoch at their last one "
                      f"(still improving: longer runs may change the ordering)")
+    s = ctx.frame(status)[0].iloc[0]
+    if s["missing"]:
+        parts.append(f"the run is incomplete: {int(s['missing'])} of {int(s['expected'])} cells have no result yet "
+                     f"(the same command resumes it)")
     left = p[p.unpaired != ""]
     if len(left):
         parts.append(f"{len(left)} comparison{'s' if len(left) > 1 else ''} left out seeds whose cell failed, "

@@ -5,7 +5,9 @@ They are written to ``tables/summary.md``, which the README quotes (a test holds
 1. the headline verdict in one sentence: the paired verdict (Headline and Paired differences sections);
 2. elsewhere: the other label count with the auxiliary loss, and enum + aux against the supervised baseline;
 3. the caveats: n, epochs, protocol, cells still improving at their last epoch;
-4. the cost of enumeration per step (timing probe) and Pyro's overhead over the hand-written step.
+4. the cost of enumeration per step (timing probe) and Pyro's overhead over the hand-written step;
+5. gradient error against the exact gradient, and the trained baselines against trace (Gradient error
+   section), where the folder has the probe's error columns.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import pandas as pd
 from ..common import num
 from ..context import Context, Section
 from ..frames import timing
-from .overview import compute_minutes
+from .grad_mse import summary_lines as gradient_lines
+from .overview import run_cost_line
 from .paired import caveat_line, elsewhere_line, headline_line
 
 
@@ -39,13 +42,10 @@ def cost_line(ctx: Context) -> Optional[str]:
 
 
 def build(ctx: Context) -> Section:
-    lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), cost_line(ctx)]
+    lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), cost_line(ctx), *gradient_lines(ctx)]
     lines = [l for l in lines if l]
     ctx.write_text("summary.md", "".join(f"- {l}\n" for l in lines))
-    run = compute_minutes(ctx)
-    if run:
-        total, workers, per = run
-        ctx.write_text("run_cost.md", f"The `{ctx.env.get('preset', '?')}` preset's cells trained for {total:.0f} "
-                                      f"minutes in all (evaluation and probes not counted): at least {per:.0f} "
-                                      f"minutes of wall time with {workers} worker{'s' if workers > 1 else ''}.\n")
+    cost = run_cost_line(ctx)
+    if cost:
+        ctx.write_text("run_cost.md", cost + "\n")
     return Section("summary", "Summary", bullets=lines)
