@@ -39,7 +39,7 @@ from . import tune as tunemod
 from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
 from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD
+from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD, cores
 from .tasks import KINDS
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
                     run_identity, stale_reason, write_tables)
@@ -267,7 +267,7 @@ class Progress:
             line = f"[{self.done}/{self.total}] {record['id']}: {status}"
             load = record.get("other_cpu_load")
             if record.get("kind") == "timing" and isinstance(load, (int, float)) and load >= CONTENDED_LOAD:
-                line += (f" (contended: other processes kept {load:.2g} cores busy; the report labels these "
+                line += (f" (contended: other processes kept {cores(load)} busy; the report labels these "
                          "times and no verdict uses them; `--retime` measures again on a quiet machine)")
             if record.get("error"):
                 line += f" ({str(record['error'])[:160]})"

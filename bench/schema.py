@@ -66,6 +66,14 @@ TIMING_COLUMNS = ["estimator", "aux", "device", "device_name", "step_kind", "bat
 #: a task beside which other processes kept at least this many cores busy on average is contended
 #: (its times are labelled so and never feed a verdict)
 CONTENDED_LOAD = 0.25
+
+
+def cores(load: float) -> str:
+    """An ``other_cpu_load`` in words, as every page and log line says it: "1 core", "1.3 cores"."""
+    text = f"{load:.2g}"
+    return f"{text} core" if text == "1" else f"{text} cores"
+
+
 VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
                     "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
                     "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",

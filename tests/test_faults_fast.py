@@ -185,7 +185,7 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     assert f"{round(100 * share):3d}% of the work" in lines[0] and "ETA 00:" in lines[0]
     assert lines[1] == "[1/2] enum_L100_s0: ok"
     p.update({}, {"id": "timing_cpu_enum", "kind": "timing", "status": "ok", "other_cpu_load": 1.0})
-    assert "timing_cpu_enum: ok (contended: other processes kept 1 cores busy" in log.getvalue()
+    assert "timing_cpu_enum: ok (contended: other processes kept 1 core busy" in log.getvalue()
     assert "\r" not in log.getvalue()
 
 

@@ -182,6 +182,8 @@ def test_a_contended_timing_probe_is_labelled(tmp_path):
         "enum-seq + aux", "fails"]
     shown = pd.read_csv(root / "tables" / "timing.csv").set_index("estimator")
     assert shown.loc["enum-seq", "measured"] == "contended (1.1 cores busy beside)"
+    from bench.schema import cores
+    assert (cores(1.0), cores(1.04), cores(0.25), cores(2)) == ("1 core", "1 core", "0.25 cores", "2 cores")
     assert (shown.drop(index="enum-seq")["measured"] == "alone").all()
     assert "beside the probe of enum-seq: those times are labelled so and no verdict uses them" in out["report.md"].read_text()
 
@@ -538,23 +540,37 @@ def test_summary_lines_from_the_paired_verdicts(built):
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
-#: the README's generated blocks: <!-- NAME:begin (generated: PATH; ...) --> ... <!-- NAME:end -->
-GENERATED = re.compile(r"<!-- ([\w-]+):begin \(generated: ([^;)]+)[^>]*-->\n(.*?)<!-- \1:end -->", re.S)
 
 
 def test_readme_quotes_the_reports_summary():
     """The README's summaries and run cost are the reference reports' own, word for word: each block names
-    the file it was pasted from (regenerate the report, then paste that file between the markers)."""
+    the file it was pasted from (regenerate the report, then `python -m bench.readme`)."""
+    from bench import readme
+
     text = README.read_text()
-    blocks = GENERATED.findall(text)
-    assert {"summary", "summary-quick", "run-cost"} <= {name for name, _, _ in blocks}
-    assert text.count(":begin") == len(blocks)  # no block the pattern missed
-    for name, src, body in blocks:
-        path = README.parent / src.strip()
-        assert path.is_file(), f"README block {name} quotes {src}, which is missing"
-        assert body == path.read_text(), f"README block {name} differs from {src}"
+    found = readme.blocks(text)
+    assert {"summary", "summary-quick", "run-cost"} <= {name for name, _, _ in found}
+    assert text.count(":begin (generated: ") == len(found)  # no block the pattern missed
+    assert readme.sync(README, check=True) == []
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
         assert (README.parent / figure).is_file(), figure
+
+
+def test_readme_sync_pastes_each_block_from_its_file(tmp_path, capsys):
+    from bench import readme
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.md").write_text("- new line\n")
+    page = tmp_path / "README.md"
+    page.write_text("# x\n<!-- a:begin (generated: t/a.md; a test) -->\n- old line\n<!-- a:end -->\ntail\n")
+    assert readme.main(["--readme", str(page), "--check"]) == 1 and "a differ" in capsys.readouterr().out
+    assert readme.main(["--readme", str(page)]) == 0
+    assert page.read_text() == "# x\n<!-- a:begin (generated: t/a.md; a test) -->\n- new line\n<!-- a:end -->\ntail\n"
+    assert readme.main(["--readme", str(page), "--check"]) == 0
+    (tmp_path / "t" / "a.md").unlink()
+    before = page.read_text()
+    assert readme.main(["--readme", str(page)]) == 2
+    assert "quotes t/a.md, which is missing" in capsys.readouterr().err and page.read_text() == before
 
 
 def test_html_navigation(built):
@@ -640,8 +656,7 @@ def test_readme_states_no_unchecked_number():
     pyproject's. A sentence with a new number needs a generated block or a check here."""
     import tomllib
     text = README.read_text()
-    for name in ("summary", "run-cost", "bad-inputs"):
-        text = re.sub(rf"<!-- {name}:begin.*?<!-- {name}:end -->", "", text, flags=re.S)
+    text = re.sub(r"<!-- ([\w-]+):begin.*?<!-- \1:end -->", "", text, flags=re.S)  # generated blocks
     text = re.sub(r"```.*?```", "", text, flags=re.S)          # code blocks
     text = re.sub(r"`[^`]*`", "", text)                        # inline code (commands, names)
     text = re.sub(r"\]\([^)]*\)", "]", text)                   # link targets

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...schema import CONTENDED_LOAD
+from ...schema import CONTENDED_LOAD, cores
 from ..context import Context, Section
 from ..frames import protocols, status
 
@@ -73,8 +73,8 @@ def beside_line(ctx: Context):
     return (f"Beside what: {len(r) - n_beside} of {len(r)} finished cells ran with no other task of this folder, "
             f"{n_beside} beside others (up to {int(r['beside'].max())}; runs.csv `beside`; a task still running "
             f"when the tables were written is not counted)"
-            + (f"; anything else on the machine kept a median of {load.median():.2g} cores busy while a cell ran "
-               f"(`other_cpu_load`, up to {load.max():.2g})" if len(load) else "")
+            + (f"; anything else on the machine kept a median of {cores(load.median())} busy while a cell ran "
+               f"(`other_cpu_load`, up to {cores(load.max())})" if len(load) else "")
             + (". Cell wall times are therefore not isolated measurements; the verdicts' times come from the timing "
                "probe." if shared else ". The verdicts' times come from the timing probe all the same."))
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 import pandas as pd
 
-from ...schema import CONTENDED_LOAD
+from ...schema import CONTENDED_LOAD, cores
 from ..common import fmt_ms, kinds_in, palette, rnd
 from ..context import Context, Figure, Section, Table
 from ..frames import timing
@@ -36,7 +36,7 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
             row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
             if "other_cpu_load" in long:  # what else kept the machine busy while the probe ran
                 load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
-                row["measured"] = ("–" if pd.isna(load) else f"contended ({load:.2g} cores busy beside)"
+                row["measured"] = ("–" if pd.isna(load) else f"contended ({cores(load)} busy beside)"
                                    if load >= CONTENDED_LOAD else "alone")
             if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
                 row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
