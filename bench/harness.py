@@ -309,6 +309,11 @@ def task_cost(spec: dict) -> float:
     return KINDS[spec["kind"]].cost(spec)
 
 
+def probe_cost(spec: dict) -> float:
+    """The part of :func:`task_cost` spent in the gradient probe."""
+    return KINDS[spec["kind"]].probe(spec)
+
+
 def task_epochs(spec: dict) -> int:
     return KINDS[spec["kind"]].epochs(spec)
 
@@ -354,6 +359,12 @@ def estimate_seconds(todo: List[dict], workers: int) -> Optional[float]:
     return sum(task_cost(t) for t in todo) * per / max(1, workers)
 
 
+def _share(tasks: List[dict]) -> str:
+    """The gradient probe's share of the work of ``tasks`` (common checkpoints and the cells' own runs)."""
+    total = sum(task_cost(t) for t in tasks)
+    return f"{100 * sum(probe_cost(t) for t in tasks) / total:.0f}%" if total else "0%"
+
+
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "unknown (no timing.csv on this machine)"
@@ -393,7 +404,8 @@ def cmd_run(args) -> int:
             note = f"  (stale: {stale[t['id']]})" if t["id"] in stale else ""
             print(f"{state}  {t['kind']:7s} {t['id']}{note}")
         print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
-              f"estimated {_duration(estimate_seconds(todo, workers))}")
+              f"estimated {_duration(estimate_seconds(todo, workers))}"
+              + (f", of which the gradient probe {_share(todo)}" if any(probe_cost(t) for t in todo) else ""))
         if clash:
             print(f"{out} holds another grid ({clash}): a run needs --force or another --out")
         return 0
@@ -492,12 +504,13 @@ def cmd_list(args) -> int:
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
     per = _seconds_per_unit()
-    print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s}  description")
+    print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s} {'probe':>5s}  description")
     for name in gridmod.preset_names():
         grid = gridmod.make_grid(gridmod.load_preset(name))
         tasks = gridmod.expand(grid)
         est = _duration(sum(task_cost(t) for t in tasks) * per).replace("about ", "") if per else "?"
-        print(f"{name:8s} {len(tasks):5d} {est:>16s}  {grid.description}")
+        print(f"{name:8s} {len(tasks):5d} {est:>16s} {_share(tasks):>5s}  {grid.description}")
     if per:
-        print("(time from the finished tasks of the folder above, else its enum step time; divide by --workers)")
+        print("(time from the finished tasks of the folder above, else its enum step time; divide by --workers; "
+              "probe: the gradient probe's share of it)")
     return 0

@@ -483,13 +483,15 @@ class TaskKind:
     ``run(spec, data_dir, progress, cache_dir) -> dict`` returns the record's fields (``status`` among
     them), may call ``progress({"epoch": e, "step": s, "steps": n})`` and may keep what sibling tasks
     can reuse under ``cache_dir`` (``OUT/cache``; never a result); ``cost(spec)`` is a rough size in
-    enum-step equivalents (the ETA and ``bench list`` read it); ``epochs(spec)`` is how many epochs the
+    enum-step equivalents (the ETA and ``bench list`` read it), ``probe(spec)`` the part of it spent in the
+    gradient probe (the dry run and ``bench list`` show it); ``epochs(spec)`` is how many epochs the
     progress lines count. A new kind is a runner, one entry here, and its spec expansion in
     ``bench.grid.expand``.
     """
     run: Callable[..., dict]
     cost: Callable[[dict], float]
     epochs: Callable[[dict], int] = lambda spec: 1
+    probe: Callable[[dict], float] = lambda spec: 0.0
 
 
 def _config_epochs(spec: dict) -> int:
@@ -509,12 +511,17 @@ def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
     return len(spec.get("checkpoints") or []) * per
 
 
+def _own_probe_cost(spec: dict) -> float:
+    """The probe on a cell's own run (SS-VAE estimators only: the baseline has no latent y)."""
+    est = (spec.get("config") or {}).get("estimator", "")
+    return _probe_cost(spec, [est]) if get_estimator(est).kind == "ssvae" else 0.0
+
+
 def _train_cost(spec: dict) -> float:
-    """Training steps, plus the probe on the cell's own run (SS-VAE estimators only)."""
+    """Training steps, plus the probe on the cell's own run."""
     cfg = RunConfig.from_dict(spec.get("config") or {})
     train = _config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
-    probed = get_estimator(cfg.estimator).kind == "ssvae"
-    return max(train + (_probe_cost(spec, [cfg.estimator]) if probed else 0.0), 1.0)
+    return max(train + _own_probe_cost(spec), 1.0)
 
 
 def _common_cost(spec: dict) -> float:
@@ -527,8 +534,8 @@ def _common_cost(spec: dict) -> float:
 
 
 KINDS: Dict[str, TaskKind] = {
-    "train": TaskKind(run_train, _train_cost, _config_epochs),
-    "common": TaskKind(run_common, _common_cost, _config_epochs),
+    "train": TaskKind(run_train, _train_cost, _config_epochs, _own_probe_cost),
+    "common": TaskKind(run_common, _common_cost, _config_epochs, _common_cost),
     "timing": TaskKind(run_timing, lambda spec: 60.0),
 }
 

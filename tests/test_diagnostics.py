@@ -84,6 +84,11 @@ def test_task_costs_count_the_probe_draws_references_and_baselines():
     cell = next(t for t in tasks if t["id"] == "rb-topk_L3000_s0")
     unprobed = cost({**cell, "checkpoints": []})
     assert cost(cell) - unprobed == pytest.approx(2 * (cell["n_samples"] + cell["reference_draws"]))
+    # the probe's share, which the dry run and `bench list` print: all of a common probe, the own-run part of a cell
+    assert KINDS["train"].probe(cell) == pytest.approx(cost(cell) - unprobed)
+    assert KINDS["common"].probe(plain) == cost(plain)
+    timing = next(t for t in tasks if t["kind"] == "timing")
+    assert KINDS["timing"].probe(timing) == 0.0
     base = next(t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "baseline")
     assert cost(base) == cost({**base, "checkpoints": []})  # the baseline has no latent y to probe
 

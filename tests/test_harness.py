@@ -175,6 +175,9 @@ def test_list_names_every_estimator_with_its_cost_relative_to_trace(tmp_path, ca
     for name, est in REGISTRY.items():
         assert any(line.startswith(name + " ") and est.description in line for line in out.splitlines()), name
     assert re_line(out, "enum") == "5.2x" and re_line(out, "trace") == "1.0x" and re_line(out, "gumbel") == "-"
+    # each preset with the gradient probe's share of its work (quick: the common checkpoints and own runs)
+    quick = next(line for line in out.splitlines() if line.startswith("quick "))
+    assert 30 < int(quick.split("%")[0].split()[-1]) < 100
     # a grid with the auxiliary loss only (the long preset) times the same unlabeled step on its aux rows
     timing.write_text("estimator,aux,step_kind,median_ms\ntrace,True,unsup,10\nenum,True,unsup,34\n")
     assert main(["list", "--timing", str(timing)]) == 0
