@@ -523,7 +523,7 @@ def test_summary_lines_from_the_paired_verdicts(built):
     root, _ = built
     lines = (root / "tables/summary.md").read_text().splitlines()
     assert len(lines) == 5 and all(l.startswith("- ") for l in lines)  # no stateful baseline: no 6th line
-    assert lines[4].startswith("- Gradient error at 3000 labels (encoder_y, unlabeled step")
+    assert lines[4].startswith("- Gradient error at 3000 labels, encoder_y, unlabeled step")
     head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
     assert lines[0][2:] == head.verdict  # the same verdict as the Headline
     assert lines[1].startswith("- Elsewhere: at 100 labels with the auxiliary loss")

@@ -116,7 +116,7 @@ def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
     enc = eff[(eff.labels == 3000) & (eff.param_group == "encoder_y")].sort_values("rank_mse")
     first = enc.iloc[0]
     assert f"lowest MSE against the exact gradient {first.estimator} {first.mse:.2g}" in grad
-    assert "trajectory: step 100; mean over n = 2 seeds, 32 draws" in grad
+    assert "at the last checkpoint of the common trajectory (step 100; mean over n = 2 seeds, 32 draws)" in grad
     g = enc.set_index("estimator").loc["gumbel"]
     assert g.rank_mse == 3 and f"{enc.iloc[1].estimator} {enc.iloc[1].mse:.2g}, gumbel (biased) {g.mse:.2g};" in grad
     assert f"trace {enc.set_index('estimator').loc['trace', 'mse']:.2g} " not in grad  # only the first three
@@ -134,6 +134,8 @@ def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
     expected = int(pd.read_csv(tmp_path / "tables/status_summary.csv").iloc[0].expected)
     assert f"the run is incomplete: 1 of {expected} cells have no result yet (the same command resumes it)" \
         in caveats()
+    cost = (tmp_path / "tables/run_cost.md").read_text()  # no start and end times in these records: a bound
+    assert "trained for 1 minute in all" in cost and "of wall time with 1 worker," in cost and f"1 of its {expected} cells are still to run" in cost
     (tmp_path / "runs" / "trace_L100_s0.json").unlink()
     (tmp_path / "runs.csv").write_text("\n".join(l for l in (tmp_path / "runs.csv").read_text().splitlines()
                                                   if not l.startswith("trace_L100_s0,")) + "\n")

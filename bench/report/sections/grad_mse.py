@@ -98,8 +98,8 @@ def summary_lines(ctx: Context) -> List[str]:
     d = eff[eff.labels == labels].sort_values(["rank_mse", "estimator"])
     n, steps = sorted(set(int(x) for x in d.n_seeds)), sorted(set(int(x) for x in d.step))
     draws = sorted(set(int(x) for x in ctx.res.grad.n_samples.dropna())) if "n_samples" in ctx.res.grad else []
-    head = (f"Gradient error at {chosen} ({GROUP}, unlabeled step, the last checkpoint of the common trajectory: step "
-            f"{', '.join(map(str, steps))}; mean over n = {', '.join(map(str, n))} seed{'s' if n != [1] else ''}"
+    head = (f"Gradient error at {chosen}, {GROUP}, unlabeled step, at the last checkpoint of the common trajectory "
+            f"(step {', '.join(map(str, steps))}; mean over n = {', '.join(map(str, n))} seed{'s' if n != [1] else ''}"
             + (f", {', '.join(map(str, draws))} draws" if draws else "") + ")")
     best = d.iloc[0]
     top = ", ".join(f"{label(r.estimator)} {fmt_sig(r.mse, 2)}" for r in d.head(3).itertuples())
@@ -119,8 +119,8 @@ def summary_lines(ctx: Context) -> List[str]:
         parts = [f"{r.estimator} at {r.at_most_against} of {r.checkpoints} (median {fmt_sig(r.median_ratio, 2)}×, "
                  f"largest {fmt_sig(r.max_ratio, 2)}×)" for r in b.itertuples()]
         held = (b.at_most_against == b.checkpoints).all()
-        lines.append(f"Trained baselines at {chosen} ({GROUP} variance, unlabeled step, against {AGAINST} at the same "
-                     f"common checkpoints after step 0, seeds × checkpoints): variance at most {AGAINST}'s for "
+        lines.append(f"Trained baselines at {chosen}, {GROUP} variance on the unlabeled step against {AGAINST}'s at the "
+                     f"same common checkpoints after step 0 (seeds × checkpoints): at most {AGAINST}'s for "
                      + "; ".join(parts) + ("." if held else
                                            " — not at every checkpoint: see the Gradient error section."))
     return lines

@@ -40,23 +40,30 @@ def _hours(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
+def _minutes(minutes: float) -> str:
+    return f"{minutes:.0f} minute{'' if round(minutes) == 1 else 's'}"
+
+
 def run_cost_line(ctx: Context) -> Optional[str]:
     """What the run cost: the cells' training minutes, and the wall time with any task of the grid running
     (``Results.busy_seconds``; else the lower bound the training minutes give). The report's Run section
     and ``tables/run_cost.md`` (which the README quotes) say it in these words."""
-    cost = compute_minutes(ctx)
-    if not cost:
+    cost, busy = compute_minutes(ctx), ctx.res.busy_seconds
+    if not cost and not busy:
         return None
-    total, workers, per = cost
-    text = (f"The `{ctx.env.get('preset', '?')}` preset's cells trained for {total:.0f} minutes in all (runs.csv "
-            f"`train_seconds`; evaluation and probes not counted)")
-    busy = ctx.res.busy_seconds
+    preset = ctx.env.get("preset", "?")
+    workers = int(ctx.env.get("workers") or ctx.grid.get("workers") or 1)
+    text = (f"The `{preset}` preset's cells trained for {_minutes(cost[0])} in all (runs.csv `train_seconds`; "
+            f"evaluation and probes not counted)" if cost else f"No cell of the `{preset}` preset has finished yet")
     if busy:
         text += (f"; the whole run, every task included, took {_hours(busy)} of wall time with {workers} "
                  f"worker{'s' if workers > 1 else ''} (time with at least one of its tasks running: pauses between "
                  f"resumed sessions not counted)")
     else:
-        text += f": at least {per:.0f} minutes of wall time with {workers} worker{'s' if workers > 1 else ''}"
+        text += f": at least {_minutes(cost[2])} of wall time with {workers} worker{'s' if workers > 1 else ''}"
+    status_ = ctx.frame(status)[0].iloc[0]
+    if status_["missing"]:
+        text += f", and {int(status_['missing'])} of its {int(status_['expected'])} cells are still to run"
     return text + "."
 
 

@@ -137,6 +137,8 @@ def caveat_line(ctx: Context) -> str:
     p, v, _ = conclusions(ctx)
     ns = sorted(set(int(n) for n in v.n if n > 0)) if len(v) else []
     epochs = sorted(set(e for es in v.epochs for e in str(es).split(",") if e), key=int) if len(v) else []
+    if not epochs and ctx.grid.get("epochs"):  # no paired cell yet: the grid's
+        epochs = [str(ctx.grid["epochs"])]
     parts = [f"n = {', '.join(map(str, ns)) or '0'} paired seed{'s' if ns != [1] else ''} per comparison"]
     small = [n for n in ns if n >= 2]
     if small and min(small) <= 5:
