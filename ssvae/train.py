@@ -54,34 +54,11 @@ from pyro.infer import SVI
 from .config import RunConfig
 from .data import SSData, Split
 from .evaluate import EvalPlan, mean_elbo, mean_iwae
-from .errors import ConfigError, DivergedError
+from .errors import DivergedError
 from .estimators import Estimator, Objective, get_estimator
 from .model import SSVAE
 
 STEP_KINDS = ("sup", "unsup", "aux")
-#: Training loops (see the module docstring): ours, and Pyro's ``ss_vae_M2.py`` exactly.
-PROTOCOLS = ("bench", "pyro")
-#: The image counts Pyro's script asserts the batch size divides (training, validation, test).
-PYRO_DIVIDES = {"training": 50_000, "validation": 10_000, "test": 10_000}
-
-
-def check_protocol(cfg: RunConfig) -> None:
-    """Raise a one-line :class:`ConfigError` for an unknown protocol or a batch size Pyro's loop refuses."""
-    protocol = cfg.protocol
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
-    if protocol == "pyro":
-        if cfg.labels % cfg.batch_size:
-            divisors = [b for b in range(cfg.batch_size, 0, -1) if cfg.labels % b == 0 and
-                        all(n % b == 0 for n in PYRO_DIVIDES.values())]
-            raise ConfigError(f"protocol pyro needs the batch size to divide the label count: batch size "
-                              f"{cfg.batch_size} does not divide {cfg.labels} labels (try {divisors[0]})")
-        for what, n in PYRO_DIVIDES.items():
-            if n % cfg.batch_size:
-                raise ConfigError(f"protocol pyro needs the batch size to divide the {n} {what} images "
-                                  f"(got {cfg.batch_size})")
-
-
 def set_seed(seed: int) -> None:
     pyro.set_rng_seed(seed)  # python, numpy and torch (all devices)
 
