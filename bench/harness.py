@@ -279,6 +279,9 @@ class Progress:
                 frac = ((p.get("epoch", 1) - 1) * p["steps"] + p.get("step", 0)) / (p["steps"] * epochs)
                 partial += min(frac, 1.0) * self.units.get(tid, 1)
                 current.append(f"{tid} epoch {p.get('epoch', 1)}/{epochs} step {p.get('step', 0)}/{p['steps']}")
+            elif p.get("checkpoints"):  # a common probe reading its trajectory from the cache: no steps
+                partial += min(p.get("checkpoints_done", 0) / p["checkpoints"], 1.0) * self.units.get(tid, 1)
+                current.append(f"{tid} checkpoint {p.get('checkpoints_done', 0)}/{p['checkpoints']}")
             else:
                 current.append(f"{tid} starting")
         work = min(self.units_done + partial, self.todo_units)

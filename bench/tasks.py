@@ -348,7 +348,8 @@ def run_common(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
                                            labels=cfg.labels, seed=cfg.seed, trajectory="common", step=step,
                                            baseline_updates=state["baselines"].updates))
         if progress:
-            progress({"event": "checkpoint", "checkpoint": step})
+            progress({"event": "checkpoint", "checkpoint": step, "checkpoints_done": checkpoints.index(step) + 1,
+                      "checkpoints": len(checkpoints)})
 
     def on_step(trainer: Trainer, step: int):
         if not state:

@@ -187,6 +187,14 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     p.update({}, {"id": "timing_cpu_enum", "kind": "timing", "status": "ok", "other_cpu_load": 1.0})
     assert "timing_cpu_enum: ok (contended: other processes kept 1 core busy" in log.getvalue()
     assert "\r" not in log.getvalue()
+    # a common probe that reads its trajectory from the cache reports checkpoints, not steps
+    common = {**SPEC, "id": "common_L100_s0_trace", "kind": "common", "estimators": ["trace"], "n_samples": 10,
+              "checkpoints": [0, 10], "config": {"estimator": "enum", "aux": True, "epochs": 1, "labels": 100}}
+    q = Progress([common], [common], stream=log)
+    q.HEARTBEAT_S = 0.0
+    q.update({common["id"]: TaskState(common, {"event": "checkpoint", "checkpoints_done": 1, "checkpoints": 2})}, None)
+    q.close()
+    assert log.getvalue().splitlines()[-1].startswith("[0/1] common_L100_s0_trace checkpoint 1/2 |  50% of the work")
 
 
 def test_other_cpu_load_sees_a_busy_process_beside_the_task():
