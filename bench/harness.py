@@ -41,7 +41,7 @@ from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD, cores
 from .tasks import KINDS
-from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
+from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path, span,
                     run_identity, stale_reason, write_tables)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,13 +339,13 @@ def _seconds_per_unit() -> Optional[float]:
     for rec in [*Path(path).parent.glob("runs/*.json"), *Path(path).parent.glob("probes/*.json")]:
         record, _ = read_result(rec)
         spec = (record or {}).get("spec")
-        if record and record.get("status") == "ok" and isinstance(spec, dict) and spec.get("kind") in KINDS \
-                and isinstance(record.get("started"), (int, float)) and isinstance(record.get("finished"), (int, float)):
+        times = span(record) if record else None
+        if times and record.get("status") == "ok" and isinstance(spec, dict) and spec.get("kind") in KINDS:
             try:
                 units = task_cost(spec)
             except (KeyError, TypeError, ValueError):
                 continue
-            wall, cost = wall + record["finished"] - record["started"], cost + units
+            wall, cost = wall + times[1] - times[0], cost + units
     if cost >= 1000:  # enough finished work to calibrate on
         return wall / cost
     try:

@@ -254,10 +254,16 @@ def _variance_rows(record: dict) -> List[dict]:
     return [{k: r.get(k) for k in VARIANCE_COLUMNS} for r in record.get("grad_variance", [])]
 
 
+def span(record: dict) -> Optional[Tuple[float, float]]:
+    """(started, finished) of a record, in seconds since the epoch; None for a record without both."""
+    a, b = record.get("started"), record.get("finished")
+    return (float(a), float(b)) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+
 def ran_beside(records: List[dict]) -> Dict[str, List[str]]:
     """What else of the folder ran beside each task: id -> ids of the other records on the same host
     whose [started, finished] overlaps its own (absent: the record has no times)."""
-    timed = [r for r in records if isinstance(r.get("started"), (int, float)) and isinstance(r.get("finished"), (int, float))]
+    timed = [r for r in records if span(r)]
     return {r["id"]: sorted(o["id"] for o in timed if o["id"] != r["id"] and o.get("host") == r.get("host")
                             and o["started"] < r["finished"] and o["finished"] > r["started"])
             for r in timed}
@@ -266,8 +272,7 @@ def ran_beside(records: List[dict]) -> Dict[str, List[str]]:
 def busy_seconds(records: List[dict]) -> Optional[float]:
     """Wall seconds during which at least one of ``records`` was running: the union of their
     [started, finished] intervals (a run resumed later does not count the pause); None without times."""
-    spans = sorted((r["started"], r["finished"]) for r in records
-                   if isinstance(r.get("started"), (int, float)) and isinstance(r.get("finished"), (int, float)))
+    spans = sorted(filter(None, map(span, records)))
     if not spans:
         return None
     total, (lo, hi) = 0.0, spans[0]

@@ -21,8 +21,8 @@ import pandas as pd
 
 from ssvae.estimators import REGISTRY
 
-from ...diagnostics import (EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, is_biased, label, mse_table, plot_efficiency, ranking,
-                            trajectory_ratios)
+from ...diagnostics import (EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, is_biased, label, mse_table,
+                            plot_efficiency, ranking, trajectory_ratios)
 from ..common import fmt_sig, rank_label_counts
 from ..context import Context, Figure, Section, Table
 from ..frames import this_timing
