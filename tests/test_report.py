@@ -299,24 +299,25 @@ def test_harness_csv_statuses(tmp_path):
 
 
 def _real_results():
+    """The committed reference folders (or $SSVAE_REPORT_RESULTS, else a local smoke run)."""
     import os
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    for cand in (os.environ.get("SSVAE_REPORT_RESULTS"), root / "results" / "reference" / "quick-cpu",
-                 root / "results" / "smoke-cpu"):
-        if cand and (Path(cand) / "env.json").is_file():
-            return Path(cand)
-    return None
+    if os.environ.get("SSVAE_REPORT_RESULTS"):
+        return [Path(os.environ["SSVAE_REPORT_RESULTS"])]
+    found = [p for p in (root / "results" / "reference" / "quick-cpu", root / "results" / "reference" / "long-cpu")
+             if (p / "env.json").is_file()]
+    return found or [p for p in (root / "results" / "smoke-cpu",) if (p / "env.json").is_file()]
 
 
-@pytest.mark.skipif(_real_results() is None, reason="no real results folder (results/reference/quick-cpu, "
-                                                    "results/smoke-cpu or $SSVAE_REPORT_RESULTS)")
-def test_report_on_real_results_reproduces_its_tables(tmp_path):
-    """The committed reference: its report rebuilt from its result files alone gives the same tables
+@pytest.mark.parametrize("src", _real_results() or [None], ids=lambda p: p.name if p else "none")
+def test_report_on_real_results_reproduces_its_tables(tmp_path, src):
+    """The committed references: each report rebuilt from its result files alone gives the same tables
     and report.md, byte for byte (the report is a pure function of the folder)."""
-    src = _real_results()
+    if src is None:
+        pytest.skip("no real results folder (results/reference/*-cpu, results/smoke-cpu or $SSVAE_REPORT_RESULTS)")
     dst = tmp_path / "real"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock", "cache"))
     out = report.build_report(dst)
     num = pd.read_csv(dst / "tables/table1.csv")
     env = json.loads((dst / "env.json").read_text())
