@@ -28,7 +28,8 @@ The one efficiency definition used by every table, ranking and plot: **work-norm
 lower is better: an estimator that is twice as slow must halve its error to tie (averaging
 two draws halves the variance of an unbiased estimator).
 
-Relaxations (``unbiased=False`` in the registry) are marked ``biased`` wherever they are ranked.
+Biased estimators (``unbiased=False`` in the registry: the relaxations, and nvil, whose variance normalisation
+rescales encoder_y's expected gradient) are marked ``biased`` wherever they are ranked.
 """
 from __future__ import annotations
 

@@ -294,7 +294,8 @@ register(Estimator(
     "enum's decoder passes", _rloo))
 register(Estimator(
     "nvil", "NVIL (Mnih & Gregor 2014): input-dependent baseline (own lr), running-mean centring and "
-    "variance normalisation of the learning signal", _nvil, stateful=True))
+    "variance normalisation of the learning signal", _nvil, stateful=True,
+    unbiased=False))  # the normalisation divides encoder_y's expected gradient by the running s (exact when s <= 1)
 
 
 def get_estimator(name: str) -> Estimator:

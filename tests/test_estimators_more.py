@@ -180,7 +180,8 @@ def test_options_are_checked():
         get_estimator("rb-topk").build(ss, {"k": 0})
     assert not REGISTRY["gumbel"].unbiased and not REGISTRY["gumbel-st"].unbiased
     assert all(REGISTRY[n].unbiased for n in ("trace-avg", "trace-bx", "trace-k10", "rb-topk", "rb-top3",
-                                              "rb-topk-plain", "rloo", "nvil"))
+                                              "rb-topk-plain", "rloo"))
+    assert not REGISTRY["nvil"].unbiased  # its variance normalisation rescales encoder_y's gradient by 1/s
     assert all("\n" not in REGISTRY[n].description for n in NEW)
 
 

@@ -204,7 +204,7 @@ def test_nvil_baseline_has_its_own_learning_rate(synthetic_data):
 
 def test_registered_once_each_with_one_line_descriptions():
     for name in ("rloo", "nvil", "rb-top3", "rb-topk-plain"):
-        assert REGISTRY[name].unbiased and REGISTRY[name].kind == "ssvae"
+        assert REGISTRY[name].unbiased == (name != "nvil") and REGISTRY[name].kind == "ssvae"
         assert "\n" not in REGISTRY[name].description
     tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
     assert get_estimator("rb-top3").build(tiny, {}).loss.k == 3

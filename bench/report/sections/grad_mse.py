@@ -1,6 +1,6 @@
 """Gradient error against the exact gradient: estimators ranked by their MSE (variance plus squared bias,
 per coordinate, one draw) at the last common checkpoint, and by the work-normalised MSE (MSE x seconds per
-unlabeled step of the timing probe: :data:`bench.diagnostics.EFFICIENCY`), relaxations marked biased,
+unlabeled step of the timing probe: :data:`bench.diagnostics.EFFICIENCY`), biased estimators marked,
 with the log-log plot of MSE against seconds per step (:func:`bench.diagnostics.plot_efficiency`).
 
 It also checks the trained baselines: at every common checkpoint after step 0, each estimator with a
@@ -149,7 +149,8 @@ def build(ctx: Context) -> Section:
         "exact gradient, per coordinate, split into squared bias and variance, with the cosine of the mean "
         "gradient with the exact one; brackets: 95 % bootstrap intervals over the draws (mean over seeds). "
         f"**Work-normalised MSE** = MSE × seconds per unlabeled step (timing probe, median): an estimator twice as "
-        f"slow must halve its error to tie. Relaxations are marked biased: their bias does not shrink with more "
+        f"slow must halve its error to tie. Biased estimators are marked (the relaxations, and nvil, whose variance "
+        f"normalisation rescales encoder_y's gradient): their bias does not shrink with more "
         f"draws. Rows: {GROUP}; every parameter group in `tables/grad_efficiency.csv`.")
     if not len(timing):
         sec.text.append("No timing.csv in this folder: no work-normalised ranking.")
@@ -174,5 +175,5 @@ def build(ctx: Context) -> Section:
             if ctx.adopt_png(path, f"Gradient MSE against time per step, {labels} labels"):
                 sec.figures.append(Figure(path, f"MSE of one {GROUP} gradient draw (log) against seconds per "
                                                 f"unlabeled step (log), {labels} labels, with the MSE's 95 % interval; "
-                                                "hollow: biased (relaxation); dotted: equal MSE × seconds."))
+                                                "hollow: biased; dotted: equal MSE × seconds."))
     return sec
