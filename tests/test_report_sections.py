@@ -107,6 +107,7 @@ def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
     base = pd.read_csv(tmp_path / "tables/grad_baselines.csv").set_index("labels")
     # steps 50 and 100 (step 0 excluded) x seeds 0 and 1; at 3000 labels one checkpoint is 1.5x trace's
     assert base.loc[3000, "estimator"] == "trace-avg" and base.loc[3000, "against"] == "trace"
+    assert base.loc[3000, "stat"] == "variance"  # unbiased: its variance (a biased one is compared by MSE)
     assert base.loc[3000, "checkpoints"] == 4 and base.loc[3000, "at_most_against"] == 3
     assert base.loc[3000, "max_ratio"] == pytest.approx(1.5) and base.loc[3000, "median_ratio"] == pytest.approx(0.5)
     assert base.loc[100, "at_most_against"] == base.loc[100, "checkpoints"] == 4
@@ -118,7 +119,8 @@ def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
     assert f"lowest MSE against the exact gradient {first.estimator} {first.mse:.2g}" in grad
     assert "at the last checkpoint of the common trajectory (step 100; mean over n = 2 seeds, 32 draws)" in grad
     g = enc.set_index("estimator").loc["gumbel"]
-    assert g.rank_mse == 3 and f"{enc.iloc[1].estimator} {enc.iloc[1].mse:.2g}, gumbel (biased) {g.mse:.2g};" in grad
+    assert g.rank_mse == 3 and f"{enc.iloc[1].estimator} {enc.iloc[1].mse:.2g}, gumbel (biased) {g.mse:.2g} " in grad
+    assert "(the exact gradient's own mean square, the MSE of a zero gradient: 0.05);" in grad  # the fixture's ref_sq
     assert f"trace {enc.set_index('estimator').loc['trace', 'mse']:.2g} " not in grad  # only the first three
     trained = next(l for l in lines if l.startswith("- Trained baselines at 3000 labels"))
     assert "trace-avg at 3 of 4 (median 0.5×, largest 1.5×)" in trained and "not at every checkpoint" in trained

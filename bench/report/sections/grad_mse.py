@@ -66,22 +66,37 @@ def efficiency(res) -> pd.DataFrame:
 
 
 def baseline_check(res) -> pd.DataFrame:
-    """Per (labels, estimator with a stateful baseline): its encoder_y variance on the unlabeled step over
+    """Per (labels, estimator with a stateful baseline): its encoder_y error on the unlabeled step over
     trace's at the same common checkpoint (same labels, seed and step), at every checkpoint after step 0
-    (where the baselines have been trained along the trajectory): how many checkpoints, at how many the
-    variance is at most trace's, the median and the largest ratio."""
-    cols = ["labels", "estimator", "against", "checkpoints", "seeds", "at_most_against", "median_ratio", "max_ratio"]
+    (where the baselines have been trained along the trajectory): how many checkpoints, at how many it is
+    at most trace's, the median and the largest ratio. The error is the variance for an unbiased
+    estimator and the MSE for a biased one (``stat``; nvil's normalisation rescales its gradient, so its
+    variance alone would flatter it)."""
+    cols = ["labels", "estimator", "stat", "against", "checkpoints", "seeds", "at_most_against", "median_ratio",
+            "max_ratio"]
     g = res.grad
     stateful = [e for e in dict.fromkeys(g.estimator) if e in REGISTRY and REGISTRY[e].stateful] if len(g) else []
-    r = trajectory_ratios(g[g.step > 0], stateful, against=AGAINST) if stateful and (g.estimator == AGAINST).any() \
-        else pd.DataFrame()
-    if not len(r):
+    if not stateful or not (g.estimator == AGAINST).any():
         return pd.DataFrame(columns=cols)
-    out = r.groupby(["labels", "estimator"], sort=False).agg(
+    parts = []
+    for est in stateful:
+        stat = "mse" if is_biased(est) else "variance"
+        r = trajectory_ratios(g[g.step > 0], [est], against=AGAINST, stat=stat)
+        if len(r):
+            parts.append(r.assign(stat=stat))
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    r = pd.concat(parts, ignore_index=True)
+    out = r.groupby(["labels", "estimator", "stat"], sort=False).agg(
         checkpoints=("ratio", "size"), seeds=("seed", "nunique"), at_most_against=("ratio", lambda x: int((x <= 1).sum())),
         median_ratio=("ratio", "median"), max_ratio=("ratio", "max")).reset_index()
-    out.insert(2, "against", AGAINST)
+    out.insert(3, "against", AGAINST)
     return out.sort_values(["labels", "estimator"], ascending=[False, True]).reset_index(drop=True)[cols]
+
+
+def _num(x: float) -> str:
+    """Two significant digits, without an exponent for the magnitudes the summary shows."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2g}"
 
 
 def summary_lines(ctx: Context) -> List[str]:
@@ -102,12 +117,18 @@ def summary_lines(ctx: Context) -> List[str]:
             f"(step {', '.join(map(str, steps))}; mean over n = {', '.join(map(str, n))} seed{'s' if n != [1] else ''}"
             + (f", {', '.join(map(str, draws))} draws" if draws else "") + ")")
     best = d.iloc[0]
-    top = ", ".join(f"{label(r.estimator)} {fmt_sig(r.mse, 2)}" for r in d.head(3).itertuples())
+    top = ", ".join(f"{label(r.estimator)} {_num(r.mse)}" for r in d.head(3).itertuples())
     text = f"{head}: lowest MSE against the exact gradient {top}"
+    g = ctx.res.grad
+    if "ref_sq" in g:  # the exact gradient's own mean square: the MSE of always answering zero
+        ref = g[(g.trajectory == "common") & (g.labels == labels) & (g.param_group == GROUP) & (g.step_kind == "unsup")
+                & g.step.isin(steps)]["ref_sq"].mean()
+        if pd.notna(ref):
+            text += f" (the exact gradient's own mean square, the MSE of a zero gradient: {_num(ref)})"
     biased = d[d.estimator.map(is_biased) & (d.rank_mse > 3)]
     if len(biased):
-        text += "; " + ", ".join(f"{label(r.estimator)} {fmt_sig(r.mse, 2)} (rank {int(r.rank_mse)} of {len(d)}, "
-                                 f"{fmt_sig(r.mse / best.mse, 2)}× {best.estimator}'s)" for r in biased.itertuples())
+        text += "; " + ", ".join(f"{label(r.estimator)} {_num(r.mse)} (rank {int(r.rank_mse)} of {len(d)}, "
+                                 f"{_num(r.mse / best.mse)}× {best.estimator}'s)" for r in biased.itertuples())
     w = d.dropna(subset=[EFFICIENCY]).sort_values([EFFICIENCY, "estimator"])
     if len(w):
         text += ("; lowest work-normalised MSE (MSE × seconds per unlabeled step, timing probe) "
@@ -116,11 +137,12 @@ def summary_lines(ctx: Context) -> List[str]:
     b = ctx.frame(baseline_check)
     b = b[b.labels == labels]
     if len(b):
-        parts = [f"{r.estimator} at {r.at_most_against} of {r.checkpoints} (median {fmt_sig(r.median_ratio, 2)}×, "
-                 f"largest {fmt_sig(r.max_ratio, 2)}×)" for r in b.itertuples()]
+        parts = [f"{r.estimator}{' (biased: MSE)' if r.stat == 'mse' else ''} at {r.at_most_against} of "
+                 f"{r.checkpoints} (median {_num(r.median_ratio)}×, largest {_num(r.max_ratio)}×)" for r in b.itertuples()]
         held = (b.at_most_against == b.checkpoints).all()
-        lines.append(f"Trained baselines at {chosen}, {GROUP} variance on the unlabeled step against {AGAINST}'s at the "
-                     f"same common checkpoints after step 0 (seeds × checkpoints): at most {AGAINST}'s for "
+        lines.append(f"Trained baselines at {chosen}, {GROUP} variance (MSE for a biased estimator) on the unlabeled "
+                     f"step against {AGAINST}'s at the same common checkpoints after step 0 (seeds × checkpoints): "
+                     f"at most {AGAINST}'s for "
                      + "; ".join(parts) + ("." if held else
                                            " — not at every checkpoint: see the Gradient error section."))
     return lines
@@ -155,13 +177,15 @@ def build(ctx: Context) -> Section:
     if not len(timing):
         sec.text.append("No timing.csv in this folder: no work-normalised ranking.")
     base = ctx.frame(baseline_check)
-    ctx.write_table(base, "grad_baselines", f"Trained baselines: {GROUP} variance on the unlabeled step over "
-                                            f"{AGAINST}'s at the same common checkpoints after step 0")
+    ctx.write_table(base, "grad_baselines", f"Trained baselines: {GROUP} variance (`stat`: MSE for a biased "
+                                            f"estimator) on the unlabeled step over {AGAINST}'s at the same common "
+                                            f"checkpoints after step 0")
     if len(base):
         sec.text.append(
             f"**Trained baselines.** Along the common trajectory trace-avg's average, trace-bx's b(x) and nvil's C(x) "
             f"and statistics are trained on its batches without changing it; at each checkpoint after step 0 their "
-            f"{GROUP} variance on the unlabeled step is compared with {AGAINST}'s at the same parameters (ratio: "
+            f"{GROUP} variance (MSE for a biased estimator: `stat`) on the unlabeled step is compared with "
+            f"{AGAINST}'s at the same parameters (ratio: "
             f"theirs over {AGAINST}'s; a ratio at most 1 is a checkpoint where the baseline helped).")
         sec.tables.append(Table("Trained baselines against trace", base.assign(
             median_ratio=base.median_ratio.map(fmt_sig), max_ratio=base.max_ratio.map(fmt_sig)), "grad_baselines"))
