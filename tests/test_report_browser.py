@@ -2,7 +2,8 @@
 reader uses: every figure decodes, a table-of-contents link lands on its section, a click on a column
 heading sorts the table (numbers as numbers), a second click reverses it.
 
-Run on a fabricated folder and on the committed reference report (results/reference/quick-cpu).
+Run on a fabricated folder and on the committed long reference report (results/reference/long-cpu: a
+complete grid, so Table 1 has a number in every row to sort).
 Needs Chromium (Debian/Ubuntu: ``apt-get install -y chromium``); skipped with a reason without it.
 Set ``SSVAE_REPORT_SCREENSHOT=/path.png`` to keep a screenshot of the reference report to look at.
 """
@@ -20,7 +21,7 @@ import pytest
 from bench import report
 from tests.report_fixtures import fabricate_results
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "long-cpu"
 
 
 def _chromium():
