@@ -31,8 +31,13 @@ def compute_minutes(ctx: Context):
     sec = r.loc[r.status == "ok", "train_seconds"].dropna()
     if not len(sec):
         return None
-    workers = ctx.env.get("workers") or ctx.grid.get("workers") or 1
-    return float(sec.sum()) / 60, int(workers), float(sec.sum()) / 60 / int(workers)
+    workers = _workers(ctx)
+    return float(sec.sum()) / 60, workers, float(sec.sum()) / 60 / workers
+
+
+def _workers(ctx: Context) -> int:
+    """The run's workers (env.json, else its grid), at least one."""
+    return int(ctx.env.get("workers") or ctx.grid.get("workers") or 1)
 
 
 def _hours(seconds: float) -> str:
@@ -52,7 +57,7 @@ def run_cost_line(ctx: Context) -> Optional[str]:
     if not cost and not busy:
         return None
     preset = ctx.env.get("preset", "?")
-    workers = int(ctx.env.get("workers") or ctx.grid.get("workers") or 1)
+    workers = _workers(ctx)
     text = (f"The `{preset}` preset's cells trained for {_minutes(cost[0])} in all (runs.csv `train_seconds`; "
             f"evaluation and probes not counted)" if cost else f"No cell of the `{preset}` preset has finished yet")
     if busy:
