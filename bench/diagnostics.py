@@ -151,6 +151,54 @@ def trajectory_ratios(grad: pd.DataFrame, estimators: Iterable[str], against: st
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+# label offsets in points, nearer first: above right, below right, right, above left, below left, left, then the
+# same farther out (with a thin line back to the point)
+_LABEL_SPOTS = tuple((k * dx, k * dy, ha, va) for k in (1, 2.5) for dx, dy, ha, va in (
+    (5, 4, "left", "bottom"), (5, -4, "left", "top"), (8, 0, "left", "center"),
+    (-5, 4, "right", "bottom"), (-5, -4, "right", "top"), (-8, 0, "right", "center")))
+
+
+def _place_labels(ax, names, x, y, fontsize: int = 8, passes: int = 3):
+    """Label each point at one of :data:`_LABEL_SPOTS`: the spot whose box overlaps least with the other
+    labels, the other texts on the axes and the other points, the nearer spot on a tie. A greedy placement
+    from the top of the plot down, then ``passes`` rounds that move each label to its best spot given all
+    the others. Deterministic."""
+    renderer = ax.figure.canvas.get_renderer()
+    points = ax.transData.transform(np.column_stack([x, y]))
+    fixed = [t.get_window_extent(renderer) for t in ax.texts]
+
+    def box(i, k):
+        dx, dy, ha, va = _LABEL_SPOTS[k]
+        t = ax.annotate(names[i], (x[i], y[i]), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                        ha=ha, va=va)
+        extent = t.get_window_extent(renderer)
+        t.remove()
+        return extent
+
+    boxes = {(i, k): box(i, k) for i in range(len(names)) for k in range(len(_LABEL_SPOTS))}
+
+    def cost(i, k, placed) -> float:
+        """Pixels² shared with the other boxes, a marker's worth for each other point inside, and a little
+        for a spot later in the list."""
+        b = boxes[i, k]
+        others = [boxes[j, placed[j]] for j in placed if j != i] + fixed
+        area = sum(max(0.0, min(b.x1, o.x1) - max(b.x0, o.x0) + 2) * max(0.0, min(b.y1, o.y1) - max(b.y0, o.y0) + 2)
+                   for o in others)
+        p = np.delete(points, i, axis=0)
+        inside = ((p[:, 0] > b.x0 - 4) & (p[:, 0] < b.x1 + 4) & (p[:, 1] > b.y0 - 4) & (p[:, 1] < b.y1 + 4)).sum()
+        return area + 100.0 * inside + k
+
+    placed = {}
+    order = sorted(range(len(names)), key=lambda i: (-points[i, 1], points[i, 0]))
+    for _ in range(1 + passes):
+        for i in order:
+            placed[i] = min(range(len(_LABEL_SPOTS)), key=lambda k: (cost(i, k, placed), k))
+    for i, k in placed.items():
+        dx, dy, ha, va = _LABEL_SPOTS[k]
+        ax.annotate(names[i], (x[i], y[i]), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                    ha=ha, va=va, arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5) if k >= 6 else None)
+
+
 def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param_group: str = "encoder_y"):
     """Seconds per unlabeled step (x, log) against MSE (y, log), one point per estimator with its MSE
     interval, biased estimators hollow, and iso-efficiency diagonals (MSE x seconds constant, one per decade).
@@ -175,7 +223,6 @@ def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param
     for (est, xi, yi) in zip(t["estimator"], x, y):
         biased = is_biased(est)
         ax.plot([xi], [yi], "o", mfc="white" if biased else "C0", mec="C3" if biased else "C0", ms=7)
-        ax.annotate(label(est), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     # the steps often span less than a decade: ticks at 1, 2 and 5 of each, in milliseconds
@@ -195,8 +242,9 @@ def plot_efficiency(eff: pd.DataFrame, path, labels: Optional[int] = None, param
             ax.annotate(f"1e{e}", (xm, 10.0 ** e / xm), fontsize=7, color="0.5")
     ax.set_xlabel("seconds per unlabeled step (timing probe, median)")
     ax.set_ylabel(f"MSE per coordinate, {param_group} (last common checkpoint)")
-    ax.set_title(f"{labels} labels; dotted: equal MSE × seconds per step (work-normalised MSE)", fontsize=9)
+    ax.set_title("dotted: equal MSE × seconds per step (work-normalised MSE, labelled)", fontsize=9)
     fig.tight_layout()
+    _place_labels(ax, [label(e) for e in t["estimator"]], x, y)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -66,6 +66,32 @@ def test_efficiency_plot_is_written(tmp_path):
     assert D.plot_efficiency(D.efficiency_table(GRAD.iloc[:0], TIMING), tmp_path / "none.png") is None
 
 
+def test_efficiency_plot_labels_do_not_overlap_where_points_crowd():
+    """Four points within a label's height of each other (as trace-bx and trace-avg, or enum and rloo, sit
+    in the quick reference): every label gets its own box, clear of the others and of the other points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    x, y = np.array([0.027, 0.0275, 0.021, 0.026]), np.array([28.0, 36.0, 48.0, 31.0])
+    ax.plot(x, y, "o")
+    ax.set(xscale="log", yscale="log", xlim=(0.01, 0.1), ylim=(1, 1000))
+    D._place_labels(ax, ["trace-avg", "trace-bx", "rb-topk-plain", "third"], x, y)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 4
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    px = ax.transData.transform(np.column_stack([x, y]))
+    for i, b in enumerate(boxes):
+        assert not any(b.contains(*p) for j, p in enumerate(px) if j != i)
+    plt.close(fig)
+
+
 def test_task_costs_count_the_probe_draws_references_and_baselines():
     """One cost rule for the ETA and `bench list` (bench.tasks.KINDS): more draws cost more, linearly; a
     stateful probe trains the trajectory and its references; a cell pays for the probe on its own run."""
