@@ -24,7 +24,7 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 from tqdm import tqdm
 
@@ -40,7 +40,7 @@ from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
 from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD, cores
-from .tasks import KINDS
+from .tasks import EVAL_STEPS, KINDS, PARTS, cost_parts, measured_parts
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path, span,
                     run_identity, stale_reason, write_tables)
 
@@ -328,44 +328,72 @@ def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
     return stale_reason(record, spec, ident)
 
 
-def _seconds_per_unit() -> Optional[float]:
-    """Seconds per unit of :func:`task_cost` on this machine: from the finished tasks of the folder of the
-    newest local timing.csv (their wall seconds over their cost, as they ran: side by side when the run
-    had several workers), else that timing.csv's enum step time alone (None: unknown)."""
+#: finished work (in enum-step equivalents of a part) below which a part is not calibrated on its own
+CALIBRATE_MIN = 1000
+
+
+def calibration() -> Optional[Dict[str, float]]:
+    """Seconds per unit of each part of :func:`bench.tasks.cost_parts` on this machine, from the finished
+    tasks of the folder of the newest local timing.csv (their measured seconds per part over the part's
+    cost, as they ran: side by side when the run had several workers). A part with too little finished
+    work takes the folder's overall seconds per unit of cost; a folder with too little of it all, the
+    timing.csv's enum step time. None: unknown. Calibrating the parts apart matters: cells that mostly
+    train, evaluate or probe run at different rates per unit (a single rate fitted on the quick reference's
+    probe-heavy tasks put the long reference at 59 % of the time it took)."""
     path = _local_timing()
     if not path:
         return None
-    wall = cost = 0.0
+    seconds, units, wall, cost = dict.fromkeys(PARTS, 0.0), dict.fromkeys(PARTS, 0.0), 0.0, 0.0
     for rec in [*Path(path).parent.glob("runs/*.json"), *Path(path).parent.glob("probes/*.json")]:
         record, _ = read_result(rec)
         spec = (record or {}).get("spec")
-        times = span(record) if record else None
-        if times and record.get("status") == "ok" and isinstance(spec, dict) and spec.get("kind") in KINDS:
-            try:
-                units = task_cost(spec)
-            except (KeyError, TypeError, ValueError):
-                continue
-            wall, cost = wall + times[1] - times[0], cost + units
-    if cost >= 1000:  # enough finished work to calibrate on
-        return wall / cost
+        if not (record and record.get("status") == "ok" and span(record) and isinstance(spec, dict)
+                and spec.get("kind") in KINDS):
+            continue
+        try:
+            parts, took = cost_parts(spec), measured_parts(record)
+        except (KeyError, TypeError, ValueError):
+            continue
+        for part in PARTS:
+            seconds[part] += took[part]
+            units[part] += parts[part] * (EVAL_STEPS if part == "eval" else 1)
+        wall, cost = wall + sum(took.values()), cost + task_cost(spec)
+    if cost >= CALIBRATE_MIN:
+        return {part: (seconds[part] / units[part] if units[part] >= CALIBRATE_MIN else wall / cost)
+                * (EVAL_STEPS if part == "eval" else 1) for part in PARTS}
     try:
         rows = [r for r in csv.DictReader(open(path)) if r["estimator"] == "enum" and r["step_kind"] == "unsup"]
-        return float(rows[0]["median_ms"]) / 1e3 if rows else None
+        per = float(rows[0]["median_ms"]) / 1e3 if rows else None
     except (OSError, KeyError, ValueError):
         return None
+    return None if per is None else {part: per * (EVAL_STEPS if part == "eval" else 1) for part in PARTS}
+
+
+def _seconds(tasks: List[dict], cal: Dict[str, float]) -> Dict[str, float]:
+    """Estimated seconds of ``tasks`` (one worker) per part."""
+    out = dict.fromkeys(PARTS, 0.0)
+    for t in tasks:
+        for part, units in cost_parts(t).items():
+            out[part] += units * cal[part]
+    return out
 
 
 def estimate_seconds(todo: List[dict], workers: int) -> Optional[float]:
-    per = _seconds_per_unit()
-    if per is None:
+    cal = calibration()
+    if cal is None:
         return None
-    return sum(task_cost(t) for t in todo) * per / max(1, workers)
+    return sum(_seconds(todo, cal).values()) / max(1, workers)
 
 
-def _share(tasks: List[dict]) -> str:
-    """The gradient probe's share of the work of ``tasks`` (common checkpoints and the cells' own runs)."""
-    total = sum(task_cost(t) for t in tasks)
-    return f"{100 * sum(probe_cost(t) for t in tasks) / total:.0f}%" if total else "0%"
+def _share(tasks: List[dict], cal: Optional[Dict[str, float]] = None) -> str:
+    """The gradient probe's share of the work of ``tasks`` (common checkpoints and the cells' own runs):
+    of the estimated seconds where this machine is calibrated, else of the cost."""
+    if cal is not None:
+        parts = _seconds(tasks, cal)
+        total, probe = sum(parts.values()), parts["probe"]
+    else:
+        total, probe = sum(task_cost(t) for t in tasks), sum(probe_cost(t) for t in tasks)
+    return f"{100 * probe / total:.0f}%" if total else "0%"
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -408,7 +436,8 @@ def cmd_run(args) -> int:
             print(f"{state}  {t['kind']:7s} {t['id']}{note}")
         print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
               f"estimated {_duration(estimate_seconds(todo, workers))}"
-              + (f", of which the gradient probe {_share(todo)}" if any(probe_cost(t) for t in todo) else ""))
+              + (f", of which the gradient probe {_share(todo, calibration())}" if any(probe_cost(t) for t in todo)
+                 else ""))
         if clash:
             print(f"{out} holds another grid ({clash}): a run needs --force or another --out")
         return 0
@@ -506,14 +535,14 @@ def cmd_list(args) -> int:
         print(f"{name:{width}s} {c:>10s}  {est.description}")
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
-    per = _seconds_per_unit()
+    cal = calibration()
     print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s} {'probe':>5s}  description")
     for name in gridmod.preset_names():
         grid = gridmod.make_grid(gridmod.load_preset(name))
         tasks = gridmod.expand(grid)
-        est = _duration(sum(task_cost(t) for t in tasks) * per).replace("about ", "") if per else "?"
-        print(f"{name:8s} {len(tasks):5d} {est:>16s} {_share(tasks):>5s}  {grid.description}")
-    if per:
-        print("(time from the finished tasks of the folder above, else its enum step time; divide by --workers; "
-              "probe: the gradient probe's share of it)")
+        est = _duration(sum(_seconds(tasks, cal).values())).replace("about ", "") if cal else "?"
+        print(f"{name:8s} {len(tasks):5d} {est:>16s} {_share(tasks, cal):>5s}  {grid.description}")
+    if cal:
+        print("(time from the finished tasks of the folder above, training, evaluation and probe each at its own "
+              "rate, else its enum step time; divide by --workers; probe: the gradient probe's share of it)")
     return 0

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from ssvae import RunConfig
+from ssvae.config import TEST_SIZE
 from ssvae import data as ssdata
 from ssvae import reference
 from ssvae.errors import DivergedError
-from ssvae.evaluate import EvalPlan
+from ssvae.evaluate import IWAE_IMAGES, IWAE_K, EvalPlan
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.nvil import NVIL
@@ -38,7 +39,7 @@ from .grid import steps_per_epoch
 from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
-from .store import atomic_write_bytes, atomic_write_json, result_path
+from .store import atomic_write_bytes, atomic_write_json, result_path, span
 
 Progress = Optional[Callable[[dict], None]]
 
@@ -484,15 +485,17 @@ class TaskKind:
     ``run(spec, data_dir, progress, cache_dir) -> dict`` returns the record's fields (``status`` among
     them), may call ``progress({"epoch": e, "step": s, "steps": n})`` and may keep what sibling tasks
     can reuse under ``cache_dir`` (``OUT/cache``; never a result); ``cost(spec)`` is a rough size in
-    enum-step equivalents (the ETA and ``bench list`` read it), ``probe(spec)`` the part of it spent in the
-    gradient probe (the dry run and ``bench list`` show it); ``epochs(spec)`` is how many epochs the
-    progress lines count. A new kind is a runner, one entry here, and its spec expansion in
-    ``bench.grid.expand``.
+    enum-step equivalents (the progress bar's share of the work), ``probe(spec)`` the part of it spent in
+    the gradient probe and ``evaluation(spec)`` the epochs of evaluation it runs (:func:`cost_parts` splits
+    the cost by them; the ETA and ``bench list`` calibrate each part on this machine's finished tasks);
+    ``epochs(spec)`` is how many epochs the progress lines count. A new kind is a runner, one entry here,
+    and its spec expansion in ``bench.grid.expand``.
     """
     run: Callable[..., dict]
     cost: Callable[[dict], float]
     epochs: Callable[[dict], int] = lambda spec: 1
     probe: Callable[[dict], float] = lambda spec: 0.0
+    evaluation: Callable[[dict], float] = lambda spec: 0.0
 
 
 def _config_epochs(spec: dict) -> int:
@@ -501,6 +504,14 @@ def _config_epochs(spec: dict) -> int:
 
 #: work per step relative to an enum step, for the ETA and ``bench list`` (other estimators: about one)
 STEP_WEIGHT = {"baseline": 0.05, "trace": 0.2}
+#: evaluation, in epochs of it (one: the exact test ELBO on all 10,000 test images and the accuracies):
+#: on 2 cores, 5-epoch cells spent 33 s evaluating and 20-epoch cells 78 s, 3 s an epoch and 18 s at the
+#: end, where the importance-weighted bound with the default k and images costs FINAL_EVAL_EPOCHS epochs.
+#: The accuracies alone (all the supervised baseline evaluates) are ACCURACY_SHARE of an epoch. EVAL_STEPS:
+#: one epoch of evaluation in enum-step equivalents (3 s against 0.1 s a step), for the progress bar.
+FINAL_EVAL_EPOCHS = 6
+ACCURACY_SHARE = 0.05
+EVAL_STEPS = 30
 
 
 def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
@@ -518,11 +529,24 @@ def _own_probe_cost(spec: dict) -> float:
     return _probe_cost(spec, [est]) if get_estimator(est).kind == "ssvae" else 0.0
 
 
+def _evaluation(spec: dict) -> float:
+    """A cell's evaluation in epochs of it: every epoch the accuracies and the test ELBO on its share of
+    the test images, and at the end the importance-weighted bound, ``iwae_k`` × ``iwae_images`` against
+    the defaults' :data:`FINAL_EVAL_EPOCHS` (``ssvae.evaluate.EvalPlan``)."""
+    est = (spec.get("config") or {}).get("estimator", "")
+    if get_estimator(est).kind != "ssvae":
+        return _config_epochs(spec) * ACCURACY_SHARE
+    plan = EvalPlan(**spec.get("evaluation", {}))
+    elbo = 1.0 if plan.elbo_images is None else min(plan.elbo_images, TEST_SIZE) / TEST_SIZE
+    iwae = (TEST_SIZE if plan.iwae_images is None else min(plan.iwae_images, TEST_SIZE)) * plan.iwae_k
+    return _config_epochs(spec) * (elbo + ACCURACY_SHARE) + FINAL_EVAL_EPOCHS * iwae / (IWAE_IMAGES * IWAE_K)
+
+
 def _train_cost(spec: dict) -> float:
-    """Training steps, plus the probe on the cell's own run."""
+    """Training steps, plus the evaluation and the probe on the cell's own run."""
     cfg = RunConfig.from_dict(spec.get("config") or {})
     train = _config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
-    return max(train + _own_probe_cost(spec), 1.0)
+    return max(train, 1.0) + EVAL_STEPS * _evaluation(spec) + _own_probe_cost(spec)
 
 
 def _common_cost(spec: dict) -> float:
@@ -535,10 +559,35 @@ def _common_cost(spec: dict) -> float:
 
 
 KINDS: Dict[str, TaskKind] = {
-    "train": TaskKind(run_train, _train_cost, _config_epochs, _own_probe_cost),
+    "train": TaskKind(run_train, _train_cost, _config_epochs, _own_probe_cost, _evaluation),
     "common": TaskKind(run_common, _common_cost, _config_epochs, _common_cost),
     "timing": TaskKind(run_timing, lambda spec: 60.0),
 }
+
+
+#: the parts of a task's work, each calibrated on its own (:func:`cost_parts`, ``bench.harness``)
+PARTS = ("train", "eval", "probe")
+
+
+def cost_parts(spec: dict) -> Dict[str, float]:
+    """A task's cost split into its parts: ``train`` (enum-step equivalents of training, or of whatever
+    else the kind does), ``eval`` (epochs of evaluation) and ``probe`` (enum-step equivalents of the
+    gradient probe). ``cost = train + EVAL_STEPS * eval + probe``."""
+    kind = KINDS[spec["kind"]]
+    probe, ev = kind.probe(spec), kind.evaluation(spec)
+    return {"train": kind.cost(spec) - probe - EVAL_STEPS * ev, "eval": ev, "probe": probe}
+
+
+def measured_parts(record: dict) -> Dict[str, float]:
+    """Seconds a finished task spent in each part: the cell's own ``train_seconds`` and ``eval_seconds``,
+    and the rest of its start-to-end time (:func:`bench.store.span`) in its probe, or in its training
+    part where it has no probe."""
+    start, end = span(record)
+    metrics = record.get("metrics") or {}
+    train, ev = float(metrics.get("train_seconds") or 0.0), float(metrics.get("eval_seconds") or 0.0)
+    rest = max(0.0, end - start - train - ev)
+    probed = KINDS[record["spec"]["kind"]].probe(record["spec"]) > 0
+    return {"train": train + (0.0 if probed else rest), "eval": ev, "probe": rest if probed else 0.0}
 
 
 def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,

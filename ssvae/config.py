@@ -16,6 +16,8 @@ from .errors import ConfigError
 #: Pyro's split: the first 50,000 MNIST training images train, the last 10,000 validate.
 TRAIN_SIZE = 50_000
 VALID_SIZE = 10_000
+#: MNIST's test set
+TEST_SIZE = 10_000
 NUM_CLASSES = 10
 
 

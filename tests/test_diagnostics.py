@@ -119,6 +119,54 @@ def test_task_costs_count_the_probe_draws_references_and_baselines():
     assert cost(base) == cost({**base, "checkpoints": []})  # the baseline has no latent y to probe
 
 
+def test_eta_prices_training_evaluation_and_probe_each_at_its_own_measured_rate(tmp_path, monkeypatch):
+    """The ETA's calibration (bench.harness.calibration): from finished records whose training,
+    evaluation and probe ran at three known rates, each part's rate comes back, and a grid is estimated
+    part by part. A single rate would misprice a grid whose mix differs (a long run trains, a quick one
+    probes); a part with too little finished work takes the folder's overall rate."""
+    import json
+
+    from bench import harness
+    from bench.harness import task_cost
+    from bench.tasks import EVAL_STEPS, cost_parts
+
+    rate = {"train": 0.1, "eval": 3.0, "probe": 0.02}  # seconds per unit (eval: per epoch of evaluation)
+    folder = tmp_path / "quick-cpu"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "probes").mkdir()
+    (folder / "timing.csv").write_text("estimator,step_kind,median_ms\nenum,unsup,60\n")
+    tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0]}))
+    clock = 1.0e9
+    for t in tasks:
+        if t["kind"] == "timing":
+            continue
+        parts = cost_parts(t)
+        secs = {k: parts[k] * rate[k] for k in parts}
+        record = {"id": t["id"], "kind": t["kind"], "spec": t, "status": "ok", "started": clock,
+                  "finished": clock + sum(secs.values())}
+        if t["kind"] == "train":
+            record["metrics"] = {"train_seconds": secs["train"], "eval_seconds": secs["eval"]}
+        sub = "runs" if t["kind"] == "train" else "probes"
+        (folder / sub / f"{t['id']}.json").write_text(json.dumps(record))
+        clock += 1000.0
+    monkeypatch.setattr(harness, "_local_timing", lambda: str(folder / "timing.csv"))
+    cal = harness.calibration()
+    assert cal == pytest.approx(rate, rel=1e-6)
+    long = expand(make_grid(load_preset("long"), {"labels": [100], "seeds": [0]}))
+    want = sum(cost_parts(t)[k] * rate[k] for t in long for k in rate)
+    assert harness.estimate_seconds(long, workers=2) == pytest.approx(want / 2)
+    single = sum(task_cost(t) for t in long) * sum(
+        cost_parts(t)[k] * rate[k] for t in tasks if t["kind"] != "timing" for k in rate) / sum(
+        task_cost(t) for t in tasks if t["kind"] != "timing")
+    assert abs(single / want - 1) > 0.25  # the mix differs: one rate for all would be far off
+    # keep only the probes: training and evaluation have no finished work of their own
+    for f in (folder / "runs").iterdir():
+        f.unlink()
+    cal = harness.calibration()
+    assert cal["probe"] == pytest.approx(rate["probe"])
+    assert cal["train"] == pytest.approx(rate["probe"]) and cal["eval"] == pytest.approx(EVAL_STEPS * rate["probe"])
+
+
 def test_stateful_common_probes_run_first_and_write_the_trajectory_cache_for_the_rest():
     tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0, 1]}))
     common = [t for t in tasks if t["kind"] == "common"]
