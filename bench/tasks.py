@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from ssvae import RunConfig
-from ssvae.config import TEST_SIZE
 from ssvae import data as ssdata
 from ssvae import reference
 from ssvae.errors import DivergedError
-from ssvae.evaluate import IWAE_IMAGES, IWAE_K, EvalPlan
+from ssvae.evaluate import EvalPlan
 from ssvae.estimators import Objective, get_estimator
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.nvil import NVIL
@@ -35,7 +34,8 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
-from .grid import steps_per_epoch
+from .cost import (EVAL_STEPS, _common_cost, _config_epochs, _evaluation, _own_probe_cost,  # noqa: F401
+                   _train_cost)
 from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
@@ -496,66 +496,6 @@ class TaskKind:
     epochs: Callable[[dict], int] = lambda spec: 1
     probe: Callable[[dict], float] = lambda spec: 0.0
     evaluation: Callable[[dict], float] = lambda spec: 0.0
-
-
-def _config_epochs(spec: dict) -> int:
-    return (spec.get("config") or {}).get("epochs", 1)
-
-
-#: work per step relative to an enum step, for the ETA and ``bench list`` (other estimators: about one)
-STEP_WEIGHT = {"baseline": 0.05, "trace": 0.2}
-#: evaluation, in epochs of it (one: the exact test ELBO on all 10,000 test images and the accuracies):
-#: on 2 cores, 5-epoch cells spent 33 s evaluating and 20-epoch cells 78 s, 3 s an epoch and 18 s at the
-#: end, where the importance-weighted bound with the default k and images costs FINAL_EVAL_EPOCHS epochs.
-#: The accuracies alone (all the supervised baseline evaluates) are ACCURACY_SHARE of an epoch. EVAL_STEPS:
-#: one epoch of evaluation in enum-step equivalents (3 s against 0.1 s a step), for the progress bar.
-FINAL_EVAL_EPOCHS = 6
-ACCURACY_SHARE = 0.05
-EVAL_STEPS = 30
-
-
-def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
-    """The gradient probe, in enum-step equivalents: at each checkpoint, ``n_samples`` draws of every probed
-    estimator's labeled and unlabeled steps and (``references``) ``reference_draws`` enumerated draws on
-    both, one enum step each."""
-    per = sum(2 * spec.get("n_samples", 0) * STEP_WEIGHT.get(e, 1.0) for e in estimators)
-    per += 2 * spec.get("reference_draws", 0) if references else 0
-    return len(spec.get("checkpoints") or []) * per
-
-
-def _own_probe_cost(spec: dict) -> float:
-    """The probe on a cell's own run (SS-VAE estimators only: the baseline has no latent y)."""
-    est = (spec.get("config") or {}).get("estimator", "")
-    return _probe_cost(spec, [est]) if get_estimator(est).kind == "ssvae" else 0.0
-
-
-def _evaluation(spec: dict) -> float:
-    """A cell's evaluation in epochs of it: every epoch the accuracies and the test ELBO on its share of
-    the test images, and at the end the importance-weighted bound, ``iwae_k`` × ``iwae_images`` against
-    the defaults' :data:`FINAL_EVAL_EPOCHS` (``ssvae.evaluate.EvalPlan``)."""
-    est = (spec.get("config") or {}).get("estimator", "")
-    if get_estimator(est).kind != "ssvae":
-        return _config_epochs(spec) * ACCURACY_SHARE
-    plan = EvalPlan(**spec.get("evaluation", {}))
-    elbo = 1.0 if plan.elbo_images is None else min(plan.elbo_images, TEST_SIZE) / TEST_SIZE
-    iwae = (TEST_SIZE if plan.iwae_images is None else min(plan.iwae_images, TEST_SIZE)) * plan.iwae_k
-    return _config_epochs(spec) * (elbo + ACCURACY_SHARE) + FINAL_EVAL_EPOCHS * iwae / (IWAE_IMAGES * IWAE_K)
-
-
-def _train_cost(spec: dict) -> float:
-    """Training steps, plus the evaluation and the probe on the cell's own run."""
-    cfg = RunConfig.from_dict(spec.get("config") or {})
-    train = _config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
-    return max(train, 1.0) + EVAL_STEPS * _evaluation(spec) + _own_probe_cost(spec)
-
-
-def _common_cost(spec: dict) -> float:
-    """The draws at every checkpoint, plus the trajectory up to the last one and its references where the
-    task trains it: a probe with a stateful baseline. (The first probe of each (labels, seed) trains it
-    too, which the others then read from the trajectory cache; that one is not counted here.)"""
-    stateful = any(get_estimator(e).stateful for e in spec["estimators"])
-    return max(_probe_cost(spec, spec["estimators"], references=stateful)
-               + (max(spec["checkpoints"]) if stateful else 0), 1.0)
 
 
 KINDS: Dict[str, TaskKind] = {
