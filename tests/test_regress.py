@@ -323,6 +323,11 @@ def test_version_and_machine_warnings():
     assert any(f"torch 0.0.1 -> {versions()['torch']}" in w for w in warnings)
     doc["machine"].update(torch=versions()["torch"], fingerprint=regress.baseline.fingerprint())
     assert regress.comparability_warnings(doc) == []
+    # a baseline saved here fits here: `save` and `run` read the versions from the same place
+    assert regress.comparability_warnings({"machine": regress.machine_info()}) == []
+    # older baselines stored torch.__version__ with its local label (+cu130): not a different release
+    doc["machine"]["torch"] = versions()["torch"] + "+cu130"
+    assert regress.comparability_warnings(doc) == []
 
 
 def test_peak_memory_sees_a_known_allocation():

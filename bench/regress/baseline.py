@@ -70,16 +70,18 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    import pyro
     import torch
 
+    from ..provenance import versions
+
+    now = versions()
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
+        "python": now["python"],
+        "torch": now["torch"],
+        "pyro": now["pyro"],
         "torch_threads_default": torch.get_num_threads(),
         "benchmark_threads": int(os.environ.get("REGRESS_THREADS", "1")),
         "fingerprint": fingerprint(),
@@ -119,6 +121,12 @@ def baseline_path(name: Optional[str] = None) -> Path:
     return path if path.exists() or not legacy.exists() or os.environ.get("REGRESS_MACHINE") else legacy
 
 
+def _public(version: str) -> str:
+    """A version without its local label: baselines saved before 2026-11-26 stored ``torch.__version__``
+    (``2.14.1+cu130``), the check reads the installed distribution's (``2.14.1``), as ``machine_info`` now does."""
+    return version.split("+", 1)[0]
+
+
 def comparability_warnings(baseline: dict) -> List[str]:
     """Why a stored baseline may not fit the running machine and libraries (empty: it fits)."""
     out = []
@@ -136,7 +144,7 @@ def comparability_warnings(baseline: dict) -> List[str]:
 
     now = versions()
     changed = [f"{lib} {stored.get(lib)} -> {now.get(lib)}" for lib in ("torch", "pyro", "python")
-               if stored.get(lib) and now.get(lib) and stored.get(lib) != now.get(lib)]
+               if stored.get(lib) and now.get(lib) and _public(stored[lib]) != _public(now[lib])]
     if changed:
         out.append(f"warning: library versions differ from the baseline's ({'; '.join(changed)}): a ratio that "
                    f"moves may be the library, not the code")
