@@ -60,6 +60,7 @@ CASES = [
     ("dask scheduler that does not answer (10 s)",
      "run --executor dask --scheduler tcp://127.0.0.1:{port} --out {out}", r"did not answer within 10 s"),
     ("report of a folder that does not exist", "report {out}/nope", r"does not exist"),
+    ("report of a folder that holds no run", "report {empty}", r"holds no results"),
     ("`--set` value not a number", "run --set lr=abc --out {out}", r"lr must be a finite number \(got 'abc'\)"),
     ("`--set` value not finite", "run --set lr=nan --out {out}", r"lr must be finite"),
     ("`--set` integer field given a fraction", "run --set epochs=1.5 --out {out}", r"epochs must be an integer"),

@@ -217,3 +217,25 @@ def test_tuning_section(modern, old):
     assert set(zip(t.estimator, t.setting)) == {("enum", "lr"), ("gumbel", "lr"), ("gumbel", "tau0"),
                                                 ("gumbel", "tau_min")}
     assert "## Tuning" not in (old / "report.md").read_text()
+
+
+def test_a_long_legend_does_not_squash_the_panels():
+    """27 variants (every estimator with and without aux, and the baseline) beside two 4.2-inch panels: in
+    one column the legend was taller than the figure and constrained layout squashed the panels to a strip
+    (quick-cpu's learning curves, 2026-11-26). The panels must keep most of the figure's height."""
+    import warnings
+
+    from matplotlib.lines import Line2D
+
+    from bench.report.plotting import label_panels, legend_right, setup
+
+    setup()
+    fig, panels = label_panels(pd.DataFrame({"labels": [100, 3000]}))
+    legend_right(panels[-1][0], [Line2D([], [], marker="o", label=f"estimator {i} + aux") for i in range(27)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed"
+        fig.canvas.draw()
+    legend = panels[-1][0].get_legend().get_window_extent()
+    assert legend.height <= fig.bbox.height
+    for ax, _ in panels:
+        assert ax.get_position().height > 0.6, ax.get_position()

@@ -32,6 +32,9 @@ def cmd_report(args) -> int:
     root = Path(args.results_dir)
     if not root.is_dir():
         raise UsageError(f"results folder {root} does not exist")
+    if not any((root / name).is_file() for name in ("env.json", "runs.csv")) and not any(root.glob("runs/*.json")):
+        raise UsageError(f"results folder {root} holds no results (no env.json, runs.csv or runs/*.json): give "
+                         "the --out folder of a bench run")
     for other in args.compare_timing:
         if not (Path(other) / "timing.csv").is_file():
             raise UsageError(f"--compare-timing {other}: no timing.csv there")

@@ -29,8 +29,21 @@ def legend_handles(pal: Dict[str, tuple], pairs: Iterable[Tuple[str, bool]]) -> 
     return [Line2D([], [], color=pal[e], label=variant_label(e, a), **AUX_STYLE[a]) for e, a in pairs]
 
 
+LEGEND_SHARE = 0.75  # the most of the figure's height a legend beside the panels may take (title, footer)
+
+
 def legend_right(ax, handles) -> None:
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    """The legend right of ``ax``: one column where it fits beside the panels, else two, and where two do
+    not fit either, a taller figure. (A legend taller than its figure makes constrained layout squash the
+    panels into a strip: 27 variants, one column, beside a 4.2-inch figure.)"""
+    fig = ax.figure
+    for ncol in (1, 2):
+        legend = ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                           ncol=ncol)
+        height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi
+        if height <= LEGEND_SHARE * fig.get_figheight():
+            return
+    fig.set_figheight(height / LEGEND_SHARE)
 
 
 def label_panels(c: pd.DataFrame, width: float = 4.2, height: float = 4.2):
