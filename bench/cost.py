@@ -10,7 +10,7 @@ from ssvae.evaluate import IWAE_IMAGES, IWAE_K, EvalPlan
 from .grid import steps_per_epoch
 
 
-def _config_epochs(spec: dict) -> int:
+def config_epochs(spec: dict) -> int:
     return (spec.get("config") or {}).get("epochs", 1)
 
 
@@ -24,6 +24,8 @@ STEP_WEIGHT = {"baseline": 0.05, "trace": 0.2}
 FINAL_EVAL_EPOCHS = 6
 ACCURACY_SHARE = 0.05
 EVAL_STEPS = 30
+#: each part of a task's work (``bench.tasks.cost_parts``) and its unit in enum-step equivalents
+PART_STEPS = {"train": 1, "eval": EVAL_STEPS, "probe": 1}
 
 
 def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
@@ -35,33 +37,33 @@ def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
     return len(spec.get("checkpoints") or []) * per
 
 
-def _own_probe_cost(spec: dict) -> float:
+def own_probe_cost(spec: dict) -> float:
     """The probe on a cell's own run (SS-VAE estimators only: the baseline has no latent y)."""
     est = (spec.get("config") or {}).get("estimator", "")
     return _probe_cost(spec, [est]) if get_estimator(est).kind == "ssvae" else 0.0
 
 
-def _evaluation(spec: dict) -> float:
+def evaluation_epochs(spec: dict) -> float:
     """A cell's evaluation in epochs of it: every epoch the accuracies and the test ELBO on its share of
     the test images, and at the end the importance-weighted bound, ``iwae_k`` × ``iwae_images`` against
     the defaults' :data:`FINAL_EVAL_EPOCHS` (``ssvae.evaluate.EvalPlan``)."""
     est = (spec.get("config") or {}).get("estimator", "")
     if get_estimator(est).kind != "ssvae":
-        return _config_epochs(spec) * ACCURACY_SHARE
+        return config_epochs(spec) * ACCURACY_SHARE
     plan = EvalPlan(**spec.get("evaluation", {}))
     elbo = 1.0 if plan.elbo_images is None else min(plan.elbo_images, TEST_SIZE) / TEST_SIZE
     iwae = (TEST_SIZE if plan.iwae_images is None else min(plan.iwae_images, TEST_SIZE)) * plan.iwae_k
-    return _config_epochs(spec) * (elbo + ACCURACY_SHARE) + FINAL_EVAL_EPOCHS * iwae / (IWAE_IMAGES * IWAE_K)
+    return config_epochs(spec) * (elbo + ACCURACY_SHARE) + FINAL_EVAL_EPOCHS * iwae / (IWAE_IMAGES * IWAE_K)
 
 
-def _train_cost(spec: dict) -> float:
+def train_cost(spec: dict) -> float:
     """Training steps, plus the evaluation and the probe on the cell's own run."""
     cfg = RunConfig.from_dict(spec.get("config") or {})
-    train = _config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
-    return max(train, 1.0) + EVAL_STEPS * _evaluation(spec) + _own_probe_cost(spec)
+    train = config_epochs(spec) * steps_per_epoch(cfg) * STEP_WEIGHT.get(cfg.estimator, 1.0)
+    return max(train, 1.0) + EVAL_STEPS * evaluation_epochs(spec) + own_probe_cost(spec)
 
 
-def _common_cost(spec: dict) -> float:
+def common_cost(spec: dict) -> float:
     """The draws at every checkpoint, plus the trajectory up to the last one and its references where the
     task trains it: a probe with a stateful baseline. (The first probe of each (labels, seed) trains it
     too, which the others then read from the trajectory cache; that one is not counted here.)"""

@@ -40,7 +40,8 @@ from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
 from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD, cores
-from .tasks import EVAL_STEPS, KINDS, PARTS, cost_parts, measured_parts
+from .cost import PART_STEPS
+from .tasks import KINDS, PARTS, cost_parts, measured_parts
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path, span,
                     run_identity, stale_reason, write_tables)
 
@@ -356,17 +357,17 @@ def calibration() -> Optional[Dict[str, float]]:
             continue
         for part in PARTS:
             seconds[part] += took[part]
-            units[part] += parts[part] * (EVAL_STEPS if part == "eval" else 1)
+            units[part] += parts[part] * PART_STEPS[part]
         wall, cost = wall + sum(took.values()), cost + task_cost(spec)
     if cost >= CALIBRATE_MIN:
         return {part: (seconds[part] / units[part] if units[part] >= CALIBRATE_MIN else wall / cost)
-                * (EVAL_STEPS if part == "eval" else 1) for part in PARTS}
+                * PART_STEPS[part] for part in PARTS}
     try:
         rows = [r for r in csv.DictReader(open(path)) if r["estimator"] == "enum" and r["step_kind"] == "unsup"]
         per = float(rows[0]["median_ms"]) / 1e3 if rows else None
     except (OSError, KeyError, ValueError):
         return None
-    return None if per is None else {part: per * (EVAL_STEPS if part == "eval" else 1) for part in PARTS}
+    return None if per is None else {part: per * PART_STEPS[part] for part in PARTS}
 
 
 def _seconds(tasks: List[dict], cal: Dict[str, float]) -> Dict[str, float]:

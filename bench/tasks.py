@@ -34,8 +34,8 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, set_seed, synchronize, train
 
-from .cost import (EVAL_STEPS, _common_cost, _config_epochs, _evaluation, _own_probe_cost,  # noqa: F401
-                   _train_cost)
+from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluation_epochs, own_probe_cost,
+                   train_cost)
 from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
@@ -499,14 +499,14 @@ class TaskKind:
 
 
 KINDS: Dict[str, TaskKind] = {
-    "train": TaskKind(run_train, _train_cost, _config_epochs, _own_probe_cost, _evaluation),
-    "common": TaskKind(run_common, _common_cost, _config_epochs, _common_cost),
+    "train": TaskKind(run_train, train_cost, config_epochs, own_probe_cost, evaluation_epochs),
+    "common": TaskKind(run_common, common_cost, config_epochs, common_cost),
     "timing": TaskKind(run_timing, lambda spec: 60.0),
 }
 
 
 #: the parts of a task's work, each calibrated on its own (:func:`cost_parts`, ``bench.harness``)
-PARTS = ("train", "eval", "probe")
+PARTS = tuple(PART_STEPS)
 
 
 def cost_parts(spec: dict) -> Dict[str, float]:

@@ -128,7 +128,8 @@ def test_eta_prices_training_evaluation_and_probe_each_at_its_own_measured_rate(
 
     from bench import harness
     from bench.harness import task_cost
-    from bench.tasks import EVAL_STEPS, cost_parts
+    from bench.cost import EVAL_STEPS
+    from bench.tasks import cost_parts
 
     rate = {"train": 0.1, "eval": 3.0, "probe": 0.02}  # seconds per unit (eval: per epoch of evaluation)
     folder = tmp_path / "quick-cpu"
