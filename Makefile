@@ -7,8 +7,10 @@ PRESET ?= quick
 DEVICE ?= cpu
 OUT ?= results/$(PRESET)-$(DEVICE)
 ARGS ?=
-# MNIST: $SSVAE_DATA_DIR if set, else ../shared/data when it holds MNIST, else ./data (downloaded).
+# MNIST: $SSVAE_DATA_DIR if set, else ../shared/data when it holds MNIST, else ./data (downloaded),
+# handed on as an absolute path (the tests link to it from temporary folders).
 SSVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),../shared/data,data)
+override SSVAE_DATA_DIR := $(abspath $(SSVAE_DATA_DIR))
 export SSVAE_DATA_DIR
 
 .PHONY: install lock check-lock bench report test regress regress-short regress-save regress-ab regress-pyro regress-history clean

@@ -10,8 +10,9 @@ Pyro's example. All tensors live on the run's device and mini-batches are index 
 so an epoch costs no per-item Python work.
 
 The data folder comes from ``data_dir``, else ``$SSVAE_DATA_DIR``, else ``./data``; it
-holds ``MNIST/raw/`` in torchvision's layout. Where the files are missing, torchvision
-downloads them unless ``download=False`` (or ``$SSVAE_NO_DOWNLOAD=1``).
+holds ``MNIST/raw/`` in torchvision's layout. Where none of the four files is there, torchvision
+downloads them unless ``download=False`` (or ``$SSVAE_NO_DOWNLOAD=1``); a folder holding some of them
+(or a broken link to one) is never downloaded over: the error says which file is wrong.
 """
 from __future__ import annotations
 
@@ -42,6 +43,30 @@ def default_data_dir() -> Path:
 
 def _have_raw(root: Path) -> bool:
     return all((root / "MNIST" / "raw" / f).is_file() for f in RAW_FILES)
+
+
+def _present_raw(root: Path) -> list:
+    """The raw files that exist under ``root/MNIST/raw`` as names, a broken link included."""
+    return [f for f in RAW_FILES if os.path.lexists(Path(root) / "MNIST" / "raw" / f)]
+
+
+def _check_partial(root: Path) -> None:
+    """DataError naming what is wrong where some of MNIST's files exist but not all four can be read.
+
+    A folder that holds any of the four files is never downloaded over: a broken link (e.g. a relative
+    link made from another folder) or a missing file is reported as such, whatever the path looks like.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    for name in RAW_FILES:
+        path = raw / name
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path} is a broken link (to {os.readlink(path)}, which does not exist from there): "
+                            f"link to an existing file, or set SSVAE_DATA_DIR to an absolute path")
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path} is not a file: the MNIST folder is damaged; delete it and download MNIST again")
+    missing = [name for name in RAW_FILES if not (raw / name).exists()]
+    raise DataError(f"MNIST in {raw} is incomplete: {', '.join(missing)} missing (nothing is downloaded over "
+                    f"existing files); add them, or delete the folder and download MNIST again")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -133,6 +158,8 @@ def locate_mnist(data_dir: Optional[os.PathLike] = None, download: Optional[bool
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if _have_raw(root):
         return root
+    if _present_raw(root):
+        _check_partial(root)
     if download is None:
         download = os.environ.get("SSVAE_NO_DOWNLOAD", "") not in ("1", "true", "yes")
     if not download:

@@ -105,7 +105,8 @@ def _no_network(monkeypatch):
 
 
 def mnist_dir():
-    root = Path(os.environ.get("SSVAE_DATA_DIR", REPO / "data"))
+    """The MNIST folder as an absolute path (links the tests make to it hold from any folder), or None."""
+    root = Path(os.environ.get("SSVAE_DATA_DIR", REPO / "data")).resolve()
     return root if ssdata._have_raw(root) else None
 
 
