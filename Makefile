@@ -13,7 +13,7 @@ SSVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),../shared/data,data)
 override SSVAE_DATA_DIR := $(abspath $(SSVAE_DATA_DIR))
 export SSVAE_DATA_DIR
 
-.PHONY: install lock check-lock bench report test regress regress-short regress-save regress-ab regress-pyro regress-history clean
+.PHONY: install lock check-lock bench report test test-fast regress regress-short regress-save regress-ab regress-pyro regress-history clean
 
 # The install is locked: every package at the version and sha256 of requirements.lock (pip checks the
 # hashes), then this project on top without dependencies. `make lock` regenerates the lock.
@@ -59,6 +59,11 @@ test: install
 # REGRESS_ARGS e.g. --short, --inject-slowdown enum:0.3, --tolerance 0.2, --cases enum:unsup,trace:unsup.
 REGRESS_ARGS ?=
 BASE ?= HEAD~1
+
+# the fast loop while editing: every test not marked slow (no MNIST training, no subprocess grids, no browser,
+# no timed steps; tests/conftest.py says which are slow). `make test` still runs everything.
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" --durations=5
 
 regress: install
 	$(PYTHON) -m bench regress ab --base $(BASE) $(REGRESS_ARGS) && $(PYTHON) -m bench regress run --missing-ok

@@ -130,3 +130,23 @@ def smoke_run(tmp_path_factory):
     r = bench("run", "--preset", "smoke", "--out", str(out), timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, time.time() - t0, r
+
+
+# -- the fast loop ---------------------------------------------------------------------------------
+#: Modules whose every test is slow: subprocess grids, Dask clusters, the browser, timed steps.
+SLOW_MODULES = {"test_dask", "test_faults", "test_report_browser", "test_timing_probe", "test_steps"}
+#: Fixtures that train on MNIST or run a grid.
+SLOW_FIXTURES = {"smoke_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark as ``slow`` what `make test-fast` leaves out: a test in :data:`SLOW_MODULES`, one using a
+    fixture of :data:`SLOW_FIXTURES`, one that needs real MNIST (``needs_mnist``), and any test marked
+    ``slow`` by hand. `make test` runs everything."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        reasons = [m.kwargs.get("reason", "") for m in item.iter_markers("skipif")]
+        if (module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or any("MNIST" in r for r in reasons)):
+            item.add_marker(pytest.mark.slow)
+
