@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -50,8 +51,12 @@ def resolve_labels(labels: Optional[int] = None, label_fraction: Optional[float]
     return labels
 
 
-#: Training loops (see ssvae/train.py's docstring): ours, and Pyro's ``ss_vae_M2.py`` exactly.
-PROTOCOLS = ("bench", "pyro")
+#: Training loops (see ssvae/train.py's docstring): ours, Pyro's ``ss_vae_M2.py`` exactly, and Kingma's and
+#: Liu et al.'s joint step (a labeled batch in every step, one loss, one Adam step).
+PROTOCOLS = ("bench", "pyro", "joint")
+#: Run fields added after records existed, with their defaults: written (and hashed) only where they differ
+#: from the default, so every earlier record keeps its identity.
+SPARSE_FIELDS = {"sup_batch_size": None, "sup_weight": 1.0, "weight_decay": 0.0}
 #: The image counts Pyro's script asserts the batch size divides (training, validation, test).
 PYRO_DIVIDES = {"training": 50_000, "validation": 10_000, "test": 10_000}
 
@@ -61,6 +66,11 @@ def check_protocol(cfg: "RunConfig") -> None:
     protocol = cfg.protocol
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if protocol != "joint":
+        for name in ("sup_batch_size", "sup_weight"):
+            if getattr(cfg, name) != SPARSE_FIELDS[name]:
+                raise ConfigError(f"{name} sets the joint step's labeled batch: it needs protocol joint "
+                                  f"(got protocol {protocol})")
     if protocol == "pyro":
         if cfg.labels % cfg.batch_size:
             divisors = [b for b in range(cfg.batch_size, 0, -1) if cfg.labels % b == 0 and
@@ -96,8 +106,16 @@ class RunConfig:
     device: str = "cpu"
     #: Estimator-specific options (e.g. ``{"k": 1}`` for rb-topk); must be JSON-able.
     options: Tuple[Tuple[str, object], ...] = field(default_factory=tuple)
-    #: Training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py exactly); see ssvae.train.
+    #: Training loop: "bench" (ours), "pyro" (Pyro's ss_vae_M2.py exactly) or "joint" (a labeled batch in
+    #: every step, one loss); see ssvae.train.
     protocol: str = "bench"
+    #: protocol "joint": labeled images per step (None: ``min(batch_size, labels)``), cycled through the
+    #: labeled set in fresh shuffles, and the weight of their terms (ELBO with y observed, and the auxiliary
+    #: loss) beside the unlabeled batch's ELBO in the one loss.
+    sup_batch_size: Optional[int] = None
+    sup_weight: float = 1.0
+    #: Adam's L2 weight decay on every parameter (0: none, Pyro's default)
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -116,8 +134,16 @@ class RunConfig:
             raise ConfigError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive (got {self.lr})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive finite number (got {self.lr})")
+        if self.sup_batch_size is not None and (isinstance(self.sup_batch_size, bool) or
+                                                int(self.sup_batch_size) != self.sup_batch_size or
+                                                self.sup_batch_size < 1):
+            raise ConfigError(f"sup_batch_size must be an integer >= 1 (got {self.sup_batch_size!r})")
+        if not (math.isfinite(self.sup_weight) and self.sup_weight > 0):
+            raise ConfigError(f"sup_weight must be a positive finite number (got {self.sup_weight})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0 (got {self.weight_decay})")
         if self.z_dim < 1 or not self.hidden or min(self.hidden) < 1:
             raise ConfigError("network sizes must be positive")
         check_device(self.device)
@@ -129,9 +155,13 @@ class RunConfig:
         return dict(self.options)
 
     def to_dict(self) -> dict:
+        """The fields as JSON types; a field of :data:`SPARSE_FIELDS` only where it is not its default."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["options"] = dict(self.options)
+        for name, default in SPARSE_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod

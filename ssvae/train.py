@@ -22,9 +22,23 @@ labels run at batch size 100 (or 50, 20...), not 200.
 only: no empty auxiliary step, so no extra momentum step (with the auxiliary loss Pyro's loop takes
 two Adam steps per unlabeled batch, this one takes one). (2) The batch size need not divide the label
 count: an epoch's last labeled batch is partial (100 labels at batch size 200: one batch of 100).
-Without the auxiliary loss the two protocols are the same loop. In both, the supervised-only
-baseline takes labeled batches only, as many as an SS-VAE epoch has batches. Not part of either
-loop, and the same in both: our networks output logits (Pyro's clip a sigmoid/softmax at 1e-7).
+Without the auxiliary loss the two protocols are the same loop.
+
+**``joint``: a labeled batch in every step** (Kingma et al.'s ``learn_yz_x_ss.py`` and Liu et al.'s
+semi-supervised MNIST code feed labels this way). An epoch walks the unlabeled images in shuffled
+batches of ``batch_size``; every step also takes the next ``sup_batch_size`` labeled images (default
+``min(batch_size, labels)``), cycling through the labeled set in fresh shuffles, and takes ONE Adam
+step on the one loss::
+
+    loss = -ELBO(x_u)  +  sup_weight * ( -ELBO(x_l, y_l)  +  aux_multiplier * CE(q(y|x_l), y_l) )
+
+(sums over each batch; the auxiliary term only with ``aux``). Kingma's setting at 100 labels is one
+labeled image beside 499 unlabeled ones with the classification term weighted 50 per image.
+
+In every protocol the supervised-only baseline takes labeled batches only (of ``sup_batch_size``
+under ``joint``), as many as an SS-VAE epoch has steps. ``weight_decay`` (Adam's L2 term, default 0)
+applies to any protocol. Not part of any loop: our networks output logits (Pyro's 2017 example
+clipped a sigmoid/softmax at 1e-7; today's passes probabilities, which torch clamps at float eps).
 
 **Evaluation.** After every epoch the classifier is scored on the validation and test images, and
 the discrete model's test ELBO (y summed exactly, :mod:`ssvae.evaluate`) is computed for every
@@ -50,6 +64,7 @@ import pyro
 import pyro.optim
 import torch
 from pyro.infer import SVI
+from pyro.infer.util import zero_grads
 
 from .config import RunConfig
 from .data import SSData, Split
@@ -125,8 +140,7 @@ class Trainer:
         self.ss = SSVAE(input_size=data.sup.x.shape[1], z_dim=cfg.z_dim, hidden=cfg.hidden,
                         aux_multiplier=cfg.aux_multiplier).to(data.device)
         self.main = self.estimator.build(self.ss, cfg.option_dict)
-        self.optim = pyro.optim.Adam(self._adam_args if self.main.lr_by_module else
-                                     {"lr": cfg.lr, "betas": (cfg.beta1, 0.999)})
+        self.optim = pyro.optim.Adam(self._adam_args if self.main.lr_by_module else self._adam_args("", ""))
         self.svi = SVI(self.main.model, self.main.guide, self.optim, loss=self.main.loss)
         self.use_aux = cfg.aux and self.estimator.kind == "ssvae"
         #: Pyro's loop: the auxiliary loss also steps (on no data) after every unlabeled batch.
@@ -139,43 +153,67 @@ class Trainer:
 
     def _adam_args(self, module_name: str, param_name: str) -> dict:
         """Adam's settings per parameter: the estimator's own modules may have their own learning rate."""
-        lr = self.main.lr_by_module.get(module_name, self.cfg.lr)
-        return {"lr": lr, "betas": (self.cfg.beta1, 0.999)}
+        lr = (self.main.lr_by_module or {}).get(module_name, self.cfg.lr)
+        args = {"lr": lr, "betas": (self.cfg.beta1, 0.999)}
+        if self.cfg.weight_decay:
+            args["weight_decay"] = self.cfg.weight_decay
+        return args
+
+    @property
+    def sup_batch_size(self) -> int:
+        """Labeled images per labeled batch: ``sup_batch_size`` under protocol joint, else the batch size."""
+        return self.cfg.sup_batch_size or (min(self.cfg.batch_size, len(self.data.sup))
+                                           if self.cfg.protocol == "joint" else self.cfg.batch_size)
 
     # -- schedule ---------------------------------------------------------------------------
     def schedule(self) -> List[str]:
         d, cfg = self.data, self.cfg
-        if self.estimator.kind == "supervised":
-            # the baseline sees only labeled batches; an "epoch" has as many steps as the SS-VAE's
-            n = len(epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup)))
-            kinds = ["sup"] * n
+        if cfg.protocol == "joint":
+            kinds = ["joint"] * math.ceil(len(d.unsup) / cfg.batch_size)
         else:
             kinds = epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup))
+        if self.estimator.kind == "supervised":
+            # the baseline sees only labeled batches; an "epoch" has as many steps as the SS-VAE's
+            kinds = ["sup"] * len(kinds)
         if cfg.steps_per_epoch is not None:
             kinds = kinds[:cfg.steps_per_epoch]
         return kinds
 
     def batches(self, kinds: List[str]) -> Iterator[Tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
-        """Yield (kind, xs, ys) with freshly shuffled index slices of the labeled/unlabeled sets."""
-        d, bs = self.data, self.cfg.batch_size
+        """Yield (kind, xs, ys) with freshly shuffled index slices of the labeled/unlabeled sets.
+
+        A ``joint`` step's ``xs`` is its unlabeled batch and its ``ys`` the pair (labeled images, labels)."""
+        d = self.data
+        sizes = {"sup": self.sup_batch_size, "unsup": self.cfg.batch_size}
         perms = {"sup": None, "unsup": None}
         pos = {"sup": 0, "unsup": 0}
         splits = {"sup": d.sup, "unsup": d.unsup}
+
+        def take(part: str) -> torch.Tensor:
+            split = splits[part]
+            if perms[part] is None or pos[part] >= len(split):
+                perms[part] = torch.randperm(len(split), generator=self.shuffle).to(d.device)
+                pos[part] = 0
+            idx = perms[part][pos[part]:pos[part] + sizes[part]]
+            pos[part] += sizes[part]
+            return idx
+
         for kind in kinds:
-            split = splits[kind]
-            if perms[kind] is None or pos[kind] >= len(split):
-                perms[kind] = torch.randperm(len(split), generator=self.shuffle).to(d.device)
-                pos[kind] = 0
-            idx = perms[kind][pos[kind]:pos[kind] + bs]
-            pos[kind] += bs
-            xs = split.x[idx]
-            yield kind, xs, (split.y[idx] if kind == "sup" else None)
+            if kind == "joint":
+                xu = d.unsup.x[take("unsup")]
+                idx = take("sup")
+                yield kind, xu, (d.sup.x[idx], d.sup.y[idx])
+            else:
+                idx = take(kind)
+                yield kind, splits[kind].x[idx], (d.sup.y[idx] if kind == "sup" else None)
 
     # -- one step ----------------------------------------------------------------------------
     def step(self, kind: str, xs: torch.Tensor, ys: Optional[torch.Tensor]) -> Dict[str, float]:
         """One optimisation step on a batch; returns the losses it took (by step kind)."""
         self.main.at_step(self.global_step)  # step-dependent objectives (annealed temperatures)
         out = {}
+        if kind == "joint":
+            return self.joint_step(xs, *ys)
         if kind == "sup":
             out["sup"] = self.svi.step(xs, ys)
             if self.use_aux:
@@ -185,6 +223,23 @@ class Trainer:
             if self.aux_on_unsup:  # loss 0; Adam still takes a momentum step on every parameter
                 out["aux"] = self.svi_aux.step(xs)
         return out
+
+    def joint_step(self, xs: torch.Tensor, sup_xs: torch.Tensor, sup_ys: torch.Tensor) -> Dict[str, float]:
+        """Protocol ``joint``: one Adam step on the unlabeled batch's loss plus ``sup_weight`` times the labeled
+        batch's (its ELBO with y observed and, with the auxiliary loss, the classification term), the body of
+        Pyro's ``SVI.step`` with the three losses' gradients summed before the step. Returns each loss
+        unweighted."""
+        w = self.cfg.sup_weight
+        with pyro.poutine.trace(param_only=True) as capture:
+            out = {"unsup": self.main.loss_and_grads(xs)}
+            with pyro.poutine.scale(scale=w):
+                out["sup"] = self.main.loss_and_grads(sup_xs, sup_ys) / w
+                if self.use_aux:
+                    out["aux"] = self.aux.loss_and_grads(sup_xs, sup_ys) / w
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        self.optim(params)
+        zero_grads(params)
+        return {k: float(v) for k, v in out.items()}
 
     def objective(self, step_kind: str) -> Objective:
         return self.aux if step_kind == "aux" else self.main
@@ -244,8 +299,8 @@ def train(cfg: RunConfig, data: SSData,
     cfg.validate()
     trainer = Trainer(cfg, data)
     kinds = trainer.schedule()
-    n_sup_ex = sum(min(cfg.batch_size, len(data.sup)) for k in kinds if k == "sup")
-    n_unsup_ex = sum(1 for k in kinds if k == "unsup") * cfg.batch_size
+    n_sup_ex = sum(min(trainer.sup_batch_size, len(data.sup)) for k in kinds if k in ("sup", "joint"))
+    n_unsup_ex = sum(1 for k in kinds if k in ("unsup", "joint")) * cfg.batch_size
     curves: List[dict] = []
     best_valid, test_at_best, best_epoch = -1.0, float("nan"), 0
     train_seconds = eval_seconds = 0.0

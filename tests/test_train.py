@@ -122,6 +122,95 @@ def test_pyro_protocol_refuses_a_batch_size_that_does_not_divide_the_labels():
         RunConfig(protocol="tf").validate()
 
 
+# -- the joint protocol: a labeled batch in every step ------------------------------------------------
+def test_joint_protocol_takes_a_labeled_batch_in_every_step_cycling_the_labeled_set():
+    data = _data(0)
+    cfg = RunConfig(estimator="enum", aux=True, seed=2, protocol="joint", sup_batch_size=30, **TINY).validate()
+    t = Trainer(cfg, data)
+    kinds = t.schedule()
+    assert kinds == ["joint"] * math.ceil(len(data.unsup) / 50)
+    seen = []
+    for kind, xu, (xl, yl) in t.batches(kinds):
+        assert xu.shape[0] <= 50 and xl.shape[0] <= 30 and yl.shape == (xl.shape[0], 10)
+        seen.append(xl)
+    # every labeled image is used once per pass over the labeled set (100 images: passes of 30, 30, 30, 10)
+    first_pass = torch.cat(seen[:4])
+    assert first_pass.shape[0] == 100
+    assert torch.equal(first_pass.sum(0), data.sup.x.sum(0)) or \
+        torch.allclose(first_pass.sum(0), data.sup.x.sum(0), atol=1e-4)
+    base = Trainer(replace(cfg, estimator="baseline", aux=False), data)
+    assert base.schedule() == ["sup"] * len(kinds)
+    assert all(xs.shape[0] <= 30 for _, xs, _ in base.batches(base.schedule()))
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_joint_step_is_one_adam_step_on_the_weighted_sum_written_by_hand(aux):
+    """The joint step against the loss written out: -ELBO(x_u) + w (-ELBO(x_l, y_l) + a CE), one Adam step."""
+    data = _data(0)
+    cfg = RunConfig(estimator="enum", aux=aux, seed=2, protocol="joint", sup_weight=0.3, weight_decay=0.01,
+                    **TINY).validate()
+    xu, xl, yl = data.unsup.x[:50], data.sup.x[:20], data.sup.y[:20]
+    t = Trainer(cfg, data)
+    stepped = {}
+    real_optim = t.optim
+
+    def capture(params):  # the gradient Adam is handed, then the real step
+        stepped.update({id(p): p.grad.clone() for p in params if p.grad is not None})
+        real_optim(params)
+
+    t.optim = capture
+    pyro.set_rng_seed(7)
+    out = t.joint_step(xu, xl, yl)
+    trained = _state(t)
+
+    h = Trainer(cfg, data)  # the same initial weights
+    params = list(h.ss.parameters())
+    adam = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=0.01)
+    pyro.set_rng_seed(7)
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+    loss_u = elbo.differentiable_loss(h.main.model, h.main.guide, xu)
+    loss_l = elbo.differentiable_loss(h.main.model, h.main.guide, xl, yl)
+    total = loss_u + 0.3 * loss_l
+    ce = torch.nn.functional.cross_entropy(h.ss.encoder_y(xl), yl.argmax(-1), reduction="sum")
+    if aux:
+        total = total + 0.3 * cfg.aux_multiplier * ce
+    total.backward()
+    for p_t, p_h in zip(t.ss.parameters(), params):
+        assert torch.allclose(stepped[id(p_t)], p_h.grad, rtol=1e-4, atol=1e-6)
+    adam.step()
+    for k, v in _state(h).items():
+        assert torch.allclose(trained[k], v, rtol=1e-4, atol=1e-7), k
+    assert out["unsup"] == pytest.approx(loss_u.item(), rel=1e-5)
+    assert out["sup"] == pytest.approx(loss_l.item(), rel=1e-5)
+    if aux:
+        assert out["aux"] == pytest.approx(cfg.aux_multiplier * ce.item(), rel=1e-4)
+
+
+def test_joint_run_trains_and_reports_its_protocol():
+    data = _data(0)
+    r = train(RunConfig(estimator="enum", aux=True, seed=1, epochs=2, protocol="joint", **TINY), data)
+    assert r.metrics["protocol"] == "joint" and r.metrics["steps"] == 2 * math.ceil(len(data.unsup) / 50)
+    assert all(math.isfinite(row["loss_sup"]) and row["loss_sup"] > 0 for row in r.curves)
+
+
+def test_new_run_fields_leave_earlier_identities_alone_and_are_checked():
+    """Fields added later (sup_batch_size, sup_weight, weight_decay) are written only where they are not their
+    default: an earlier config's dict, and so its key and every committed record's identity, is unchanged."""
+    old = RunConfig(estimator="enum", aux=True, labels=100, seed=0, epochs=20)
+    assert not {"sup_batch_size", "sup_weight", "weight_decay"} & set(old.to_dict())
+    assert RunConfig.from_dict(old.to_dict()) == old
+    joint = RunConfig(protocol="joint", sup_weight=0.5, weight_decay=1e-5)
+    assert joint.to_dict()["sup_weight"] == 0.5 and RunConfig.from_dict(joint.to_dict()) == joint
+    assert joint.key() != RunConfig(protocol="joint").key()
+    with pytest.raises(ConfigError, match="needs protocol joint"):
+        RunConfig(sup_weight=2.0).validate()
+    for bad, pattern in [(dict(lr=float("inf")), "learning rate"), (dict(weight_decay=-1.0), "weight_decay"),
+                         (dict(protocol="joint", sup_weight=float("nan")), "sup_weight"),
+                         (dict(protocol="joint", sup_batch_size=0), "sup_batch_size")]:
+        with pytest.raises(ConfigError, match=pattern):
+            RunConfig(**bad).validate()
+
+
 # -- the common objective, every epoch ---------------------------------------------------------------
 @pytest.mark.parametrize("estimator", ["enum", "gumbel", "rb-topk", "baseline"])
 def test_every_epoch_reports_the_discrete_test_elbo(estimator):
