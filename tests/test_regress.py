@@ -314,20 +314,27 @@ def test_fingerprint_separates_masked_cpu_names(monkeypatch):
     assert one["name"] != two["name"] and "amx_tile" in two["kernel_flags"]
 
 
-def test_version_and_machine_warnings():
+def test_unfit_names_the_machine_and_the_versions():
     from bench.provenance import versions
 
-    doc = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "torch": "0.0.1", "pyro": versions()["pyro"]}}
-    warnings = regress.comparability_warnings(doc)
-    assert any("no machine fingerprint" in w for w in warnings)
-    assert any(f"torch 0.0.1 -> {versions()['torch']}" in w for w in warnings)
+    doc = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "torch": "0.0.1", "pyro": versions()["pyro"],
+                       "python": versions()["python"]}}
+    reasons = regress.unfit(doc)
+    assert any("saved before machine fingerprints" in r for r in reasons)
+    assert f"saved with torch 0.0.1, this environment has {versions()['torch']}" in reasons
     doc["machine"].update(torch=versions()["torch"], fingerprint=regress.baseline.fingerprint())
-    assert regress.comparability_warnings(doc) == []
+    assert regress.unfit(doc) == []
     # a baseline saved here fits here: `save` and `run` read the versions from the same place
-    assert regress.comparability_warnings({"machine": regress.machine_info()}) == []
+    assert regress.unfit({"machine": regress.machine_info()}) == []
     # older baselines stored torch.__version__ with its local label (+cu130): not a different release
     doc["machine"]["torch"] = versions()["torch"] + "+cu130"
-    assert regress.comparability_warnings(doc) == []
+    assert regress.unfit(doc) == []
+    # Python: the minor release is what moves interpreter overhead
+    major, minor, *_ = versions()["python"].split(".")
+    doc["machine"]["python"] = f"{major}.{minor}.99"
+    assert regress.unfit(doc) == []
+    doc["machine"]["python"] = f"{major}.{int(minor) + 1}.0"
+    assert any(r.startswith(f"saved with python {major}.{int(minor) + 1}.0") for r in regress.unfit(doc))
 
 
 def test_peak_memory_sees_a_known_allocation():

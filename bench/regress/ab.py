@@ -59,6 +59,10 @@ class ABError(Exception):
     """A side could not be set up (no such revision, pip failed, the runner died)."""
 
 
+class ShallowCloneError(ABError):
+    """In CI, a revision is missing because the clone is shallow: the job must fetch history, not pass."""
+
+
 @dataclass
 class Side:
     label: str
@@ -86,20 +90,40 @@ def all_cases(jit: bool = True) -> List[str]:
 
 
 # -- sides -------------------------------------------------------------------------------------
-def _git(*args, cwd=REPO) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _git(*args, cwd=None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd or REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ABError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"git {args[0]} failed")
     return proc.stdout.strip()
 
 
+def in_ci() -> bool:
+    """``$CI`` set, and not to "false" or "0" (GitHub Actions, GitLab, CircleCI... set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "false", "0")
+
+
+def is_shallow() -> bool:
+    try:
+        return _git("rev-parse", "--is-shallow-repository") == "true"
+    except (ABError, OSError):
+        return False
+
+
 def resolve_rev(rev: str) -> str:
-    """The full sha of ``rev``; ABError when the repository does not have it (no history, shallow clone)."""
+    """The full sha of ``rev``; ABError when the repository does not have it (no history, shallow clone),
+    ShallowCloneError when that is because a CI job's clone is shallow."""
     try:
         return _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     except (ABError, OSError):
-        raise ABError(f"no commit {rev!r} in this checkout (no git history, or a shallow clone: "
-                      f"`git fetch --deepen 1`)") from None
+        pass
+    if not is_shallow():
+        raise ABError(f"no commit {rev!r} in this checkout (no such revision, or HEAD has no parent)")
+    if in_ci():
+        raise ShallowCloneError(
+            f"regress ab: no commit {rev!r}: this CI checkout is a shallow clone (CI={os.environ['CI']}), so the "
+            f"A/B cannot run and would pass silently; fetch the history: `fetch-depth: 0` in actions/checkout, "
+            f"or `git fetch --unshallow` before this step")
+    raise ABError(f"no commit {rev!r} in this checkout: a shallow clone (`git fetch --unshallow`)")
 
 
 @contextlib.contextmanager

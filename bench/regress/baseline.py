@@ -15,10 +15,14 @@ checked here (the A/B, ``bench.regress.ab``, compares them within one job).
 
 The machine: ``<machine>`` is the fingerprint name of ``bench.provenance.machine_fingerprint``
 (CPU name, cores and a hash of flags, caches and torch build, e.g. ``intel-xeon-2cpu-c3c94d``),
-else, for baselines saved before fingerprints, the CPU-name slug (``amd-epyc-2cpu``); a
-baseline found by the slug only, whose fingerprint differs, or whose torch/Pyro versions
-differ from the running ones is used with a printed warning. With no baseline, ``run
---missing-ok`` says so in one line and exits 0 without running the suite.
+else, for baselines saved before fingerprints, the CPU-name slug (``amd-epyc-2cpu``). A baseline
+judges only where it fits (``unfit``): its fingerprint is this machine's and its torch, Pyro and
+Python (major.minor) versions are the running ones. Else the check prints one line, ``regress:
+NOT CHECKED against <file>: <reasons>``, and exits 0 without judging any ratio: a ratio measured
+on another machine or with other libraries cannot fail a build (the A/B against the parent
+commit, measured in the same job, is the gate there). With no baseline, or one that does not
+fit, ``run --missing-ok`` says so in one line and exits 0 without running the suite. A baseline
+or results file that is not one (truncated, ``[]``, a folder) is one line on stderr, exit 2.
 
 Ratios ("metrics"):
 
@@ -36,7 +40,8 @@ on a shared machine lasts longer than a step, so it cancels in the ratio.
 ``tolerance_short``. ``--inject-slowdown`` makes a chosen Pyro step do extra work (see
 ``bench/slowdown.py``) to show the check going red; without it the variable
 ``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment. Every ``run``
-appends a record to ``results/history/<machine>/`` (``bench.regress.history``).
+appends a record to ``<history dir>/<machine>/`` (``bench.regress.history``: ``--history-dir``,
+``$SSVAE_HISTORY_DIR``, else ``results/history``), with the suite's pytest-benchmark JSON beside it.
 """
 from __future__ import annotations
 
@@ -51,6 +56,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+from ..errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "results" / "baselines"
@@ -127,28 +134,70 @@ def _public(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def comparability_warnings(baseline: dict) -> List[str]:
-    """Why a stored baseline may not fit the running machine and libraries (empty: it fits)."""
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+#: the libraries a baseline's ratios depend on, and the part of each version that must match
+LIBRARIES = (("torch", _public), ("pyro", _public), ("python", _minor))
+
+
+def unfit(baseline: dict) -> List[str]:
+    """Why a stored baseline may not judge this machine and these libraries (empty: it may)."""
     out = []
     stored = baseline.get("machine", {})
     fp_old, fp_new = stored.get("fingerprint"), fingerprint()
     if fp_old is None:
-        out.append(f"warning: the baseline has no machine fingerprint (saved before fingerprints); it matched "
-                   f"by CPU name only ({stored.get('cpu_model', '?')!r}, {stored.get('cpu_count', '?')} cores), "
-                   f"which masked cloud CPUs share: re-save it here with `make regress-save`")
+        out.append(f"saved before machine fingerprints (matched by CPU name only: {stored.get('cpu_model', '?')!r}, "
+                   f"{stored.get('cpu_count', '?')} cores, which masked cloud CPUs share)")
     elif fp_old.get("name") != fp_new["name"]:
         diff = [k for k in fp_new if k != "name" and fp_old.get(k) != fp_new.get(k)]
-        out.append(f"warning: the baseline's machine fingerprint {fp_old.get('name')} differs from this "
-                   f"machine's {fp_new['name']} ({', '.join(diff)})")
+        out.append(f"fingerprint {fp_old.get('name')} differs from this machine's {fp_new['name']} "
+                   f"({', '.join(diff) or 'name'})")
     from ..provenance import versions
 
     now = versions()
-    changed = [f"{lib} {stored.get(lib)} -> {now.get(lib)}" for lib in ("torch", "pyro", "python")
-               if stored.get(lib) and now.get(lib) and _public(stored[lib]) != _public(now[lib])]
-    if changed:
-        out.append(f"warning: library versions differ from the baseline's ({'; '.join(changed)}): a ratio that "
-                   f"moves may be the library, not the code")
+    for lib, part in LIBRARIES:
+        if not stored.get(lib):
+            out.append(f"saved without its {lib} version")
+        elif part(str(stored[lib])) != part(str(now.get(lib))):
+            out.append(f"saved with {lib} {stored[lib]}, this environment has {now.get(lib)}")
     return out
+
+
+def not_checked(path: Path, reasons: List[str]) -> str:
+    """The one line of a check that does not judge: the file and why."""
+    return (f"regress: NOT CHECKED against {_rel(path)}: {'; '.join(reasons)}; ratios not judged "
+            f"(`make regress-save` on this machine stores a baseline that fits)")
+
+
+def load_baseline(path: Path) -> dict:
+    """The baseline stored at ``path``; UsageError (one line) when the file is not one."""
+    if path.is_dir():
+        raise UsageError(f"regress: baseline {_rel(path)} is a folder, not a baseline file")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"regress: baseline {_rel(path)} cannot be read: {exc}") from None
+    metrics = doc.get("metrics") if isinstance(doc, dict) else None
+    if not metrics or not isinstance(metrics, dict) or not isinstance(doc.get("machine", {}), dict) or \
+            not all(isinstance(m, dict) and isinstance(m.get("ratio"), (int, float)) for m in metrics.values()):
+        raise UsageError(f"regress: baseline {_rel(path)} is not a baseline (a JSON object whose \"metrics\" "
+                         f"maps names to {{\"ratio\": ...}}; `make regress-save` writes one)")
+    return doc
+
+
+def load_results(path: Path) -> dict:
+    """A pytest-benchmark JSON (``--benchmark-json``); UsageError (one line) when the file is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"regress compare: cannot read {path}: {exc}") from None
+    benchmarks = doc.get("benchmarks") if isinstance(doc, dict) else None
+    if not isinstance(benchmarks, list) or not all(isinstance(b, dict) and "stats" in b for b in benchmarks):
+        raise UsageError(f"regress compare: {path} is not pytest-benchmark JSON (an object with a \"benchmarks\" "
+                         f"list, as `pytest --benchmark-json` writes)")
+    return doc
 
 
 # -- running the suite --------------------------------------------------------------------------
@@ -292,21 +341,25 @@ def table(times, metrics, rate, baseline=None, short=False) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _no_baseline(path: Path) -> str:
+    return (f"regress: NOT CHECKED against a stored baseline: none for this machine ({_rel(path)}; "
+            f"fingerprint {machine_name()}); `make regress-save` stores one")
+
+
 def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], short: bool,
           stat: Optional[str] = None, missing_ok: bool = False) -> int:
-    if not baseline_file.exists():
-        if missing_ok:
-            print(table(step_times(bench_json, stat or DEFAULT_STAT), ratios(bench_json),
-                        gemm_rate(bench_json, stat or DEFAULT_STAT), None, short))
-            print(f"regress: NOT CHECKED against a stored baseline: none for this machine "
-                  f"({_rel(baseline_file)}); ratios printed only; `make regress-save` stores one")
-            return 0
+    """Print the ratios and judge them against ``baseline_file`` where it fits (``unfit``); 0, 1 or 2."""
+    if not baseline_file.exists() and not missing_ok:
         print(f"regress: no baseline for this machine ({_rel(baseline_file)}): "
               f"run `make regress-save` first", file=sys.stderr)
         return 2
-    baseline = json.loads(baseline_file.read_text())
-    for w in comparability_warnings(baseline):
-        print(w)
+    baseline = load_baseline(baseline_file) if baseline_file.exists() else None
+    reasons = unfit(baseline) if baseline else []
+    if baseline is None or reasons:
+        print(table(step_times(bench_json, stat or DEFAULT_STAT), ratios(bench_json),
+                    gemm_rate(bench_json, stat or DEFAULT_STAT), None, short))
+        print(not_checked(baseline_file, reasons) if reasons else _no_baseline(baseline_file))
+        return 0
     stat = stat or baseline.get("stat", DEFAULT_STAT)
     times = step_times(bench_json, stat)
     metrics = ratios(bench_json)
@@ -384,7 +437,7 @@ def save(runs: List[dict], path: Path, short: bool, stat: str, tolerance: Option
 
 
 def history_record(bench_json: dict, stat: str, short: bool) -> dict:
-    """The ``regress run`` record for ``results/history``: medians, ratios, the machine's versions."""
+    """The ``regress run`` record for the history: medians, ratios, the machine's versions."""
     from ..provenance import commit_label, versions
 
     cases = {}
@@ -399,20 +452,15 @@ def history_record(bench_json: dict, stat: str, short: bool) -> dict:
 
 def cmd_run(args) -> int:
     path = _baseline_arg(args)
-    if args.command_regress == "run" and args.missing_ok and not path.exists():
-        print(f"regress: NOT CHECKED against a stored baseline: none for this machine ({_rel(path)}; "
-              f"fingerprint {machine_name()}); `make regress-save` stores one")
-        return 0
+    if args.command_regress == "run" and args.missing_ok:  # CI: nothing to judge against, nothing to run
+        reasons = unfit(load_baseline(path)) if path.exists() else None
+        if reasons is None or reasons:
+            print(_no_baseline(path) if reasons is None else not_checked(path, reasons))
+            return 0
     if args.command_regress == "compare":
         if not getattr(args, "results", None):
             raise SystemExit("regress compare needs a pytest-benchmark JSON file")
-        try:
-            bench_json = json.loads(Path(args.results).read_text())
-        except (OSError, ValueError) as exc:
-            from ..errors import UsageError
-
-            raise UsageError(f"regress compare: cannot read {args.results}: {exc}") from None
-        return check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
+        return check(load_results(args.results), path, args.tolerance, args.short, args.stat, args.missing_ok)
     if args.command_regress == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
         print(f"regress: refusing to save a baseline with an injected slowdown "
               f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
@@ -433,7 +481,8 @@ def cmd_run(args) -> int:
 
         rec = history_record(bench_json, args.stat or DEFAULT_STAT, args.short)
         rec["status"] = status
-        print(f"regress: history record {_rel(history.append(rec))}")
+        path = history.append(rec, root=args.history_dir, benchmark_json=bench_json)
+        print(f"regress: history record {_rel(path)} (and its pytest-benchmark JSON beside it)")
     return status
 
 

@@ -40,9 +40,11 @@ def add_parser(sub) -> None:
         p.add_argument("--baseline", type=Path, help="baseline file (default results/baselines/<machine>.json)")
         p.add_argument("--json-out", type=Path, help="also keep the pytest-benchmark JSON here")
         p.add_argument("--missing-ok", action="store_true",
-                       help="with no baseline for this machine, say so in one line and exit 0 (CI)")
+                       help="with no baseline for this machine, or one that does not fit it (fingerprint, "
+                            "torch/Pyro/Python), say so in one line and exit 0 without running the suite (CI)")
         p.add_argument("--repeat", type=int, default=None, help="save: runs of the suite (default 3, short 1)")
-        p.add_argument("--no-history", action="store_true", help="run: write no results/history record")
+        if name == "run":
+            _history_args(p)
         p.set_defaults(func=cmd_run)
 
     a = rs.add_parser("ab", help="A/B of two revisions or two environments, interleaved in one job")
@@ -70,16 +72,26 @@ def add_parser(sub) -> None:
                    help=f"a significant slowdown beyond this fails (default {abmod.DEFAULT_TOLERANCE})")
     a.add_argument("--inject-slowdown", metavar="EST[/KIND]:FRAC", help="side B only: extra work in that step")
     a.add_argument("--if-available", action="store_true",
-                   help="CI: when the base revision is absent (shallow clone), say so and exit 0")
+                   help="when the base revision is absent, say NOT CHECKED and exit 0 (not in a shallow clone "
+                        "under $CI: that is an error, exit 2)")
     a.add_argument("--json-out", type=Path, help="write the rows and raw rounds here")
     a.add_argument("--table-out", type=Path, help="write a markdown table (with provenance) here")
-    a.add_argument("--no-history", action="store_true", help="write no results/history record")
+    _history_args(a)
     a.set_defaults(func=cmd_ab)
 
     h = rs.add_parser("history", help="draw each benchmark over commits (PNG and markdown table)")
-    h.add_argument("--machine", help="results/history/<machine> (default: this machine's fingerprint name)")
+    h.add_argument("--machine", help="<history dir>/<machine> (default: this machine's fingerprint name)")
+    h.add_argument("--history-dir", type=Path, default=None,
+                   help=f"the history folder (default ${history.HISTORY_ENV}, else results/history)")
     h.add_argument("--out", type=Path, help="output folder (default: the machine's history folder)")
     h.set_defaults(func=cmd_history)
+
+
+def _history_args(p) -> None:
+    p.add_argument("--history-dir", type=Path, default=None,
+                   help=f"write the history record under DIR/<machine>/ (default ${history.HISTORY_ENV}, "
+                        f"else results/history)")
+    p.add_argument("--no-history", action="store_true", help="write no history record")
 
 
 def _env_mode(args) -> bool:
@@ -132,6 +144,8 @@ def cmd_ab(args) -> int:
                 a = stack.enter_context(abmod.git_side(base, "A"))
                 b = (stack.enter_context(abmod.git_side(args.head, "B")) if args.head
                      else abmod.working_tree_side("B"))
+        except abmod.ShallowCloneError as exc:
+            raise UsageError(str(exc)) from None
         except abmod.ABError as exc:
             if args.if_available:
                 print(f"regress ab: NOT CHECKED against {args.base or 'HEAD~1'}: {exc}")
@@ -175,7 +189,9 @@ def cmd_ab(args) -> int:
                                                   {"commit": b.commit, "cases": side_cases("b")}]),
                   "ratios": {c: {k: r[k] for k in ("ratio", "ci_low", "ci_high", "verdict")} for c, r in rows.items()},
                   "status": 1 if problems else 0}
-        print(f"regress ab: history record {_rel(history.append(record))}")
+        path = history.append(record, root=args.history_dir,
+                              samples_ms={c: raw["values"]["B"][c] for c in cases if raw["values"]["B"].get(c)})
+        print(f"regress ab: history record {_rel(path)} (and its pytest-benchmark JSON beside it)")
     for line in problems:
         print(line, file=sys.stderr)
     checked = sum(1 for r in rows.values() if r["ratio"] is not None)
@@ -208,7 +224,7 @@ def _write_markdown(path: Path, summary: dict, fp: dict, rows: dict) -> None:
 def cmd_history(args) -> int:
     name = args.machine or history.machine()["name"]
     try:
-        out = history.draw(name, out_dir=args.out)
+        out = history.draw(name, root=args.history_dir, out_dir=args.out)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     print(out["table"].read_text())
