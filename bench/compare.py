@@ -31,7 +31,8 @@ measures compared; each row is flagged when the difference is larger than its no
 
 Output: a text table per measure on stdout (flagged rows start with ``!!``), then the summary line
 ``compare: N cells in both, K flagged (...)``. ``--csv OUT`` writes every comparison row (all measures,
-long format). Exit status 0 when nothing is flagged, 1 when something is, 2 on bad input.
+long format). Exit status 0 when nothing is flagged, 1 when something is, 2 on bad input (two folders of
+different grids, :func:`bench.schema.grid_difference`, are bad input: their cells are not comparable).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ import pandas as pd
 from ssvae.metrics import t_quantile_975
 
 from .errors import UsageError
+from .schema import grid_difference
 from .report.common import estimator_order, variant_label
 from .report.data import Results, load_results
 
@@ -355,6 +357,10 @@ def compare_variance(cmp: Comparison) -> None:
 def compare(old_dir, new_dir, options: Optional[Options] = None) -> Comparison:
     options = options or Options()
     cmp = Comparison(load_folder(old_dir, "old"), load_folder(new_dir, "new"), options)
+    old_grid, new_grid = cmp.old.env.get("grid"), cmp.new.env.get("grid")
+    why = grid_difference(old_grid, new_grid) if isinstance(old_grid, dict) and isinstance(new_grid, dict) else None
+    if why:  # same cell ids, other settings: a difference would be the settings', not the code's
+        raise UsageError(f"{old_dir} and {new_dir} ran different grids ({why}): compare two runs of one grid")
     compare_cells(cmp)
     compare_accuracy(cmp)
     compare_timing(cmp)
@@ -533,8 +539,8 @@ def _nonneg(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    if not 0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text!r}")
     return v
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 from typing import List
 
 from ssvae.errors import ConfigError, DataError  # noqa: F401  (re-exported: one place to import from)
 
 __all__ = ["ConfigError", "DataError", "EXIT_USAGE", "EXIT_STORAGE", "UsageError", "StorageError", "Parser", "fail",
-           "int_list", "str_list", "add_data_args"]
+           "int_list", "str_list", "add_data_args", "writable"]
 
 EXIT_USAGE = 2
 #: a result could not be written (full disk, read-only folder): the grid stops, finished files intact
@@ -34,6 +36,18 @@ class Parser(argparse.ArgumentParser):
 def fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"bench: error: {message}", file=sys.stderr)
     return status
+
+
+def writable(folder) -> bool:
+    """Whether a file can be created in ``folder`` (or its nearest existing parent). ``os.access`` says yes
+    to root everywhere; a real file says what the file system allows (read-only mount, no inodes, full disk)."""
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            return True
+    except OSError:
+        return False
 
 
 def int_list(text: str) -> List[int]:

@@ -18,14 +18,18 @@ running to a :class:`TaskState` (its spec and the worker's last progress line), 
 finished task's record or None. The driver reads nothing else of it.
 
 Both executors give each attempt a fresh token that the worker writes into its record: a record
-without this attempt's token is an older one and is never taken for the new result. A ``failed``
-record is never written over a finished (ok or diverged) one. A worker that cannot write its result
+without this attempt's token is an older one and is never taken for the new result. Every record goes
+through :func:`bench.store.write_record`, so a ``failed`` record is never written over a finished (ok or
+diverged) one, and a worker given the run's id (``run_id``, which ``OUT/.lock`` names while the run holds
+it) writes nothing once the run has stopped. ``shutdown`` stops what the executor started: the local
+workers are terminated, then killed; the dask futures are cancelled. A worker that cannot write its result
 (full disk, read-only folder) stops the grid with :class:`bench.errors.StorageError`.
 """
 from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -40,8 +44,7 @@ import uuid
 
 from .errors import EXIT_STORAGE, StorageError
 from .provenance import usable_cpus
-from .schema import DONE_STATUSES
-from .store import atomic_write_json, read_result, result_path
+from .store import open_log, read_result, result_path, write_record
 
 PR_SET_PDEATHSIG = 1
 
@@ -60,7 +63,8 @@ OnUpdate = Callable[[Mapping[str, TaskState], Optional[dict]], None]
 
 @runtime_checkable
 class Executor(Protocol):
-    """Where the tasks of a grid run. Constructed as ``cls(workers=, threads=, data_dir=, **options)``."""
+    """Where the tasks of a grid run. Constructed as ``cls(workers=, threads=, data_dir=, run_id=, **options)``
+    (``run_id``: the id ``OUT/.lock`` names while the run holds it; each worker gets it)."""
 
     name: str
     workers: int
@@ -84,10 +88,12 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 
 
-def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None) -> List[str]:
+def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None,
+                   run_id: Optional[str] = None) -> List[str]:
     """``python -m bench.worker`` for one task (its spec goes to stdin)."""
     cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
     cmd += ["--token", token] if token else []
+    cmd += ["--run", run_id] if run_id else []
     return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
 
 
@@ -114,9 +120,7 @@ def failed_record(spec: dict, error: str) -> dict:
 def write_failed(out_dir, spec: dict, error: str) -> dict:
     """Record ``spec`` as failed, unless its file already holds a finished record (kept as it is)."""
     record = failed_record(spec, error)
-    old, _ = read_result(result_path(out_dir, spec))
-    if old is None or old.get("status") not in DONE_STATUSES:
-        atomic_write_json(result_path(out_dir, spec), record)
+    write_record(out_dir, spec, record)
     return record
 
 @dataclass
@@ -137,7 +141,8 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
                  retries: int = 1, gpus: Optional[List[int]] = None, task_timeout: Optional[float] = None,
-                 stall_timeout: Optional[float] = None):
+                 stall_timeout: Optional[float] = None, run_id: Optional[str] = None):
+        self.run_id = run_id
         self.gpus = list(gpus or [])
         self.workers = max(1, min(workers, len(self.gpus)) if self.gpus else workers)
         self.threads = threads or default_threads(self.workers)
@@ -159,8 +164,8 @@ class LocalExecutor:
 
     def _start(self, spec: dict, out_dir: Path, log_dir: Path) -> _Running:
         token = new_token()
-        cmd = worker_command(out_dir, task_threads(spec, self.threads), self.data_dir, token)
-        log = open(log_dir / f"{spec['id']}.log", "w")
+        cmd = worker_command(out_dir, task_threads(spec, self.threads), self.data_dir, token, self.run_id)
+        log = open_log(log_dir / f"{spec['id']}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         gpu = self._free_gpu() if self.gpus else None
         if gpu is not None:  # the cell sees one GPU, as cuda:0
@@ -190,7 +195,6 @@ class LocalExecutor:
         """Run ``specs``; ``on_update(running, finished_record_or_None)`` is called as things move."""
         out_dir = Path(out_dir)
         log_dir = out_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
         queue = list(specs)
         attempts: Dict[str, int] = {}
         try:
@@ -219,6 +223,8 @@ class LocalExecutor:
                                            f"{tid}: its result could not be written")
                     if not fresh and run.timed_out:  # a hung task would hang again: no retry
                         record = write_failed(out_dir, run.spec, f"timeout: {run.timed_out}; see logs/{tid}.log")
+                    elif not fresh and code == 0:  # it ran to its end, and its record was not written by rule
+                        record = write_failed(out_dir, run.spec, _last_line(log_dir / f"{tid}.log"))
                     elif not fresh:  # the worker died without writing its result
                         reason = (f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
                         if attempts[tid] <= self.retries:
@@ -265,16 +271,16 @@ def _last_line(path: Path) -> str:
     return lines[-1].replace("bench.worker: ", "") if lines else ""
 
 
-def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int, token: str) -> dict:
+def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int, token: str,
+                       run_id: Optional[str] = None) -> dict:
     """A dask task: run the spec in a fresh process (Pyro's param store is global) and return its record.
 
     Raises if the process died without writing this attempt's record (its token), so that dask retries
     it; an older record of the same task is never taken for this one.
     """
-    cmd = worker_command(out_dir, threads, data_dir, token)
+    cmd = worker_command(out_dir, threads, data_dir, token, run_id)
     log_dir = Path(out_dir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{spec['id']}.log", "w") as log:
+    with open_log(log_dir / f"{spec['id']}.log") as log:
         proc = subprocess.run(cmd, input=json.dumps(spec), stdout=subprocess.DEVNULL, stderr=log, text=True,
                               preexec_fn=_die_with_parent)
     record, _ = read_result(result_path(out_dir, spec))
@@ -282,8 +288,14 @@ def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], thread
         code = proc.returncode
         if code == EXIT_STORAGE:
             raise StorageError(_last_line(log_dir / f"{spec['id']}.log"))
+        if code == 0:  # it ran to its end, and its record was not written by rule (bench.store.write_record)
+            return {**failed_record(spec, _last_line(log_dir / f"{spec['id']}.log")), "token": token}
         raise RuntimeError(f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
     return {k: record.get(k) for k in ("id", "status", "error", "token")}
+
+
+#: the driver's loggers of dask and its event loop: their reconnect tracebacks would bury the one line
+QUIET_LOGGERS = ("distributed", "tornado")
 
 
 class SchedulerLost(StorageError):
@@ -302,7 +314,9 @@ class DaskExecutor:
     connect_timeout_s = 10
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
-                 retries: int = 1, scheduler: Optional[str] = None):
+                 retries: int = 1, scheduler: Optional[str] = None, run_id: Optional[str] = None):
+        self.run_id = run_id
+        self.futures: list = []
         self.workers = max(1, workers)
         self.threads = threads or default_threads(self.workers)
         self.data_dir = data_dir
@@ -317,6 +331,8 @@ class DaskExecutor:
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError("--executor dask needs the 'distributed' package: pip install -e '.[dask]'") from None
+        for name in QUIET_LOGGERS:  # a lost scheduler is said in one line (SchedulerLost), not in tracebacks
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         if self.scheduler:
             try:
                 self.client = Client(self.scheduler, timeout=f"{self.connect_timeout_s}s")
@@ -344,9 +360,10 @@ class DaskExecutor:
                 for spec in batch:
                     token = new_token()  # one per submission; dask's retries share it, and each writes it
                     fut = self.client.submit(_run_in_subprocess, spec, out_dir, self.data_dir,
-                                             task_threads(spec, self.threads), token,
+                                             task_threads(spec, self.threads), token, self.run_id,
                                              key=f"ssvae-{spec['id']}-{token}", retries=self.retries, pure=False)
                     futures[fut], tokens[spec["id"]] = spec, token
+                self.futures = list(futures)
                 pending = {spec["id"]: TaskState(spec) for spec in batch}  # submitted: no progress lines from dask
                 for fut in as_completed(list(futures)):
                     spec = futures[fut]
@@ -385,7 +402,14 @@ class DaskExecutor:
             return True
 
     def shutdown(self) -> None:
+        """Cancel the futures still pending (their workers, once the lock no longer names this run, write
+        nothing), then close the client and the cluster this executor started."""
         if self.client is not None:
+            try:
+                self.client.cancel(self.futures, force=True)
+            except Exception:  # a scheduler that went away has nothing left to cancel
+                pass
+            self.futures = []
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()

@@ -27,8 +27,8 @@ from ssvae.estimators import REGISTRY, get_estimator, names
 from ssvae.model import SSVAE
 from ssvae.train import epoch_schedule
 
-from .schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA,
-                     SchemaError, cell_id as _cell_id, check_field, common_id, timing_id)
+from .schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA, REQUIRED_FIELDS,
+                     SchemaError, cell_id as _cell_id, check_field, common_id, finite_values, timing_id)
 
 from . import tune as tunemod
 
@@ -65,10 +65,13 @@ def load_preset(name: str) -> dict:
 def check_fields(spec: dict) -> dict:
     """Every field of a preset (after overrides) checked against its type and range; one line on error.
 
-    Returns a copy with ints of float fields made floats. Fields that are absent keep their defaults.
+    Returns a copy with ints of float fields made floats. Fields that are absent keep their defaults. Every
+    number of the estimators' options and tuning candidates is finite.
     """
     out = dict(spec)
     try:
+        finite_values("options", out.get("options") or {})
+        finite_values("tune", out.get("tune") or {})
         for name, f in GRID_SCHEMA.items():
             if out.get(name) is not None:
                 out[name] = check_field(name, f, out[name])
@@ -122,6 +125,10 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     for k, v in (overrides or {}).items():
         if v is not None:
             spec[k] = v
+    for name, alternatives in REQUIRED_FIELDS.items():  # the fields without a default
+        if all(spec.get(a) is None for a in alternatives):
+            raise ConfigError(f"preset {spec.get('name', 'custom')} sets no {name}: add {name} = ... to it "
+                              f"or give --{name}")
     spec = check_fields(spec)
     if spec.get("label_fractions") is not None:
         spec["labels"] = [resolve_labels(None, f) for f in spec["label_fractions"]]
@@ -171,9 +178,12 @@ def _estimator_options(options: dict) -> dict:
 
 
 def _lr(estimator: str, options: dict, default: float) -> float:
+    """An estimator's learning rate (its ``lr`` option, else the grid's): a positive finite number."""
     lr = options.get("lr", default)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"options.{estimator}.lr must be a positive number (got {lr!r})")
+    if not math.isfinite(lr):
+        raise ConfigError(f"options.{estimator}.lr must be finite (got {lr!r})")
     return float(lr)
 
 

@@ -20,9 +20,9 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -36,10 +36,10 @@ from ssvae.estimators import REGISTRY
 
 from . import grid as gridmod
 from . import tune as tunemod
-from .errors import EXIT_STORAGE, StorageError, add_data_args, fail
+from .errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
 from .executors import EXECUTORS, TaskState
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from .schema import CELL_PROBE_FIELDS, CONTENDED_LOAD, cores
+from .schema import CONTENDED_LOAD, cores, grid_difference
 from .cost import PART_STEPS
 from .tasks import KINDS, PARTS, cost_parts, measured_parts
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path, span,
@@ -47,8 +47,6 @@ from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: grid settings every cell uses: two grids that differ in one of them are two grids
-CELL_SETTINGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "device")
 #: default watchdog: a task that reports no progress for this long is recorded failed (timeout)
 STALL_TIMEOUT_S = 1800
 
@@ -147,6 +145,9 @@ def grid_from_args(args) -> gridmod.Grid:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
         if key in seen:
             raise ConfigError(f"--set {key} is given twice: give each field once")
+        same = ("labels", "label_fractions") if key in ("labels", "label_fractions") else (key,)
+        if any(overrides.get(k) is not None for k in same):  # a flag would silently win
+            raise ConfigError(f"--set {key} and a flag both set {key}: give it once")
         seen.add(key)
         value = _value(text)
         if key.startswith("probe."):
@@ -176,12 +177,8 @@ def grid_from_args(args) -> gridmod.Grid:
 def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is a file: choose another --out")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    try:  # os.access says yes to root everywhere; a real file says what the file system allows
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError:
-        raise ConfigError(f"output folder {out} is not writable: choose another --out") from None
+    if not writable(out):
+        raise ConfigError(f"output folder {out} is not writable: choose another --out")
 
 
 def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str]:
@@ -190,19 +187,9 @@ def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str
         prev = json.loads((out / "env.json").read_text()).get("grid")
     except (OSError, ValueError, AttributeError):
         prev = None
-    new = grid.to_dict()
-    if isinstance(prev, dict):
-        for key in CELL_SETTINGS:
-            if key in prev and prev[key] != new[key]:
-                return f"{key} {prev[key]}, not {new[key]}"
-        for key in CELL_PROBE_FIELDS:
-            old = (prev.get("probe") or {}).get(key)
-            if old is not None and old != new["probe"][key]:
-                return f"probe.{key} {old}, not {new['probe'][key]}"
-        shared = set(prev.get("estimators") or []) & set(new["estimators"])
-        for est in sorted(shared):
-            if (prev.get("options") or {}).get(est, {}) != new["options"].get(est, {}):
-                return f"options of {est} {(prev.get('options') or {}).get(est, {})}, not {new['options'].get(est, {})}"
+    why = grid_difference(prev, grid.to_dict()) if isinstance(prev, dict) else None
+    if why:
+        return why
     clash = conflicts(out, [t for t in tasks if t["kind"] == "train"])
     if clash:
         return f"{len(clash)} finished cell(s) of another configuration, e.g. {clash[0]}"
@@ -456,7 +443,9 @@ def cmd_run(args) -> int:
         kwargs = {"scheduler": args.scheduler}
     else:
         kwargs = {"gpus": gpus, "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
-    executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root), **kwargs)
+    # the run's id: OUT/.lock names it while this run holds it, and a worker writes only while it does
+    executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root),
+                                        run_id=uuid.uuid4().hex, **kwargs)
     executor.connect()  # a scheduler that does not answer fails here, before anything is written
     try:
         return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor)
@@ -466,7 +455,7 @@ def cmd_run(args) -> int:
 
 
 def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor) -> int:
-    with OutputLock(out):
+    with OutputLock(out, executor.run_id):
         env = environment(grid, tasks, ident, hashes, workers, executor.threads, args.executor)
         env["tasks_run"] = [t["id"] for t in todo]
         if getattr(args, "tuned_info", None):
@@ -476,9 +465,12 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
               f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
         progress = Progress(tasks, todo)
+        attempts_failed = set()  # a failed attempt whose file kept a finished record still fails the run
 
         def on_update(running, record):
             progress.update(running, record)
+            if record is not None and record.get("status") == "failed":
+                attempts_failed.add(record["id"])
             if record is not None:
                 write_tables(out, tasks, ident)
 
@@ -493,7 +485,8 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
             return 130
         progress.close()
         write_tables(out, tasks, ident)
-    failed = [t["id"] for t in tasks if (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
+    failed = [t["id"] for t in tasks if t["id"] in attempts_failed
+              or (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
     print(f"bench: grid complete ({summary}); tables in {out}", file=sys.stderr)
     if failed:

@@ -5,22 +5,22 @@ initial weights and, for the SS-VAE estimators, the order of the mini-batches (`
 So a variant is compared with a reference seed by seed::
 
     d_s = acc(variant, seed s) - acc(reference, seed s)        (test accuracy at the best validation epoch)
-    mean d, 95 % interval  mean d +- t_{0.975, n-1} sd(d) / sqrt(n)   (scipy.stats.t; n = 1: no interval)
+    mean d, interval  mean d +- t_{(1+level)/2, n-1} sd(d) / sqrt(n)   (scipy.stats.t; level 95 %; n = 1: none)
 
 at every setting (labels x aux), against enum + aux and against the supervised baseline.
 
-**Verdict** (per setting and variant, against the reference): with an equivalence margin m
-(default 1 point) and a time fraction f (default 60 %), the variant is "equivalent within m at <= f of
-the time" only when the *whole* 95 % interval lies inside (-m, +m) (two one-sided tests at 2.5 %
-each) *and* its time per epoch is at most f of the reference's. Times come from the isolated timing
-probe only (``timing.csv``: one task at a time, fixed threads): the per-epoch estimate sums the
-probe's median step times over the epoch's schedule (:func:`isolated_epoch_ms`), never the cells'
-own wall times (cells run two at a time disturb each other). Each verdict states n, the epochs and
-where it fails (interval beyond the margin, time above the fraction, n too small, no timing).
+**Verdict** ("can I switch from enum + aux?", per setting and variant; margin m, default 1 point):
+*better* where the interval excludes 0 above, *worse* where it excludes 0 below, *non-inferior* ("as
+good") where it is not better and its lower end is above -m, *inconclusive* otherwise (n < 2 included).
+**Not learning**: at a label count where enum + aux minus the baseline has its lower end at or below 0,
+no verdict against enum + aux is drawn (:func:`learning`). Time is a separate statement beside the
+verdict: the time per epoch as a multiple of enum + aux's, from the isolated timing probe only
+(``timing.csv``: one task at a time, fixed threads; :func:`isolated_epoch_ms`), never the cells' own wall
+times. :func:`equal_time`: the accuracy each variant reaches within enum + aux's whole-run time.
 
 Inputs are the report's tables as pandas DataFrames: ``runs`` (``runs.csv``: cell, estimator, aux,
-labels, seed, status, epochs, best_epoch, test_acc_at_best_valid, ...) and ``timing``
-(``timing.csv``: estimator, aux, device, step_kind, batch_size, median_ms, ...).
+labels, seed, status, epochs, best_epoch, test_acc_at_best_valid, ...), ``timing`` (``timing.csv``:
+estimator, aux, device, step_kind, batch_size, median_ms, ...) and ``curves`` (epoch, valid_acc, test_acc).
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from scipy import stats
 from .schema import CONTENDED_LOAD
 
 METRIC = "test_acc_at_best_valid"
+#: the paired intervals' confidence level (``--level``-style option of :func:`conclusions`)
 CONFIDENCE = 0.95
-#: Equivalence margin (accuracy, 0.01 = 1 point) and time fraction of the verdict: options.
+#: the non-inferiority margin (accuracy, 0.01 = 1 point): an option
 DEFAULT_MARGIN = 0.01
-DEFAULT_TIME_FRACTION = 0.60
 #: (estimator, aux) of the references; aux ``None`` matches the reference's cells whatever their flag.
 ENUM_AUX = ("enum", True)
 BASELINE = ("baseline", None)
@@ -49,8 +49,15 @@ PAIRED_COLUMNS = ["reference", "labels", "aux", "estimator", "variant", "n", "se
                   "best_at_last_epoch", "cells", "cell_ids", "rising_ids", "unpaired", "note"]
 #: estimators that are no SS-VAE (no ELBO, no timing probe): compared, never candidates of the verdict
 SUPERVISED = ("baseline",)
-VERDICT_COLUMNS = ["reference", "labels", "aux", "variant", "n", "epochs", "mean_diff", "ci_low", "ci_high",
-                   "accuracy", "time_fraction", "time_ok", "verdict", "fails"]
+#: the verdicts against enum + aux, in the order a sentence lists them; those that let a user switch
+ORDER = ("better", "non-inferior", "inconclusive", "worse")
+SWITCH = ("better", "non-inferior")
+NOT_LEARNING = "not learning"
+VERDICT_COLUMNS = ["reference", "labels", "aux", "variant", "n", "epochs", "mean_diff", "ci_low", "ci_high", "level",
+                   "margin", "accuracy", "time_fraction", "verdict", "notes"]
+LEARNING_COLUMNS = ["labels", "n", "mean_diff", "ci_low", "ci_high", "learning"]
+EQUAL_TIME_COLUMNS = ["labels", "aux", "variant", "estimator", "n", "time_fraction", "budget_epochs", "budget_used",
+                      "mean_acc", "reference_mean", "mean_diff", "ci_low", "ci_high", "note"]
 
 
 def variant_label(estimator: str, aux) -> str:
@@ -212,15 +219,19 @@ def time_fraction(timing: Optional[pd.DataFrame], estimator: str, aux: bool, ref
 
 # -- verdicts --------------------------------------------------------------------------------------
 def accuracy_verdict(low: float, high: float, margin: float) -> str:
-    """equivalent | better | worse | inconclusive | no interval: where the interval lies against +-margin."""
+    """better | worse | non-inferior | inconclusive: where the paired interval lies against 0 and -margin.
+
+    better: the interval excludes 0 above (low > 0); worse: it excludes 0 below (high < 0); non-inferior:
+    not better, and the interval's lower end is above -margin; inconclusive otherwise, no interval included.
+    """
     if not (np.isfinite(low) and np.isfinite(high)):
-        return "no interval"
-    if -margin < low and high < margin:
-        return "equivalent"
-    if low > margin:
+        return "inconclusive"
+    if low > 0:
         return "better"
-    if high < -margin:
+    if high < 0:
         return "worse"
+    if low > -margin:
+        return "non-inferior"
     return "inconclusive"
 
 
@@ -228,106 +239,174 @@ def _pts(x: float) -> str:
     return f"{round(x * 100, 1) + 0.0:+.1f}"
 
 
-def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
-             fraction: float = DEFAULT_TIME_FRACTION, device: str = "cpu") -> pd.DataFrame:
-    """One verdict per row of ``paired`` (setting x variant x reference), stating n, epochs and where it fails.
+def _points(margin: float) -> str:
+    return f"{margin * 100:g} point{'' if margin == 0.01 else 's'}"
 
-    The time condition applies against enum + aux only (the baseline is the accuracy bar, not a cost
-    to beat); ``time_fraction`` is NaN where the timing probe has no rows for one side.
+
+def word(accuracy: str, margin: float = DEFAULT_MARGIN) -> str:
+    """The verdict in the reader's words: 'non-inferior' is "as good (at most 1 point worse)"."""
+    return f"as good (at most {_points(margin)} worse)" if accuracy == "non-inferior" else accuracy
+
+
+def learning(paired: pd.DataFrame) -> pd.DataFrame:
+    """One row per label count: enum + aux minus the supervised-only baseline, and whether it learns there.
+
+    ``learning`` is False where the paired interval's lower end is not above 0 (no interval: False too),
+    None where the folder has no baseline cells paired with enum + aux at that label count (not checked).
     """
+    enum_ref, base_ref = reference_label(ENUM_AUX), reference_label(BASELINE)
+    labels = sorted(set(paired.loc[paired["reference"] == enum_ref, "labels"]))
+    b = paired[(paired["reference"] == base_ref) & (paired["variant"] == enum_ref) & (paired["n"] > 0)]
+    rows = []
+    for lab in labels:
+        r = b[b["labels"] == lab]
+        if r.empty:
+            rows.append({"labels": lab, "n": 0, "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                         "learning": None})
+            continue
+        r = r.iloc[0]
+        rows.append({"labels": lab, "n": int(r["n"]), "mean_diff": r["mean_diff"], "ci_low": r["ci_low"],
+                     "ci_high": r["ci_high"], "learning": bool(np.isfinite(r["ci_low"]) and r["ci_low"] > 0)})
+    return pd.DataFrame(rows, columns=LEARNING_COLUMNS)
+
+
+def learns(learn: pd.DataFrame, labels: int) -> Optional[bool]:
+    """True, False or None (not checked) at ``labels``, from :func:`learning`'s table."""
+    row = learn[learn["labels"] == labels]
+    if row.empty or pd.isna(row.iloc[0]["learning"]):
+        return None
+    return bool(row.iloc[0]["learning"])
+
+
+def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
+             device: str = "cpu", confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One verdict per row of ``paired`` (setting x variant x reference), with n, epochs and notes.
+
+    Against enum + aux, a label count where enum + aux does not beat the baseline (:func:`learning`)
+    gets no verdict ("not learning"); ``time_fraction`` (isolated time per epoch over enum + aux's, NaN
+    where the timing probe has no rows for one side) stands beside the verdict, never in it.
+    """
+    enum_ref = reference_label(ENUM_AUX)
+    learn = learning(paired)
     rows = []
     for r in paired.itertuples(index=False):
+        timed = r.reference == enum_ref
         acc = accuracy_verdict(r.ci_low, r.ci_high, margin)
-        timed = r.reference == reference_label(ENUM_AUX)
+        notes = []
+        if not np.isfinite(r.ci_low):
+            notes.append(f"n = {r.n}: no interval" if r.n == 1 else "no paired seeds" if r.n == 0 else "no interval")
+        if timed and learns(learn, r.labels) is False:
+            acc = NOT_LEARNING
+            notes.insert(0, f"{enum_ref} does not beat the supervised-only baseline at {r.labels} labels")
+        elif timed and learns(learn, r.labels) is None:
+            notes.append(f"no supervised-only baseline at {r.labels} labels: learning not checked")
         frac = time_fraction(timing, r.estimator, r.aux, ENUM_AUX, r.labels, device) if timed else math.nan
-        time_ok = bool(frac <= fraction) if timed and np.isfinite(frac) else None
-        fails = []
-        if acc == "no interval":
-            fails.append(f"n = {r.n}: no interval" if r.n == 1 else "no paired seeds")
-        elif acc != "equivalent":
-            lo_bad, hi_bad = r.ci_low <= -margin, r.ci_high >= margin
-            side = ("below " + _pts(-margin) if lo_bad else "") + (" and " if lo_bad and hi_bad else "") + \
-                   ("above " + _pts(margin) if hi_bad else "")
-            fails.append(f"interval [{_pts(r.ci_low)}, {_pts(r.ci_high)}] points reaches {side} points")
-        if timed:
-            if time_ok is None:
-                fails.append("no isolated timing")
-            elif not time_ok:
-                fails.append(f"time {frac:.0%} > {fraction:.0%}")
+        if timed and not np.isfinite(frac) and r.estimator not in SUPERVISED:
+            notes.append("no isolated timing")
         if r.best_at_last_epoch:
-            fails.append(f"{r.best_at_last_epoch} of {r.cells} cells best at their last epoch (still rising)")
+            notes.append(f"{r.best_at_last_epoch} of {r.cells} cells best at their last epoch (still rising)")
         ep = f"{r.epochs} epoch{'s' if r.epochs != '1' else ''}"
-        if acc == "equivalent" and (not timed or time_ok):
-            verdict = (f"equivalent within {margin * 100:g} point{'s' if margin != 0.01 else ''}"
-                       + (f" at {frac:.0%} <= {fraction:.0%} of the time" if timed else "")
-                       + f" (n = {r.n}, {ep})")
-        else:
-            what = {"equivalent": "equivalent in accuracy but not cheap enough", "better": "better",
-                    "worse": "worse", "inconclusive": "not shown equivalent",
-                    "no interval": "no verdict"}[acc]
-            verdict = f"{what} (n = {r.n}, {ep})"
+        what = f"no verdict: {enum_ref} is not learning here" if acc == NOT_LEARNING else word(acc, margin)
         rows.append({"reference": r.reference, "labels": r.labels, "aux": r.aux, "variant": r.variant, "n": r.n,
                      "epochs": r.epochs, "mean_diff": r.mean_diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "accuracy": acc, "time_fraction": frac, "time_ok": time_ok, "verdict": verdict,
-                     "fails": "; ".join(fails)})
+                     "level": confidence, "margin": margin, "accuracy": acc, "time_fraction": frac,
+                     "verdict": f"{what} (n = {r.n}, {ep})", "notes": "; ".join(notes)})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def qualifies(v: pd.DataFrame) -> pd.Series:
-    """Rows whose verdict is "equivalent within the margin at <= the time fraction" (against enum + aux)."""
-    return (v["reference"] == reference_label(ENUM_AUX)) & (v["accuracy"] == "equivalent") & \
-        (v["time_ok"] == True)  # noqa: E712 (None is not True)
+def can_switch(v: pd.DataFrame) -> pd.Series:
+    """Rows (against enum + aux) whose verdict lets a user switch from enum + aux: better or non-inferior."""
+    return (v["reference"] == reference_label(ENUM_AUX)) & v["accuracy"].isin(SWITCH)
 
 
-# -- summary ---------------------------------------------------------------------------------------
-def _ci(r) -> str:
+# -- sentences -------------------------------------------------------------------------------------
+def ci_text(r, confidence: float = CONFIDENCE) -> str:
+    """'+0.8 points (95 % CI +0.6 to +0.9, n = 5)' of a row with mean_diff, ci_low, ci_high and n."""
     if np.isfinite(r.ci_low):
-        return f"{_pts(r.mean_diff)} points (95 % CI {_pts(r.ci_low)} to {_pts(r.ci_high)}, n = {r.n})"
+        return (f"{_pts(r.mean_diff)} points ({confidence * 100:g} % CI {_pts(r.ci_low)} to {_pts(r.ci_high)}, "
+                f"n = {r.n})")
     return f"{_pts(r.mean_diff)} points (n = {r.n}, no interval)"
 
 
+def where_text(labels: int, aux: bool, chosen: Optional[str] = None) -> str:
+    return f"At {chosen or f'{labels} labels'} {'with' if aux else 'without'} the auxiliary loss"
+
+
+def not_learning_text(learn_row, confidence: float = CONFIDENCE) -> str:
+    """'not learning: enum + aux is -12.8 points (...) from the supervised-only baseline; no estimator ...'."""
+    return (f"not learning: {reference_label(ENUM_AUX)} is {ci_text(learn_row, confidence)} from the "
+            f"supervised-only baseline; no estimator verdict is drawn here")
+
+
+def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: bool, margin: float = DEFAULT_MARGIN,
+                     confidence: float = CONFIDENCE, chosen: Optional[str] = None,
+                     bold: bool = False) -> Optional[str]:
+    """One setting's verdicts against enum + aux in a sentence: the variants grouped by verdict (better, as
+    good, inconclusive, worse), then each one's difference with its time per epoch beside it; "not
+    learning" where enum + aux does not beat the baseline. ``g``: the setting's verdict rows against enum +
+    aux; ``learn``: :func:`learning`. None where no SS-VAE variant has paired seeds there."""
+    enum_ref, where = reference_label(ENUM_AUX), where_text(labels, aux, chosen)
+    mark = "**" if bold else ""
+    lr, ok = learn[learn["labels"] == labels], learns(learn, labels)
+    if ok is False:
+        return f"{mark}{where}: {not_learning_text(next(lr.itertuples()), confidence)}{mark}."
+    g = g[~g["variant"].isin(SUPERVISED) & (g["n"] > 0)]
+    if g.empty:
+        return None
+    rank = {a: i for i, a in enumerate(ORDER)}
+    g = g.assign(_o=g["accuracy"].map(rank)).sort_values(["_o", "mean_diff"], ascending=[True, False],
+                                                          kind="stable")
+    groups = [f"{_list(list(sub['variant']))} {'is' if len(sub) == 1 else 'are'} {word(ORDER[o], margin)}"
+              for o, sub in g.groupby("_o", sort=True)]
+    details = [f"{r.variant} {ci_text(r, confidence)}, " + (f"time per epoch {r.time_fraction:.2f}× {enum_ref}'s"
+                                                           if np.isfinite(r.time_fraction) else "no isolated timing")
+               for r in g.itertuples()]
+    epochs = sorted(set(e for es in g["epochs"] for e in str(es).split(",") if e), key=int)
+    unchecked = "" if ok else "; no supervised-only baseline to check that it learns"
+    return (f"{mark}{where}, against {enum_ref}: {'; '.join(groups)}{mark}: {'; '.join(details)} "
+            f"({_list(epochs)} epoch{'s' if epochs != ['1'] else ''}{unchecked}).")
+
+
+def settings_sentences(v: pd.DataFrame, learn: pd.DataFrame, margin: float = DEFAULT_MARGIN,
+                       confidence: float = CONFIDENCE, skip: Sequence = ()) -> List[str]:
+    """:func:`setting_sentence` for every setting against enum + aux but those in ``skip`` ((labels, aux)),
+    larger label counts first, with the auxiliary loss first; a label count where enum + aux is not learning
+    gets one sentence ("At 100 labels: not learning: ..."), unless all its settings are skipped."""
+    mine = v[v["reference"] == reference_label(ENUM_AUX)]
+    out = []
+    for labels in sorted(set(mine["labels"]), reverse=True):
+        lr = learn[learn["labels"] == labels]
+        if learns(learn, labels) is False:
+            if not all((labels, a) in skip for a in set(mine.loc[mine["labels"] == labels, "aux"])):
+                out.append(f"At {labels} labels: {not_learning_text(next(lr.itertuples()), confidence)}.")
+            continue
+        for aux in (True, False):
+            g = mine[(mine["labels"] == labels) & (mine["aux"] == aux)]
+            text = setting_sentence(g, learn, labels, aux, margin, confidence) if (labels, aux) not in skip else None
+            if len(g) and text:
+                out.append(text)
+    return out
+
+
 def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: float = DEFAULT_MARGIN,
-                 fraction: float = DEFAULT_TIME_FRACTION, protocol: Optional[str] = None) -> str:
-    """A few plain sentences for the README, generated from the paired table and the verdicts, caveats included."""
+                 protocol: Optional[str] = None, confidence: float = CONFIDENCE) -> str:
+    """A few plain sentences, generated from the paired table and the verdicts, caveats included."""
     if verdict_table.empty:
         return "No paired comparison can be made: no setting has finished cells of a variant and of enum + aux.\n"
-    enum_ref, base_ref = reference_label(ENUM_AUX), reference_label(BASELINE)
+    enum_ref = reference_label(ENUM_AUX)
     v = verdict_table
+    learn = learning(paired)
     ns = sorted(set(int(n) for n in v["n"]))
     epochs = sorted(set(e for es in v["epochs"] for e in str(es).split(",") if e))
     out = [f"Test accuracy at the best validation epoch, paired by seed (same labeled subset, initial weights and "
-           f"batch order), 95 % t-intervals on the per-seed differences; n = {_list(ns)} seed"
+           f"batch order), {confidence * 100:g} % t-intervals on the per-seed differences; n = {_list(ns)} seed"
            f"{'s' if ns != [1] else ''} per comparison, {_list(epochs)} epoch{'s' if epochs != ['1'] else ''}"
-           + (f", {protocol} protocol" if protocol else "") + ". "
-           f"A variant counts as equivalent to {enum_ref} only when the whole interval lies within "
-           f"±{margin * 100:g} point{'s' if margin != 0.01 else ''} and its time per epoch, estimated from the "
-           f"isolated timing probe, is at most {fraction:.0%} of {enum_ref}'s."]
-    for (labels, aux), g in v[v["reference"] == enum_ref].groupby(["labels", "aux"], sort=True):
-        where = f"At {labels} labels {'with' if aux else 'without'} the auxiliary loss"
-        ok = g[qualifies(g)]
-        if len(ok):
-            out.append(f"{where}, {_list(list(ok['variant']))} qualif{'y' if len(ok) > 1 else 'ies'}: " +
-                       "; ".join(f"{r.variant} {_ci(r)} at {r.time_fraction:.0%} of the time" for r in ok.itertuples())
-                       + ".")
-        else:
-            cand = g[~g["variant"].isin(SUPERVISED)].dropna(subset=["mean_diff"]).copy()
-            if cand.empty:
-                out.append(f"{where}, no variant has paired cells.")
-                continue
-            # the closest: the mean difference nearest to zero (ties: the narrower interval)
-            cand["distance"] = cand["mean_diff"].abs()
-            cand["width"] = (cand["ci_high"] - cand["ci_low"]).fillna(np.inf)
-            best = next(cand.sort_values(["distance", "width"]).itertuples())
-            reason = "; ".join(f for f in str(best.fails).split("; ") if f and not f.startswith("n = ")) or best.accuracy
-            out.append(f"{where}, no variant qualifies; the closest, {best.variant}, is {_ci(best)} from "
-                       f"{enum_ref}" + (f" at {best.time_fraction:.0%} of its time" if np.isfinite(best.time_fraction)
-                                        else "") + f" ({reason}).")
-        b = paired[(paired["reference"] == base_ref) & (paired["labels"] == labels)
-                   & (paired["variant"] == enum_ref)]
-        if aux and len(b):
-            r = next(b.itertuples())
-            out.append(f"There {enum_ref} minus the supervised-only baseline is {_ci(r)}.")
-    ids = lambda col: {c for v in paired[col] for c in str(v).split(";") if c}
+           + (f", {protocol} protocol" if protocol else "") + ". " + rule_text(margin)]
+    out += settings_sentences(v, learn, margin, confidence)
+    for r in learn.itertuples():
+        if learns(learn, r.labels):
+            out.append(f"At {r.labels} labels {enum_ref} minus the supervised-only baseline is {ci_text(r, confidence)}.")
+    ids = lambda col: {c for x in paired[col] for c in str(x).split(";") if c}
     rising, cells = len(ids("rising_ids")), len(ids("cell_ids"))
     caveats = [f"n = {_list(ns)} seeds"]
     if rising:
@@ -341,12 +420,82 @@ def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: floa
     return " ".join(out) + "\n"
 
 
+def rule_text(margin: float = DEFAULT_MARGIN) -> str:
+    """The verdict rules in one sentence (the page and paired.md state them so)."""
+    enum_ref = reference_label(ENUM_AUX)
+    return (f"Against {enum_ref} a variant is better where the interval excludes 0 above, worse where it excludes "
+            f"0 below, as good where its lower end is above -{_points(margin)} (non-inferior), and inconclusive "
+            f"otherwise; no verdict is drawn at a label count where {enum_ref} does not beat the supervised-only "
+            f"baseline (its interval's lower end at or below 0: not learning). Time per epoch, from the isolated "
+            f"timing probe, is stated beside the verdict, never in it.")
+
+
 def _list(items: list) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
 
 
-# -- concurrency -----------------------------------------------------------------------------------
+# -- accuracy at equal wall time -------------------------------------------------------------------
+def _best_within(curve: pd.DataFrame, last_epoch: float) -> Tuple[float, int]:
+    """(test accuracy, epoch) at the best validation epoch among epochs <= last_epoch (the first best wins,
+    as in ``ssvae.train``); (NaN, 0) when no epoch fits."""
+    c = curve[(curve["epoch"] <= last_epoch + 1e-9)].dropna(subset=["valid_acc"]).sort_values("epoch")
+    if c.empty:
+        return math.nan, 0
+    best = c.loc[c["valid_acc"].idxmax()]
+    return float(best["test_acc"]), int(best["epoch"])
+
+
+def equal_time(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.DataFrame], device: str = "cpu",
+               confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per setting (labels, aux) and SS-VAE variant: the test accuracy each seed reaches within the time enum +
+    aux takes for its whole run, paired by seed with enum + aux's own.
+
+    Times are the isolated timing probe's (:func:`isolated_epoch_ms`): a variant's epoch e ends at e times its
+    time per epoch; its budget is enum + aux's epochs times enum + aux's time per epoch, so it may use the
+    epochs up to ``budget_epochs`` = enum + aux's epochs / ``time_fraction``. Among those epochs of its curve
+    (``curves``: epoch, valid_acc, test_acc per cell) the best validation accuracy picks the test accuracy.
+    A run that ended before the last epoch that fits gives a lower bound of what the variant reaches (note).
+    """
+    ok = _ok(runs, METRIC)
+    ref = _reference_cells(ok, ENUM_AUX)
+    rows = []
+    for (labels, aux, est), var in ok.groupby(["labels", "aux", "estimator"], sort=True):
+        if est in SUPERVISED:
+            continue
+        frac = 1.0 if (est, aux) == ENUM_AUX else time_fraction(timing, est, aux, ENUM_AUX, labels, device)
+        merged = var.merge(ref[ref["labels"] == labels], on="seed", suffixes=("", "_ref")).sort_values("seed")
+        accs, diffs, used, budgets, short = [], [], [], [], []
+        for m in merged.itertuples():
+            budget = float(m.epochs_ref) / frac if np.isfinite(frac) and frac > 0 else math.nan
+            curve = curves[curves["cell"] == m.cell] if len(curves) else curves
+            acc, _ = _best_within(curve, budget) if np.isfinite(budget) and len(curve) else (math.nan, 0)
+            if np.isfinite(acc):
+                ran = int(curve["epoch"].max())
+                accs.append(acc)
+                diffs.append(acc - getattr(m, f"{METRIC}_ref"))
+                used.append(min(1.0, ran / budget))
+                budgets.append(budget)
+                if ran < math.floor(budget + 1e-9):  # an epoch more would still have fit
+                    short.append((ran, math.floor(budget + 1e-9)))
+        mean, low, high, note = paired_interval(diffs, confidence)
+        notes = [note] if note else []
+        if not np.isfinite(frac):
+            notes = ["no isolated timing"]
+        elif len(merged) and not accs:
+            notes = ["no epoch within the budget"]
+        elif short:
+            notes.append(f"its run ended at epoch {min(short)[0]} of the {min(short)[1]} that fit: a lower bound")
+        rows.append({"labels": int(labels), "aux": bool(aux), "variant": variant_label(est, aux), "estimator": est,
+                     "n": len(diffs), "time_fraction": frac,
+                     "budget_epochs": float(np.mean(budgets)) if budgets else math.nan,
+                     "budget_used": min(used) if used else math.nan,
+                     "mean_acc": float(np.mean(accs)) if accs else math.nan,
+                     "reference_mean": float(merged[f"{METRIC}_ref"].mean()) if len(merged) else math.nan,
+                     "mean_diff": mean, "ci_low": low, "ci_high": high, "note": "; ".join(notes)})
+    return pd.DataFrame(rows, columns=EQUAL_TIME_COLUMNS)
+
+
 # -- plots -----------------------------------------------------------------------------------------
 def _plt():
     import matplotlib
@@ -367,7 +516,7 @@ def _ordered(variants, order: Optional[List[str]]) -> List[str]:
 def plot_paired(paired: pd.DataFrame, path, margin: float = DEFAULT_MARGIN, palette: Optional[dict] = None,
                 order: Optional[List[str]] = None):
     """Paired differences (points) per variant, one panel per reference x setting: per-seed points, the mean
-    and its 95 % interval, the ±margin band shaded. ``palette``: estimator -> colour; ``order``: variant
+    and its interval, the margin below 0 shaded. ``palette``: estimator -> colour; ``order``: variant
     labels top to bottom. Returns the path written."""
     plt = _plt()
     refs = list(dict.fromkeys(paired["reference"]))
@@ -379,7 +528,7 @@ def plot_paired(paired: pd.DataFrame, path, margin: float = DEFAULT_MARGIN, pale
         for j, (labels, aux) in enumerate(settings):
             ax = axes[i][j]
             g = paired[(paired["reference"] == ref) & (paired["labels"] == labels) & (paired["aux"] == aux)]
-            ax.axvspan(-margin * 100, margin * 100, color="0.85", zorder=0)
+            ax.axvspan(-margin * 100, 0, color="0.85", zorder=0)  # what "as good" allows below 0
             ax.axvline(0, color="0.4", lw=0.8)
             for r in g.itertuples():
                 y = variants.index(r.variant)
@@ -432,14 +581,14 @@ def plot_accuracy_points(runs: pd.DataFrame, path, metric: str = METRIC, palette
 
 # -- all at once -----------------------------------------------------------------------------------
 def conclusions(runs: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
-                fraction: float = DEFAULT_TIME_FRACTION, device: str = "cpu",
-                references: Iterable = REFERENCES) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
+                device: str = "cpu", references: Iterable = REFERENCES,
+                confidence: float = CONFIDENCE) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
     """(paired table, verdicts, summary text) of a results folder's runs and timing tables.
 
     The protocol named in the text is read from the runs' ``protocol`` column (absent: the default,
     ``bench``; several: all of them, comma-separated).
     """
-    p = paired_tables(runs, references)
-    v = verdicts(p, timing, margin, fraction, device)
+    p = paired_tables(runs, references, confidence=confidence)
+    v = verdicts(p, timing, margin, device, confidence)
     protocols = sorted(set(runs["protocol"].dropna().astype(str)) - {""}) if "protocol" in runs else []
-    return p, v, summary_text(p, v, margin, fraction, ", ".join(protocols) or "bench")
+    return p, v, summary_text(p, v, margin, ", ".join(protocols) or "bench", confidence)

@@ -7,7 +7,9 @@
 * the step kinds of the timing and variance tables;
 * the columns of the four CSV tables (results/README.md documents each one);
 * the typed schema of a grid: every preset field and ``--set`` target with its type and range
-  (:data:`GRID_SCHEMA`, :data:`PROBE_SCHEMA`), checked by :func:`check_field` before anything runs.
+  (:data:`GRID_SCHEMA`, :data:`PROBE_SCHEMA`), checked by :func:`check_field` before anything runs;
+* the settings that make two grids two grids (:func:`grid_difference`);
+* the typed shape of a result record (:func:`record_problem`): what ``bench.store.read_result`` accepts.
 
 A field is ``Field(kind, minimum, ...)`` where ``kind`` is ``int``, ``float``, ``bool``, ``str`` or a
 list of one of them; ``float`` fields must be finite, list fields non-empty and free of duplicates.
@@ -103,6 +105,11 @@ class Field:
         return what
 
 
+#: upper bounds: a value past them is a typo, not a grid (``--epochs 1e20`` would estimate 5e17 minutes)
+MAX_EPOCHS, MAX_SEEDS, MAX_COUNT, MAX_LR = 100_000, 10_000, 1_000_000, 10.0
+#: the fields a preset must set (or a flag give): name -> the fields that may stand for it
+REQUIRED_FIELDS = {"labels": ("labels", "label_fractions"), "epochs": ("epochs",)}
+
 GRID_SCHEMA: Dict[str, Field] = {
     "description": Field(str, optional=True),
     "estimators": Field(str, many=True, alt=("all",)),
@@ -110,15 +117,15 @@ GRID_SCHEMA: Dict[str, Field] = {
     "baseline": Field(bool),
     "labels": Field(int, many=True),
     "label_fractions": Field(float, many=True, optional=True),  # range: ssvae.config.resolve_labels
-    "seeds": Field(int, many=True, minimum=0, int_too=True),
-    "epochs": Field(int, minimum=1),
-    "steps_per_epoch": Field(int, minimum=1, optional=True),
-    "batch_size": Field(int, minimum=1),
-    "lr": Field(float, above=0.0),
-    "z_dim": Field(int, minimum=1),
-    "hidden": Field(int, many=True, minimum=1),
-    "aux_multiplier": Field(float, minimum=0.0),
-    "workers": Field(int, minimum=1),
+    "seeds": Field(int, many=True, minimum=0, maximum=MAX_SEEDS, int_too=True),
+    "epochs": Field(int, minimum=1, maximum=MAX_EPOCHS),
+    "steps_per_epoch": Field(int, minimum=1, maximum=MAX_COUNT, optional=True),
+    "batch_size": Field(int, minimum=1, maximum=MAX_COUNT),
+    "lr": Field(float, above=0.0, maximum=MAX_LR),
+    "z_dim": Field(int, minimum=1, maximum=MAX_COUNT),
+    "hidden": Field(int, many=True, minimum=1, maximum=MAX_COUNT),
+    "aux_multiplier": Field(float, minimum=0.0, maximum=MAX_COUNT),
+    "workers": Field(int, minimum=1, maximum=1024),
     "protocol": Field(str, alt=("bench", "pyro")),   # the training loop (ssvae.train: 'bench' or Pyro's exact one)
 }
 #: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below
@@ -130,18 +137,18 @@ PROBE_SCHEMA: Dict[str, Field] = {
     #: the cells' own checkpoints (absent: the same as ``checkpoints``)
     "own_checkpoints": Field(int, many=True, minimum=0, alt=("epochs", "last"), optional=True),
     #: z draws averaged by the exact reference gradient; bootstrap resamples of the draws
-    "reference_draws": Field(int, minimum=2),
-    "bootstrap": Field(int, minimum=1),
+    "reference_draws": Field(int, minimum=2, maximum=MAX_COUNT),
+    "bootstrap": Field(int, minimum=1, maximum=MAX_COUNT),
     #: evaluation: test images of the per-epoch exact test ELBO (absent: all), z draws per label and
     #: test images of the final importance-weighted bound (0 images: off)
-    "elbo_images": Field(int, minimum=0, optional=True),
-    "iwae_k": Field(int, minimum=1),
-    "iwae_images": Field(int, minimum=0),
-    "variance_samples": Field(int, minimum=2),
-    "timing_warmup": Field(int, minimum=0),
-    "timing_steps": Field(int, minimum=1),
-    "samples_per_class": Field(int, minimum=0),
-    "timing_batch_size": Field(int, minimum=1),
+    "elbo_images": Field(int, minimum=0, maximum=MAX_COUNT, optional=True),
+    "iwae_k": Field(int, minimum=1, maximum=MAX_COUNT),
+    "iwae_images": Field(int, minimum=0, maximum=MAX_COUNT),
+    "variance_samples": Field(int, minimum=2, maximum=MAX_COUNT),
+    "timing_warmup": Field(int, minimum=0, maximum=MAX_COUNT),
+    "timing_steps": Field(int, minimum=1, maximum=MAX_COUNT),
+    "samples_per_class": Field(int, minimum=0, maximum=MAX_COUNT),
+    "timing_batch_size": Field(int, minimum=1, maximum=MAX_COUNT),
 }
 PROBE_FIELDS = set(PROBE_SCHEMA)
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
@@ -189,6 +196,8 @@ def check_field(name: str, f: Field, value):
     if f.int_too and isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise SchemaError(f"{name} must be at least 1 (got {value})")
+        if f.maximum is not None and value > f.maximum:
+            raise SchemaError(f"{name} must be at most {f.maximum:g} (got {value})")
         return value
     if not f.many:
         return _one(name, f, value)
@@ -201,3 +210,73 @@ def check_field(name: str, f: Field, value):
     if dupes:
         raise SchemaError(f"{name} lists {', '.join(dupes)} twice: give each value once")
     return items
+
+
+def finite_values(name: str, value) -> None:
+    """Every number in ``value`` (nested lists and tables too) finite; raises SchemaError naming the first that is not."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            finite_values(f"{name}.{k}", v)
+    elif isinstance(value, list):
+        for v in value:
+            finite_values(name, v)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SchemaError(f"{name} must be finite (got {value})")
+
+
+# -- two grids -------------------------------------------------------------------------------------
+#: grid settings every cell uses: two grids that differ in one of them are two grids
+CELL_SETTINGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "device")
+
+
+def grid_difference(old: dict, new: dict) -> Optional[str]:
+    """Why the grids ``old`` and ``new`` (``Grid.to_dict()``, as env.json keeps it) are two grids: a cell
+    setting, a cell's probe setting or the options of a shared estimator that differ (None: one grid, or
+    a subset of it: other estimators, labels or seeds). A setting one of them does not name is not compared."""
+    for key in CELL_SETTINGS:
+        if key in old and key in new and old[key] != new[key]:
+            return f"{key} {old[key]}, not {new[key]}"
+    if "probe" in new:
+        for key in CELL_PROBE_FIELDS:
+            a, b = (old.get("probe") or {}).get(key), (new["probe"] or {}).get(key)
+            if a is not None and a != b:
+                return f"probe.{key} {a}, not {b}"
+    for est in sorted(set(old.get("estimators") or []) & set(new.get("estimators") or [])):
+        a, b = (old.get("options") or {}).get(est, {}), (new.get("options") or {}).get(est, {})
+        if a != b:
+            return f"options of {est} {a}, not {b}"
+    return None
+
+
+# -- the typed shape of a record -------------------------------------------------------------------
+#: statuses a result file can hold
+RECORD_STATUSES = ("ok", "diverged", "failed")
+_NUMBER = (int, float)
+#: field -> the types it may have (absent and null are always allowed)
+RECORD_TYPES: Dict[str, tuple] = {
+    "id": (str,), "cell": (str,), "kind": (str,), "spec": (dict,), "config": (dict,), "error": (str,),
+    "metrics": (dict,), "curves": (list,), "grad_variance": (list,), "timing": (list,), "identity": (dict,),
+    "versions": (dict,), "started": _NUMBER, "finished": _NUMBER, "seconds": _NUMBER, "token": (str,),
+    "host": (str,), "data_sha256": (str,), "other_cpu_load": _NUMBER, "threads": (int,), "matmul": (dict,),
+}
+#: list fields whose items are tables (one row each)
+RECORD_ROWS = ("curves", "grad_variance", "timing")
+
+
+def record_problem(record) -> Optional[str]:
+    """Why ``record`` (a parsed result file) is not a record: "no status", "metrics is a str", ...; None if it is.
+
+    Only the shape is checked (a table where a table belongs, numbers where numbers belong); the values
+    inside ``metrics`` and the rows are read leniently by the report."""
+    if not isinstance(record, dict):
+        return f"not a JSON object ({type(record).__name__})"
+    if record.get("status") not in RECORD_STATUSES:
+        return "no status" if "status" not in record else f"status {record['status']!r}"
+    for key, types in RECORD_TYPES.items():
+        value = record.get(key)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and types == _NUMBER)):
+            return f"{key} is a {type(value).__name__}"
+    for key in RECORD_ROWS:
+        if any(not isinstance(row, dict) for row in record.get(key) or []):
+            return f"{key} holds a row that is not a table"
+    return None

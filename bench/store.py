@@ -13,6 +13,14 @@ Layout of an output folder (see results/README.md for every column)::
 JSON files are written once, atomically (temp file + rename), when their task ends, so a
 file is either complete or absent. The CSV tables are rebuilt from the JSON files after
 every task, so they can always be regenerated.
+
+The rules of a result file, each enforced here and nowhere else (docs/faults.md states them):
+
+* a record is read through one typed reader, :func:`read_result`: anything malformed is
+  ``corrupt: <reason>`` (and the next run reruns it);
+* :func:`write_record` never replaces a finished record (ok, diverged) with an unfinished one, and a
+  worker writes only while ``OUT/.lock`` names its run (:func:`owns`);
+* :func:`load_grid` never ties a record to a grid it cannot read from ``env.json``.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 from .errors import ConfigError, StorageError
 from .provenance import commit_label
 from .schema import (CURVES_COLUMNS, DONE_STATUSES, RUNS_COLUMNS, TABLES, TIMING_COLUMNS,  # noqa: F401
-                     VARIANCE_COLUMNS)
+                     VARIANCE_COLUMNS, record_problem)
 
 #: the metrics of a cell that runs.csv shows (the record's ``metrics`` holds these and more)
 RUN_METRICS = ["test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc",
@@ -82,17 +90,47 @@ def _json_default(o):
 
 
 def read_result(path) -> Tuple[Optional[dict], Optional[str]]:
-    """(record, None) for a readable file; (None, problem) for a missing or corrupt one."""
+    """(record, None) for a readable record; (None, "missing") or (None, "corrupt: <reason>") otherwise.
+
+    The one reader of result files: a file that is not JSON, or JSON of the wrong shape (a string where
+    ``metrics`` or ``curves`` belong, :func:`bench.schema.record_problem`), is corrupt, never a crash later.
+    """
     path = Path(path)
     if not path.exists():
         return None, "missing"
     try:
         record = json.loads(path.read_text())
-        if not isinstance(record, dict) or "status" not in record:
-            return None, "corrupt: no status"
-        return record, None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         return None, f"corrupt: {type(exc).__name__}"
+    problem = record_problem(record)
+    return (None, f"corrupt: {problem}") if problem else (record, None)
+
+
+def write_record(out_dir, spec: dict, record: dict, run_id: Optional[str] = None) -> Optional[str]:
+    """Write ``record`` as the result of ``spec``; None when written, else why it was not.
+
+    A finished record (ok, diverged) is replaced only by a finished one (a failed attempt, say a
+    ``--force`` rerun whose data went away, keeps the finished record); with ``run_id`` (a worker's), it
+    is written only while ``OUT/.lock`` names that run (a worker left running by a stopped run writes nothing).
+    """
+    if run_id is not None and not owns(out_dir, run_id):
+        return f"{Path(out_dir) / '.lock'} no longer names run {run_id}"
+    path = result_path(out_dir, spec)
+    old, _ = read_result(path)
+    if record.get("status") not in DONE_STATUSES and old is not None and old.get("status") in DONE_STATUSES:
+        return f"{old['status']} record kept"
+    atomic_write_json(path, record)
+    return None
+
+
+def open_log(path) -> "io.TextIOWrapper":
+    """A task's log file for writing; a folder that takes no new file (full disk, no inodes) is a StorageError."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w")
+    except OSError as exc:
+        raise StorageError(f"cannot write {path} ({exc.strerror or exc}): finished results are intact; "
+                           f"free space or choose another --out, then rerun") from None
 
 
 def normalise(spec: dict) -> dict:
@@ -157,12 +195,15 @@ def conflicts(out_dir, tasks: List[dict]) -> List[str]:
 class OutputLock:
     """An exclusive ``flock`` on ``OUT/.lock``: released by the kernel if the holder dies.
 
-    ``flock`` holds on local file systems; where the file system has none (some network mounts) the
-    run is refused in one line rather than left unguarded.
+    The file names its holder, ``pid <pid> run <run_id>``, while held (emptied on release): a worker
+    writes its result only while it names the worker's run (:func:`owns`). ``flock`` holds on local file
+    systems; where the file system has none (some network mounts) the run is refused in one line rather
+    than left unguarded.
     """
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, run_id: Optional[str] = None):
         self.path = Path(out_dir) / ".lock"
+        self.run_id = run_id
         self.fh = None
 
     def acquire(self) -> None:
@@ -188,11 +229,17 @@ class OutputLock:
                               f"runs apart holds on local file systems; choose an --out there") from None
         self.fh.seek(0)
         self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()}")
+        self.fh.write(f"pid {os.getpid()}" + (f" run {self.run_id}" if self.run_id else ""))
         self.fh.flush()
 
     def release(self) -> None:
         if self.fh is not None:
+            try:  # no longer names the run: its workers still running write nothing
+                self.fh.seek(0)
+                self.fh.truncate()
+                self.fh.flush()
+            except OSError:
+                pass
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
             self.fh = None
@@ -203,6 +250,23 @@ class OutputLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def owns(out_dir, run_id: str) -> bool:
+    """Whether ``OUT/.lock`` is held and names the run ``run_id``."""
+    path = Path(out_dir) / ".lock"
+    try:
+        with open(path) as fh:
+            if fh.read().split()[3:4] != [run_id]:
+                return False
+            try:  # a lock nobody holds (its run was killed) names no live run
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -338,6 +402,8 @@ class GridResults:
     provenance: Dict[str, dict] = field(default_factory=dict)
     #: True when env.json names its tasks by id only (written before records carried their identity)
     legacy: bool = False
+    #: why no grid could be read (env.json absent or unreadable): then no record is in the grid
+    problem: Optional[str] = None
 
 
 def _summary(record: dict, why: str) -> dict:
@@ -357,12 +423,8 @@ def load_grid(out_dir) -> GridResults:
     (and thread counts) that made the cells and the probes.
     """
     out_dir = Path(out_dir)
-    try:
-        env = json.loads((out_dir / "env.json").read_text())
-    except (OSError, ValueError):
-        env = {}
-    env = env if isinstance(env, dict) else {}
-    specs = env.get("tasks")
+    env, no_grid = _read_env(out_dir / "env.json")
+    specs = env.get("tasks") if no_grid is None else []
     legacy = not isinstance(specs, list)
     ident = env.get("identity_key") if not legacy else None
     if legacy:  # ids only: a record belongs by its id
@@ -388,7 +450,8 @@ def load_grid(out_dir) -> GridResults:
                                     "git_commit": None, "config": {}})
                 continue
             if tid not in wanted:
-                outside.append(_summary(record, "not a task of this grid"))
+                outside.append(_summary(record, no_grid and f"no grid to tie it to: {no_grid}"
+                                        or "not a task of this grid"))
                 continue
             why = stale_reason(record, wanted[tid], ident)
             if why is not None:
@@ -402,4 +465,15 @@ def load_grid(out_dir) -> GridResults:
         provenance[part] = {"commits": dict(Counter(_commit(r) or "unknown" for r in recs)),
                             "threads": dict(Counter(r.get("threads") for r in recs)), "records": len(recs)}
     return GridResults(env=env, tasks=specs, records=records, tables=tables, outside=outside,
-                       provenance=provenance, legacy=legacy)
+                       provenance=provenance, legacy=legacy, problem=no_grid)
+
+
+def _read_env(path: Path) -> Tuple[dict, Optional[str]]:
+    """(env.json, None), or ({}, why it cannot be read): absent, not JSON, not a JSON object."""
+    try:
+        env = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, f"{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return {}, f"{path.name} is unreadable ({type(exc).__name__})"
+    return (env, None) if isinstance(env, dict) else ({}, f"{path.name} is not a JSON object")

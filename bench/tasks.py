@@ -39,7 +39,7 @@ from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluatio
 from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .regress.peakmem import peak_step_memory
 from .schema import ANALOGY_SUFFIX
-from .store import atomic_write_bytes, atomic_write_json, result_path, span
+from .store import atomic_write_bytes, owns, span, write_record
 
 Progress = Optional[Callable[[dict], None]]
 
@@ -254,7 +254,7 @@ def _save_samples(trainer: Trainer, spec: dict) -> str:
 
 # -- common-trajectory variance probe --------------------------------------------------------
 #: bump when what the trajectory cache holds, or how it is computed, changes
-TRAJECTORY_CACHE_VERSION = 1
+TRAJECTORY_CACHE_VERSION = 2
 
 
 class _TrajectoryCache:
@@ -265,7 +265,8 @@ class _TrajectoryCache:
     and a later probe of an estimator without a stateful baseline reads them instead of training
     the trajectory again. ``key`` hashes everything they depend on: the trajectory's config, the
     probe batches' kinds, the reference draws, the data and the torch and pyro versions. The cache
-    is a cache: deleting it changes no result (the draws are seeded per checkpoint either way).
+    is a cache: deleting it changes no result (the draws are seeded per checkpoint either way). Each file
+    starts with the sha256 of the rest: a file that fails it is deleted and the trajectory trained again.
     """
 
     def __init__(self, root: Optional[Path], spec: dict, data_sha256: str):
@@ -281,22 +282,35 @@ class _TrajectoryCache:
         return None if self.dir is None else self.dir / f"step{int(step)}.pt"
 
     def has(self, steps) -> bool:
-        return self.dir is not None and all(self._path(s).is_file() for s in steps)
+        return self.dir is not None and all(self._read(s) is not None for s in steps)
+
+    def _read(self, step: int) -> Optional[bytes]:
+        """The checkpoint's bytes when its checksum holds; a file that fails it is deleted (None)."""
+        try:
+            data = self._path(step).read_bytes()
+        except OSError:
+            return None
+        head, body = data[:64], data[65:]
+        if head.decode("ascii", "replace") == hashlib.sha256(body).hexdigest() and data[64:65] == b"\n":
+            return body
+        self._path(step).unlink(missing_ok=True)
+        return None
 
     def load(self, step: int):
-        blob = torch.load(self._path(step), map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(self._read(step)), map_location="cpu", weights_only=True)
         refs = {k: Reference(mean=r["mean"], err=r["err"], draws=r["draws"]) for k, r in blob["refs"].items()}
         return blob["state"], refs
 
     def save(self, step: int, state: dict, refs: Dict[str, Reference]) -> None:
-        if self.dir is None or self._path(step).is_file():
+        if self.dir is None or self._read(step) is not None:
             return
         buf = io.BytesIO()
         torch.save({"state": {k: v.detach().cpu() for k, v in state.items()},
                     "refs": {k: {"mean": {g: t.cpu() for g, t in r.mean.items()}, "err": dict(r.err),
                                  "draws": r.draws} for k, r in refs.items()}}, buf)
+        body = buf.getvalue()
         try:
-            atomic_write_bytes(self._path(step), buf.getvalue())
+            atomic_write_bytes(self._path(step), hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
         except OSError:  # a cache that cannot be written costs time, not results
             pass
 
@@ -531,12 +545,13 @@ def measured_parts(record: dict) -> Dict[str, float]:
 
 
 def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,
-             token: Optional[str] = None) -> dict:
-    """Run one task and write its result file atomically; returns the record written.
+             token: Optional[str] = None, run_id: Optional[str] = None) -> dict:
+    """Run one task and write its result file atomically (:func:`bench.store.write_record`); returns the record.
 
     The record carries its identity (``provenance.identity``: commit and dirty flag, every installed
     distribution, the sha256 of the four MNIST files, threads, host, CPU, device) and the executor's
-    ``token``, by which the executor tells this attempt's record from an older one.
+    ``token``, by which the executor tells this attempt's record from an older one. A record that was
+    not written (a finished one is kept, or ``OUT/.lock`` no longer names ``run_id``) says why in ``not_written``.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -562,9 +577,11 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
                   other_cpu_load=other_cpu_load(cpu_start, cpu_times(), finished - started), versions=versions(),
                   threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
                   identity=identity(device, torch.get_num_threads(), hashes, git=git))
+    if run_id is not None and not owns(out_dir, run_id):  # its run was stopped: write nothing at all
+        return {**record, "not_written": f"{out_dir / '.lock'} no longer names run {run_id}"}
     for rel, array in extra.items():
         buf = io.BytesIO()
         np.save(buf, array)
         atomic_write_bytes(out_dir / rel, buf.getvalue())
-    atomic_write_json(result_path(out_dir, spec), record)
-    return record
+    why = write_record(out_dir, spec, record, run_id)
+    return {**record, "not_written": why} if why else record

@@ -71,11 +71,13 @@ class Estimator:
 
 
 def _trace(ss: SSVAE, options: dict) -> Objective:
+    _options("trace", options, {})
     return Objective(ss.model, ss.guide, Trace_ELBO(max_plate_nesting=1))
 
 
-def _enum(strategy: str):
+def _enum(name: str, strategy: str):
     def build(ss: SSVAE, options: dict) -> Objective:
+        _options(name, options, {})
         guide = config_enumerate(ss.guide, strategy)
         return Objective(ss.model, guide, TraceEnum_ELBO(max_plate_nesting=1))
 
@@ -83,6 +85,8 @@ def _enum(strategy: str):
 
 
 def _baseline(ss: SSVAE, options: dict) -> Objective:
+    _options("baseline", options, {})
+
     def model(xs, ys=None):
         return ss.model_classify(xs, ys, multiplier=1.0)
 
@@ -255,11 +259,11 @@ register(Estimator(
     "trace", "sample y ~ q(y|x); score-function (REINFORCE) gradient via Trace_ELBO", _trace,
     pyro_variant="first variant"))
 register(Estimator(
-    "enum", "sum y out exactly: config_enumerate(parallel) + TraceEnum_ELBO", _enum("parallel"),
+    "enum", "sum y out exactly: config_enumerate(parallel) + TraceEnum_ELBO", _enum("enum", "parallel"),
     pyro_variant="second variant"))
 register(Estimator(
     "enum-seq", "sum y out exactly, one label value at a time: config_enumerate(sequential)",
-    _enum("sequential")))
+    _enum("enum-seq", "sequential")))
 register(Estimator(
     "baseline", "supervised-only classifier: q(y|x) trained by cross-entropy on the labeled images",
     _baseline, kind="supervised", pyro_variant="baseline classifier"))

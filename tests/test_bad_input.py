@@ -80,6 +80,19 @@ CASES = [
      r"at most 45060"),
     ("truncated MNIST file", "run --data-dir {truncated} --out {out}", r"truncated"),
     ("mismatched MNIST files", "run --data-dir {mismatched} --out {out}", r"mismatched"),
+    ("preset without labels", "run --preset {no_labels} --out {out}", r"sets no labels"),
+    ("an estimator's lr not finite (`--set`)", "run --set options.trace.lr=inf --out {out}",
+     r"options.trace.lr must be finite"),
+    ("an estimator's lr not finite (preset)", "run --preset {inf_toml} --out {out}", r"options.trace.lr must be finite"),
+    ("a flag and `--set` of the same field", "run --epochs 2 --set epochs=3 --out {out}",
+     r"--set epochs and a flag both set epochs"),
+    ("epochs beyond any grid", "run --epochs 100000000000000000000 --dry-run --out {out}",
+     r"epochs must be at most 100000"),
+    ("report of a folder without env.json", "report {out}", r"env.json is missing, so its 1 record\(s\) cannot be tied"),
+    ("report of a folder whose env.json is unreadable", "report {bad_env}", r"env.json is unreadable .*cannot be tied"),
+    ("an option the estimator does not have", "run --set options.trace.k=3 --out {out}",
+     r"estimator 'trace' has no option\(s\) k"),
+    ("report's `--level` outside (0, 1)", "report {out} --level 95", r"--level 95"),
 ]
 
 
@@ -150,7 +163,8 @@ def render(messages) -> str:
     for (what, argv, _), msg in zip(CASES, messages):
         cmd = ("python -m bench " + argv.format(out="out", file="a-file", empty="empty-dir", port="PORT",
                                                  bad_toml="bad.toml", truncated="truncated-data",
-                                                 mismatched="mismatched-data"))
+                                                 mismatched="mismatched-data", no_labels="no-labels.toml",
+                                                 inf_toml="inf-lr.toml", bad_env="bad-env"))
         rows.append(f"| {what} | `{cmd}` | `{msg}` |".replace("|`", "| `"))
     return "\n".join(rows)
 
@@ -175,8 +189,14 @@ def test_every_bad_input_and_the_readme_table(tmp_path_factory, capsys, monkeypa
         (root / "file").write_text("keep me")
         (root / "empty").mkdir()
         (root / "bad.toml").write_text("epochs = = 2\n")
+        (root / "no-labels.toml").write_text("epochs = 1\n")
+        (root / "inf-lr.toml").write_text("labels = [100]\nepochs = 1\n[options.trace]\nlr = inf\n")
+        (root / "bad-env" / "runs").mkdir(parents=True)
+        (root / "bad-env" / "env.json").write_text("{not json")
+        (root / "bad-env" / "runs" / "enum_L100_s0.json").write_text('{"status": "ok"}')
         places = {"out": out, "file": root / "file", "empty": root / "empty", "port": _free_port(), "root": root,
-                  "bad_toml": root / "bad.toml"}
+                  "bad_toml": root / "bad.toml", "no_labels": root / "no-labels.toml",
+                  "inf_toml": root / "inf-lr.toml", "bad_env": root / "bad-env"}
         if "{truncated}" in case[1] or "{mismatched}" in case[1]:
             places.update(truncated=_bad_data(root, "truncated"), mismatched=_bad_data(root, "mismatched"))
         messages.append(_run(case, places, capsys, monkeypatch))

@@ -22,7 +22,7 @@ SPEC = {"kind": "train", "id": "enum_L100_s0", "config": {"estimator": "enum"}}
 
 def _fake_worker(monkeypatch, code: str):
     monkeypatch.setattr(executors, "worker_command",
-                        lambda out, threads, data_dir, token=None: [sys.executable, "-c", code])
+                        lambda out, threads, data_dir, token=None, run_id=None: [sys.executable, "-c", code])
 
 
 def _run(ex, specs, out):

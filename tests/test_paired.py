@@ -13,13 +13,16 @@ SEEDS = [0, 1, 2, 3, 4]
 ENUM = {100: [0.60, 0.62, 0.58, 0.65, 0.61], 3000: [0.890, 0.895, 0.885, 0.900, 0.892]}
 #: per-seed differences to enum + aux, by (estimator, aux, labels)
 DIFFS = {
-    ("rb-topk", True, 3000): [0.001, -0.002, 0.0015, 0.0, -0.001],   # equivalent, and cheap
-    ("trace-k10", True, 3000): [0.002, -0.001, 0.0, 0.001, -0.002],  # equivalent, not cheap
+    ("rb-topk", True, 3000): [0.001, -0.002, 0.0015, 0.0, -0.001],   # as good: [-0.2, +0.2] points, and cheap
+    ("trace-k10", True, 3000): [0.002, -0.001, 0.0, 0.001, -0.002],  # as good, though slower than enum + aux
     ("gumbel", True, 3000): [-0.03, -0.02, -0.04, -0.03, -0.025],   # worse
-    ("rb-topk", True, 100): [0.0, -0.03, 0.02, -0.01, 0.015],       # inconclusive
+    ("gumbel-st", True, 3000): [0.0084, 0.012, 0.0096, 0.0109, 0.0085],  # better by more than the margin (issue 25)
+    ("trace-avg", True, 3000): [-0.003, -0.004, -0.0035, -0.0045, -0.003],  # worse, by less than the margin
+    ("trace-bx", True, 3000): [0.0, -0.03, 0.02, -0.01, 0.015],     # inconclusive: [-2.6, +2.4] points
+    ("rb-topk", True, 100): [0.0, -0.03, 0.02, -0.01, 0.015],       # at 100 labels: not learning, no verdict
     ("enum", False, 3000): [-0.20, -0.25, -0.22, -0.18, -0.21],
-    ("baseline", False, 3000): [0.01, 0.012, 0.008, 0.011, 0.015],
-    ("baseline", False, 100): [0.12, 0.15, 0.11, 0.13, 0.14],
+    ("baseline", False, 3000): [-0.03, -0.032, -0.028, -0.031, -0.035],  # enum + aux learns at 3000 labels
+    ("baseline", False, 100): [0.12, 0.15, 0.11, 0.13, 0.14],            # ... and not at 100
 }
 EPOCHS = 5
 
@@ -35,23 +38,30 @@ def _runs():
             rows.append(dict(cell=f"{est}{'+aux' if aux else ''}_L{labels}_s{s}", estimator=est, aux=aux,
                              labels=labels, seed=s, status="ok", test_acc_at_best_valid=ENUM[labels][s] + d,
                              epochs=EPOCHS, best_epoch=EPOCHS if est == "gumbel" else 2))
-    # trace at 100 labels: one finished seed, one diverged, the rest missing
+    # trace at 100 labels: one finished seed, one diverged, the rest missing; nvil + aux at 3000: one seed
     rows.append(dict(cell="trace_L100_s0", estimator="trace", aux=False, labels=100, seed=0, status="ok",
                      test_acc_at_best_valid=0.11, epochs=EPOCHS, best_epoch=1))
     rows.append(dict(cell="trace_L100_s1", estimator="trace", aux=False, labels=100, seed=1, status="diverged",
                      test_acc_at_best_valid=None, epochs=EPOCHS, best_epoch=None))
+    rows.append(dict(cell="nvil+aux_L3000_s0", estimator="nvil", aux=True, labels=3000, seed=0, status="ok",
+                     test_acc_at_best_valid=0.95, epochs=EPOCHS, best_epoch=2))
     return pd.DataFrame(rows)
 
 
 def _timing():
     ms = {"enum": (20.0, 70.0), "rb-topk": (20.0, 30.0), "gumbel": (18.0, 23.0), "trace-k10": (21.0, 80.0),
-          "trace": (13.0, 17.0)}
+          "trace": (13.0, 17.0), "gumbel-st": (18.0, 23.0), "trace-avg": (14.0, 18.0), "trace-bx": (14.0, 18.0),
+          "nvil": (14.0, 19.0)}
     rows = []
     for est, (sup, unsup) in ms.items():
         for aux in (False, True):
             for kind, m in [("sup", sup), ("unsup", unsup)] + ([("aux", 2.0)] if aux else []):
                 rows.append(dict(estimator=est, aux=aux, device="cpu", step_kind=kind, batch_size=200, median_ms=m))
     return pd.DataFrame(rows)
+
+
+def _verdict(v, variant, labels, ref="enum + aux"):
+    return v[(v["variant"] == variant) & (v["labels"] == labels) & (v["reference"] == ref)].iloc[0]
 
 
 def test_paired_interval_is_scipys_t_interval_on_known_numbers():
@@ -99,48 +109,132 @@ def test_isolated_epoch_time_sums_the_probes_median_steps_over_the_schedule():
     assert math.isnan(paired.time_fraction(_timing(), "baseline", False, paired.ENUM_AUX, 3000))
 
 
-def test_verdicts_need_the_whole_interval_inside_the_margin_and_the_time_fraction():
+def test_better_where_the_interval_excludes_zero_above_even_beyond_the_margin():
+    """Issue 25: gumbel-st + aux at +1.0 points [+0.8, +1.2] was "not equivalent" for being better by more than
+    the margin; the verdict is "better", whatever the time."""
+    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    r = _verdict(v, "gumbel-st + aux", 3000)
+    assert r["ci_low"] > 0.007 and r["ci_high"] > 0.01  # better by more than the margin
+    assert r["accuracy"] == "better" and r["verdict"] == "better (n = 5, 5 epochs)"
+    assert r["time_fraction"] == pytest.approx(paired.time_fraction(_timing(), "gumbel-st", True, paired.ENUM_AUX,
+                                                                    3000))
+    assert list(v[paired.can_switch(v) & (v["accuracy"] == "better")]["variant"]) == ["gumbel-st + aux"]
+
+
+def test_worse_where_the_interval_excludes_zero_below_even_within_the_margin():
+    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    for variant in ("gumbel + aux", "trace-avg + aux"):  # -3.0 points; -0.4 points [-0.5, -0.3]
+        assert _verdict(v, variant, 3000)["accuracy"] == "worse", variant
+    assert _verdict(v, "trace-avg + aux", 3000)["ci_low"] > -0.01
+    assert "5 of 10 cells best at their last epoch" in _verdict(v, "gumbel + aux", 3000)["notes"]
+
+
+def test_non_inferior_where_the_lower_end_is_above_minus_the_margin_whatever_the_time():
+    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    for variant in ("rb-topk + aux", "trace-k10 + aux"):
+        r = _verdict(v, variant, 3000)
+        assert r["accuracy"] == "non-inferior" and r["verdict"].startswith("as good (at most 1 point worse) (n = 5")
+    k10 = _verdict(v, "trace-k10 + aux", 3000)
+    assert k10["time_fraction"] > 1 and "time" not in k10["notes"]  # slower: said beside, not in the verdict
+    assert paired.word("non-inferior", 0.02) == "as good (at most 2 points worse)"
+
+
+def test_inconclusive_otherwise_and_with_fewer_than_two_seeds():
     p = paired.paired_tables(_runs())
     v = paired.verdicts(p, _timing())
-    get = lambda variant, labels, ref="enum + aux": v[(v["variant"] == variant) & (v["labels"] == labels)
-                                                      & (v["reference"] == ref)].iloc[0]
-    rb = get("rb-topk + aux", 3000)
-    assert rb["accuracy"] == "equivalent" and rb["time_ok"] is True
-    assert rb["verdict"].startswith("equivalent within 1 point at 44% <= 60% of the time (n = 5, 5 epochs)")
-    k10 = get("trace-k10 + aux", 3000)
-    assert k10["accuracy"] == "equivalent" and k10["time_ok"] is False and "> 60%" in k10["fails"]
-    assert get("gumbel + aux", 3000)["accuracy"] == "worse"
-    assert "5 of 10 cells best at their last epoch" in get("gumbel + aux", 3000)["fails"]
-    inc = get("rb-topk + aux", 100)
-    assert inc["accuracy"] == "inconclusive" and "[-2.6, +2.4] points reaches below -1.0 and above +1.0 points" in inc["fails"]
-    assert get("trace", 100)["accuracy"] == "no interval" and "n = 1" in get("trace", 100)["fails"]
-    assert list(v[paired.qualifies(v)]["variant"]) == ["rb-topk + aux"]
-    # against the baseline there is no time condition
-    assert get("enum + aux", 3000, "baseline")["time_ok"] is None
-    # the options: a tighter margin or a smaller fraction, and rb-topk no longer qualifies
-    assert not paired.qualifies(paired.verdicts(p, _timing(), margin=0.001)).any()
-    tight = paired.verdicts(p, _timing(), fraction=0.40)
-    assert not paired.qualifies(tight).any()
-    assert "time 44% > 40%" in tight[(tight["variant"] == "rb-topk + aux") & (tight["labels"] == 3000)
-                                     & (tight["reference"] == "enum + aux")].iloc[0]["fails"]
-    # without a timing probe no variant qualifies, and the verdict says why
-    untimed = paired.verdicts(p, None)
-    assert not paired.qualifies(untimed).any()
-    assert "no isolated timing" in untimed.iloc[0]["fails"]
+    wide = _verdict(v, "trace-bx + aux", 3000)
+    assert wide["accuracy"] == "inconclusive" and wide["ci_low"] < -0.01 < 0 < wide["ci_high"]
+    one = _verdict(v, "nvil + aux", 3000)
+    assert one["accuracy"] == "inconclusive" and one["n"] == 1 and "n = 1: no interval" in one["notes"]
+    # the margin is an option: at 3 points the wide interval is as good
+    assert _verdict(paired.verdicts(p, _timing(), margin=0.03), "trace-bx + aux", 3000)["accuracy"] == "non-inferior"
 
 
-def test_summary_text_is_generated_from_the_tables_with_caveats():
+def test_the_level_is_an_option():
+    """gumbel-st + aux is better at 95 %; at 99.99 % its interval reaches below 0 (as good, not better)."""
+    p = paired.paired_tables(_runs(), confidence=0.9999)
+    v = paired.verdicts(p, _timing(), confidence=0.9999)
+    r = _verdict(v, "gumbel-st + aux", 3000)
+    assert r["ci_low"] < 0 and r["accuracy"] == "non-inferior" and r["level"] == 0.9999
+    _, v, text = paired.conclusions(_runs(), _timing(), confidence=0.9999)
+    assert _verdict(v, "gumbel-st + aux", 3000)["accuracy"] == "non-inferior" and "99.99 % CI" in text
+
+
+def test_no_verdict_where_enum_aux_does_not_beat_the_baseline():
+    """Issue 24: at 100 labels enum + aux is 13 points below the supervised-only baseline: not learning."""
+    p = paired.paired_tables(_runs())
+    learn = paired.learning(p).set_index("labels")
+    assert learn.loc[100, "learning"] == False and learn.loc[3000, "learning"] == True  # noqa: E712
+    assert learn.loc[100, "mean_diff"] == pytest.approx(-np.mean(DIFFS[("baseline", False, 100)]))
+    v = paired.verdicts(p, _timing())
+    at100 = v[(v["reference"] == "enum + aux") & (v["labels"] == 100)]
+    assert set(at100["accuracy"]) == {"not learning"} and not paired.can_switch(at100).any()
+    assert _verdict(v, "rb-topk + aux", 100)["verdict"].startswith("no verdict: enum + aux is not learning here")
+    text = paired.summary_text(p, v, protocol="bench")
+    assert ("At 100 labels: not learning: enum + aux is -13.0 points (95 % CI -15.0 to -11.0, n = 5) from the "
+            "supervised-only baseline; no estimator verdict is drawn here.") in text
+    assert "At 100 labels with" not in text and "rb-topk + aux -0.1" not in text  # no closest, no ranking
+    # without baseline cells learning is not checked: verdicts are drawn, and the sentence says so
+    no_base = paired.paired_tables(_runs()[lambda r: r["estimator"] != "baseline"])
+    v2 = paired.verdicts(no_base, _timing())
+    assert _verdict(v2, "rb-topk + aux", 100)["accuracy"] == "inconclusive"
+    assert "no supervised-only baseline to check that it learns" in paired.summary_text(no_base, v2)
+
+
+def test_summary_text_groups_each_setting_by_verdict_with_the_time_beside():
     p = paired.paired_tables(_runs())
     v = paired.verdicts(p, _timing())
     text = paired.summary_text(p, v, protocol="bench")
     assert text.endswith("\n") and "\n" not in text[:-1]
     assert "n = 1 and 5 seeds per comparison, 5 epochs, bench protocol" in text
-    assert "At 3000 labels with the auxiliary loss, rb-topk + aux qualifies: rb-topk + aux" in text
-    assert "At 100 labels with the auxiliary loss, no variant qualifies; the closest" in text
-    assert "At 3000 labels without the auxiliary loss, no variant qualifies" in text
-    assert "There enum + aux minus the supervised-only baseline is -1.1 points" in text
+    assert ("At 3000 labels with the auxiliary loss, against enum + aux: gumbel-st + aux is better; trace-k10 + aux and "
+            "rb-topk + aux are as good (at most 1 point worse); nvil + aux and trace-bx + aux are inconclusive; "
+            "trace-avg + aux and gumbel + aux are worse: gumbel-st + aux +1.0 points (95 % CI +0.8 to +1.2, n = 5), "
+            "time per epoch 0.34× enum + aux's; trace-k10 + aux") in text
+    assert "nvil + aux +6.0 points (n = 1, no interval), time per epoch 0.28× enum + aux's" in text
+    assert "At 3000 labels without the auxiliary loss, against enum + aux: enum is worse" in text
+    assert "At 3000 labels enum + aux minus the supervised-only baseline is +3.1 points" in text
+    assert "equivalent" not in text and "qualif" not in text and "closest" not in text
     assert "Caveats:" in text and "still improving" in text and "failed, diverged or missing" in text
     assert paired.summary_text(p.iloc[:0], v.iloc[:0]).startswith("No paired comparison")
+
+
+def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
+    """enum + aux runs 4 epochs; gumbel + aux takes a third of its time per epoch, so 12 epochs fit: its best
+    validation epoch among them picks its test accuracy; enum-seq + aux, twice as slow, gets 2 epochs."""
+    runs, curves = [], []
+    curve = {  # per epoch (valid, test)
+        ("enum", True): [(0.50, 0.50), (0.70, 0.69), (0.80, 0.79), (0.85, 0.84)],
+        ("gumbel", True): [(0.4 + 0.04 * e, 0.39 + 0.04 * e) for e in range(1, 15)],  # 14 epochs run
+        ("enum-seq", True): [(0.60, 0.61), (0.75, 0.74), (0.90, 0.90), (0.91, 0.91)],
+        ("trace", True): [(0.30, 0.30), (0.35, 0.36)],                                  # ran 2 of the 12 that fit
+        ("baseline", False): [(0.8, 0.8)] * 4}
+    for (est, aux), points in curve.items():
+        for seed in (0, 1):
+            cell = f"{est}{'+aux' if aux else ''}_L100_s{seed}"
+            bump = 0.01 * seed
+            best = max(range(len(points)), key=lambda i: (points[i][0], -i))
+            runs.append(dict(cell=cell, estimator=est, aux=aux, labels=100, seed=seed, status="ok",
+                             test_acc_at_best_valid=points[best][1] + bump, epochs=len(points), best_epoch=best + 1))
+            curves += [dict(cell=cell, epoch=i + 1, valid_acc=v + bump, test_acc=t + bump)
+                       for i, (v, t) in enumerate(points)]
+    timing = []
+    for est, (sup, unsup) in {"enum": (30.0, 90.0), "gumbel": (10.0, 30.0), "enum-seq": (60.0, 180.0),
+                              "trace": (10.0, 30.0)}.items():
+        for kind, m in (("sup", sup), ("unsup", unsup), ("aux", 0.0)):
+            timing.append(dict(estimator=est, aux=True, device="cpu", step_kind=kind, batch_size=100, median_ms=m))
+    et = paired.equal_time(pd.DataFrame(runs), pd.DataFrame(curves), pd.DataFrame(timing)).set_index("variant")
+    assert set(et.index) == {"enum + aux", "gumbel + aux", "enum-seq + aux", "trace + aux"}  # no baseline
+    assert et.loc["enum + aux", "mean_diff"] == 0 and et.loc["enum + aux", "budget_epochs"] == 4
+    g = et.loc["gumbel + aux"]
+    assert g["time_fraction"] == pytest.approx(1 / 3) and g["budget_epochs"] == pytest.approx(12)
+    assert g["mean_acc"] == pytest.approx(0.39 + 0.04 * 12 + 0.005)  # epoch 12, not its last (14)
+    assert g["mean_diff"] == pytest.approx(0.39 + 0.48 - 0.84) and g["n"] == 2 and g["note"] == ""
+    s = et.loc["enum-seq + aux"]
+    assert s["budget_epochs"] == pytest.approx(2) and s["mean_acc"] == pytest.approx(0.745)  # epoch 2's test
+    assert et.loc["trace + aux", "note"] == "its run ended at epoch 2 of the 12 that fit: a lower bound"
+    none = paired.equal_time(pd.DataFrame(runs), pd.DataFrame(curves), None).set_index("variant")
+    assert none.loc["gumbel + aux", "note"] == "no isolated timing" and math.isnan(none.loc["gumbel + aux", "mean_acc"])
 
 
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():

@@ -58,7 +58,7 @@ def test_paired_differences_cover_every_setting_and_both_references(modern):
 
 def test_paired_section_on_the_page(modern):
     sec = _section(modern, "Paired differences")
-    assert "This page: `--margin 0.01 --time-fraction 0.6`" in sec
+    assert "This page: `--margin 0.01`, level 95 %." in sec and "as good where its lower end is above -1 point" in sec
     assert "**Against enum + aux: mean paired difference [95 % CI] in points, per label count**" in sec
     assert "**Against baseline: mean paired difference" in sec and "**Verdicts against enum + aux" in sec
     assert (modern / "tables/paired.md").read_text().split("\n")[0] in sec  # bench.paired's generated text
@@ -73,7 +73,42 @@ def test_margin_option_is_checked(tmp_path, capsys):
     fabricate_results(tmp_path)
     assert report.main([str(tmp_path), "--no-plots", "--margin", "2"]) == 2
     assert "--margin 2: give an accuracy difference between 0 and 1" in capsys.readouterr().err
-    assert report.main([str(tmp_path), "--no-plots", "--time-fraction", "0"]) == 2
+    assert report.main([str(tmp_path), "--no-plots", "--level", "0"]) == 2
+
+
+def test_not_learning_draws_no_verdict(tmp_path):
+    """Issue 24: the supervised-only baseline beats enum + aux at both label counts: no verdict, no ranking."""
+    fabricate_results(tmp_path, acc={("baseline", False): 0.99})
+    report.build_report(tmp_path, plots=False)
+    head = pd.read_csv(tmp_path / "tables/headline.csv", keep_default_na=False).iloc[0]
+    assert not head.learning and head.better == "" and head.as_good == ""
+    assert head.verdict.startswith("**At 3000 labels with the auxiliary loss: not learning: enum + aux is -")
+    assert head.verdict.endswith("from the supervised-only baseline; no estimator verdict is drawn here**.")
+    lines = (tmp_path / "tables/summary.md").read_text().splitlines()
+    assert lines[0][2:] == head.verdict
+    assert lines[1].startswith("- Elsewhere: at 100 labels: not learning: enum + aux is -")
+    assert "closest" not in "".join(lines) and "inconclusive" not in "".join(lines)
+    v = pd.read_csv(tmp_path / "tables/verdicts.csv")
+    assert set(v[v.reference == "enum + aux"].accuracy) == {"not learning"}
+    learn = pd.read_csv(tmp_path / "tables/learning.csv")
+    assert list(learn.labels) == [100, 3000] and not learn.learning.any()
+    ranks = pd.read_csv(tmp_path / "tables/rank_accuracy.csv")
+    assert ranks["rank"].isna().all() and not ranks.learning.any()
+    text = (tmp_path / "report.md").read_text()
+    assert "**By test accuracy: 3000 labels — not learning (enum + aux does not beat the supervised-only " in text
+    assert "the numbers there are no estimator verdict" in text
+
+
+def test_accuracy_at_equal_wall_time_section(modern):
+    root = modern
+    et = pd.read_csv(root / "tables/equal_time.csv", keep_default_na=False)
+    row = et[(et.labels == 3000) & (et.variant == "enum-seq + aux")].iloc[0]
+    assert row.time_fraction > 3.5 and 1 <= row.budget_epochs < 1.2  # 4 epochs of enum + aux: one of enum-seq's
+    assert (et[et.variant == "enum + aux"].mean_diff == 0).all() and "baseline" not in set(et.variant)
+    text = (root / "report.md").read_text()
+    section = text.split("## Accuracy at equal wall time", 1)[1].split("\n## ", 1)[0]
+    assert "isolated timing probe on cpu (Intel Xeon (fake)), 2 threads" in section
+    assert "| 3000 | enum-seq + aux | 2 | 3.91× | 1.0 |" in section
 
 
 # -- gradient error ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The report is a pure function of the results folder (plus any ``--compare-timing`` folders, whose
 ``timing.csv`` is shown beside this folder's so CPU and GPU step times can be read side by side, and the
-paired verdict's ``--margin`` and ``--time-fraction``, stated on the page).
+paired verdict's ``--margin`` and level, stated on the page).
 It writes into RESULTS_DIR:
 
 * ``tables/*.csv`` (numbers) and ``tables/*.md`` (formatted, one provenance line each);

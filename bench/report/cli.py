@@ -1,12 +1,12 @@
-"""``python -m bench report RESULTS_DIR [--compare-timing DIR ...] [--no-plots] [--margin M] [--time-fraction F]``."""
+"""``python -m bench report RESULTS_DIR [--compare-timing DIR ...] [--no-plots] [--margin M] [--level L]``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..errors import Parser, UsageError, fail
-from ..paired import DEFAULT_MARGIN, DEFAULT_TIME_FRACTION
+from ..errors import EXIT_STORAGE, Parser, UsageError, fail, writable
+from ..paired import CONFIDENCE, DEFAULT_MARGIN
 from .page import build_report
 
 
@@ -19,11 +19,10 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         "shown beside this one's; may be repeated (default: none)")
     p.add_argument("--no-plots", action="store_true", help="tables and report only, no PNG (default: plots)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="M",
-                   help="equivalence margin of the paired verdict, in accuracy (0.01 = 1 point; default: "
+                   help="non-inferiority margin of the paired verdict, in accuracy (0.01 = 1 point; default: "
                         f"{DEFAULT_MARGIN:g})")
-    p.add_argument("--time-fraction", type=float, default=DEFAULT_TIME_FRACTION, metavar="F",
-                   help="the verdict's time bound, a fraction of enum + aux's time per epoch from the timing "
-                        f"probe (default: {DEFAULT_TIME_FRACTION:g})")
+    p.add_argument("--level", type=float, default=CONFIDENCE, metavar="L",
+                   help=f"confidence level of the paired intervals (default: {CONFIDENCE:g})")
     p.set_defaults(func=cmd_report)
     return p
 
@@ -40,10 +39,17 @@ def cmd_report(args) -> int:
             raise UsageError(f"--compare-timing {other}: no timing.csv there")
     if not 0 < args.margin < 1:
         raise UsageError(f"--margin {args.margin:g}: give an accuracy difference between 0 and 1 (0.01 = 1 point)")
-    if not 0 < args.time_fraction:
-        raise UsageError(f"--time-fraction {args.time_fraction:g}: give a positive fraction (0.6 = 60 %)")
-    out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots, margin=args.margin,
-                       time_fraction=args.time_fraction)
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level {args.level:g}: give a confidence level between 0 and 1 (0.95 = 95 %)")
+    if not writable(root):
+        raise UsageError(f"results folder {root} is not writable (the report is written into it): copy the folder "
+                         "somewhere writable and report that copy")
+    try:
+        out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots, margin=args.margin,
+                           level=args.level)
+    except OSError as exc:  # the folder stopped taking writes midway (full disk, no inodes)
+        return fail(f"cannot write the report into {root} ({exc.strerror or exc}): free space, or copy the "
+                    "folder somewhere writable and report that copy", EXIT_STORAGE)
     print(out["report.html"])
     return 0
 

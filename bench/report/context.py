@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..paired import DEFAULT_MARGIN, DEFAULT_TIME_FRACTION
+from ..paired import CONFIDENCE, DEFAULT_MARGIN
 from .common import provenance
 from .data import Results
 from .render import markdown_table
@@ -54,8 +54,8 @@ class Section:
 class Context:
     res: Results
     plots: bool = True              # False: no PNG is drawn (save_figure returns None)
-    margin: float = DEFAULT_MARGIN  # the paired verdict's equivalence margin (accuracy; 0.01 = 1 point)
-    time_fraction: float = DEFAULT_TIME_FRACTION  # ... and its time fraction (of enum + aux's time per epoch)
+    margin: float = DEFAULT_MARGIN  # the paired verdict's non-inferiority margin (accuracy; 0.01 = 1 point)
+    level: float = CONFIDENCE       # ... and its intervals' confidence level
     _frames: Dict[Callable, object] = field(default_factory=dict)
 
     @property

@@ -1,8 +1,10 @@
 """Reading a results folder: :func:`load_results` -> :class:`Results`.
 
 Tolerant reading: a corrupt or missing file becomes a "corrupt" / "missing" cell or an entry in
-``Results.problems``, never a crash. This module only reads; every table and plot is built from the
-:class:`Results` it returns (see ``bench/report/sections/``).
+``Results.problems``, never a crash (records go through ``bench.store.read_result``, the one typed
+reader). A folder whose records cannot be tied to one grid (env.json absent or unreadable) is refused
+(:class:`bench.errors.UsageError`): its tables would mix configurations. This module only reads; every
+table and plot is built from the :class:`Results` it returns (see ``bench/report/sections/``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
 from ..store import busy_seconds, load_grid, read_result
 from ..schema import ANALOGY_SUFFIX
 
@@ -112,10 +115,10 @@ def _status(value) -> str:
     return "corrupt" if text.startswith("corrupt") else text
 
 
-def _run_row(cell: str, record: Optional[dict]) -> dict:
-    """One row of the runs table from a runs/<cell>.json record (None: corrupt)."""
+def _run_row(cell: str, record: Optional[dict], problem: str = "corrupt or truncated JSON") -> dict:
+    """One row of the runs table from a runs/<cell>.json record (None: corrupt, for ``problem``)."""
     ident = parse_cell(cell) or {"estimator": "?", "aux": False, "labels": -1, "seed": -1}
-    row = {"cell": cell, **ident, "status": "corrupt", "error": "corrupt or truncated JSON", "source": "json"}
+    row = {"cell": cell, **ident, "status": "corrupt", "error": problem, "source": "json"}
     if record is None:
         return row
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
@@ -147,6 +150,11 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     # its task specs is read from its records alone: CSVs are caches, and a record outside the grid
     # (another configuration, other data or torch) is in no table. Older folders: as they were written.
     grid = load_grid(root)
+    if grid.problem:
+        n = len(grid.outside)
+        raise UsageError(f"results folder {root}: {grid.problem}, so its {n} record(s) cannot be tied to one grid "
+                         "(a table would mix configurations): rerun the python -m bench run command that made "
+                         "it (finished cells are reused) to write env.json again")
     paths = sorted((root / "runs").glob("*.json"))
     if not grid.legacy:
         expected_ids = set(_expected_cells(env))
@@ -156,13 +164,12 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                             + (f", commit {o['git_commit'][:7]}" if o.get("git_commit") else "") + ")")
     rows, json_curves = {}, []
     for path in paths:
-        record = _read_json(path, problems)
-        if record is not None and not isinstance(record, dict):
-            problems.append(f"{path.name}: not a JSON object")
-            record = None
+        record, problem = read_result(path)
+        if record is None:
+            problems.append(f"{path.name}: {problem}")
         cell = str(record.get("cell") or path.stem) if record else path.stem
         try:
-            rows[cell] = _run_row(cell, record)
+            rows[cell] = _run_row(cell, record, problem or "")
         except Exception as exc:  # a well-formed file with ill-typed content
             problems.append(f"{path.name}: unexpected content ({type(exc).__name__}: {exc})")
             rows[cell] = _run_row(cell, None)

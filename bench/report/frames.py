@@ -1,6 +1,5 @@
 """Frames several sections read: Table 1 in long form, cell statuses, gradient variance at the common
-checkpoints, step times without duplicates, this folder's own timing rows, the training protocols, and
-the paired differences and verdicts (:mod:`bench.paired`). Each is a pure function of :class:`Results`; the
+checkpoints, step times without duplicates, this folder's own timing rows and the training protocols. Each is a pure function of :class:`Results`; the
 :class:`~bench.report.context.Context` computes each once per report (``ctx.frame(table1)``).
 """
 from __future__ import annotations
@@ -11,7 +10,6 @@ import pandas as pd
 
 from ssvae.metrics import accuracy_interval
 
-from .. import paired as paired_stats
 from .common import kinds_in, load_pyro_table1, rnd, sig, variant_label, variants
 from .data import STATUS_ORDER, Results
 
@@ -148,10 +146,3 @@ def protocols(res: Results) -> list:
     p = res.runs["protocol"] if "protocol" in res.runs else pd.Series(dtype=object)
     have = sorted(set(p.dropna().astype(str)) - {"", "nan"})
     return have or ["bench"]
-
-
-def paired(res: Results, margin: float, fraction: float) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(paired differences, verdicts, generated text) of :func:`bench.paired.conclusions`: seeds paired,
-    against enum + aux and the supervised baseline, times from this folder's timing probe only."""
-    runs = res.runs.assign(protocol=", ".join(protocols(res)))
-    return paired_stats.conclusions(runs, this_timing(res), margin, fraction, res.env.get("device", "cpu"))

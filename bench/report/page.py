@@ -9,30 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence
 
-from ..paired import DEFAULT_MARGIN, DEFAULT_TIME_FRACTION
+from ..paired import CONFIDENCE, DEFAULT_MARGIN
 from .common import provenance
 from .context import Context
 from .data import load_results
 from .plotting import setup
 from .render import render_html, render_markdown
-from .sections import (anchors, curves, grad_error, grad_mse, headline, overhead, overview, paired, rankings,
-                       samples, status, summary, table1, test_elbo, timing, tuning, variance)
+from .sections import (anchors, curves, equal_time, grad_error, grad_mse, headline, overhead, overview, paired,
+                       rankings, samples, status, summary, table1, test_elbo, timing, tuning, variance)
 
 #: the page, top to bottom; each entry a module with ``build(ctx) -> Section | None``
-SECTIONS = [summary, headline, table1, paired, rankings, anchors, curves, test_elbo, timing, overhead, variance,
-            grad_error, grad_mse, samples, tuning, overview, status]
+SECTIONS = [summary, headline, table1, paired, equal_time, rankings, anchors, curves, test_elbo, timing, overhead,
+            variance, grad_error, grad_mse, samples, tuning, overview, status]
 
 
 def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True, margin: float = DEFAULT_MARGIN,
-                 time_fraction: float = DEFAULT_TIME_FRACTION) -> Dict[str, Path]:
+                 level: float = CONFIDENCE) -> Dict[str, Path]:
     """Write report.md, report.html, tables/ and plots/ into ``results_dir``; return their paths.
-    ``margin`` and ``time_fraction``: the paired verdict's (:mod:`bench.paired`)."""
+    ``margin`` and ``level``: the paired verdict's non-inferiority margin and intervals' confidence level
+    (:mod:`bench.paired`); time per epoch is stated beside each verdict, never inside it."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
     if plots:
         setup()
-    ctx = Context(load_results(root, compare_timing), plots=plots, margin=margin, time_fraction=time_fraction)
+    ctx = Context(load_results(root, compare_timing), plots=plots, margin=margin, level=level)
     sections = [s for s in (module.build(ctx) for module in SECTIONS) if s is not None]
     for s in sections:  # a table's caption links to its CSV when one of that name was written
         for t in s.tables:

@@ -1,16 +1,18 @@
 """Paired differences: every variant against enum + aux and against the supervised-only baseline, seed by
 seed, at every label count with and without the auxiliary loss (:mod:`bench.paired`), the verdicts
-(equivalent within the margin at no more than the time fraction, times from the timing probe), the
-per-seed points, and the generated text. The margin and the time fraction are options of
-``python -m bench report`` (``--margin``, ``--time-fraction``) and are stated on the page.
+(better, as good within the margin, inconclusive, worse; none where enum + aux is not learning), each
+variant's time per epoch beside its verdict (timing probe), the per-seed points, and the generated
+text. The margin is an option of ``python -m bench report`` (``--margin``) and the interval's level one of
+``build_report`` (``level``); the page states both.
 
 Files: ``paired_differences.csv`` (numbers; per-seed differences ';'-joined), ``verdicts.csv``,
-``paired_vs_enum_aux.csv`` and ``paired_vs_baseline.csv`` (the tables shown), ``paired.md`` (the text);
-plots ``paired_differences.png``, ``accuracy_points.png``.
+``learning.csv`` (enum + aux minus the baseline per label count), ``paired_vs_enum_aux.csv`` and
+``paired_vs_baseline.csv`` (the tables shown), ``paired.md`` (the text); plots ``paired_differences.png``,
+``accuracy_points.png``.
 
 The sentences the Summary and the Headline take from here (:func:`headline_line`,
-:func:`elsewhere_line`, :func:`caveat_line`) are built from the same verdict table, so the page has
-one verdict.
+:func:`elsewhere_line`, :func:`caveat_line`) are :mod:`bench.paired`'s, from the same verdict table, so
+the page has one verdict.
 """
 from __future__ import annotations
 
@@ -20,18 +22,39 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ...paired import (BASELINE, ENUM_AUX, SUPERVISED, plot_accuracy_points, plot_paired, qualifies,
-                       reference_label)
+from ... import paired as paired_stats
+from ...paired import (BASELINE, ENUM_AUX, ci_text, plot_accuracy_points, plot_paired, reference_label, rule_text,
+                       setting_sentence, settings_sentences)
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
-from ..frames import paired, protocols, status
+from ..data import Results
+from ..frames import protocols, status, this_timing
 
 ENUM_REF, BASE_REF = reference_label(ENUM_AUX), reference_label(BASELINE)
 
 
+def paired_frames(res: Results, margin: float, level: float) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(paired differences, verdicts, generated text) of :func:`bench.paired.conclusions`: seeds paired,
+    against enum + aux and the supervised baseline, times from this folder's timing probe only."""
+    runs = res.runs.assign(protocol=", ".join(protocols(res)))
+    return paired_stats.conclusions(runs, this_timing(res), margin, res.env.get("device", "cpu"),
+                                    confidence=level)
+
+
 def conclusions(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(paired differences, verdicts, text) at this page's margin and time fraction, computed once."""
-    return ctx.frame(paired, ctx.margin, ctx.time_fraction)
+    """(paired differences, verdicts, text) at this page's margin and level, computed once."""
+    return ctx.frame(paired_frames, ctx.margin, ctx.level)
+
+
+def learning(ctx: Context) -> pd.DataFrame:
+    """enum + aux minus the baseline per label count, and whether it learns there (:func:`bench.paired.learning`)."""
+    return paired_stats.learning(conclusions(ctx)[0])
+
+
+def not_learning(ctx: Context) -> list:
+    """The label counts where enum + aux does not beat the supervised-only baseline: no verdict there."""
+    learn = learning(ctx)
+    return [int(l) for l in learn["labels"] if paired_stats.learns(learn, l) is False]
 
 
 def pts(x: float) -> str:
@@ -39,17 +62,8 @@ def pts(x: float) -> str:
     return f"{round(x * 100, 1) + 0.0:+.1f}"
 
 
-def ci_text(r) -> str:
-    """'-0.1 points (95 % CI -1.1 to +0.9, n = 2)'."""
-    if np.isfinite(r.ci_low):
-        return f"{pts(r.mean_diff)} points (95 % CI {pts(r.ci_low)} to {pts(r.ci_high)}, n = {r.n})"
-    return f"{pts(r.mean_diff)} points (n = {r.n}, no interval)"
-
-
-def criterion(ctx: Context) -> str:
-    m = ctx.margin * 100
-    return (f"equivalent to {ENUM_REF} within ±{m:g} point{'s' if m != 1 else ''} (the whole paired 95 % interval) "
-            f"at no more than {ctx.time_fraction:.0%} of its time per epoch (timing probe)")
+def level_text(ctx: Context) -> str:
+    return f"{ctx.level * 100:g} %"
 
 
 def headline_setting(ctx: Context) -> Optional[Tuple[int, str]]:
@@ -60,76 +74,37 @@ def headline_setting(ctx: Context) -> Optional[Tuple[int, str]]:
     return choice[0] if choice else None
 
 
-def closest(g: pd.DataFrame):
-    """The SS-VAE variant whose mean difference is nearest zero (ties: the narrower interval), as
-    :func:`bench.paired.summary_text` picks it; None if none has a difference."""
-    cand = g[~g.variant.isin(SUPERVISED)].dropna(subset=["mean_diff"])
-    if cand.empty:
-        return None
-    cand = cand.assign(_d=cand.mean_diff.abs(), _w=(cand.ci_high - cand.ci_low).fillna(np.inf))
-    return next(cand.sort_values(["_d", "_w", "variant"], kind="stable").itertuples())
-
-
-def _time(r) -> str:
-    return f" at {r.time_fraction:.0%} of its time" if np.isfinite(r.time_fraction) else " (no isolated timing)"
-
-
 def _setting_verdicts(ctx: Context, labels: int, aux: bool) -> pd.DataFrame:
     _, v, _ = conclusions(ctx)
     return v[(v.reference == ENUM_REF) & (v.labels == labels) & (v.aux == aux)]
 
 
 def headline_line(ctx: Context) -> str:
-    """The one verdict of the page, at the headline setting."""
+    """The one verdict of the page, at the headline setting: every variant grouped by verdict."""
     choice = headline_setting(ctx)
     if choice is None:
         return f"No verdict: no variant with the auxiliary loss has seeds paired with finished {ENUM_REF} cells."
     labels, chosen = choice
     g = _setting_verdicts(ctx, labels, True)
-    where = f"At {chosen} with the auxiliary loss"
-    if not (g.n > 0).any():
-        return (f"No verdict at {chosen} with the auxiliary loss: no variant has seeds paired with finished "
-                f"{ENUM_REF} cells.")
-    win = g[qualifies(g)].sort_values(["time_fraction", "variant"], kind="stable")
-    if len(win):
-        r = next(win.itertuples())
-        more = "" if len(win) == 1 else f" ({', '.join(win.variant.iloc[1:])} too)"
-        return (f"**{where}, {r.variant} is {criterion(ctx)}**{more}: {ci_text(r)} from {ENUM_REF}, "
-                f"{r.epochs} epochs,{_time(r)}.")
-    r = closest(g)
-    tail = "" if r is None else (f"; the closest, {r.variant}, is {ci_text(r)} from {ENUM_REF}{_time(r)} "
-                                 f"({_short_fails(r)})")
-    return f"**{where}, no variant is shown {criterion(ctx)}**{tail}."
-
-
-def _short_fails(r) -> str:
-    """Where a verdict fails, without the still-rising count (the caveats carry it)."""
-    parts = [f for f in str(r.fails).split("; ") if f and "still rising" not in f]
-    return "; ".join(parts) or r.accuracy
+    text = setting_sentence(g, learning(ctx), labels, True, ctx.margin, ctx.level, chosen, bold=True)
+    return text or (f"No verdict at {chosen} with the auxiliary loss: no variant has seeds paired with finished "
+                    f"{ENUM_REF} cells.")
 
 
 def elsewhere_line(ctx: Context) -> Optional[str]:
-    """The other settings with the auxiliary loss, and enum + aux against the supervised-only baseline."""
-    p, v, _ = conclusions(ctx)
+    """The other settings with the auxiliary loss, and enum + aux against the supervised-only baseline where
+    it learns (where it does not, the setting's sentence says so)."""
+    _, v, _ = conclusions(ctx)
     choice = headline_setting(ctx)
-    parts = []
-    for labels in sorted(set(v[(v.reference == ENUM_REF) & v.aux].labels), reverse=True):
-        if choice and labels == choice[0]:
-            continue
-        g = _setting_verdicts(ctx, labels, True)
-        win = g[qualifies(g)]
-        if len(win):
-            parts.append(f"at {labels} labels with the auxiliary loss {', '.join(win.variant)} "
-                         f"qualif{'y' if len(win) > 1 else 'ies'}")
-            continue
-        r = closest(g)
-        if r is not None:
-            parts.append(f"at {labels} labels with the auxiliary loss no variant qualifies (the closest, "
-                         f"{r.variant}, is {ci_text(r)}{_time(r)})")
-    b = p[(p.reference == BASE_REF) & (p.variant == ENUM_REF) & (p.n > 0)].sort_values("labels", ascending=False)
-    if len(b):
+    skip = [(l, a) for l, a in set(zip(v.labels, v.aux)) if not a or (choice and l == choice[0])]
+    parts = [s[0].lower() + s[1:].rstrip(".") for s in settings_sentences(v, learning(ctx), ctx.margin, ctx.level,
+                                                                          skip)]
+    learn = learning(ctx)
+    ok = learn[pd.Series([paired_stats.learns(learn, l) is True for l in learn.labels], index=learn.index,
+                         dtype=bool)].sort_values("labels", ascending=False)
+    if len(ok):
         parts.append(f"{ENUM_REF} minus the supervised-only baseline is "
-                     + "; ".join(f"{ci_text(r)} at {r.labels} labels" for r in b.itertuples()))
+                     + "; ".join(f"{ci_text(r, ctx.level)} at {r.labels} labels" for r in ok.itertuples()))
     return ("Elsewhere: " + "; ".join(parts) + ".") if parts else None
 
 
@@ -143,8 +118,9 @@ def caveat_line(ctx: Context) -> str:
     small = [n for n in ns if n >= 2]
     if small and min(small) <= 5:
         n = min(small)
-        parts[0] += (f" (with n = {n} the 95 % interval spans ±{stats.t.ppf(0.975, n - 1):.1f} standard errors of "
-                     f"the mean difference)")
+        half = stats.t.ppf((1 + ctx.level) / 2, n - 1)
+        parts[0] += (f" (with n = {n} the {level_text(ctx)} interval spans ±{half:.1f} standard errors of the mean "
+                     f"difference)")
     parts.append(f"{', '.join(epochs) or '?'} epoch{'s' if epochs != ['1'] else ''} per cell, "
                  f"{', '.join(protocols(ctx.res))} protocol")
     ids = lambda col: {c for x in p[col] for c in str(x).split(";") if c}
@@ -193,11 +169,17 @@ def difference_table(ctx: Context, reference: str) -> pd.DataFrame:
 
 def verdict_display(v: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
-        "labels": str(r.labels), "variant": r.variant, "n": str(r.n), "difference [95 % CI], points": _cell(r),
-        "time × enum + aux": "–" if not np.isfinite(r.time_fraction) else f"{r.time_fraction:.0%}",
-        "verdict": r.verdict, "where it fails": _short_fails(r) if r.fails else ""}
-        for r in v.itertuples()], columns=["labels", "variant", "n", "difference [95 % CI], points",
-                                           "time × enum + aux", "verdict", "where it fails"])
+        "labels": str(r.labels), "variant": r.variant, "n": str(r.n), "difference [CI], points": _cell(r),
+        "verdict": r.verdict,
+        "time per epoch × enum + aux": "–" if not np.isfinite(r.time_fraction) else f"{r.time_fraction:.2f}×",
+        "notes": short_notes(r)}
+        for r in v.itertuples()], columns=["labels", "variant", "n", "difference [CI], points", "verdict",
+                                           "time per epoch × enum + aux", "notes"])
+
+
+def short_notes(r) -> str:
+    """A verdict's notes without the still-rising count (the caveats carry it)."""
+    return "; ".join(f for f in str(r.notes).split("; ") if f and "still rising" not in f)
 
 
 def _csv(p: pd.DataFrame) -> pd.DataFrame:
@@ -206,11 +188,14 @@ def _csv(p: pd.DataFrame) -> pd.DataFrame:
 
 def build(ctx: Context) -> Section:
     p, v, text = conclusions(ctx)
-    m, f = ctx.margin, ctx.time_fraction
+    m, lv = ctx.margin, level_text(ctx)
     sec = Section("paired", "Paired differences")
     ctx.write_table(_csv(p), "paired_differences", "Paired differences (variant − reference) in test accuracy at the "
-                                                   "best validation epoch, per setting, with 95 % t-intervals")
-    ctx.write_table(v, "verdicts", f"Verdicts: equivalent within ±{m:g} at no more than {f:.0%} of enum + aux's time")
+                                                   f"best validation epoch, per setting, with {lv} t-intervals")
+    ctx.write_table(v, "verdicts", f"Verdicts against enum + aux: better, as good (lower end above -{m:g}), "
+                                   f"inconclusive, worse, or none (not learning); {lv} intervals")
+    ctx.write_table(learning(ctx), "learning", f"{ENUM_REF} minus the supervised-only baseline per label count "
+                                               f"({lv} interval): learning where the lower end is above 0")
     ctx.write_text("paired.md", f"{text}\n_{provenance(ctx.env)}_\n")
     if p.empty:
         sec.text.append(text.strip())
@@ -218,33 +203,32 @@ def build(ctx: Context) -> Section:
     sec.text.append(
         "Cells with the same seed share the labeled subset, the initial weights and the batch order, so each variant "
         "is compared with a reference seed by seed: d = accuracy(variant) − accuracy(reference), test accuracy at "
-        "the best validation epoch, and a 95 % Student-t interval on the mean of d (`bench/paired.py`). References: "
+        f"the best validation epoch, and a {lv} Student-t interval on the mean of d (`bench/paired.py`). References: "
         f"{ENUM_REF} and the supervised-only baseline, at every label count with and without the auxiliary loss. "
-        f"A variant is **equivalent to {ENUM_REF}** only when the whole interval lies within ±{m * 100:g} point"
-        f"{'s' if m != 0.01 else ''} and its time per epoch, summed from the timing probe's median step times over "
-        f"an epoch's schedule (never the cells' own wall times), is at most {f:.0%} of {ENUM_REF}'s. This page: "
-        f"`--margin {m:g} --time-fraction {f:g}`.")
+        + rule_text(m) + " The time per epoch is summed from the timing probe's median step times over an epoch's "
+        f"schedule (never the cells' own wall times). This page: `--margin {m:g}`, level {lv}.")
     sec.text.append(text.strip())
     for ref, name in ((ENUM_REF, "paired_vs_enum_aux"), (BASE_REF, "paired_vs_baseline")):
         d = difference_table(ctx, ref)
         if len(d):
-            ctx.write_table(d, name, f"Paired difference against {ref}, points: mean [95 % CI]")
-            sec.tables.append(Table(f"Against {ref}: mean paired difference [95 % CI] in points, per label count",
+            ctx.write_table(d, name, f"Paired difference against {ref}, points: mean [{lv} CI]")
+            sec.tables.append(Table(f"Against {ref}: mean paired difference [{lv} CI] in points, per label count",
                                     d, name, [f"{name}.csv", "paired_differences.csv"]))
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(ctx.res))}
     mine = v[v.reference == ENUM_REF]
     shown = verdict_display(mine.assign(_o=mine.variant.map(lambda x: order.get(x, len(order))))
                             .sort_values(["labels", "_o", "variant"], ascending=[False, True, True], kind="stable"))
     sec.tables.append(Table(f"Verdicts against {ENUM_REF} (those against the baseline: verdicts.csv)", shown,
-                            "verdicts", ["verdicts.csv"]))
+                            "verdicts", ["verdicts.csv", "learning.csv"]))
     if ctx.plots:
         pal = palette(ctx.res)
         order = [variant_label(e, a) for e, a in variants(ctx.res)]
         path = plot_paired(p, ctx.plots_dir / "paired_differences.png", m, pal, order)
         if ctx.adopt_png(path, "Paired differences in test accuracy, seed by seed"):
-            sec.figures.append(Figure(path, f"Per-seed differences (points), their mean (black tick) and 95 % "
+            sec.figures.append(Figure(path, f"Per-seed differences (points), their mean (black tick) and {lv} "
                                             f"interval (bar), per setting, against {ENUM_REF} (top) and the baseline "
-                                            f"(bottom); shaded: ±{m * 100:g} point{'s' if m != 0.01 else ''}."))
+                                            f"(bottom); shaded: the {m * 100:g} point{'s' if m != 0.01 else ''} "
+                                            f"below 0 that \"as good\" allows."))
         path = plot_accuracy_points(ctx.res.runs, ctx.plots_dir / "accuracy_points.png", palette=pal, order=order)
         if ctx.adopt_png(path, "Test accuracy per seed"):
             sec.figures.append(Figure(path, "Test accuracy at the best validation epoch: every seed a point, the mean "

@@ -6,10 +6,12 @@ smallest label counts, named in ``chosen``). Files: ``rank_accuracy.csv``, ``ran
 The gradient ranking is by the MSE against the exact gradient where grad_variance.csv has it (variance
 plus squared bias); in older folders by the variance, and then a biased estimator (a relaxation,
 :func:`bench.diagnostics.is_biased`) is listed unranked: its variance alone says nothing of its error.
+At a label count where enum + aux does not beat the supervised-only baseline (not learning, :mod:`.paired`)
+the accuracy ranking lists the variants unranked: no ranking there is evidence for an estimator.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import pandas as pd
 
@@ -19,6 +21,7 @@ from ..common import (fmt_sig, median_seconds_per_epoch, ok_runs, rank_label_cou
 from ..context import Context, Section, Table
 from ..data import Results
 from ..frames import grad_variance, table1
+from .paired import ENUM_REF, not_learning
 
 
 def _ranked(rows: List[dict], key: str, ascending: bool) -> List[dict]:
@@ -33,9 +36,10 @@ def _ranked(rows: List[dict], key: str, ascending: bool) -> List[dict]:
     return [{k: v for k, v in r.items() if k != "_o"} for r in have + none]
 
 
-def rank_accuracy(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
+def rank_accuracy(res: Results, t1: pd.DataFrame, idle: Sequence[int] = ()) -> pd.DataFrame:
+    """Variants by mean test accuracy; at a label count in ``idle`` (enum + aux not learning) none is ranked."""
     cols = ["labels", "chosen", "rank", "variant", "estimator", "aux", "mean_test_acc", "ci95_halfwidth", "n_ok",
-            "diff_vs_enum_aux"]
+            "diff_vs_enum_aux", "learning"]
     out = []
     for labels, chosen in rank_label_counts(t1["labels"] if len(t1) else []):
         ref, _, _ = t1_mean(t1, "enum", True, labels)
@@ -48,8 +52,9 @@ def rank_accuracy(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
             rows.append({"labels": labels, "chosen": chosen, "variant": variant_label(est, aux), "estimator": est,
                          "aux": aux, "mean_test_acc": rnd(mean), "ci95_halfwidth": rnd(half), "n_ok": n,
                          "diff_vs_enum_aux": rnd(mean - ref) if mean is not None and ref is not None else None,
-                         "_o": i})
-        out += _ranked(rows, "mean_test_acc", ascending=False)
+                         "learning": labels not in idle, "_o": i})
+        ranked = _ranked(rows, "mean_test_acc", ascending=False)
+        out += [{**r, "rank": None} for r in ranked] if labels in idle else ranked
     return pd.DataFrame(out, columns=cols)
 
 
@@ -140,7 +145,8 @@ def build(ctx: Context) -> Section:
     res = ctx.res
     t1 = ctx.frame(table1)
     per, _ = ctx.frame(grad_variance)
-    acc, var, tm = rank_accuracy(res, t1), rank_grad_variance(res, per), rank_time(res)
+    idle = not_learning(ctx)
+    acc, var, tm = rank_accuracy(res, t1, idle), rank_grad_variance(res, per), rank_time(res)
     ctx.write_table(acc, "rank_accuracy", "Variants ranked by mean test accuracy at best validation epoch")
     by_mse = var.ranked_by.eq("mse").any() if len(var) else False
     ctx.write_table(var, "rank_grad_variance",
@@ -169,6 +175,8 @@ def build(ctx: Context) -> Section:
             sec.text.append(f"No data to rank by {what}.")
             continue
         for labels, chosen in dict.fromkeys(zip(df["labels"], df["chosen"])):
-            sec.tables.append(Table(f"By {what}: {chosen}", rank_display(df, labels, kind), f"{name}-{labels}",
+            why = (f" — not learning ({ENUM_REF} does not beat the supervised-only baseline): unranked, no evidence "
+                   f"for an estimator" if kind == "accuracy" and labels in idle else "")
+            sec.tables.append(Table(f"By {what}: {chosen}{why}", rank_display(df, labels, kind), f"{name}-{labels}",
                                     [f"{name}.csv"]))
     return sec
