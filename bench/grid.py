@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssvae import RunConfig, resolve_labels
-from ssvae.config import TRAIN_SIZE
+from ssvae.config import SPARSE_FIELDS, TRAIN_SIZE
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
 from ssvae.model import SSVAE
@@ -114,9 +114,15 @@ class Grid:
     tune: Dict = field(default_factory=dict)
     #: the training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py loop exactly; ssvae/train.py)
     protocol: str = "bench"
+    #: protocol joint's labeled batch and weight, and Adam's weight decay (ssvae.config.SPARSE_FIELDS)
+    sup_batch_size: Optional[int] = None
+    sup_weight: float = 1.0
+    weight_decay: float = 0.0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The grid as env.json keeps it; a field of ``SPARSE_FIELDS`` only where it is not its default."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in SPARSE_FIELDS and v == SPARSE_FIELDS[k])}
 
 
 def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
@@ -162,7 +168,8 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
                 options={e: dict(o) for e, o in sorted(options.items())},
                 tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)),
-                protocol=spec.get("protocol", "bench"))
+                protocol=spec.get("protocol", "bench"),
+                **{k: spec.get(k, default) for k, default in SPARSE_FIELDS.items()})
     for cfg in train_configs(grid):
         cfg.validate()
     return grid
@@ -192,6 +199,7 @@ def _config(grid: Grid, extra: Optional[dict] = None, **kw) -> RunConfig:
     cfg = RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
                     lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
                     aux_multiplier=grid.aux_multiplier, device=grid.device, protocol=grid.protocol,
+                    **{k: getattr(grid, k) for k in SPARSE_FIELDS},
                     options=_estimator_options(options), **kw)
     return dataclasses.replace(cfg, options=_budget_options(cfg))
 
@@ -303,7 +311,7 @@ def expand(grid: Grid) -> List[dict]:
 
 
 def _steps_per_epoch(cfg: RunConfig) -> int:
-    n = len(epoch_schedule(cfg.labels, TRAIN_SIZE - cfg.labels, cfg.batch_size, TRAIN_SIZE))
+    n = len(epoch_schedule(cfg.labels, TRAIN_SIZE - cfg.labels, cfg.batch_size, TRAIN_SIZE, cfg.protocol))
     return min(n, cfg.steps_per_epoch or n)
 
 

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from ssvae.config import PROTOCOLS, SPARSE_FIELDS
+
 # -- tasks and statuses ----------------------------------------------------------------------------
 # task kinds: bench.tasks.KINDS (how each runs and what it costs)
 #: finished: reused by a rerun when the record's identity matches
@@ -126,7 +128,11 @@ GRID_SCHEMA: Dict[str, Field] = {
     "hidden": Field(int, many=True, minimum=1, maximum=MAX_COUNT),
     "aux_multiplier": Field(float, minimum=0.0, maximum=MAX_COUNT),
     "workers": Field(int, minimum=1, maximum=1024),
-    "protocol": Field(str, alt=("bench", "pyro")),   # the training loop (ssvae.train: 'bench' or Pyro's exact one)
+    "protocol": Field(str, alt=PROTOCOLS),   # the training loop (ssvae.train: 'bench', Pyro's exact one, 'joint')
+    # protocol joint: labeled images per step and their weight in the one loss; Adam's weight decay (any protocol)
+    "sup_batch_size": Field(int, minimum=1, maximum=MAX_COUNT, optional=True),
+    "sup_weight": Field(float, above=0.0, maximum=MAX_COUNT),
+    "weight_decay": Field(float, minimum=0.0, maximum=MAX_LR),
 }
 #: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below
 GRID_FIELDS = set(GRID_SCHEMA) | {"probe", "options", "tune"}
@@ -226,7 +232,8 @@ def finite_values(name: str, value) -> None:
 
 # -- two grids -------------------------------------------------------------------------------------
 #: grid settings every cell uses: two grids that differ in one of them are two grids
-CELL_SETTINGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "device")
+CELL_SETTINGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "z_dim", "hidden", "aux_multiplier", "device") + \
+    tuple(SPARSE_FIELDS)
 
 
 def grid_difference(old: dict, new: dict) -> Optional[str]:

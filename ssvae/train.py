@@ -103,8 +103,11 @@ def accuracy(ss: SSVAE, split: Split, batch_size: int = 2000) -> float:
     return correct / max(len(split), 1)
 
 
-def epoch_schedule(n_sup: int, n_unsup: int, batch_size: int, train_size: int) -> List[str]:
-    """The kinds ('sup' or 'unsup') of the mini-batches of one epoch, in Pyro's order."""
+def epoch_schedule(n_sup: int, n_unsup: int, batch_size: int, train_size: int, protocol: str = "bench") -> List[str]:
+    """The kinds ('sup' or 'unsup') of the mini-batches of one epoch, in Pyro's order; under protocol
+    ``joint`` every step is 'joint' (an unlabeled batch and a labeled one), one per unlabeled batch."""
+    if protocol == "joint":
+        return ["joint"] * math.ceil(n_unsup / batch_size)
     sup_batches = math.ceil(n_sup / batch_size)
     unsup_batches = math.ceil(n_unsup / batch_size)
     period = max(int(train_size / max(n_sup, 1)), 1)
@@ -168,10 +171,7 @@ class Trainer:
     # -- schedule ---------------------------------------------------------------------------
     def schedule(self) -> List[str]:
         d, cfg = self.data, self.cfg
-        if cfg.protocol == "joint":
-            kinds = ["joint"] * math.ceil(len(d.unsup) / cfg.batch_size)
-        else:
-            kinds = epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup))
+        kinds = epoch_schedule(len(d.sup), len(d.unsup), cfg.batch_size, len(d.sup) + len(d.unsup), cfg.protocol)
         if self.estimator.kind == "supervised":
             # the baseline sees only labeled batches; an "epoch" has as many steps as the SS-VAE's
             kinds = ["sup"] * len(kinds)
