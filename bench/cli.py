@@ -1,9 +1,13 @@
-"""Command line: ``python -m bench {train,run,report,list,timing,compare}``.
+"""Command line of ssvae-bench: python -m bench COMMAND ...
 
-Bad input prints one line on stderr (``bench: error: ...``) and exits with status 2.
+Commands: train (one configuration, one JSON line), run (a grid into a results folder), list (estimators
+and presets), report (tables, plots and report.html of a results folder), compare (two results folders),
+regress (step-time regressions). Bad input prints one line on stderr (bench: error: ...) and exits with
+status 2.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import List, Optional
@@ -13,7 +17,8 @@ from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_
 from .harness import add_list_parser, add_run_parser
 from .provenance import commit_label, versions
 from .regress.cli import add_parser as add_regress_parser
-from .report import add_report_parser
+from .report.cli import add_report_parser
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -24,10 +29,21 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _Version(argparse.Action):
+    """``--version``: the package, the commit and torch's version, looked up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the version, the commit and torch's version, and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ssvae-bench {_version()} (commit {commit_label()[:12]}, torch {versions()['torch']})")
+        parser.exit()
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--version", action="version",
-                        version=f"ssvae-bench {_version()} (commit {commit_label()[:12]}, torch {versions()['torch']})")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     t = sub.add_parser("train", help="train one configuration and print one JSON line")
