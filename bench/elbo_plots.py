@@ -20,7 +20,8 @@ def _as_bool(v) -> bool:
     return v.strip().lower() in ("true", "1", "yes") if isinstance(v, str) else bool(v)
 
 
-def plot_test_elbo(curves: pd.DataFrame, path, x: str = "global_step", palette: Optional[Dict[str, tuple]] = None):
+def plot_test_elbo(curves: pd.DataFrame, path, x: str = "global_step", palette: Optional[Dict[str, tuple]] = None,
+                   markers: Optional[Dict[str, str]] = None):
     """Test ELBO (nats per image, y summed exactly) against ``x`` (global_step or elapsed_seconds)."""
     if x not in AXES:
         raise ValueError(f"x must be one of {', '.join(AXES)} (got {x!r})")
@@ -43,7 +44,7 @@ def plot_test_elbo(curves: pd.DataFrame, path, x: str = "global_step", palette: 
         g = c[(c["aux"] == aux) & (c["labels"] == labels)]
         for (est, cell), cc in g.groupby(["estimator", "cell"], sort=False):
             cc = cc.sort_values("epoch")
-            ax.plot(cc[x], cc["test_elbo"], "-o", ms=2.5, lw=1, alpha=0.8, color=colours.get(est, "0.3"),
+            ax.plot(cc[x], cc["test_elbo"], "-", marker=(markers or {}).get(est, "o"), ms=2.5, lw=1, alpha=0.8, color=colours.get(est, "0.3"),
                     label=est)
         ax.set_title(f"{labels} labels, {'aux' if aux else 'no aux'}", fontsize=9)
         ax.set_xlabel(AXES[x])
@@ -61,8 +62,9 @@ def plot_test_elbo(curves: pd.DataFrame, path, x: str = "global_step", palette: 
     return path
 
 
-def plot_test_elbo_both(curves: pd.DataFrame, plots_dir, palette: Optional[Dict[str, tuple]] = None) -> list:
+def plot_test_elbo_both(curves: pd.DataFrame, plots_dir, palette: Optional[Dict[str, tuple]] = None,
+                        markers: Optional[Dict[str, str]] = None) -> list:
     """``test_elbo_vs_step.png`` and ``test_elbo_vs_time.png`` under ``plots_dir``; returns their paths."""
     plots_dir = Path(plots_dir)
-    return [plot_test_elbo(curves, plots_dir / "test_elbo_vs_step.png", "global_step", palette),
-            plot_test_elbo(curves, plots_dir / "test_elbo_vs_time.png", "elapsed_seconds", palette)]
+    return [plot_test_elbo(curves, plots_dir / "test_elbo_vs_step.png", "global_step", palette, markers),
+            plot_test_elbo(curves, plots_dir / "test_elbo_vs_time.png", "elapsed_seconds", palette, markers)]

@@ -72,7 +72,7 @@ def test_table1_has_every_variant(built):
     t1 = _table1(root)
     assert list(t1) == VARIANTS and list(t1["enum"]) == header
     html = (root / "report.html").read_text()
-    table = re.search(r'<table class="sortable" id="table1">(.*?)</table>', html, re.S).group(1)
+    table = re.search(r'<table class="sortable" id="table-table1">(.*?)</table>', html, re.S).group(1)
     assert re.findall(r"<th>(.*?)</th>", table) == header
     assert [re.sub("<.*?>", "", r) for r in re.findall(r"<tr><td>(.*?)</td>", table)] == VARIANTS
 
@@ -87,7 +87,7 @@ def test_table1_best_per_column_marked(built):
         best = long[long.labels == labels].sort_values("mean").variant.iloc[-1]
         assert bold == [best], (labels, bold)
     html = (root / "report.html").read_text()
-    assert "<strong>0.9" in re.search(r'id="table1">(.*?)</table>', html, re.S).group(1)
+    assert "<strong>0.9" in re.search(r'id="table-table1">(.*?)</table>', html, re.S).group(1)
 
 
 def test_intervals_and_pyro_reference(built):
@@ -607,7 +607,9 @@ def test_html_navigation(built):
     assert "tuning" not in ids
     for i in ids:
         assert f'<a class="anchor" href="#{i}"' in html
-    assert html.count("<figure>") == html.count("<figcaption>") == html.count("<img ") == 13
+    assert html.count("<figure>") == html.count("<figcaption>") == html.count("<img ") == 14
+    every_id = re.findall(r' id="([^"]+)"', html)
+    assert len(every_id) == len(set(every_id)), sorted(i for i in set(every_id) if every_id.count(i) > 1)
     for csv in set(re.findall(r'<a href="(tables/[^"]+\.csv)"', html)):
         assert (root / csv).is_file(), csv
     assert 'href="tables/table1.csv"' in html and html.count('class="sortable"') == html.count("<table")
@@ -629,7 +631,7 @@ def test_a_new_section_is_one_module_and_one_list_entry(tmp_path, monkeypatch):
     fabricate_results(tmp_path)
     report.build_report(tmp_path, plots=False)
     html = (tmp_path / "report.html").read_text()
-    assert '<a href="#cells-per-status">' in html and 'id="cells_per_status"' in html
+    assert '<a href="#cells-per-status">' in html and 'id="table-cells_per_status"' in html
     assert 'href="tables/cells_per_status.csv"' in html and (tmp_path / "tables/cells_per_status.md").is_file()
 
 
@@ -702,3 +704,12 @@ def test_beside_line_counts_cells_that_shared_the_machine():
     alone = beside_line(SimpleNamespace(res=SimpleNamespace(runs=runs.iloc[:1])))
     assert "1 of 1 finished cells" in alone and "not isolated" not in alone
     assert beside_line(SimpleNamespace(res=SimpleNamespace(runs=pd.DataFrame({"cell": ["a"]})))) is None
+
+
+def test_a_run_too_short_for_verdicts_says_so(tmp_path, built):
+    """One seed (as smoke runs): a banner first in the summary; a full folder has none."""
+    fabricate_results(tmp_path, seeds=(0,))
+    report.build_report(tmp_path, plots=False)
+    summary = (tmp_path / "report.md").read_text().split("## Summary", 1)[1]
+    assert summary.lstrip().startswith("**A pipeline check, not a result** (one seed (no interval))")
+    assert "pipeline check" not in (built[0] / "report.md").read_text()

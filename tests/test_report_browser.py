@@ -45,7 +45,7 @@ window.addEventListener("load", function () {
   out.n_figures = document.querySelectorAll("figure figcaption").length;
   out.broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; });
   out.widths = imgs.map(function (i) { return i.naturalWidth; });
-  var table = document.getElementById("table1");
+  var table = document.getElementById("table-table1");
   var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) { return th.textContent; });
   out.table1_head = heads;
   var col = heads.length - 3;  /* the largest label count's column: ours, then Pyro's and the difference */

@@ -101,6 +101,32 @@ def family_colours(estimators: Sequence[str]) -> Dict[str, tuple]:
     return out
 
 
+#: markers telling apart the members of one family where a plot colours by family
+MEMBER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def family_palette(estimators: Sequence[str]) -> Dict[str, tuple]:
+    """estimator -> one colour per family (its map's middle shade): for plots with more estimators than a
+    reader can tell apart by shade, where a marker (:func:`member_markers`) or an axis label names each."""
+    out = {}
+    for e in estimators:
+        fam = family(e)
+        cmap = next((c for f, c, _ in FAMILY_RULES if f == fam), None)
+        out[e] = tuple(float(c) for c in colormaps[cmap](0.7)[:3]) if cmap else family_colours([e])[e]
+    return out
+
+
+def member_markers(estimators: Sequence[str]) -> Dict[str, str]:
+    """estimator -> a marker, distinct among the members of its family."""
+    seen: Dict[Optional[str], int] = {}
+    out = {}
+    for e in estimators:
+        i = seen.get(family(e), 0)
+        seen[family(e)] = i + 1
+        out[e] = MEMBER_MARKERS[i % len(MEMBER_MARKERS)]
+    return out
+
+
 def palette(res: Results) -> Dict[str, tuple]:
     """estimator -> colour, the same in every plot of the report."""
     return family_colours(estimator_order(res))

@@ -1,26 +1,37 @@
 """Learning curves: validation accuracy per epoch (mean over seeds, each seed as a thin line) and test
-accuracy against cumulative training time (one line per seed), one panel per label count."""
+accuracy against cumulative training time (one line per seed), one panel per label count (and
+per family where more variants than a panel can show)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from ..plotting import label_panels, legend_handles, legend_right, variant_rows
-from ..common import AUX_STYLE, palette
+from ..plotting import group_palette, legend_handles, legend_right, variant_groups
+from ..common import AUX_STYLE, variants
 from ..context import Context, Figure, Section
 
 
 def _per_variant(ctx: Context, c, draw):
-    """One panel per label count, ``draw(ax, colour, aux, rows)`` per variant; titles and the legend."""
+    """One panel per label count (columns) and group of variants (rows: all in one where they fit, else one
+    per family), ``draw(ax, colour, aux, rows)`` per variant; titles and one legend per row."""
     res = ctx.res
-    pal = palette(res)
-    fig, panels = label_panels(c)
-    pairs = []
-    for ax, l in panels:
-        for est, aux, sub in variant_rows(res, c, l, pairs):
-            draw(ax, pal[est], aux, sub)
-        ax.set_title(f"{l} labels")
-    legend_right(panels[-1][0], legend_handles(pal, pairs))
-    return fig, panels
+    present = [(e, a) for e, a in variants(res) if ((c.estimator == e) & (c.aux == a)).any()]
+    groups = variant_groups(present)
+    pals = group_palette(res, groups)
+    labels = sorted(c.labels.unique())
+    fig, axes = plt.subplots(len(groups), len(labels), sharey=True, squeeze=False, layout="constrained",
+                             figsize=(4.2 * len(labels) + 2, 4.2 if len(groups) == 1 else 3.0 * len(groups)))
+    for row, (name, pairs), pal in zip(axes, groups, pals):
+        shown = []
+        for ax, l in zip(row, labels):
+            for est, aux in pairs:
+                sub = c[(c.labels == l) & (c.estimator == est) & (c.aux == aux)]
+                if len(sub):
+                    draw(ax, pal[est], aux, sub)
+                    shown += [(est, aux)] if (est, aux) not in shown else []
+            ax.set_title(f"{l} labels" + (f" · {name}" if name else ""), fontsize=10)
+        legend_right(row[-1], legend_handles(pal, shown))
+    return fig, [(ax, l) for row in axes for ax, l in zip(row, labels)]
 
 
 def plot_learning_curves(ctx: Context):
@@ -40,7 +51,8 @@ def plot_learning_curves(ctx: Context):
     for ax, _ in panels:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    panels[0][0].set_ylabel("validation accuracy")
+    for ax, _ in panels[::len({l for _, l in panels})]:
+        ax.set_ylabel("validation accuracy")
     return ctx.save_figure(fig, "learning_curves", "Validation accuracy per epoch (thick: mean over seeds; thin: each seed)")
 
 
@@ -58,7 +70,8 @@ def plot_accuracy_vs_time(ctx: Context):
     for ax, _ in panels:
         ax.set_xscale("log")
         ax.set_xlabel("cumulative training wall time (s, log)")
-    panels[0][0].set_ylabel("test accuracy")
+    for ax, _ in panels[::len({l for _, l in panels})]:
+        ax.set_ylabel("test accuracy")
     return ctx.save_figure(fig, "accuracy_vs_time", "Test accuracy vs training time (one line per seed)")
 
 

@@ -25,6 +25,7 @@ from scipy import stats
 from ... import paired as paired_stats
 from ...paired import (BASELINE, ENUM_AUX, ci_text, plot_accuracy_points, plot_paired, reference_label, rule_text,
                        setting_sentence, settings_sentences)
+from ..plotting import readable_palette
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import Results
@@ -221,7 +222,7 @@ def build(ctx: Context) -> Section:
     sec.tables.append(Table(f"Verdicts against {ENUM_REF} (those against the baseline: verdicts.csv)", shown,
                             "verdicts", ["verdicts.csv", "learning.csv"]))
     if ctx.plots:
-        pal = palette(ctx.res)
+        pal, _ = readable_palette(ctx.res)
         order = [variant_label(e, a) for e, a in variants(ctx.res)]
         path = plot_paired(p, ctx.plots_dir / "paired_differences.png", m, pal, order)
         if ctx.adopt_png(path, "Paired differences in test accuracy, seed by seed"):

@@ -8,6 +8,11 @@ They are written to ``tables/summary.md``, which the README quotes (a test holds
 4. the cost of enumeration per step (timing probe) and Pyro's overhead over the hand-written step;
 5. gradient error against the exact gradient, and the trained baselines against trace (Gradient error
    section), where the folder has the probe's error columns.
+
+Above them, on a run too short to support its verdicts (the smoke preset, truncated epochs, one seed), a
+banner that says so; below them the hero figure (``plots/hero.png``, the README's first figure): test
+accuracy against time per epoch, one point per variant with its interval, one panel per label count, the
+Pareto front and the supervised baseline as a line.
 """
 from __future__ import annotations
 
@@ -15,9 +20,15 @@ from typing import Optional
 
 import pandas as pd
 
-from ..common import num
-from ..context import Context, Section
-from ..frames import timing
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
+from ..context import Context, Figure, Section
+from ..data import BASELINES
+from ..frames import table1, timing
+from ..plotting import readable_palette
 from .grad_mse import summary_lines as gradient_lines
 from .overview import run_cost_line
 from .paired import caveat_line, elsewhere_line, headline_line
@@ -41,6 +52,91 @@ def cost_line(ctx: Context) -> Optional[str]:
     return text + "."
 
 
+def too_short(ctx: Context) -> Optional[str]:
+    """Why this run supports no verdict (smoke preset, truncated epochs, one seed), else None."""
+    grid = ctx.grid
+    seeds = len(grid.get("seeds") or []) or ctx.res.runs["seed"].nunique()
+    why = [w for w, bad in ((f"the {ctx.env.get('preset')} preset", ctx.env.get("preset") == "smoke"),
+                            (f"epochs cut to {grid.get('steps_per_epoch')} steps", bool(grid.get("steps_per_epoch"))),
+                            ("one seed (no interval)", seeds < 2)) if bad]
+    return "; ".join(why) or None
+
+
+def banner(ctx: Context) -> Optional[str]:
+    why = too_short(ctx)
+    return None if why is None else (
+        f"**A pipeline check, not a result** ({why}): this run shows that every step of the benchmark runs end "
+        f"to end; its accuracies, differences from Pyro's table and verdicts support no conclusion.")
+
+
+def hero_points(ctx: Context):
+    """[(labels, [(estimator, aux, seconds per epoch, mean, half-width)], baseline (mean, half) or None)]."""
+    t1 = ctx.frame(table1)
+    out = []
+    for labels in sorted(t1.labels.dropna().unique()):
+        pts, base = [], None
+        for est, aux in variants(ctx.res):
+            row = t1[(t1.labels == labels) & (t1.estimator == est) & (t1.aux == aux)]
+            if not len(row) or not np.isfinite(float(row.iloc[0]["mean"] if row.iloc[0]["mean"] is not None else np.nan)):
+                continue
+            mean, half = float(row.iloc[0]["mean"]), num(row.iloc[0], "ci95_halfwidth") or 0.0
+            if est in BASELINES:
+                base = (mean, half)
+                continue
+            sec, _ = median_seconds_per_epoch(ctx.res, est, aux, int(labels))
+            if sec:
+                pts.append((est, aux, sec, mean, half))
+        if pts:
+            out.append((int(labels), pts, base))
+    return out
+
+
+def pareto(points):
+    """The points no other beats on both time (lower) and accuracy (higher), fastest first."""
+    front, best = [], -np.inf
+    for p in sorted(points, key=lambda p: (p[2], -p[3])):
+        if p[3] > best:
+            front.append(p)
+            best = p[3]
+    return front
+
+
+def plot_hero(ctx: Context):
+    panels = hero_points(ctx)
+    if not panels:
+        return None
+    pal, marks = readable_palette(ctx.res)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.4, 4.4), squeeze=False,
+                             layout="constrained")
+    for ax, (labels, pts, base) in zip(axes[0], panels):
+        if base:
+            ax.axhline(base[0], color="0.35", lw=1.2, ls="-.")
+            ax.axhspan(base[0] - base[1], base[0] + base[1], color="0.85", zorder=0)
+        front = pareto(pts)
+        ax.plot([p[2] for p in front], [p[3] for p in front], color="0.5", lw=1, ls=":", zorder=1,
+                drawstyle="steps-post")
+        for est, aux, sec, mean, half in pts:
+            style = {**AUX_STYLE[aux], **({"marker": marks[est]} if est in marks else {})}
+            ax.errorbar([sec], [mean], yerr=[[min(half, mean)], [min(half, 1 - mean)]], color=pal[est], capsize=3,
+                        markersize=7, linestyle="none", marker=style["marker"],
+                        mfc=pal[est] if (est, aux, sec, mean, half) in front else "white", mew=1.4)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{labels} labels", fontsize=10)
+        ax.set_xlabel(f"seconds per epoch ({ctx.env.get('device', '?')}, median over seeds, log)")
+        ax.set_ylabel("test accuracy at best validation epoch")
+    handles = [plt.Line2D([], [], color=pal[e], marker={**AUX_STYLE[a], **({"marker": marks[e]} if e in marks else {})}
+                          ["marker"], linestyle="none", label=variant_label(e, a))
+               for e, a in dict.fromkeys((p[0], p[1]) for _, pts, _ in panels for p in pts)]
+    handles += [plt.Line2D([], [], color="0.35", ls="-.", label="supervised-only baseline (band: 95% CI)"),
+                plt.Line2D([], [], color="0.5", ls=":", label="Pareto front (filled: on it)")]
+    axes[0][-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=8,
+                       ncol=1 if len(handles) <= 14 else 2)
+    return ctx.save_figure(fig, "hero", "Test accuracy against time per epoch (mean and 95% t-interval)")
+
+
 def build(ctx: Context) -> Section:
     lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), cost_line(ctx), *gradient_lines(ctx)]
     lines = [l for l in lines if l]
@@ -48,4 +144,14 @@ def build(ctx: Context) -> Section:
     cost = run_cost_line(ctx)
     if cost:
         ctx.write_text("run_cost.md", cost + "\n")
-    return Section("summary", "Summary", bullets=lines)
+    sec = Section("summary", "Summary", bullets=lines)
+    if banner(ctx):
+        sec.text.append(banner(ctx))
+    path = plot_hero(ctx) if ctx.plots else None
+    if path:
+        sec.figures.append(Figure(path, "The answer at a glance: each variant's test accuracy (mean over seeds, 95% "
+                                        "t-interval) against its median seconds per epoch, one panel per label "
+                                        "count; filled markers lie on the Pareto front (no other variant is both "
+                                        "faster and more accurate); the dash-dot line and band: the supervised-only "
+                                        "baseline."))
+    return sec

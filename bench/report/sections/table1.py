@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ..plotting import legend_handles, legend_right
+from ..plotting import MAX_SERIES, group_palette, legend_handles, legend_right, variant_groups
 from ..common import AUX_STYLE, load_pyro_table1, palette, provenance, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import BASELINES
@@ -113,49 +113,57 @@ def plot(ctx: Context, t1: pd.DataFrame):
     d = t1.dropna(subset=["mean"])
     if not len(d):
         return None
-    pal = palette(res)
     labels_all = sorted(t1.labels.unique())
     ok = res.runs[res.runs.status == "ok"]
     ref = load_pyro_table1()
     ref = ref[ref.labels.isin(labels_all)]
     panels = [(False, "without the auxiliary loss"), (True, "with the auxiliary loss")]
     panels = [(a, name) for a, name in panels if any(x == a for e, x in variants(res) if e not in BASELINES)] or panels[:1]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.2, 4.8), sharey=True, squeeze=False,
-                             layout="constrained")
-    pairs = []
-    for ax, (aux_panel, name) in zip(axes[0], panels):
-        shown = [(e, a) for e, a in variants(res) if a == aux_panel or e in BASELINES]
-        for i, (est, aux) in enumerate(shown):
-            sub = d[(d.estimator == est) & (d.aux == aux)].sort_values("labels")
-            if not len(sub):
-                continue
-            if (est, aux) not in pairs:
-                pairs.append((est, aux))
-            jitter = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # spread the variants (log x axis)
-            hw = sub.ci95_halfwidth.fillna(0).to_numpy(dtype=float)
-            mean = sub["mean"].to_numpy(dtype=float)
-            # an accuracy lies in [0, 1]: a wide t-interval (2 seeds: t = 12.7) is drawn clipped to it
-            yerr = [np.minimum(hw, mean), np.minimum(hw, 1 - mean)]
-            ax.errorbar(sub.labels * jitter, mean, yerr=yerr, color=pal[est], capsize=3, markersize=5,
-                        elinewidth=1, alpha=0.9, **AUX_STYLE[aux])
-            seeds = ok[(ok.estimator == est) & (ok.aux == aux)].dropna(subset=["test_acc_at_best_valid"])
-            ax.scatter(seeds.labels * jitter, seeds.test_acc_at_best_valid, s=14, color=pal[est], alpha=0.6,
-                       edgecolor="white", linewidth=0.4, zorder=3)
-            theirs = ref[(ref.estimator == est) & (ref.aux == aux)]
-            ax.scatter(theirs.labels, theirs["mean"], marker="x", color=pal[est], s=45, alpha=0.8, zorder=1)
-        ax.set_xscale("log")
-        ax.set_xticks(labels_all, [str(l) for l in labels_all])
-        ax.minorticks_off()
-        ax.set_title(name)
-        ax.set_xlabel("labeled training images (log scale)")
-    axes[0][0].set_ylabel("test accuracy at best validation epoch")
+    every = variants(res)
+    per_panel = max(sum(1 for e, a in every if a == aux or e in BASELINES) for aux, _ in panels)
+    groups = variant_groups(every, limit=0 if per_panel > MAX_SERIES else len(every), by_aux=False)
+    pals = group_palette(res, groups)
+    fig, axes = plt.subplots(len(groups), len(panels), figsize=(5.2 * len(panels) + 2.2, 4.8 if len(groups) == 1
+                             else 3.4 * len(groups)), sharey=True, squeeze=False, layout="constrained")
+    for row, (group, in_row), pal in zip(axes, groups, pals):
+        pairs = []
+        for ax, (aux_panel, name) in zip(row, panels):
+            _draw_panel(ax, [(e, a) for e, a in in_row if a == aux_panel or e in BASELINES], d, ok, ref, pal, pairs)
+            ax.set_xscale("log")
+            ax.set_xticks(labels_all, [str(l) for l in labels_all])
+            ax.minorticks_off()
+            ax.set_title(name + (f" · {group}" if group else ""), fontsize=10)
+            ax.set_xlabel("labeled training images (log scale)")
+        handles = legend_handles(pal, pairs)
+        handles.append(Line2D([], [], color="0.4", marker="o", markersize=3.5, linestyle="", label="one seed"))
+        handles.append(Line2D([], [], color="0.4", marker="x", linestyle="", label="Pyro tutorial Table 1"))
+        legend_right(row[-1], handles)
+        row[0].set_ylabel("test accuracy at best validation epoch")
     axes[0][0].set_ylim(0, 1.02)
-    handles = legend_handles(pal, pairs)
-    handles.append(Line2D([], [], color="0.4", marker="o", markersize=3.5, linestyle="", label="one seed"))
-    handles.append(Line2D([], [], color="0.4", marker="x", linestyle="", label="Pyro tutorial Table 1"))
-    legend_right(axes[0][-1], handles)
     return ctx.save_figure(fig, "accuracy_vs_labels",
                            "Test accuracy vs label count (mean, 95% t-interval clipped to [0, 1], seeds as dots)")
+
+
+def _draw_panel(ax, shown, d, ok, ref, pal, pairs) -> None:
+    """One panel of the accuracy-vs-labels figure: each variant's mean and interval, its seeds, Pyro's value."""
+    for i, (est, aux) in enumerate(shown):
+        sub = d[(d.estimator == est) & (d.aux == aux)].sort_values("labels")
+        if not len(sub):
+            continue
+        if (est, aux) not in pairs:
+            pairs.append((est, aux))
+        jitter = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # spread the variants (log x axis)
+        hw = sub.ci95_halfwidth.fillna(0).to_numpy(dtype=float)
+        mean = sub["mean"].to_numpy(dtype=float)
+        # an accuracy lies in [0, 1]: a wide t-interval (2 seeds: t = 12.7) is drawn clipped to it
+        yerr = [np.minimum(hw, mean), np.minimum(hw, 1 - mean)]
+        ax.errorbar(sub.labels * jitter, mean, yerr=yerr, color=pal[est], capsize=3, markersize=5,
+                    elinewidth=1, alpha=0.9, **AUX_STYLE[aux])
+        seeds = ok[(ok.estimator == est) & (ok.aux == aux)].dropna(subset=["test_acc_at_best_valid"])
+        ax.scatter(seeds.labels * jitter, seeds.test_acc_at_best_valid, s=14, color=pal[est], alpha=0.6,
+                   edgecolor="white", linewidth=0.4, zorder=3)
+        theirs = ref[(ref.estimator == est) & (ref.aux == aux)]
+        ax.scatter(theirs.labels, theirs["mean"], marker="x", color=pal[est], s=45, alpha=0.8, zorder=1)
 
 
 def build(ctx: Context) -> Section:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ...elbo_plots import plot_test_elbo_both
 from ..common import fmt_sig, ok_runs, palette, variant_label, variants
+from ..plotting import readable_palette
 from ..context import Context, Figure, Section, Table
 
 
@@ -62,7 +63,7 @@ def build(ctx: Context) -> Section:
         sec.tables.append(Table("Final test ELBO and IWAE bound, nats per image (mean over ok seeds)", shown,
                                 "test_elbo"))
     if ctx.plots and has_curves:
-        step, time = plot_test_elbo_both(c, ctx.plots_dir, palette(ctx.res))
+        step, time = plot_test_elbo_both(c, ctx.plots_dir, *readable_palette(ctx.res))
         if ctx.adopt_png(step, "Test ELBO per epoch against training step"):
             sec.figures.append(Figure(step, "Test ELBO after each epoch against the training step, one line per cell, "
                                             "one panel per label count and auxiliary-loss setting."))

@@ -12,7 +12,8 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 import pandas as pd
 
 from ...schema import CONTENDED_LOAD, cores
-from ..common import fmt_ms, kinds_in, palette, rnd
+from ..common import fmt_ms, kinds_in, rnd
+from ..plotting import readable_palette
 from ..context import Context, Figure, Section, Table
 from ..frames import timing
 
@@ -59,7 +60,7 @@ def relative(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(ctx: Context, long: pd.DataFrame):
-    pal = palette(ctx.res)
+    pal, _ = readable_palette(ctx.res)
     devices = list(dict.fromkeys(zip(long.device, long.device_name)))
     kinds = kinds_in(long.step_kind)
     ests = list(dict.fromkeys(long.estimator))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import legend_handles, legend_right
-from ..common import AUX_STYLE, fmt_sig, palette, variant_label, variants
+from ..plotting import legend_handles, legend_right, readable_palette
+from ..common import AUX_STYLE, estimator_order, fmt_sig, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..frames import grad_variance
 
@@ -35,25 +35,36 @@ def display(med: pd.DataFrame, res) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _probe_variants(res, per: pd.DataFrame) -> dict:
+    """variant name in the probe -> (estimator, aux), in report order: the probe names a variant by its
+    estimator (and ``+ aux``), whether or not the run grid trained that variant."""
+    names = list(dict.fromkeys(per.variant))
+    known = {variant_label(e, a): (e, a) for e, a in variants(res)}
+    parsed = {v: known.get(v, (v[:-len(" + aux")], True) if v.endswith(" + aux") else (v, False)) for v in names}
+    rank = {e: i for i, e in enumerate(estimator_order(res))}
+    return dict(sorted(parsed.items(), key=lambda kv: (rank.get(kv[1][0], len(rank)), kv[1][1], kv[0])))
+
+
 def plot(ctx: Context, per: pd.DataFrame):
     res = ctx.res
-    pal = palette(res)
+    pal, marks = readable_palette(res)
     kinds = [k for k in ("unsup", "sup") if k in set(per.step_kind)]
     groups = [g for g in ("encoder_y", "encoder_z", "decoder") if g in set(per.param_group)]
     groups += sorted(set(per.param_group) - set(groups))
     rows = [(l, k) for k in kinds for l in sorted(per.labels.unique())]
     fig, axes = plt.subplots(len(rows), len(groups), figsize=(3.8 * len(groups) + 2, 2.9 * len(rows)),
                              squeeze=False, sharex=True, layout="constrained")
-    order = {variant_label(e, a): (e, a) for e, a in variants(res)}
+    order = _probe_variants(res, per)
     pairs = []
     for i, (l, k) in enumerate(rows):
         for j, grp in enumerate(groups):
             ax = axes[i][j]
             sub = per[(per.labels == l) & (per.step_kind == k) & (per.param_group == grp)]
             if not len(sub):  # e.g. encoder_y gets no gradient from a labeled batch without aux
-                ax.text(0.5, 0.5, "no gradient measured\n(group not used by this step)", ha="center",
-                        va="center", transform=ax.transAxes, fontsize=8, color="0.4")
-                ax.set_yticks([])
+                ax.text(0.5, 0.5, f"{grp} · {k} step · {l} labels:\nno gradient measured\n(group not used by "
+                        "this step)", ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+                ax.axis("off")
+                continue
             for var, (est, aux) in order.items():
                 s = sub[sub.variant == var]
                 if not len(s):
@@ -61,7 +72,8 @@ def plot(ctx: Context, per: pd.DataFrame):
                 if (est, aux) not in pairs:
                     pairs.append((est, aux))
                 agg = s.groupby("step")["variance"].median()
-                ax.plot(agg.index, agg.values, color=pal[est], markersize=4, **AUX_STYLE[aux])
+                style = {**AUX_STYLE[aux], **({"marker": marks[est]} if est in marks else {})}
+                ax.plot(agg.index, agg.values, color=pal.get(est, "0.4"), markersize=4, **style)
             if len(sub):
                 ax.set_yscale("log")
             ax.set_title(f"{grp} · {k} step · {l} labels", fontsize=9)
@@ -69,7 +81,7 @@ def plot(ctx: Context, per: pd.DataFrame):
                 ax.set_xlabel("training step of checkpoint")
             if j == 0:
                 ax.set_ylabel("gradient variance\n(mean per coordinate, log)")
-    legend_right(axes[0][-1], legend_handles(pal, pairs))
+    legend_right(axes[0][-1], legend_handles(pal, pairs, marks))
     return ctx.save_figure(fig, "grad_variance", "Gradient variance at common checkpoints (median over seeds)")
 
 

@@ -1,0 +1,76 @@
+"""Plots that draw what they say: every panel of every figure the report makes has data on it, and none
+shows more series than a reader can tell apart (bench.report.plotting.figure_problems). Run on the
+fabricated folder, on one with many estimators (small multiples by family), and, slow, on the committed
+references."""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.figure import Figure
+
+from bench import report
+from bench.report.plotting import MAX_SERIES, figure_problems
+from tests import report_fixtures as rf
+
+REFERENCES = [p for p in (Path(__file__).resolve().parents[1] / "results" / "reference").glob("*-cpu")
+              if (p / "env.json").is_file() and p.name != "table1-cpu"]
+MANY = ("trace", "enum", "trace-avg", "trace-bx", "nvil", "rloo", "gumbel", "gumbel-st", "rb-topk", "baseline")
+
+
+def _problems(monkeypatch, root) -> dict:
+    """{png name: [problem, ...]} of every figure saved while the report on ``root`` is built."""
+    found = {}
+    save = Figure.savefig
+
+    def checked(fig, path, *a, **k):
+        if fig.axes:  # adopt_png's frame around an image drawn elsewhere has no panels
+            found[Path(str(path)).name] = figure_problems(fig)
+        return save(fig, path, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", checked)
+    report.build_report(root)
+    return found
+
+
+def test_the_checker_sees_an_empty_panel_and_a_crowded_one():
+    fig, (a, b, c) = plt.subplots(1, 3)
+    a.plot([0], [1])                       # one point, no marker: draws nothing
+    a.axvline(0)                           # a reference line is not data
+    for i in range(MAX_SERIES + 1):
+        b.plot([0, 1], [i, i + 1], color=plt.cm.viridis(i / MAX_SERIES))
+    c.plot([0], [1], marker="o")           # one point with a marker: drawn
+    assert figure_problems(fig) == ["panel 1 (untitled): empty",
+                                    f"panel 2 (untitled): {MAX_SERIES + 1} series (at most {MAX_SERIES})"]
+    plt.close(fig)
+
+
+def test_no_empty_or_crowded_panel_on_the_fabricated_folder(tmp_path, monkeypatch):
+    rf.fabricate_results(tmp_path, relaxation=True)
+    found = _problems(monkeypatch, tmp_path)
+    assert {"learning_curves.png", "accuracy_vs_labels.png", "grad_variance.png", "paired_differences.png",
+            "hero.png"} <= set(found)
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_many_estimators_become_small_multiples(tmp_path, monkeypatch):
+    """19 variants: learning curves, accuracy vs time and vs labels split by family, none over the limit."""
+    monkeypatch.setattr(rf, "ESTIMATORS", MANY)
+    many = rf.variants
+    monkeypatch.setattr(rf, "variants", lambda estimators=MANY: many(estimators))
+    for est in MANY:
+        monkeypatch.setitem(rf._MS, est, rf._MS.get(est, 8.0))
+        monkeypatch.setitem(rf.REF_STEP, (est, "unsup"), rf.REF_STEP.get((est, "unsup"), "unsup-sampled"))
+    acc = {(e, a): rf._ACC.get((e, a), 0.5 + 0.3 * a) for e, a in many(MANY)}
+    rf.fabricate_results(tmp_path, acc=acc)
+    found = _problems(monkeypatch, tmp_path)
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("src", REFERENCES, ids=lambda p: p.name)
+def test_no_empty_or_crowded_panel_in_the_references(tmp_path, monkeypatch, src):
+    import shutil
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock", "cache"))
+    found = _problems(monkeypatch, dst)
+    assert {k: v for k, v in found.items() if v} == {}
