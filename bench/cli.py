@@ -12,6 +12,8 @@ import json
 import sys
 from typing import List, Optional
 
+from ssvae.config import DEFAULT_RUN
+
 from .compare import add_compare_parser
 from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, add_data_args, fail, int_list
 from .harness import add_list_parser, add_run_parser
@@ -52,13 +54,13 @@ def build_parser() -> Parser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--labels", type=int, default=None, help="labeled images (multiple of 10)")
     g.add_argument("--label-fraction", type=float, default=None, help="labeled fraction of 50,000")
-    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--epochs", type=int, default=DEFAULT_RUN.epochs)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--batch-size", type=int, default=200)
-    t.add_argument("--lr", type=float, default=0.00042)
-    t.add_argument("--z-dim", type=int, default=50)
-    t.add_argument("--hidden", type=int_list, default=[500])
-    t.add_argument("--aux-multiplier", type=float, default=46.0)
+    t.add_argument("--batch-size", type=int, default=DEFAULT_RUN.batch_size)
+    t.add_argument("--lr", type=float, default=DEFAULT_RUN.lr)
+    t.add_argument("--z-dim", type=int, default=DEFAULT_RUN.z_dim)
+    t.add_argument("--hidden", type=int_list, default=list(DEFAULT_RUN.hidden))
+    t.add_argument("--aux-multiplier", type=float, default=DEFAULT_RUN.aux_multiplier)
     t.add_argument("--steps-per-epoch", type=int, default=None)
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ssvae import RunConfig, resolve_labels
-from ssvae.config import SPARSE_FIELDS, TRAIN_SIZE
+from ssvae.config import DEFAULT_RUN, SPARSE_FIELDS, TRAIN_SIZE
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
 from ssvae.model import SSVAE
@@ -99,11 +99,11 @@ class Grid:
     epochs: int
     device: str = "cpu"
     steps_per_epoch: Optional[int] = None
-    batch_size: int = 200
-    lr: float = 0.00042
-    z_dim: int = 50
-    hidden: List[int] = field(default_factory=lambda: [500])
-    aux_multiplier: float = 46.0
+    batch_size: int = DEFAULT_RUN.batch_size
+    lr: float = DEFAULT_RUN.lr
+    z_dim: int = DEFAULT_RUN.z_dim
+    hidden: List[int] = field(default_factory=lambda: list(DEFAULT_RUN.hidden))
+    aux_multiplier: float = DEFAULT_RUN.aux_multiplier
     probe: Dict = field(default_factory=lambda: dict(PROBE_DEFAULTS))
     description: str = ""
     #: cells run at a time by default (an execution hint: results do not depend on it)
@@ -162,9 +162,10 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=list(spec.get("aux", [False, True])),
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
-                batch_size=int(spec.get("batch_size", 200)), lr=float(spec.get("lr", 0.00042)),
-                z_dim=int(spec.get("z_dim", 50)), hidden=list(spec.get("hidden", [500])),
-                aux_multiplier=float(spec.get("aux_multiplier", 46.0)), probe=probe,
+                batch_size=int(spec.get("batch_size", DEFAULT_RUN.batch_size)),
+                lr=float(spec.get("lr", DEFAULT_RUN.lr)), z_dim=int(spec.get("z_dim", DEFAULT_RUN.z_dim)),
+                hidden=list(spec.get("hidden", DEFAULT_RUN.hidden)),
+                aux_multiplier=float(spec.get("aux_multiplier", DEFAULT_RUN.aux_multiplier)), probe=probe,
                 description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
                 options={e: dict(o) for e, o in sorted(options.items())},
                 tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)),

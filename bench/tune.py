@@ -43,10 +43,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ssvae.config import DEFAULT_RUN
 from ssvae.errors import ConfigError
 
-#: Pyro's learning rate (``ss_vae_M2.py``): the default a tuned choice is compared with
-PYRO_LR = 0.00042
+#: Pyro's learning rate (``ss_vae_M2.py``, ``ssvae.config.DEFAULT_RUN``): the default a tuned choice is compared with
+PYRO_LR = DEFAULT_RUN.lr
 #: the metric selection uses (validation accuracy only; test accuracy is never read)
 SELECT_ON = "best_valid_acc"
 CHOICE_FILE = "tuned.json"

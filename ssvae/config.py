@@ -183,6 +183,11 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:10]
 
 
+
+#: Pyro's ``ss_vae_M2.py`` defaults as one object (learning rate, aux multiplier, sizes...): the one home of
+#: every run default; the grid, the command line, tuning and the hand-written reference read it.
+DEFAULT_RUN = RunConfig()
+
 def check_device(device: str) -> str:
     """Validate a device string; ``cuda`` without a visible GPU is a :class:`ConfigError`."""
     import torch

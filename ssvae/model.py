@@ -34,12 +34,13 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .config import DEFAULT_RUN, NUM_CLASSES
 from .nets import MLP, GaussianMLP
 
 
 class SSVAE(nn.Module):
-    def __init__(self, input_size: int = 784, num_classes: int = 10, z_dim: int = 50,
-                 hidden: Sequence[int] = (500,), aux_multiplier: float = 46.0):
+    def __init__(self, input_size: int = 784, num_classes: int = NUM_CLASSES, z_dim: int = DEFAULT_RUN.z_dim,
+                 hidden: Sequence[int] = DEFAULT_RUN.hidden, aux_multiplier: float = DEFAULT_RUN.aux_multiplier):
         super().__init__()
         self.input_size = input_size
         self.num_classes = num_classes

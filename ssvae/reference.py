@@ -36,6 +36,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_RUN
 from .model import SSVAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -269,7 +270,7 @@ def reference_step(cfg, ref_kind: str, xs: torch.Tensor, ys: Optional[torch.Tens
 class ReferenceStepper:
     """One optimisation step with plain ``torch.optim.Adam`` (Pyro's lr and betas)."""
 
-    def __init__(self, ss: SSVAE, lr: float = 0.00042, beta1: float = 0.9):
+    def __init__(self, ss: SSVAE, lr: float = DEFAULT_RUN.lr, beta1: float = DEFAULT_RUN.beta1):
         self.ss = ss
         self.optim = torch.optim.Adam(ss.parameters(), lr=lr, betas=(beta1, 0.999))
 
