@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-PRESET ?= quick
+PRESET ?= default
 DEVICE ?= cpu
 OUT ?= results/$(PRESET)-$(DEVICE)
 ARGS ?=

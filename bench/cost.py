@@ -14,8 +14,14 @@ def config_epochs(spec: dict) -> int:
     return (spec.get("config") or {}).get("epochs", 1)
 
 
-#: work per step relative to an enum step, for the ETA and ``bench list`` (other estimators: about one)
-STEP_WEIGHT = {"baseline": 0.05, "trace": 0.2}
+#: work of an unlabeled step relative to enum's, for the ETA and ``bench list``: the median step times of
+#: results/reference/quick-cpu/timing.csv (2 threads) over enum's; enum-seq from the smoke run (2.3x enum);
+#: the baseline's step is a classifier step. An estimator missing here counts as one.
+STEP_WEIGHT = {"baseline": 0.05, "trace": 0.27, "enum": 1.0, "enum-seq": 2.3, "trace-avg": 0.45, "trace-bx": 0.45,
+               "nvil": 0.31, "trace-k10": 0.99, "rloo": 0.98, "gumbel": 0.27, "gumbel-st": 0.26, "rb-topk": 0.36,
+               "rb-top3": 0.54, "rb-topk-plain": 0.35}
+#: a labeled step (y observed: nothing to enumerate or sample) relative to enum's unlabeled step
+SUP_WEIGHT = 0.2
 #: evaluation, in epochs of it (one: the exact test ELBO on all 10,000 test images and the accuracies):
 #: on 2 cores, 5-epoch cells spent 33 s evaluating and 20-epoch cells 78 s, 3 s an epoch and 18 s at the
 #: end, where the importance-weighted bound with the default k and images costs FINAL_EVAL_EPOCHS epochs.
@@ -32,7 +38,7 @@ def _probe_cost(spec: dict, estimators, references: bool = True) -> float:
     """The gradient probe, in enum-step equivalents: at each checkpoint, ``n_samples`` draws of every probed
     estimator's labeled and unlabeled steps and (``references``) ``reference_draws`` enumerated draws on
     both, one enum step each."""
-    per = sum(2 * spec.get("n_samples", 0) * STEP_WEIGHT.get(e, 1.0) for e in estimators)
+    per = sum(spec.get("n_samples", 0) * (STEP_WEIGHT.get(e, 1.0) + SUP_WEIGHT) for e in estimators)
     per += 2 * spec.get("reference_draws", 0) if references else 0
     return len(spec.get("checkpoints") or []) * per
 

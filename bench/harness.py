@@ -37,11 +37,11 @@ from ssvae.estimators import REGISTRY
 from . import grid as gridmod
 from . import tune as tunemod
 from .errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
-from .executors import EXECUTORS, TaskState
+from .executors import EXECUTORS, TaskState, plan_gpus
 from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from .schema import CONTENDED_LOAD, cores, grid_difference
-from .cost import PART_STEPS
-from .tasks import KINDS, PARTS, cost_parts, measured_parts
+from . import estimate
+from .tasks import KINDS
 from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path, span,
                     run_identity, stale_reason, write_tables)
 
@@ -231,11 +231,13 @@ class Progress:
     HEARTBEAT_S = 60.0
     METER = "{percentage:3.0f}% of the work | {elapsed} elapsed, ETA {remaining}"
 
-    def __init__(self, tasks: List[dict], todo: List[dict], stream=None):
+    def __init__(self, tasks: List[dict], todo: List[dict], stream=None, seconds: Optional[Dict[str, float]] = None):
         self.stream = stream or sys.stderr
         self.total = len(tasks)
         self.done = self.total - len(todo)
-        self.units = {t["id"]: task_cost(t) for t in tasks}
+        # the work of a task: its estimated seconds (bench.estimate) where every task to run has one, else its cost
+        priced = bool(seconds) and all(t["id"] in seconds for t in todo)
+        self.units = {t["id"]: (seconds[t["id"]] if priced else task_cost(t)) for t in todo}
         self.todo_units = sum(self.units[t["id"]] for t in todo)
         self.units_done = 0.0
         self.start = self.last_beat = time.time()
@@ -316,78 +318,27 @@ def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
     return stale_reason(record, spec, ident)
 
 
-#: finished work (in enum-step equivalents of a part) below which a part is not calibrated on its own
-CALIBRATE_MIN = 1000
-
-
-def calibration() -> Optional[Dict[str, float]]:
-    """Seconds per unit of each part of :func:`bench.tasks.cost_parts` on this machine, from the finished
-    tasks of the folder of the newest local timing.csv (their measured seconds per part over the part's
-    cost, as they ran: side by side when the run had several workers). A part with too little finished
-    work takes the folder's overall seconds per unit of cost; a folder with too little of it all, the
-    timing.csv's enum step time. None: unknown. Calibrating the parts apart matters: cells that mostly
-    train, evaluate or probe run at different rates per unit (a single rate fitted on the quick reference's
-    probe-heavy tasks put the long reference at 59 % of the time it took)."""
-    path = _local_timing()
-    if not path:
-        return None
-    seconds, units, wall, cost = dict.fromkeys(PARTS, 0.0), dict.fromkeys(PARTS, 0.0), 0.0, 0.0
-    for rec in [*Path(path).parent.glob("runs/*.json"), *Path(path).parent.glob("probes/*.json")]:
-        record, _ = read_result(rec)
-        spec = (record or {}).get("spec")
-        if not (record and record.get("status") == "ok" and span(record) and isinstance(spec, dict)
-                and spec.get("kind") in KINDS):
-            continue
-        try:
-            parts, took = cost_parts(spec), measured_parts(record)
-        except (KeyError, TypeError, ValueError):
-            continue
-        for part in PARTS:
-            seconds[part] += took[part]
-            units[part] += parts[part] * PART_STEPS[part]
-        wall, cost = wall + sum(took.values()), cost + task_cost(spec)
-    if cost >= CALIBRATE_MIN:
-        return {part: (seconds[part] / units[part] if units[part] >= CALIBRATE_MIN else wall / cost)
-                * PART_STEPS[part] for part in PARTS}
+def _machine(device: str) -> Optional[str]:
+    """The device name records are matched by: this CPU's, or the GPU's (None where there is none)."""
     try:
-        rows = [r for r in csv.DictReader(open(path)) if r["estimator"] == "enum" and r["step_kind"] == "unsup"]
-        per = float(rows[0]["median_ms"]) / 1e3 if rows else None
-    except (OSError, KeyError, ValueError):
+        return device_name(device)
+    except Exception:  # noqa: BLE001 -- no such device here: price on every machine's records
         return None
-    return None if per is None else {part: per * PART_STEPS[part] for part in PARTS}
 
 
-def _seconds(tasks: List[dict], cal: Dict[str, float]) -> Dict[str, float]:
-    """Estimated seconds of ``tasks`` (one worker) per part."""
-    out = dict.fromkeys(PARTS, 0.0)
-    for t in tasks:
-        for part, units in cost_parts(t).items():
-            out[part] += units * cal[part]
-    return out
+def _roots(out: Path) -> List[Path]:
+    """Where finished records are read for the estimate: results/ and the run's own folder."""
+    return [REPO / "results", out]
 
 
-def estimate_seconds(todo: List[dict], workers: int) -> Optional[float]:
-    cal = calibration()
-    if cal is None:
-        return None
-    return sum(_seconds(todo, cal).values()) / max(1, workers)
-
-
-def _share(tasks: List[dict], cal: Optional[Dict[str, float]] = None) -> str:
-    """The gradient probe's share of the work of ``tasks`` (common checkpoints and the cells' own runs):
-    of the estimated seconds where this machine is calibrated, else of the cost."""
-    if cal is not None:
-        parts = _seconds(tasks, cal)
-        total, probe = sum(parts.values()), parts["probe"]
-    else:
-        total, probe = sum(task_cost(t) for t in tasks), sum(probe_cost(t) for t in tasks)
-    return f"{100 * probe / total:.0f}%" if total else "0%"
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "unknown (no timing.csv on this machine)"
-    return f"about {max(1, math.ceil(seconds / 60))} min" if seconds >= 60 else f"about {seconds:.0f} s"
+def _plan_line(tasks: List[dict], todo: List[dict], workers: int, est: "estimate.Plan") -> str:
+    line = (f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
+            f"estimated {estimate.duration(est.total)}")
+    if est.probe_share is not None and est.probe_share > 0:
+        line += f", of which the gradient probe {100 * est.probe_share:.0f}%"
+    if est.calibration is not None:
+        line += f" ({est.calibration.describe()})"
+    return line
 
 
 def cmd_run(args) -> int:
@@ -417,32 +368,38 @@ def cmd_run(args) -> int:
     stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
     clash = other_grid(out, grid, tasks)
     workers = args.workers or grid.workers
+    gpu_plan = None
+    if grid.device == "cuda":  # cells share the GPUs, each pinned with CUDA_VISIBLE_DEVICES (default: one per GPU)
+        import torch
+        gpu_plan = plan_gpus(args.workers or torch.cuda.device_count(), out)
+        workers = gpu_plan.workers
+    elif grid.device.startswith("cuda"):  # cuda:N names one GPU
+        workers = 1
     if args.dry_run:
+        est = estimate.plan(todo, workers, args.threads or 1, machine=_machine(grid.device), roots=_roots(out))
+        if gpu_plan and (est.calibration is None or est.calibration.machine is None):  # no task timed on this GPU
+            est = estimate.Plan(None, {}, None, None)
+        print(_plan_line(tasks, todo, workers, est))
+        if gpu_plan:
+            print(gpu_plan.line())
         for t in tasks:
             state = "todo" if t in todo else "done"
+            secs = f"{est.per_task[t['id']]:8.0f} s" if t["id"] in est.per_task else " " * 10
             note = f"  (stale: {stale[t['id']]})" if t["id"] in stale else ""
-            print(f"{state}  {t['kind']:7s} {t['id']}{note}")
-        print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
-              f"estimated {_duration(estimate_seconds(todo, workers))}"
-              + (f", of which the gradient probe {_share(todo, calibration())}" if any(probe_cost(t) for t in todo)
-                 else ""))
+            print(f"{state}  {t['kind']:7s} {secs}  {t['id']}{note}")
         if clash:
             print(f"{out} holds another grid ({clash}): a run needs --force or another --out")
         return 0
     if clash and not args.force:
         raise ConfigError(f"{out} holds another grid ({clash}): add --force to run this grid there "
                           f"(the other's records stay, outside this grid), or choose another --out")
-    gpus = []
-    if grid.device == "cuda":  # one cell per GPU, each pinned with CUDA_VISIBLE_DEVICES
-        import torch
-        gpus = list(range(torch.cuda.device_count()))
-        workers = min(args.workers or len(gpus), len(gpus))
-    elif grid.device.startswith("cuda"):  # cuda:N names one GPU
-        workers = 1
+    if gpu_plan:
+        print(f"bench: {gpu_plan.line()}", file=sys.stderr)
     if args.executor == "dask":
         kwargs = {"scheduler": args.scheduler}
     else:
-        kwargs = {"gpus": gpus, "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
+        kwargs = {"gpus": gpu_plan.gpus if gpu_plan else [], "slots": gpu_plan.slots if gpu_plan else None,
+                  "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
     # the run's id: OUT/.lock names it while this run holds it, and a worker writes only while it does
     executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root),
                                         run_id=uuid.uuid4().hex, **kwargs)
@@ -461,10 +418,15 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         if getattr(args, "tuned_info", None):
             env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
         env["earlier_runs"] = _earlier_runs(out / "env.json")
+        est = estimate.plan(todo, workers, executor.threads, machine=_machine(grid.device), roots=_roots(out))
+        env["estimate"] = {"seconds": est.total, "tasks": len(todo), "workers": workers,
+                           "priced_on": est.calibration.describe() if est.calibration else None}
         atomic_write_json(out / "env.json", env)
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
               f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
-        progress = Progress(tasks, todo)
+        if todo:
+            print(f"bench: {_plan_line(tasks, todo, workers, est).split('; ', 1)[1]}", file=sys.stderr)
+        progress = Progress(tasks, todo, seconds=est.per_task)
         attempts_failed = set()  # a failed attempt whose file kept a finished record still fails the run
 
         def on_update(running, record):
@@ -488,7 +450,10 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
     failed = [t["id"] for t in tasks if t["id"] in attempts_failed
               or (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
-    print(f"bench: grid complete ({summary}); tables in {out}", file=sys.stderr)
+    took = time.time() - progress.start
+    against = f" (estimated {estimate.duration(est.total).replace('about ', '')})" if todo and est.total else ""
+    print(f"bench: grid complete ({summary}) in {estimate.duration(took).replace('about ', '')}{against}; "
+          f"tables in {out}", file=sys.stderr)
     if failed:
         print(f"bench: {len(failed)} task(s) failed: {', '.join(failed[:10])}; rerun to retry them",
               file=sys.stderr)
@@ -529,14 +494,16 @@ def cmd_list(args) -> int:
         print(f"{name:{width}s} {c:>10s}  {est.description}")
     if cost:
         print(f"(unsupervised step cost relative to trace, from {path})")
-    cal = calibration()
-    print(f"\n{'preset':8s} {'tasks':>5s} {'time (1 worker)':>16s} {'probe':>5s}  description")
+    cal = estimate.calibrate([REPO / "results"], _machine("cpu"))
+    print(f"\n{'preset':8s} {'tasks':>5s} {'workers':>7s} {'wall time':>10s} {'probe':>5s}  description")
     for name in gridmod.preset_names():
         grid = gridmod.make_grid(gridmod.load_preset(name))
         tasks = gridmod.expand(grid)
-        est = _duration(sum(_seconds(tasks, cal).values())).replace("about ", "") if cal else "?"
-        print(f"{name:8s} {len(tasks):5d} {est:>16s} {_share(tasks, cal):>5s}  {grid.description}")
+        est = estimate.plan(tasks, grid.workers, cal=cal) if cal else None
+        wall = estimate.duration(est.total).replace("about ", "") if est else "?"
+        share = f"{100 * est.probe_share:.0f}%" if est and est.probe_share is not None else "?"
+        print(f"{name:8s} {len(tasks):5d} {grid.workers:7d} {wall:>10s} {share:>5s}  {grid.description}")
     if cal:
-        print("(time from the finished tasks of the folder above, training, evaluation and probe each at its own "
-              "rate, else its enum step time; divide by --workers; probe: the gradient probe's share of it)")
+        print(f"(CPU wall time with the preset's workers, each task at the measured rate of its kind and part, the "
+              f"schedule played out (bench/estimate.py); {cal.describe()}; probe: the gradient probe's share)")
     return 0

@@ -449,7 +449,10 @@ def run_timing(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
     (``gflop``, ``ssvae.flops``) and the reference step's achieved rate as a percentage of
     the matmul rate measured at the start of this task (``matmul_gflops``), and the peak
     memory of one more step of Pyro's (``peak_mb``: resident-set growth on CPU, sampled after
-    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.regress.peakmem``).
+    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.regress.peakmem``). On CUDA a
+    row also keeps what the process held on the GPU at that step's peak (``cuda_peak_mb``: allocated,
+    ``cuda_reserved_mb``: with the allocator's cache), in the record only: how many cells share a GPU
+    is planned from it (``bench.executors.plan_gpus``).
     """
     base = RunConfig.from_dict(spec["config"])
     data = _load_data(base, data_dir)
@@ -479,6 +482,9 @@ def run_timing(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
                    "n_steps": len(ms), **_summary(ms), "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
                    "threads": torch.get_num_threads(), "matmul_gflops": matmul_gflops,
                    "peak_mb": mem["peak_mb"], "peak_mb_method": mem["method"]}
+            if str(cfg.device).startswith("cuda"):  # since peak_step_memory's reset: that one step's peak
+                row["cuda_peak_mb"] = torch.cuda.max_memory_allocated(cfg.device) / 2 ** 20
+                row["cuda_reserved_mb"] = torch.cuda.max_memory_reserved(cfg.device) / 2 ** 20
             row.update(_reference_columns(cfg, est, kind, xs, ys, spec, sizes, row["median_ms"], matmul_gflops,
                                           ref_cache))
             timed[kind] = row

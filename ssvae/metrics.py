@@ -90,8 +90,23 @@ def _draws(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tu
         yield draw
 
 
+def _chunks(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int, batched: bool):
+    """Yield ``(index of its first draw, {group: (draws, P)})``: with ``batched``, chunks of
+    :mod:`ssvae.particles` where it supports ``objective``; else the loop, one draw at a time."""
+    from . import particles  # it imports preserved_param_store from here
+
+    if batched and particles.supports(objective):
+        i = 0
+        for size, chunk in particles.draw_chunks(objective, groups, args, n):
+            yield i, chunk
+            i += size
+    else:
+        for i, draw in enumerate(_draws(objective, groups, args, n)):
+            yield i, {g: flat[None] for g, flat in draw.items()}
+
+
 def draw_gradients(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int,
-                   dtype: torch.dtype = torch.float32, device=None) -> Dict[str, torch.Tensor]:
+                   dtype: torch.dtype = torch.float32, device=None, batched: bool = False) -> Dict[str, torch.Tensor]:
     """``n`` independent gradient estimates at the current parameters: group -> (n, P) tensor.
 
     Every draw starts from the same state: the param store (a decaying average, a neural
@@ -99,13 +114,17 @@ def draw_gradients(objective: Objective, groups: Dict[str, List[torch.Tensor]], 
     state the estimator had when the probe began, and training is not disturbed. Groups that
     receive no gradient are left out. The draws are kept in ``dtype`` (float32 by default:
     the statistics are accumulated in float64, see :func:`gradient_stats`).
+
+    ``batched``: take the draws as vectorised particles, one forward and one backward per chunk
+    (:mod:`ssvae.particles`: the same distribution, other numbers), where ``particles.supports``
+    the objective; the loop of ``loss_and_grads`` calls otherwise, and by default.
     """
     out: Dict[str, torch.Tensor] = {}
-    for i, draw in enumerate(_draws(objective, groups, args, n)):
-        for g, flat in draw.items():
+    for i, chunk in _chunks(objective, groups, args, n, batched):
+        for g, flats in chunk.items():
             if g not in out:
-                out[g] = torch.empty((n, flat.numel()), dtype=dtype, device=device or flat.device)
-            out[g][i] = flat
+                out[g] = torch.empty((n, flats.shape[1]), dtype=dtype, device=device or flats.device)
+            out[g][i:i + flats.shape[0]] = flats
     return out
 
 
@@ -240,10 +259,12 @@ def gradient_stats(samples: torch.Tensor, reference: Optional[torch.Tensor] = No
 
 
 def gradient_report(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int,
-                    reference: Optional[Reference] = None, n_boot: int = 1000) -> Dict[str, Dict[str, float]]:
-    """group -> statistics of ``n`` draws at the current parameters, against ``reference`` if given."""
+                    reference: Optional[Reference] = None, n_boot: int = 1000,
+                    batched: bool = False) -> Dict[str, Dict[str, float]]:
+    """group -> statistics of ``n`` draws at the current parameters, against ``reference`` if given
+    (``batched``: see :func:`draw_gradients`)."""
     out = {}
-    for g, s in draw_gradients(objective, groups, args, n).items():
+    for g, s in draw_gradients(objective, groups, args, n, batched=batched).items():
         if reference is not None and g in reference.mean:
             out[g] = gradient_stats(s, reference.mean[g], reference.err[g], reference.draws, n_boot=n_boot)
         else:

@@ -95,6 +95,7 @@ def test_efficiency_plot_labels_do_not_overlap_where_points_crowd():
 def test_task_costs_count_the_probe_draws_references_and_baselines():
     """One cost rule for the ETA and `bench list` (bench.tasks.KINDS): more draws cost more, linearly; a
     stateful probe trains the trajectory and its references; a cell pays for the probe on its own run."""
+    from bench.cost import STEP_WEIGHT, SUP_WEIGHT
     from bench.tasks import KINDS
 
     tasks = expand(make_grid(load_preset("quick"), {"labels": [3000], "seeds": [0]}))
@@ -104,12 +105,17 @@ def test_task_costs_count_the_probe_draws_references_and_baselines():
     doubled = cost({**plain, "n_samples": 2 * plain["n_samples"]})
     half = cost({**plain, "n_samples": plain["n_samples"] // 2})
     assert doubled - cost(plain) == pytest.approx(2 * (cost(plain) - half)) and cost(plain) > half
-    # trace-avg's draws are as dear as rb-topk's (weight 1); it also trains 1250 steps and the references
-    assert cost(stateful) == pytest.approx(cost(plain) + max(stateful["checkpoints"])
-                                           + 2 * stateful["reference_draws"] * len(stateful["checkpoints"]))
+    # draws are priced at the estimator's measured step weight; a stateful probe also trains the trajectory
+    # up to its last checkpoint and computes the references
+    per_draw = lambda est: STEP_WEIGHT[est] + SUP_WEIGHT
+    draws = lambda t, est: t["n_samples"] * per_draw(est) * len(t["checkpoints"])
+    assert cost(stateful) - draws(stateful, "trace-avg") == pytest.approx(
+        cost(plain) - draws(plain, "rb-topk") + max(stateful["checkpoints"])
+        + 2 * stateful["reference_draws"] * len(stateful["checkpoints"]))
     cell = next(t for t in tasks if t["id"] == "rb-topk_L3000_s0")
     unprobed = cost({**cell, "checkpoints": []})
-    assert cost(cell) - unprobed == pytest.approx(2 * (cell["n_samples"] + cell["reference_draws"]))
+    assert cost(cell) - unprobed == pytest.approx(
+        len(cell["checkpoints"]) * (cell["n_samples"] * per_draw("rb-topk") + 2 * cell["reference_draws"]))
     # the probe's share, which the dry run and `bench list` print: all of a common probe, the own-run part of a cell
     assert KINDS["train"].probe(cell) == pytest.approx(cost(cell) - unprobed)
     assert KINDS["common"].probe(plain) == cost(plain)
@@ -119,53 +125,76 @@ def test_task_costs_count_the_probe_draws_references_and_baselines():
     assert cost(base) == cost({**base, "checkpoints": []})  # the baseline has no latent y to probe
 
 
-def test_eta_prices_training_evaluation_and_probe_each_at_its_own_measured_rate(tmp_path, monkeypatch):
-    """The ETA's calibration (bench.harness.calibration): from finished records whose training,
-    evaluation and probe ran at three known rates, each part's rate comes back, and a grid is estimated
-    part by part. A single rate would misprice a grid whose mix differs (a long run trains, a quick one
-    probes); a part with too little finished work takes the folder's overall rate."""
+def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
+    """Finished records of ``tasks`` whose parts ran at ``rate`` seconds per unit (timing: per task)."""
     import json
 
-    from bench import harness
-    from bench.harness import task_cost
-    from bench.cost import EVAL_STEPS
     from bench.tasks import cost_parts
 
-    rate = {"train": 0.1, "eval": 3.0, "probe": 0.02}  # seconds per unit (eval: per epoch of evaluation)
-    folder = tmp_path / "quick-cpu"
-    (folder / "runs").mkdir(parents=True)
-    (folder / "probes").mkdir()
-    (folder / "timing.csv").write_text("estimator,step_kind,median_ms\nenum,unsup,60\n")
-    tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0]}))
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "probes").mkdir(exist_ok=True)
     clock = 1.0e9
     for t in tasks:
-        if t["kind"] == "timing":
-            continue
         parts = cost_parts(t)
-        secs = {k: parts[k] * rate[k] for k in parts}
+        secs = {k: parts[k] * rate[t["kind"] if t["kind"] == "timing" else k] for k in parts}
         record = {"id": t["id"], "kind": t["kind"], "spec": t, "status": "ok", "started": clock,
-                  "finished": clock + sum(secs.values())}
+                  "finished": clock + sum(secs.values()), "threads": 1, "other_cpu_load": load, "device_name": device}
         if t["kind"] == "train":
             record["metrics"] = {"train_seconds": secs["train"], "eval_seconds": secs["eval"]}
         sub = "runs" if t["kind"] == "train" else "probes"
         (folder / sub / f"{t['id']}.json").write_text(json.dumps(record))
         clock += 1000.0
-    monkeypatch.setattr(harness, "_local_timing", lambda: str(folder / "timing.csv"))
-    cal = harness.calibration()
-    assert cal == pytest.approx(rate, rel=1e-6)
-    long = expand(make_grid(load_preset("long"), {"labels": [100], "seeds": [0]}))
-    want = sum(cost_parts(t)[k] * rate[k] for t in long for k in rate)
-    assert harness.estimate_seconds(long, workers=2) == pytest.approx(want / 2)
+
+
+def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
+    """bench.estimate: from finished records whose training, evaluation, probe and timing probes ran at
+    known rates, each rate comes back, and a grid is priced part by part: a single rate would misprice a
+    grid whose mix differs (a long run trains, a quick one probes)."""
+    from bench import estimate
+    from bench.harness import task_cost
+    from bench.tasks import cost_parts
+
+    rate = {"train": 0.1, "eval": 3.0, "probe": 0.02, "timing": 0.5}
+    tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0]}))
+    _fake_records(tmp_path / "quick-cpu", tasks, rate, load=1.0)
+    cal = estimate.calibrate([tmp_path], "AMD EPYC", cpus=2)
+    assert cal.machine == "AMD EPYC" and cal.sources == {str(tmp_path / "quick-cpu"): len(tasks)}
+    for part in ("train", "eval", "probe"):
+        assert cal.rate("train", part) == pytest.approx(rate[part], rel=1e-6)
+    assert cal.rate("common", "probe") == pytest.approx(rate["probe"], rel=1e-6)
+    assert cal.rate("timing", "train") == pytest.approx(rate["timing"], rel=1e-6)
+    long = [t for t in expand(make_grid(load_preset("long"), {"labels": [100], "seeds": [0]})) if t["kind"] != "timing"]
+    want = sum(cost_parts(t)[k] * rate[k] for t in long for k in ("train", "eval", "probe"))
+    assert sum(cal.seconds(t) for t in long) == pytest.approx(want)
     single = sum(task_cost(t) for t in long) * sum(
-        cost_parts(t)[k] * rate[k] for t in tasks if t["kind"] != "timing" for k in rate) / sum(
+        cost_parts(t)[k] * rate[k] for t in tasks if t["kind"] != "timing" for k in ("train", "eval", "probe")) / sum(
         task_cost(t) for t in tasks if t["kind"] != "timing")
     assert abs(single / want - 1) > 0.25  # the mix differs: one rate for all would be far off
-    # keep only the probes: training and evaluation have no finished work of their own
-    for f in (folder / "runs").iterdir():
-        f.unlink()
-    cal = harness.calibration()
-    assert cal["probe"] == pytest.approx(rate["probe"])
-    assert cal["train"] == pytest.approx(rate["probe"]) and cal["eval"] == pytest.approx(EVAL_STEPS * rate["probe"])
+
+
+def test_estimate_takes_out_the_contention_the_records_measured(tmp_path):
+    """Records that ran beside a third busy process (load 2 on 2 cores: factor 1.5) price a quiet plan at
+    two thirds of what they took; records of another CPU are used only when this one has none, and say so."""
+    from bench import estimate
+
+    rate = {"train": 0.3, "eval": 9.0, "probe": 0.06, "timing": 1.5}
+    tasks = expand(make_grid(load_preset("smoke"), {"labels": [100]}))
+    _fake_records(tmp_path / "busy", tasks, rate, load=2.0, device="Other CPU")
+    cal = estimate.calibrate([tmp_path], "AMD EPYC", cpus=2)
+    assert cal.machine is None and "OTHER machines" in cal.describe()
+    assert cal.rate("train", "train") == pytest.approx(0.2, rel=1e-6)
+    assert estimate.plan_contention(2, 1, cpus=2) == 1.0 and estimate.plan_contention(4, 1, cpus=2) == 2.0
+
+
+def test_makespan_plays_out_the_schedule():
+    """Exclusive tasks run alone; the rest fill the first free worker in queue order."""
+    from bench.estimate import makespan
+
+    tasks = [{"id": "t", "exclusive": True}, {"id": "a"}, {"id": "b"}, {"id": "c"}]
+    price = {"t": 5.0, "a": 10.0, "b": 1.0, "c": 1.0}.get
+    assert makespan(tasks, 2, lambda t: price(t["id"])) == 5.0 + 10.0
+    assert makespan(tasks, 1, lambda t: price(t["id"])) == 5.0 + 12.0
+    assert makespan(tasks[:1] + [{"id": "b"}, {"id": "c"}, {"id": "a"}], 2, lambda t: price(t["id"])) == 5.0 + 11.0
 
 
 def test_stateful_common_probes_run_first_and_write_the_trajectory_cache_for_the_rest():

@@ -1,9 +1,10 @@
 """Time per step: the timing probe's median ms [q1–q3] per device, estimator and step kind, each
-measurement once (see :func:`bench.report.frames.timing`), enumeration's cost relative to sampling,
-and a plot of points on a log axis, one panel per step kind. Files: ``timing.csv`` (the table shown),
-``timing_long.csv`` (numbers), ``timing_relative.csv`` (unlabeled step over trace's). A probe beside
-which other processes kept ``bench.schema.CONTENDED_LOAD`` cores or more busy is marked contended, and
-the verdicts do not take its times.
+measurement once (see :func:`bench.report.frames.timing`; one CPU and one GPU side by side, with the
+GPU's speed-up), enumeration's cost relative to sampling, and a plot of points on a log axis, one panel
+per step kind. Files: ``timing.csv`` (the table shown), ``timing_long.csv`` (numbers),
+``timing_relative.csv`` (unlabeled step over trace's). A probe beside which other processes kept
+``bench.schema.CONTENDED_LOAD`` cores or more busy is marked contended, and the verdicts do not take its
+times.
 """
 from __future__ import annotations
 
@@ -18,32 +19,72 @@ from ..context import Context, Figure, Section, Table
 from ..frames import timing
 
 
+def _rows(long: pd.DataFrame, d: pd.DataFrame, kinds) -> list:
+    """One row per estimator of one device's measurements ``d``: median [q1–q3] ms per step kind, unsup
+    relative to trace, how it was measured, peak memory."""
+    tr = d[(d.estimator == "trace") & (d.step_kind == "unsup")]
+    tr_ms = float(tr.median_ms.iloc[0]) if len(tr) else None
+    rows = []
+    for est, de in d.groupby("estimator", sort=False):
+        row = {"estimator": est}
+        by = de.set_index("step_kind")
+        for k in kinds:
+            row[f"{k} ms"] = (f"{fmt_ms(by.loc[k, 'median_ms'])} [{fmt_ms(by.loc[k, 'q1_ms'])}–"
+                              f"{fmt_ms(by.loc[k, 'q3_ms'])}]" if k in by.index else "–")
+        un = by.loc["unsup", "median_ms"] if "unsup" in by.index else None
+        row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
+        if "other_cpu_load" in long:  # what else kept the machine busy while the probe ran
+            load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
+            row["measured"] = ("–" if pd.isna(load) else f"contended ({cores(load)} busy beside)"
+                               if load >= CONTENDED_LOAD else "alone")
+        if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
+            row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
+                fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
+                for k in kinds)
+        rows.append(row)
+    return rows
+
+
+def cpu_and_gpu(long: pd.DataFrame):
+    """The (device, device_name) of the CPU and of the GPU when ``long`` holds exactly one of each, else None."""
+    groups = list(dict.fromkeys(zip(long.device, long.device_name)))
+    cpu = [g for g in groups if g[0] == "cpu"]
+    gpu = [g for g in groups if str(g[0]).startswith("cuda")]
+    return (cpu[0], gpu[0]) if len(groups) == 2 and len(cpu) == len(gpu) == 1 else None
+
+
+def side_by_side(long: pd.DataFrame, cpu, gpu) -> pd.DataFrame:
+    """One row per estimator: each column of :func:`_rows` for the CPU, then for the GPU, and the GPU's
+    speed-up per step kind (CPU median over GPU median; above 1: the GPU is faster)."""
+    kinds = kinds_in(long.step_kind)
+    part = {g: long[(long.device == g[0]) & (long.device_name == g[1])] for g in (cpu, gpu)}
+    per = {g: {r["estimator"]: r for r in _rows(long, part[g], kinds)} for g in (cpu, gpu)}
+    cols = list(dict.fromkeys(c for g in (cpu, gpu) for r in per[g].values() for c in r if c != "estimator"))
+    med = {g: part[g].set_index(["estimator", "step_kind"]).median_ms for g in (cpu, gpu)}
+    rows = []
+    for est in dict.fromkeys([*per[cpu], *per[gpu]]):
+        row = {"estimator": est}
+        for c in cols:
+            for g in (cpu, gpu):
+                row[f"{c} ({g[0]})"] = per[g].get(est, {}).get(c, "–")
+        speed = [med[cpu].get((est, k)) for k in kinds], [med[gpu].get((est, k)) for k in kinds]
+        row[f"{gpu[0]} speed-up {' / '.join(kinds)}"] = " / ".join(
+            f"{c / g:.2f}×" if pd.notna(c) and pd.notna(g) and g > 0 else "–" for c, g in zip(*speed))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def wide(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per (device, estimator): median [q1–q3] ms per step kind, unsup relative to trace."""
+    """One row per (device, estimator): median [q1–q3] ms per step kind, unsup relative to trace; with one
+    CPU and one GPU, one row per estimator with the devices side by side (:func:`side_by_side`)."""
+    pair = cpu_and_gpu(long)
+    if pair:
+        return side_by_side(long, *pair)
     kinds = kinds_in(long.step_kind)
     multi = len(set(zip(long.device, long.device_name))) > 1
     rows = []
     for (dev, name), d in long.groupby(["device", "device_name"], sort=False):
-        tr = d[(d.estimator == "trace") & (d.step_kind == "unsup")]
-        tr_ms = float(tr.median_ms.iloc[0]) if len(tr) else None
-        for est, de in d.groupby("estimator", sort=False):
-            row = {"device": f"{dev} ({name})"} if multi else {}
-            row["estimator"] = est
-            by = de.set_index("step_kind")
-            for k in kinds:
-                row[f"{k} ms"] = (f"{fmt_ms(by.loc[k, 'median_ms'])} [{fmt_ms(by.loc[k, 'q1_ms'])}–"
-                                  f"{fmt_ms(by.loc[k, 'q3_ms'])}]" if k in by.index else "–")
-            un = by.loc["unsup", "median_ms"] if "unsup" in by.index else None
-            row["unsup × trace"] = f"{un / tr_ms:.2f}×" if un is not None and tr_ms else "–"
-            if "other_cpu_load" in long:  # what else kept the machine busy while the probe ran
-                load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
-                row["measured"] = ("–" if pd.isna(load) else f"contended ({cores(load)} busy beside)"
-                                   if load >= CONTENDED_LOAD else "alone")
-            if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
-                row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
-                    fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
-                    for k in kinds)
-            rows.append(row)
+        rows += [({"device": f"{dev} ({name})"} if multi else {}) | r for r in _rows(long, d, kinds)]
     return pd.DataFrame(rows)
 
 
@@ -121,6 +162,11 @@ def build(ctx: Context) -> Section:
                         f"{', '.join(busy)}: those times are labelled so and no verdict uses them." if busy else
                         "Every probe ran with the machine to itself (`measured`: alone; the worker's "
                         "`other_cpu_load` below " f"{CONTENDED_LOAD:g} cores).")
+    pair = cpu_and_gpu(long)
+    if pair:
+        sec.text.append(f"CPU ({pair[0][1]}) and GPU ({pair[1][1]}) side by side: each column once per device, and "
+                        f"the GPU's speed-up per step kind (CPU median ms over GPU median ms; above 1 the GPU is "
+                        f"faster, below 1 slower: a step of this small model is bound by kernel launches).")
     en = rel[rel.estimator == "enum"].dropna(subset=["relative_to_trace"])
     if len(en):
         sec.text.append("**Cost of enumeration relative to sampling (enum unsup / trace unsup):** " + "; ".join(
