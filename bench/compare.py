@@ -48,6 +48,7 @@ import pandas as pd
 
 from ssvae.metrics import t_quantile_975
 
+from .commands import COMMANDS
 from .errors import UsageError
 from .schema import grid_difference
 from .report.common import estimator_order, variant_label
@@ -547,7 +548,7 @@ def _nonneg(text: str) -> float:
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """``compare OLD NEW [--acc-tol X] [--time-tol X] [--var-k K] [--strict-time] [--csv OUT]``."""
     p = subparsers.add_parser(
-        "compare", help="compare two results folders cell by cell; exit 1 when a difference exceeds its noise",
+        "compare", help=COMMANDS["compare"].help,
         description="Put the cells of two results folders side by side and flag differences beyond their "
                     "noise. Status: ok -> failed/diverged/corrupt/stale. Accuracy per variant: |new-old| > "
                     "max(--acc-tol, t95 x Welch SE over seeds); one seed a side: --acc-tol alone. Time per step: "

@@ -34,6 +34,7 @@ from ssvae.config import check_device
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
+from .commands import COMMANDS
 from . import grid as gridmod
 from . import tune as tunemod
 from .errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
@@ -63,8 +64,8 @@ def _csv(kind):
 
 
 def add_run_parser(sub) -> None:
-    r = sub.add_parser("run", help="run a grid (a preset plus overrides) into an output folder")
-    r.add_argument("--preset", default="quick",
+    r = sub.add_parser("run", help=COMMANDS["run"].help)
+    r.add_argument("--preset", default="default",
                    help=f"one of: {', '.join(gridmod.preset_names())}, or a .toml file (default: %(default)s)")
     r.add_argument("--out", default=None, help="output folder (default: results/<preset>-<device>)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
@@ -104,7 +105,7 @@ def add_run_parser(sub) -> None:
 
 
 def add_list_parser(sub) -> None:
-    ls = sub.add_parser("list", help="list estimators and presets")
+    ls = sub.add_parser("list", help=COMMANDS["list"].help)
     ls.add_argument("--timing", default=None, help="a timing.csv to take costs relative to trace from")
     ls.set_defaults(func=cmd_list)
 
@@ -225,13 +226,18 @@ def _earlier_runs(path: Path) -> List[dict]:
 
 
 class Progress:
-    """Tasks done / total, the running tasks with their epoch and step, and tqdm's ETA: a live bar on a
-    terminal, a heartbeat line every ``HEARTBEAT_S`` seconds in a log (CI, nohup, Slurm)."""
+    """Tasks done / total, the running tasks with their epoch and step, and an ETA: a live bar on a
+    terminal, a heartbeat line every ``HEARTBEAT_S`` seconds in a log (CI, nohup, Slurm).
+
+    The ETA starts from the plan (``wall``: ``bench.estimate``'s wall time of the tasks to run) and moves
+    to the pace observed as work is done: remaining work x the plan's wall time per unit x (elapsed + K) /
+    (the plan's time for the work done + K), with K a tenth of the plan, so that the first minute (a timing
+    probe, a slow start) does not extrapolate to hours, and a run slower than planned says so as it goes."""
 
     HEARTBEAT_S = 60.0
-    METER = "{percentage:3.0f}% of the work | {elapsed} elapsed, ETA {remaining}"
 
-    def __init__(self, tasks: List[dict], todo: List[dict], stream=None, seconds: Optional[Dict[str, float]] = None):
+    def __init__(self, tasks: List[dict], todo: List[dict], stream=None, seconds: Optional[Dict[str, float]] = None,
+                 wall: Optional[float] = None):
         self.stream = stream or sys.stderr
         self.total = len(tasks)
         self.done = self.total - len(todo)
@@ -239,13 +245,23 @@ class Progress:
         priced = bool(seconds) and all(t["id"] in seconds for t in todo)
         self.units = {t["id"]: (seconds[t["id"]] if priced else task_cost(t)) for t in todo}
         self.todo_units = sum(self.units[t["id"]] for t in todo)
+        self.wall = wall if priced and wall else None
         self.units_done = 0.0
         self.start = self.last_beat = time.time()
         self.tty = self.stream.isatty()
         self.counts = {}
-        # the bar counts work (enum-step equivalents), so its rate and ETA weigh a long cell over a probe
+        # the bar counts work (estimated seconds, else enum-step equivalents), so a long cell weighs more than a probe
         self.bar = tqdm(total=self.todo_units, file=self.stream, disable=not self.tty, leave=False,
-                        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", dynamic_ncols=True)
+                        bar_format="{l_bar}{bar}| {postfix}", dynamic_ncols=True)
+
+    def eta(self, work: float, elapsed: float) -> Optional[float]:
+        """Seconds left after ``work`` units in ``elapsed`` seconds (None: nothing to go on yet)."""
+        left = max(self.todo_units - work, 0.0)
+        if self.wall:
+            per = self.wall / (self.todo_units or 1)  # the plan's wall seconds per unit of work
+            k = 0.1 * self.wall
+            return left * per * (elapsed + k) / (work * per + k)
+        return left * elapsed / work if work > 0 else None
 
     def update(self, running: Mapping[str, TaskState], record: Optional[dict]) -> None:
         if record is not None:
@@ -278,14 +294,18 @@ class Progress:
         status = f"[{self.done}/{self.total}] {'; '.join(current) or 'waiting'}"
         if self.tty:
             self.bar.n = work
-            self.bar.set_postfix_str(status, refresh=True)
+            self.bar.set_postfix_str(f"{self.meter(work)} {status}", refresh=True)
         elif record is None and time.time() - self.last_beat >= self.HEARTBEAT_S:
             self.last_beat = time.time()
             self._print(f"{status} | {self.meter(work)}")
 
     def meter(self, work: float) -> str:
-        """tqdm's meter for ``work`` of the todo units done: percentage, elapsed, ETA."""
-        return tqdm.format_meter(work, self.todo_units or 1, time.time() - self.start, bar_format=self.METER)
+        """Percentage of the work done, elapsed time and ETA."""
+        elapsed = time.time() - self.start
+        eta = self.eta(work, elapsed)
+        fmt = tqdm.format_interval
+        return (f"{100 * work / (self.todo_units or 1):3.0f}% of the work | {fmt(elapsed)} elapsed, "
+                f"ETA {fmt(eta) if eta is not None else '?'}")
 
     def close(self) -> None:
         self.bar.close()
@@ -426,7 +446,7 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
               f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
         if todo:
             print(f"bench: {_plan_line(tasks, todo, workers, est).split('; ', 1)[1]}", file=sys.stderr)
-        progress = Progress(tasks, todo, seconds=est.per_task)
+        progress = Progress(tasks, todo, seconds=est.per_task, wall=est.total)
         attempts_failed = set()  # a failed attempt whose file kept a finished record still fails the run
 
         def on_update(running, record):

@@ -30,3 +30,25 @@ def test_the_top_level_help_names_exactly_the_commands_that_exist(capsys):
     assert described and re.findall(r"(\w+) \(", described.group(1)) == commands
     for command in commands:
         assert _help(capsys, command).startswith(f"usage: python -m bench {command}")
+
+
+def test_the_top_level_help_imports_no_torch_and_each_command_parses_alone():
+    """The CLI loads a command's module only when that command runs (bench.commands): `--help` must not
+    import torch or Pyro (that is what made it take seconds), and each command, built alone, parses."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom bench.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pyro', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-500:]
+    from bench.cli import build_parser
+    from bench.commands import COMMANDS
+
+    for name, command in COMMANDS.items():
+        parser = build_parser(load=[name])
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        assert sub.description is None or isinstance(sub.description, str)
+        assert any(a.dest == "help" for a in sub._actions)
+        top = next(a for a in parser._actions if a.dest == "command")
+        assert next(c.help for c in top._choices_actions if c.dest == name) == command.help

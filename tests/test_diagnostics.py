@@ -249,3 +249,21 @@ def test_budget_schedule_is_monotone_and_reaches_the_floor_at_half():
         assert all(a >= b for a, b in zip(taus, taus[1:]))
         assert taus[0] == 1.0 and taus[-1] == 0.5
         assert s.floor_step() <= math.ceil(steps / 2) + s.every
+
+
+def test_eta_starts_from_the_plan_and_moves_to_the_observed_pace():
+    """At minute one the ETA is the plan's (not an extrapolation of a slow start to hours); a run going at
+    half the planned pace ends up with an ETA near twice the plan's time for the rest."""
+    import io
+
+    from bench.harness import Progress
+
+    todo = [{"id": f"t{i}", "kind": "timing"} for i in range(10)]
+    p = Progress(todo, todo, stream=io.StringIO(), seconds={t["id"]: 60.0 for t in todo}, wall=300.0)
+    assert p.eta(0.0, 60.0) == pytest.approx(300.0 * 90 / 30)  # pulled toward the plan by K = 30 s
+    assert p.eta(0.0, 0.0) == pytest.approx(300.0)
+    half = p.eta(300.0, 300.0)  # half the work (300 of 600 units) in the plan's 150 s x 2
+    assert half == pytest.approx(150.0 * (300 + 30) / (150 + 30))
+    assert p.eta(600.0, 1000.0) == 0.0
+    bare = Progress(todo, todo, stream=io.StringIO())  # no plan: the observed pace alone
+    assert bare.eta(0.0, 10.0) is None

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..commands import COMMANDS
 from ..errors import Parser, UsageError, fail, str_list
 from ..provenance import machine_fingerprint
 from . import ab as abmod
@@ -20,7 +21,7 @@ from .baseline import DEFAULT_STAT, _rel, cmd_run
 
 
 def add_parser(sub) -> None:
-    r = sub.add_parser("regress", help="step-time regressions: A/B in one job, baseline check, history")
+    r = sub.add_parser("regress", help=COMMANDS["regress"].help)
     rs = r.add_subparsers(dest="command_regress", parser_class=Parser, required=True)
     for name, helptext in (("run", "time tests/benchmarks; compare paired ratios with the stored baseline"),
                            ("save", "store this machine's baseline (3 runs of the suite)"),

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..commands import COMMANDS
 from ..errors import EXIT_STORAGE, Parser, UsageError, fail, writable
 from ..paired import CONFIDENCE, DEFAULT_MARGIN
 from .page import build_report
@@ -12,7 +13,7 @@ from .page import build_report
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
     """``report RESULTS_DIR [--compare-timing DIR ...] [--no-plots]``; sets ``func=cmd_report``."""
-    p = subparsers.add_parser("report", help="write tables, plots, report.md and report.html into a results folder")
+    p = subparsers.add_parser("report", help=COMMANDS["report"].help)
     p.add_argument("results_dir", help="a folder written by `python -m bench run`")
     p.add_argument("--compare-timing", action="append", default=[], metavar="DIR",
                    help="another results folder (e.g. the same preset on another device) whose timing.csv is "
