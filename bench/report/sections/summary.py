@@ -38,7 +38,10 @@ def cost_line(ctx: Context) -> Optional[str]:
     t = ctx.frame(timing)
     if not len(t):
         return None
-    t = t[(t.source == "this run") & (t.step_kind == "unsup")].set_index("estimator")
+    t = t[(t.source == "this run") & (t.step_kind == "unsup")]
+    if "device" in t and ctx.env.get("device") in set(t.device):  # a folder timed on two devices: the run's own
+        t = t[t.device == ctx.env.get("device")]
+    t = t.drop_duplicates("estimator").set_index("estimator")
     if not {"enum", "trace"} <= set(t.index):
         return None
     e, tr = float(t.loc["enum", "median_ms"]), float(t.loc["trace", "median_ms"])
