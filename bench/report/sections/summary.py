@@ -25,10 +25,14 @@ import numpy as np
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
-from ..context import Context, Figure, Section
+from ..context import Context, Figure, Section, Table
 from ..data import BASELINES
 from ..frames import table1, timing
 from ..plotting import readable_palette
+from ..render import markdown_table
+from .decision import caption as decision_caption
+from .decision import decision_frame
+from .decision import display as decision_display
 from .grad_mse import summary_lines as gradient_lines
 from .overview import run_cost_line
 from .paired import caveat_line, elsewhere_line, headline_line
@@ -143,11 +147,17 @@ def plot_hero(ctx: Context):
 def build(ctx: Context) -> Section:
     lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), cost_line(ctx), *gradient_lines(ctx)]
     lines = [l for l in lines if l]
-    ctx.write_text("summary.md", "".join(f"- {l}\n" for l in lines))
+    decision = decision_frame(ctx)
+    shown = decision_display(ctx, decision)
+    ctx.write_table(decision, "decision", decision_caption(ctx, decision))
+    table = f"{decision_caption(ctx, decision)}\n\n{markdown_table(shown)}\n\n" if len(decision) else ""
+    ctx.write_text("summary.md", table + "".join(f"- {l}\n" for l in lines))
     cost = run_cost_line(ctx)
     if cost:
         ctx.write_text("run_cost.md", cost + "\n")
     sec = Section("summary", "Summary", bullets=lines)
+    if len(decision):
+        sec.tables.append(Table("Which estimator? (decision.csv)", shown, "decision", ["decision.csv"]))
     if banner(ctx):
         sec.text.append(banner(ctx))
     path = plot_hero(ctx) if ctx.plots else None

@@ -1,0 +1,134 @@
+"""The decision table: one row per variant with what choosing an estimator turns on, from the report's
+own tables (``tables/decision.csv`` and ``.md``; the summary and the README quote it word for word).
+
+Per label count: the variant's test accuracy (mean over seeds at the best validation epoch, Table 1), its
+paired difference from enum + aux with the interval (Paired differences) and the verdict in a user's words:
+better, as good, worse, inconclusive, or "setting not learning" where enum + aux does not beat the
+supervised-only baseline (no verdict is drawn there). Then the time per epoch as a multiple of enum + aux's
+(median over seeds of the cells' own seconds per epoch, median over label counts; device and threads
+named in the header) and the gradient error: the MSE of one draw of encoder_y's gradient on an unlabeled
+batch against the exact gradient, as a multiple of enum's at the same checkpoint (median over label counts
+and checkpoints); "biased" marks an estimator whose expectation is not the ELBO's gradient, which is
+why it is ranked by this error and not by its variance.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..common import median_seconds_per_epoch, variant_label, variants
+from ..context import Context
+from ..data import BASELINES
+from ..frames import protocols, table1
+from .grad_mse import efficiency
+from .paired import ENUM_REF, conclusions
+
+#: the verdict categories of ``bench.paired`` in a user's words
+WORDS = {"better": "better", "as good": "as good", "worse": "worse", "inconclusive": "inconclusive",
+         "not learning": "setting not learning"}
+
+
+def _time_multiple(ctx: Context, est: str, aux: bool, labels: List[int]) -> Optional[float]:
+    ratios = []
+    for L in labels:
+        mine, _ = median_seconds_per_epoch(ctx.res, est, aux, L)
+        ref, _ = median_seconds_per_epoch(ctx.res, "enum", True, L)
+        if mine and ref:
+            ratios.append(mine / ref)
+    return float(np.median(ratios)) if ratios else None
+
+
+def _mse_multiples(ctx: Context) -> pd.DataFrame:
+    """estimator -> (median MSE multiple of enum's, biased) for encoder_y's unlabeled gradient."""
+    eff = efficiency(ctx.res)
+    if not len(eff) or "mse" not in eff:
+        return pd.DataFrame(columns=["estimator", "mse_x_enum", "biased"])
+    e = eff[eff.param_group == "encoder_y"]
+    ref = e[e.estimator == "enum"].set_index(["labels", "step"])["mse"]
+    rows = []
+    for est, g in e.groupby("estimator", sort=False):
+        r = [m / ref[(L, s)] for L, s, m in zip(g.labels, g.step, g.mse) if (L, s) in ref and ref[(L, s)] > 0]
+        if r:
+            rows.append({"estimator": est, "mse_x_enum": float(np.median(r)), "biased": bool(g.biased.iloc[0])})
+    return pd.DataFrame(rows, columns=["estimator", "mse_x_enum", "biased"])
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def decision_frame(ctx: Context) -> pd.DataFrame:
+    """One row per variant (enum + aux first): the columns of the module docstring, as numbers and words."""
+    _, verdicts, _ = conclusions(ctx)
+    t1 = ctx.frame(table1)
+    labels = sorted(int(L) for L in t1.labels.dropna().unique()) if len(t1) else []
+    v = verdicts[verdicts.reference == ENUM_REF] if len(verdicts) else verdicts
+    mse = _mse_multiples(ctx).set_index("estimator")
+    order = [("enum", True)] + [va for va in variants(ctx.res) if va != ("enum", True)]
+    rows = []
+    for est, aux in order:
+        name = variant_label(est, aux)
+        row = {"variant": name}
+        for L in labels:
+            acc = t1[(t1.labels == L) & (t1.estimator == est) & (t1.aux == aux)]
+            row[f"acc_{L}"] = float(acc.iloc[0]["mean"]) if len(acc) and pd.notna(acc.iloc[0]["mean"]) else np.nan
+            row[f"half_{L}"] = (float(acc.iloc[0]["ci95_halfwidth"]) if len(acc) and pd.notna(acc.iloc[0]["ci95_halfwidth"])
+                                else np.nan)
+            hit = v[(v.labels == L) & (v.variant == name)] if len(v) else v
+            if est == "enum" and aux:
+                row[f"diff_{L}"], row[f"lo_{L}"], row[f"hi_{L}"], row[f"verdict_{L}"] = 0.0, np.nan, np.nan, "reference"
+            elif len(hit):
+                h = hit.iloc[0]
+                row[f"diff_{L}"], row[f"lo_{L}"], row[f"hi_{L}"] = h.mean_diff, h.ci_low, h.ci_high
+                row[f"verdict_{L}"] = WORDS.get(h.accuracy, h.accuracy)
+            else:
+                row[f"diff_{L}"] = row[f"lo_{L}"] = row[f"hi_{L}"] = np.nan
+                row[f"verdict_{L}"] = "not compared"
+            row[f"n_{L}"] = int(hit.iloc[0].n) if len(hit) else (int(acc.iloc[0]["n"]) if len(acc) and "n" in acc else 0)
+        row["time_x_enum_aux"] = _time_multiple(ctx, est, aux, labels)
+        if est in BASELINES:
+            row["grad_mse_x_enum"], row["biased"] = np.nan, None
+        elif est in mse.index:
+            row["grad_mse_x_enum"], row["biased"] = mse.loc[est, "mse_x_enum"], bool(mse.loc[est, "biased"])
+        else:
+            row["grad_mse_x_enum"], row["biased"] = np.nan, None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def display(ctx: Context, d: pd.DataFrame) -> pd.DataFrame:
+    """The table a reader sees: accuracy with the difference and its interval, the verdict, time, error."""
+    labels = [int(c.split("_")[1]) for c in d.columns if c.startswith("acc_")]
+    out = pd.DataFrame({"variant": d.variant})
+    for L in labels:
+        def acc(r):
+            if pd.isna(r[f"acc_{L}"]):
+                return "–"
+            text = f"{r[f'acc_{L}']:.3f}"
+            if r[f"verdict_{L}"] != "reference" and pd.notna(r[f"diff_{L}"]):
+                text += f" ({_pts(r[f'diff_{L}'])} [{_pts(r[f'lo_{L}'])}, {_pts(r[f'hi_{L}'])}])"
+            return text
+        out[f"{L} labels: accuracy (vs enum + aux, points [95% CI])"] = d.apply(acc, axis=1)
+        out[f"{L} labels: verdict (n)"] = [f"{w} (n = {n})" if w not in ("reference", "not compared") else w
+                                            for w, n in zip(d[f"verdict_{L}"], d[f"n_{L}"])]
+    threads = ctx.env.get("threads")
+    out[f"time per epoch × enum + aux ({ctx.env.get('device', '?')}, {threads} thread{'s' if threads != 1 else ''} a cell)"] = [
+        "–" if t is None or pd.isna(t) else f"{t:.2f}×" for t in d.time_x_enum_aux]
+    out["encoder_y gradient MSE × enum's"] = [
+        "– (no latent y)" if b is None and pd.isna(m) else ("–" if pd.isna(m) else
+                                                             f"{m:.3g}×" + (" (biased)" if b else ""))
+        for m, b in zip(d.grad_mse_x_enum, d.biased)]
+    return out
+
+
+def caption(ctx: Context, d: pd.DataFrame) -> str:
+    epochs = ctx.grid.get("epochs", "?")
+    return (f"**Which estimator?** One row per variant (n paired seeds, {epochs} epochs, "
+            f"{', '.join(protocols(ctx.res)) or 'bench'} protocol; test accuracy at the best "
+            "validation epoch). The verdict against enum + aux is paired by seed; \"setting not learning\": enum + "
+            "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: the cells' own "
+            "seconds per epoch. Gradient MSE: one draw of encoder_y's gradient on an unlabeled batch against the "
+            "exact gradient, as a multiple of enum's (biased estimators are ranked by it, not by their variance).")
+
