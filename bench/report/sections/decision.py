@@ -13,6 +13,7 @@ why it is ranked by this error and not by its variance.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..context import Context
 from ..data import BASELINES
 from ..frames import protocols, table1
 from .grad_mse import efficiency
-from .paired import ENUM_REF, conclusions
+from .paired import ENUM_REF, conclusions, diff_cell
 
 #: the verdict categories of ``bench.paired`` in a user's words
 WORDS = {"better": "better", "as good": "as good", "worse": "worse", "inconclusive": "inconclusive",
@@ -53,10 +54,6 @@ def _mse_multiples(ctx: Context) -> pd.DataFrame:
         if r:
             rows.append({"estimator": est, "mse_x_enum": float(np.median(r)), "biased": bool(g.biased.iloc[0])})
     return pd.DataFrame(rows, columns=["estimator", "mse_x_enum", "biased"])
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
 
 
 def decision_frame(ctx: Context) -> pd.DataFrame:
@@ -108,7 +105,8 @@ def display(ctx: Context, d: pd.DataFrame) -> pd.DataFrame:
                 return "–"
             text = f"{r[f'acc_{L}']:.3f}"
             if r[f"verdict_{L}"] != "reference" and pd.notna(r[f"diff_{L}"]):
-                text += f" ({_pts(r[f'diff_{L}'])} [{_pts(r[f'lo_{L}'])}, {_pts(r[f'hi_{L}'])}])"
+                diff = SimpleNamespace(mean_diff=r[f"diff_{L}"], ci_low=r[f"lo_{L}"], ci_high=r[f"hi_{L}"], n=r[f"n_{L}"])
+                text += f" ({diff_cell(diff)})"
             return text
         out[f"{L} labels: accuracy (vs enum + aux, points [95% CI])"] = d.apply(acc, axis=1)
         out[f"{L} labels: verdict (n)"] = [f"{w} (n = {n})" if w not in ("reference", "not compared") else w

@@ -16,7 +16,7 @@ from ..common import variant_label, variants
 from ..context import Context, Section, Table
 from ..data import Results
 from ..frames import this_timing
-from .paired import ENUM_REF, level_text, not_learning, pts
+from .paired import ENUM_REF, diff_cell, level_text, not_learning, pts
 
 
 def equal_time_frame(res: Results, level: float) -> pd.DataFrame:
@@ -35,14 +35,6 @@ def probe_text(ctx: Context) -> str:
             + (f"{', '.join(map(str, threads))} thread{'s' if threads != [1] else ''}" if threads else "threads unknown"))
 
 
-def _diff(r) -> str:
-    if not np.isfinite(r.mean_diff):
-        return "–"
-    if np.isfinite(r.ci_low):
-        return f"{pts(r.mean_diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]"
-    return f"{pts(r.mean_diff)} (n = {r.n})"
-
-
 def display(et: pd.DataFrame, res: Results) -> pd.DataFrame:
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
     et = et.assign(_o=et.variant.map(lambda v: order.get(v, len(order))))
@@ -54,7 +46,7 @@ def display(et: pd.DataFrame, res: Results) -> pd.DataFrame:
         "epochs in the budget": fmt(r.budget_epochs, "{:.1f}"),
         "test accuracy at equal time": fmt(r.mean_acc, "{:.4f}"),
         "enum + aux (whole run)": fmt(r.reference_mean, "{:.4f}"),
-        "difference [CI], points": _diff(r), "note": r.note}
+        "difference [CI], points": diff_cell(r), "note": r.note}
         for r in et.itertuples()], columns=["labels", "variant", "n", "time per epoch × enum + aux",
                                             "epochs in the budget", "test accuracy at equal time",
                                             "enum + aux (whole run)", "difference [CI], points", "note"])

@@ -141,7 +141,8 @@ def caveat_line(ctx: Context) -> str:
 
 
 # -- tables ----------------------------------------------------------------------------------------
-def _cell(r) -> str:
+def diff_cell(r) -> str:
+    """A paired difference in points with its interval (or its n where it has none), '–' where undefined."""
     if not np.isfinite(r.mean_diff):
         return "–"
     if np.isfinite(r.ci_low):
@@ -162,7 +163,7 @@ def difference_table(ctx: Context, reference: str) -> pd.DataFrame:
         for labels in sorted(set(p.labels)):
             sub = p[(p.variant == var) & (p.labels == labels)]
             n = int(sub.n.iloc[0]) if len(sub) else 0
-            row[f"{labels} labels"] = _cell(next(sub.itertuples())) if len(sub) else "–"
+            row[f"{labels} labels"] = diff_cell(next(sub.itertuples())) if len(sub) else "–"
             row[f"n ({labels})"] = str(n)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -170,7 +171,7 @@ def difference_table(ctx: Context, reference: str) -> pd.DataFrame:
 
 def verdict_display(v: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
-        "labels": str(r.labels), "variant": r.variant, "n": str(r.n), "difference [CI], points": _cell(r),
+        "labels": str(r.labels), "variant": r.variant, "n": str(r.n), "difference [CI], points": diff_cell(r),
         "verdict": r.verdict,
         "time per epoch × enum + aux": "–" if not np.isfinite(r.time_fraction) else f"{r.time_fraction:.2f}×",
         "notes": short_notes(r)}
