@@ -294,7 +294,7 @@ def expand(grid: Grid) -> List[dict]:
                                           "config": cfg.to_dict(), "estimators": [est],
                                           "checkpoints": checkpoints, "n_samples": probe["variance_samples"],
                                           "reference_draws": probe["reference_draws"],
-                                          "bootstrap": probe["bootstrap"]}, grid, est)
+                                          "bootstrap": probe["bootstrap"], **_draws(probe)}, grid, est)
                     # the estimator is probed with the options of its own runs (the temperature a
                     # relaxation's own run had at each checkpoint: its schedule is set by the run's budget)
                     own = _config(grid, estimator=est, aux=True, labels=labels, seed=seed).option_dict
@@ -306,9 +306,15 @@ def expand(grid: Grid) -> List[dict]:
         tasks.append({"kind": "train", "id": cell_id(cfg) + tunemod.cell_tag(grid.tune, cfg), "config": cfg.to_dict(),
                       "checkpoints": resolve_checkpoints(own, cfg), "n_samples": probe["variance_samples"],
                       "reference_draws": probe["reference_draws"], "bootstrap": probe["bootstrap"],
-                      "samples_per_class": probe["samples_per_class"],
+                      "samples_per_class": probe["samples_per_class"], **_draws(probe),
                       "evaluation": {k: probe[k] for k in ("elbo_images", "iwae_k", "iwae_images")}})
     return tasks
+
+
+def _draws(probe: dict) -> dict:
+    """The probe's ``draws`` setting as a task spec holds it: absent for the loop, so that the specs (and
+    the identities) of tasks from before the setting existed stay what they were."""
+    return {} if probe.get("draws", "loop") == "loop" else {"draws": probe["draws"]}
 
 
 def _steps_per_epoch(cfg: RunConfig) -> int:

@@ -96,6 +96,7 @@ class Field:
     above: Optional[float] = None    #: strictly greater than
     alt: Tuple = ()                  #: other accepted values (e.g. "all" for estimators)
     int_too: bool = False            #: also accept a single integer (seeds = N means 0..N-1)
+    choices: Tuple = ()              #: the only values a string field accepts (empty: any string)
     optional: bool = False           #: may be absent
 
     def describe(self) -> str:
@@ -155,16 +156,19 @@ PROBE_SCHEMA: Dict[str, Field] = {
     "timing_steps": Field(int, minimum=1, maximum=MAX_COUNT),
     "samples_per_class": Field(int, minimum=0, maximum=MAX_COUNT),
     "timing_batch_size": Field(int, minimum=1, maximum=MAX_COUNT),
+    #: how the gradient draws are taken: "loop" (one loss_and_grads call each) or "batched" (vectorised
+    #: particles, one forward and one backward per chunk: ssvae.particles; the loop where it does not apply)
+    "draws": Field(str, choices=("loop", "batched")),
 }
 PROBE_FIELDS = set(PROBE_SCHEMA)
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
                   "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
                   "reference_draws": 200, "bootstrap": 1000, "elbo_images": None, "iwae_k": 100,
-                  "iwae_images": 1000}
+                  "iwae_images": 1000, "draws": "loop"}
 #: the probe settings a training cell uses (it measures its own gradient variance and draws digits);
 #: the others (timing_*) never retrain a cell
 CELL_PROBE_FIELDS = ("checkpoints", "own_checkpoints", "variance_samples", "samples_per_class", "reference_draws",
-                     "bootstrap", "elbo_images", "iwae_k", "iwae_images")
+                     "bootstrap", "elbo_images", "iwae_k", "iwae_images", "draws")
 
 
 class SchemaError(ValueError):
@@ -185,6 +189,8 @@ def _one(name: str, f: Field, v):
         ok = isinstance(v, str)
     if not ok:
         raise SchemaError(f"{name} must be {f.describe()} (got {v!r})")
+    if f.choices and v not in f.choices:
+        raise SchemaError(f"{name} must be one of {', '.join(f.choices)} (got {v!r})")
     if f.kind in (int, float):
         if f.minimum is not None and v < f.minimum:
             raise SchemaError(f"{name} must be at least {f.minimum:g} (got {v!r})")

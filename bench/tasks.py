@@ -76,15 +76,20 @@ def _references(trainer: Trainer, batches: dict, draws: int) -> Dict[str, Refere
 
 
 def _variance_rows(objective: Objective, trainer: Trainer, batches: dict, n: int,
-                   references: Optional[Dict[str, Reference]] = None, n_boot: int = 1000, **keys) -> List[dict]:
-    """One row per parameter group and step kind: the statistics of ``ssvae.metrics.gradient_stats``."""
+                   references: Optional[Dict[str, Reference]] = None, n_boot: int = 1000, draws: str = "loop",
+                   **keys) -> List[dict]:
+    """One row per parameter group and step kind: the statistics of ``ssvae.metrics.gradient_stats``.
+
+    ``draws``: the probe's ``draws`` setting, ``"loop"`` (one ``loss_and_grads`` call per draw) or
+    ``"batched"`` (vectorised particles where ``ssvae.particles.supports`` the estimator)."""
     rows = []
     groups = trainer.ss.param_groups()
     relax = getattr(objective, "relax", None)
     extra = {"temperature": relax.temperature if relax is not None else None}
     for step_kind, args in batches.items():
         ref = (references or {}).get(step_kind)
-        for group, stats in gradient_report(objective, groups, args, n, ref, n_boot=n_boot).items():
+        for group, stats in gradient_report(objective, groups, args, n, ref, n_boot=n_boot,
+                                            batched=draws == "batched").items():
             rows.append({**keys, "param_group": group, "step_kind": step_kind, **extra, **stats})
     return rows
 
@@ -209,7 +214,8 @@ def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Option
             trainer.main.at_step(step)
             refs = _references(trainer, probe_batches, spec.get("reference_draws", 200))
             rows.extend(_variance_rows(trainer.main, trainer, probe_batches, n_samples, refs,
-                                       spec.get("bootstrap", 1000), estimator=cfg.estimator, aux=cfg.aux,
+                                       spec.get("bootstrap", 1000), spec.get("draws", "loop"),
+                                       estimator=cfg.estimator, aux=cfg.aux,
                                        labels=cfg.labels, seed=cfg.seed, trajectory="own", step=step))
 
     fault = _fault_hook(spec["id"])
@@ -359,7 +365,8 @@ def run_common(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
                 objective.at_step(step)
                 torch.manual_seed(_checkpoint_seed(cfg, step) + 1 + zlib.crc32(est.encode()) % 1_000_003)
                 rows.extend(_variance_rows(objective, trainer, probe_batches, spec["n_samples"], refs,
-                                           spec.get("bootstrap", 1000), estimator=est, aux=False,
+                                           spec.get("bootstrap", 1000), spec.get("draws", "loop"),
+                                           estimator=est, aux=False,
                                            labels=cfg.labels, seed=cfg.seed, trajectory="common", step=step,
                                            baseline_updates=state["baselines"].updates))
         if progress:

@@ -17,6 +17,10 @@ to P coordinates, with m the sample mean of the draws and r the reference gradie
   per coordinate (the quantity that ranks estimators, ``bench.diagnostics``);
 * ``cosine`` = m.r / (|m| |r|): the direction of the mean gradient against the reference.
 
+The draws are ``loss_and_grads`` calls, one each (the loop, the default), or with ``batched=True``
+vectorised particles of the same loss, one forward and one backward per chunk (:mod:`ssvae.particles`,
+for the objectives ``particles.supports``): the same distribution, other numbers.
+
 The reference (:func:`reference_gradient`) is the enumerated ELBO's gradient (y summed out
 exactly, ``TraceEnum_ELBO``) averaged over many reparameterised z draws, batched as vectorised
 particles; ``ref_err`` is its own error, (1/P) E||r - grad ELBO||^2, estimated from the spread

@@ -13,20 +13,21 @@ weight or the bias of an ``nn.Linear`` (``ssvae.nets``), whose gradient is a sum
 an outer product (Goodfellow 2015, "Efficient per-example gradient computations"; Opacus does the
 same): with x the layer's input and g the gradient of the loss at its output,
 ``dW = sum g^T x`` and ``db = sum g`` over every leading dim. Summing over every leading dim but the
-particle dim (dim -3 of an activation) gives each particle's gradient. While the loss runs:
-
-* a forward pre-hook on every ``nn.Linear`` whose weight belongs to a measured group expands its
-  input so that the particle dim has all n*k particles when it is 1 or missing (x enters the
-  encoders as (batch, 784); an enumerated y is (10, 1, 1, 10)): every layer computes its output
-  per particle, so the gradient reaching it is per particle too;
-* a forward hook keeps (input, output) of each call.
+particle dim (dim -3 of an activation) gives each particle's gradient. While the loss runs, a
+forward hook on every ``nn.Linear`` whose weight belongs to a measured group keeps (input, output) of
+each call, the output with its particle dim of size n*k: where the input has no particle dim or a
+shared one of size 1 (x enters the encoders as (batch, 784); an enumerated y is (10, 1, 1, 10)), the
+output is computed once and expanded, a view per particle, so that the gradient reaching it is per
+particle (expanding the input would give the same numbers for n*k times the product).
 
 ``torch.autograd.grad`` of the loss with respect to the kept outputs is the one backward (the
-summed parameter gradients, which nothing reads, are not computed); then ``einsum`` gives each
+summed parameter gradients, which nothing reads, are not computed); then ``einsum``-like products give each
 particle's weight and bias gradient. The loss divides by its number of particles, so each
 particle's gradient is scaled by n*k, and the mean of a draw's k particles by n*k/k = n: each draw
 is one estimate exactly as ``loss_and_grads`` gives it (with the same seed, one draw of the
-loop and one batched draw of one particle are the same numbers).
+loop and one batched draw are the same numbers, and so are n draws of a labeled batch, where z is
+the only noise and n draws at once take the numbers of n draws in turn when batch x z_dim is a
+multiple of 16, torch's block of normal numbers).
 
 The draws are taken in chunks whose Linear inputs, outputs and output gradients, and per-draw
 gradients, fit a memory budget (``budget_mb``): the first chunk is one draw and measures what a
@@ -37,8 +38,10 @@ store as it was (:func:`ssvae.metrics.preserved_param_store`), ``.grad`` of the 
 are proven independent draws of the loop's estimate, Pyro's ``Trace_ELBO`` and ``TraceEnum_ELBO``
 themselves (not a subclass, not a custom loss), with no baseline that learns between draws. Where
 it pays: the n draws become n-fold larger matrix products, so a launch-bound device (a GPU) gains
-most; on a CPU with one thread the products were already large, and the gain is the Python and
-Pyro overhead of n - 1 calls (``results/benchmarks/probe-draws.md`` measures it).
+most (expected; not measured yet). On a CPU with one thread the products were already large: the gain
+is the Python and Pyro overhead of n - 1 calls and the products the particles share, against larger
+tensors that leave the cache; ``results/benchmarks/probe-draws.md`` measures 0.92x (trace, slower) to
+1.1x (enum).
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 from torch.nn.modules import module as torch_module
+
+from .metrics import preserved_param_store  # metrics imports this module only when asked for batched draws
 
 #: the losses whose vectorised particles are independent draws of one ``loss_and_grads`` call
 EXACT_LOSSES = (Trace_ELBO, TraceEnum_ELBO)
@@ -91,42 +96,36 @@ def _expand(x: torch.Tensor, particles: int) -> torch.Tensor:
 
 
 class _Recorder:
-    """Hooks on every ``nn.Linear`` whose weight is in ``params``: expand the input, keep (module, input, output)."""
+    """A forward hook on every ``nn.Linear`` whose weight is in ``params``: keep (module, input, output),
+    the output with its particle dim of size ``particles`` (:func:`_expand`)."""
 
     def __init__(self, params: set, particles: int):
         self.params, self.particles = params, particles
         self.calls: List[Tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-        self._inputs: Dict[int, torch.Tensor] = {}
 
-    def _ours(self, module) -> bool:
-        return isinstance(module, nn.Linear) and id(module.weight) in self.params
-
-    def pre(self, module, inputs):
-        if not self._ours(module):
+    def __call__(self, module, inputs, output):
+        if not (isinstance(module, nn.Linear) and id(module.weight) in self.params):
             return None
-        self._inputs[id(module)] = inputs[0]
-        return (_expand(inputs[0], self.particles),) + tuple(inputs[1:])
-
-    def post(self, module, inputs, output):
-        if self._ours(module):
-            self.calls.append((module, self._inputs.pop(id(module)), output))
+        if inputs[0].dim() >= 3 and inputs[0].shape[-3] == self.particles:
+            out = output
+        else:  # an input shared by the particles: one product, a view per particle
+            out = _expand(output, self.particles)
+        self.calls.append((module, inputs[0], out))
+        return out
 
     def nbytes(self) -> int:
-        """Bytes of the kept inputs (as the layer used them), outputs and outputs' gradients."""
-        return sum(_expand(x, self.particles).numel() * x.element_size() + 2 * out.numel() * out.element_size()
-                   for _, x, out in self.calls)
+        """Bytes of the kept inputs, outputs and outputs' gradients."""
+        return sum(x.numel() * x.element_size() + 2 * out.numel() * out.element_size() for _, x, out in self.calls)
 
 
 @contextlib.contextmanager
 def _hooks(recorder: _Recorder):
-    """The recorder's hooks on every module call (global hooks), removed on the way out."""
-    handles = [torch_module.register_module_forward_pre_hook(recorder.pre),
-               torch_module.register_module_forward_hook(recorder.post)]
+    """The recorder as a forward hook of every module call (a global hook), removed on the way out."""
+    handle = torch_module.register_module_forward_hook(recorder)
     try:
         yield recorder
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
 
 
 def _linear_grads(x: torch.Tensor, g: torch.Tensor, draws: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -138,10 +137,16 @@ def _linear_grads(x: torch.Tensor, g: torch.Tensor, draws: int, k: int) -> Tuple
         return (g2.T @ x.expand(*g.shape[:-1], i).reshape(-1, i))[None], g2.sum(0)[None]
     b = g.shape[-2]
     g5 = g.reshape(-1, draws, k, b, h)  # (enumeration, draw, particle of the draw, batch, out)
-    if x.dim() >= 3 and x.shape[-3] == draws * k:  # the input differs by particle
-        w = torch.einsum("edmh,edmi->dhi", g5.reshape(-1, draws, k * b, h), x.reshape(-1, draws, k * b, i))
-    else:  # the input is shared by the particles: sum their output gradients first
-        w = torch.einsum("edbh,ebi->dhi", g5.sum(2), x.expand(*g.shape[:-3], 1, b, i).reshape(-1, b, i))
+    if x.dim() >= 3 and x.shape[-3] == draws * k:  # the input differs by particle: a batched product per draw
+        g4, x4 = g5.reshape(-1, draws, k * b, h), x.reshape(-1, draws, k * b, i)
+        w = torch.bmm(g4[0].transpose(1, 2), x4[0])
+        for e in range(1, g4.shape[0]):
+            w.baddbmm_(g4[e].transpose(1, 2), x4[e])
+    else:  # the input is shared by the particles: sum their output gradients first, one product per draw
+        gs, xs = g5.sum(2), x.expand(*g.shape[:-3], 1, b, i).reshape(-1, i)
+        w = g.new_empty((draws, h, i))
+        for d in range(draws):
+            torch.mm(gs[:, d].reshape(-1, h).T, xs, out=w[d])
     return w, g5.sum((0, 2, 3))
 
 
@@ -182,8 +187,6 @@ def draw_chunks(objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n
                 budget_mb: float = BUDGET_MB) -> Iterator[Tuple[int, Dict[str, torch.Tensor]]]:
     """Yield ``n`` gradient estimates of ``objective`` in chunks, each ``(draws, {group: (draws, P)})``
     (detached; groups with no gradient left out). Every chunk starts from the state the probe began with."""
-    from .metrics import preserved_param_store  # metrics imports this module when asked for batched draws
-
     if not supports(objective):
         raise ValueError(f"batched draws do not support the loss {type(objective.loss).__name__} "
                          "(ssvae.particles.supports)")

@@ -134,7 +134,7 @@ def smoke_run(tmp_path_factory):
 
 # -- the fast loop ---------------------------------------------------------------------------------
 #: Modules whose every test is slow: subprocess grids, Dask clusters, the browser, timed steps.
-SLOW_MODULES = {"test_dask", "test_faults", "test_report_browser", "test_timing_probe", "test_steps"}
+SLOW_MODULES = {"test_dask", "test_faults", "test_report_browser", "test_timing_probe", "test_steps", "test_probe"}
 #: Fixtures that train on MNIST or run a grid.
 SLOW_FIXTURES = {"smoke_run"}
 

@@ -72,6 +72,8 @@ CASES = [
     ("probe setting out of range", "run --set probe.variance_samples=1 --out {out}",
      r"probe.variance_samples must be at least 2"),
     ("probe steps zero", "run --set probe.timing_steps=0 --out {out}", r"probe.timing_steps must be at least 1"),
+    ("probe draws neither loop nor batched", "run --set probe.draws=vector --out {out}",
+     r"probe.draws must be one of loop, batched"),
     ("no estimator", 'run --estimators "" --out {out}', r"--estimators is empty"),
     ("negative thread count", "run --threads -1 --out {out}", r"--threads must be at least 1"),
     ("GPU index not a number", "run --device cuda:x --out {out}", r"the GPU index must be a number"),
