@@ -114,6 +114,12 @@ def task_threads(spec: dict, threads: int) -> int:
     return max(threads, usable_cpus()) if spec.get("exclusive") else threads
 
 
+def trajectory_key(spec: dict) -> Optional[str]:
+    """The shared trajectory a common probe measures on (its config: labels, seed, the trajectory's
+    estimator and settings), None for any other task."""
+    return json.dumps(spec.get("config"), sort_keys=True) if spec.get("kind") == "common" else None
+
+
 def failed_record(spec: dict, error: str) -> dict:
     """The result file of a task whose worker never wrote one."""
     return {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
@@ -207,6 +213,7 @@ class LocalExecutor:
         log_dir = out_dir / "logs"
         queue = list(specs)
         attempts: Dict[str, int] = {}
+        trained: set = set()  # trajectories a finished common probe has written to the cache
         try:
             while queue or self.running:
                 while queue and len(self.running) < self.workers:
@@ -215,7 +222,10 @@ class LocalExecutor:
                         break
                     if queue[0].get("exclusive") and self.running:
                         break
-                    spec = queue.pop(0)
+                    i = self._next(queue, trained)
+                    if i is None:
+                        break
+                    spec = queue.pop(i)
                     attempts[spec["id"]] = attempts.get(spec["id"], 0) + 1
                     self.running[spec["id"]] = self._start(spec, out_dir, log_dir)
                 time.sleep(0.2)
@@ -243,10 +253,25 @@ class LocalExecutor:
                             continue
                         record = write_failed(out_dir, run.spec, f"{reason} (after {attempts[tid]} attempts; "
                                                                  f"see logs/{tid}.log)")
+                    if record and record.get("status") == "ok" and trajectory_key(run.spec):
+                        trained.add(trajectory_key(run.spec))
                     on_update(self.states(), record)
                 on_update(self.states(), None)
         finally:
             self.shutdown()
+
+    def _next(self, queue: List[dict], trained: set) -> Optional[int]:
+        """The index of the next task to start: the first in queue order, except that a common probe waits
+        while a sibling on the same trajectory is running and none has finished yet (the first one trains
+        the trajectory and writes it to the cache; the others then read it instead of training it again)."""
+        busy = {trajectory_key(r.spec) for r in self.running.values()} - {None}
+        for i, spec in enumerate(queue):
+            if spec.get("exclusive"):
+                return None if self.running else i
+            key = trajectory_key(spec)
+            if key is None or key in trained or key not in busy:
+                return i
+        return None
 
     def _watch(self, run: _Running) -> None:
         """Kill a task past its time limit or without progress for too long (the watchdog)."""

@@ -267,3 +267,26 @@ def test_eta_starts_from_the_plan_and_moves_to_the_observed_pace():
     assert p.eta(600.0, 1000.0) == 0.0
     bare = Progress(todo, todo, stream=io.StringIO())  # no plan: the observed pace alone
     assert bare.eta(0.0, 10.0) is None
+
+
+def test_sibling_common_probes_wait_for_the_one_that_trains_their_trajectory():
+    """The executor starts the first common probe of a trajectory and holds its siblings until one has
+    finished (it writes the trajectory to the cache), running other tasks meanwhile: two workers no longer
+    both train the same trajectory. An exclusive task is never jumped over."""
+    from types import SimpleNamespace
+
+    from bench.executors import LocalExecutor, trajectory_key
+
+    tasks = expand(make_grid(load_preset("default"), {"labels": [100], "seeds": [0]}))
+    common = [t for t in tasks if t["kind"] == "common"]
+    cells = [t for t in tasks if t["kind"] == "train"]
+    ex = LocalExecutor(workers=2)
+    queue = [*common, *cells]
+    assert ex._next(queue, set()) == 0
+    ex.running = {common[0]["id"]: SimpleNamespace(spec=common[0])}
+    queue = queue[1:]
+    assert queue[ex._next(queue, set())]["kind"] == "train"  # the siblings wait, a cell runs
+    key = trajectory_key(common[0])
+    assert ex._next(queue, {key}) == 0  # once the trajectory is cached, the siblings may run side by side
+    timing = next(t for t in tasks if t.get("exclusive"))
+    assert ex._next([common[1], timing, *cells], set()) is None  # blocked sibling, then an exclusive task

@@ -69,6 +69,12 @@ def run_cost_line(ctx: Context) -> Optional[str]:
     status_ = ctx.frame(status)[0].iloc[0]
     if status_["missing"]:
         text += f", and {int(status_['missing'])} of its {int(status_['expected'])} cells are still to run"
+    est = ctx.env.get("estimate") or {}
+    if (busy and isinstance(est.get("seconds"), (int, float)) and not ctx.env.get("earlier_runs")
+            and est.get("tasks") == len(ctx.env.get("tasks_run") or [])):
+        # the estimate the run printed before it started (bench/estimate.py), where one run made the folder
+        text += (f". Its estimate before it started: {_hours(est['seconds'])} for those {est['tasks']} tasks "
+                 f"({est.get('priced_on') or 'no calibration'}); measured/estimated {busy / est['seconds']:.2f}")
     return text + "."
 
 
