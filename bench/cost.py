@@ -76,3 +76,12 @@ def common_cost(spec: dict) -> float:
     stateful = any(get_estimator(e).stateful for e in spec["estimators"])
     return max(_probe_cost(spec, spec["estimators"], references=stateful)
                + (max(spec["checkpoints"]) if stateful else 0), 1.0)
+
+
+def trajectory_cost(spec: dict) -> float:
+    """What a common probe without a stateful baseline adds to :func:`common_cost` when it is the one that
+    trains the shared trajectory (and computes its references) rather than reading them from the cache."""
+    if spec.get("kind") != "common" or any(get_estimator(e).stateful for e in spec["estimators"]):
+        return 0.0
+    return max(spec["checkpoints"]) + 2 * spec.get("reference_draws", 0) * len(spec["checkpoints"])
+

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .cost import PART_STEPS
+from .cost import PART_STEPS, trajectory_cost
 from .provenance import REPO, usable_cpus
 from .store import read_result, span
 from .tasks import KINDS, PARTS, cost_parts, measured_parts
@@ -93,7 +93,7 @@ class Calibration:
         """Estimated seconds of one task, per part, at contention ``factor`` (``trains``: a common probe
         that trains its trajectory rather than reading it from the cache)."""
         kind = price_kind(spec["kind"], trains)
-        return {part: units * self.rate(kind, part) * factor for part, units in cost_parts(spec).items()}
+        return {part: units * self.rate(kind, part) * factor for part, units in task_units(spec, trains).items()}
 
     def seconds(self, spec: dict, factor: float = 1.0, trains: bool = False) -> float:
         return sum(self.parts(spec, factor, trains).values())
@@ -105,6 +105,21 @@ class Calibration:
         who = (f"of this machine's CPU ({self.machine})" if self.machine else
                "of OTHER machines (none of this machine's CPU yet): a guess until a run here finishes tasks")
         return f"priced on {n} finished tasks {who}: {where}{more}"
+
+
+def task_units(spec: dict, trains: bool = False) -> Dict[str, float]:
+    """``bench.tasks.cost_parts`` of a task, with the trajectory and its references added to the probe part
+    of a common probe that trains them (``bench.cost.trajectory_cost``)."""
+    parts = cost_parts(spec)
+    if trains:
+        parts["probe"] += trajectory_cost(spec)
+    return parts
+
+
+def trained(record: dict) -> bool:
+    """Whether a finished common probe trained its trajectory (``trajectory_cache``; a record from before
+    that field trained it)."""
+    return record.get("trajectory_cache", "trained") != "read"
 
 
 def price_kind(kind: str, trains: bool) -> str:
@@ -148,11 +163,11 @@ def calibrate(roots: Optional[Iterable[Path]] = None, machine: Optional[str] = N
     for folder, record in use:
         spec = record["spec"]
         try:
-            parts, took = cost_parts(spec), measured_parts(record)
+            parts, took = task_units(spec, trained(record)), measured_parts(record)
         except (KeyError, TypeError, ValueError):
             continue
         factor = contention(record, cpus)
-        kind = price_kind(spec["kind"], record.get("trajectory_cache") != "read")
+        kind = price_kind(spec["kind"], trained(record))
         for part in PARTS:
             key = (kind, part)
             seconds[key] = seconds.get(key, 0.0) + took[part] / factor

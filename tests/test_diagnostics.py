@@ -138,7 +138,8 @@ def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
         parts = cost_parts(t)
         secs = {k: parts[k] * rate[t["kind"] if t["kind"] == "timing" else k] for k in parts}
         record = {"id": t["id"], "kind": t["kind"], "spec": t, "status": "ok", "started": clock,
-                  "finished": clock + sum(secs.values()), "threads": 1, "other_cpu_load": load, "device_name": device}
+                  "finished": clock + sum(secs.values()), "threads": 1, "other_cpu_load": load, "device_name": device,
+                  "trajectory_cache": "read"}
         if t["kind"] == "train":
             record["metrics"] = {"train_seconds": secs["train"], "eval_seconds": secs["eval"]}
         sub = "runs" if t["kind"] == "train" else "probes"
@@ -161,7 +162,7 @@ def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
     assert cal.machine == "AMD EPYC" and cal.sources == {str(tmp_path / "quick-cpu"): len(tasks)}
     for part in ("train", "eval", "probe"):
         assert cal.rate("train", part) == pytest.approx(rate[part], rel=1e-6)
-    assert cal.rate("common", "probe") == pytest.approx(rate["probe"], rel=1e-6)
+    assert cal.rate("common:read", "probe") == pytest.approx(rate["probe"], rel=1e-6)
     assert cal.rate("timing", "train") == pytest.approx(rate["timing"], rel=1e-6)
     long = [t for t in expand(make_grid(load_preset("long"), {"labels": [100], "seeds": [0]})) if t["kind"] != "timing"]
     want = sum(cost_parts(t)[k] * rate[k] for t in long for k in ("train", "eval", "probe"))
