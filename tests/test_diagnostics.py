@@ -152,7 +152,7 @@ def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
     known rates, each rate comes back, and a grid is priced part by part: a single rate would misprice a
     grid whose mix differs (a long run trains, a quick one probes)."""
     from bench import estimate
-    from bench.harness import task_cost
+    from bench.progress import task_cost
     from bench.tasks import cost_parts
 
     rate = {"train": 0.1, "eval": 3.0, "probe": 0.02, "timing": 0.5}
@@ -257,7 +257,7 @@ def test_eta_starts_from_the_plan_and_moves_to_the_observed_pace():
     half the planned pace ends up with an ETA near twice the plan's time for the rest."""
     import io
 
-    from bench.harness import Progress
+    from bench.progress import Progress
 
     todo = [{"id": f"t{i}", "kind": "timing"} for i in range(10)]
     p = Progress(todo, todo, stream=io.StringIO(), seconds={t["id"]: 60.0 for t in todo}, wall=300.0)

@@ -168,7 +168,7 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     import io
 
     from bench.executors import TaskState
-    from bench.harness import Progress
+    from bench.progress import Progress
 
     tasks = [{**SPEC, "config": {"estimator": "enum", "epochs": 2, "labels": 100}},
              {**SPEC, "id": "trace_L100_s0", "config": {"estimator": "trace", "epochs": 2, "labels": 100}}]
