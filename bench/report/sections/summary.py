@@ -69,6 +69,23 @@ def too_short(ctx: Context) -> Optional[str]:
     return "; ".join(why) or None
 
 
+#: a run of at most this many epochs is a budget run: its summary says what it can and cannot support
+BUDGET_EPOCHS = 5
+
+
+def budget_line(ctx: Context) -> Optional[str]:
+    """What a short run (the default preset: minutes) supports, and where the rest is; None for a longer run."""
+    epochs = ctx.grid.get("epochs")
+    if not isinstance(epochs, int) or epochs > BUDGET_EPOCHS or too_short(ctx):
+        return None
+    return (f"What this budget supports ({epochs} epoch{'s' if epochs != 1 else ''} per cell): the gradient "
+            "error and variance and the time per step, which are measured at fixed parameters and do not wait "
+            "for convergence; accuracy verdicts only where the paired interval already separates the variants "
+            "(the caveats count the cells still improving at their last epoch). For accuracy at convergence read "
+            "the committed long reference (results/reference/long-cpu: 20 epochs, 5 paired seeds), and Pyro's "
+            "Table 1 setting in results/reference/table1-cpu.")
+
+
 def banner(ctx: Context) -> Optional[str]:
     why = too_short(ctx)
     return None if why is None else (
@@ -145,7 +162,8 @@ def plot_hero(ctx: Context):
 
 
 def build(ctx: Context) -> Section:
-    lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), cost_line(ctx), *gradient_lines(ctx)]
+    lines = [headline_line(ctx), elsewhere_line(ctx), caveat_line(ctx), budget_line(ctx), cost_line(ctx),
+             *gradient_lines(ctx)]
     lines = [l for l in lines if l]
     decision = decision_frame(ctx)
     shown = decision_display(ctx, decision)
