@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ssvae import RunConfig
 from ssvae.config import TEST_SIZE
-from ssvae.estimators import get_estimator
+from ssvae.estimators import REGISTRY, get_estimator
 from ssvae.evaluate import IWAE_IMAGES, IWAE_K, EvalPlan
 
 from .grid import steps_per_epoch
@@ -14,12 +14,9 @@ def config_epochs(spec: dict) -> int:
     return (spec.get("config") or {}).get("epochs", 1)
 
 
-#: work of an unlabeled step relative to enum's, for the ETA and ``bench list``: the median step times of
-#: results/reference/quick-cpu/timing.csv (2 threads) over enum's; enum-seq from the smoke run (2.3x enum);
-#: the baseline's step is a classifier step. An estimator missing here counts as one.
-STEP_WEIGHT = {"baseline": 0.05, "trace": 0.27, "enum": 1.0, "enum-seq": 2.3, "trace-avg": 0.45, "trace-bx": 0.45,
-               "nvil": 0.31, "trace-k10": 0.99, "rloo": 0.98, "gumbel": 0.27, "gumbel-st": 0.26, "rb-topk": 0.36,
-               "rb-top3": 0.54, "rb-topk-plain": 0.35}
+#: work of an unlabeled step relative to enum's, for the ETA and ``bench list``: each estimator's record
+#: (``Estimator.step_weight`` in ssvae/estimators.py, with its source). A name missing here counts as one.
+STEP_WEIGHT = {name: est.step_weight for name, est in REGISTRY.items()}
 #: a labeled step (y observed: nothing to enumerate or sample) relative to enum's unlabeled step
 SUP_WEIGHT = 0.2
 #: evaluation, in epochs of it (one: the exact test ELBO on all 10,000 test images and the accuracies):

@@ -11,7 +11,9 @@ values (the product of the lists)::
     schedule = [{tau0 = 1.0, tau_min = 0.5}, {tau0 = 0.5, tau_min = 0.5}]
 
 ``lr`` sets the run's learning rate; any other key is an estimator option (a table candidate
-sets several options at once, a temperature schedule). Each combination is its own cell,
+sets several options at once, a temperature schedule). An estimator given no table of its own
+takes its registry record's candidates (``Estimator.search``: the tables above are nvil's and
+gumbel's); ``[tune.EST]`` replaces them. Each combination is its own cell,
 its values in the cell's config (so in its identity) and in its id (``..._lr-0.00014``).
 
 Selection (:func:`select`) reads the finished cells and, per estimator and aux setting, takes
@@ -55,7 +57,8 @@ CHOICE_FILE = "tuned.json"
 
 # -- the grid ------------------------------------------------------------------------------------
 def check_tune(tune, estimators: List[str]) -> Dict:
-    """Validate a ``[tune]`` table (one-line :class:`ConfigError`); returns it."""
+    """Validate a ``[tune]`` table (one-line :class:`ConfigError`); returns it with the default candidates of
+    each estimator it gives no table of its own (its registry record's ``search``; none without a table)."""
     from ssvae.estimators import REGISTRY
 
     if not isinstance(tune, dict):
@@ -68,6 +71,7 @@ def check_tune(tune, estimators: List[str]) -> Dict:
                 _check_list(f"tune.{key}.{k}", v)
         else:
             _check_list(f"tune.{key}", value)
+    tune = _with_searches(tune, estimators)
     from ssvae.model import SSVAE  # every candidate builds: a bad value fails here, in one line
 
     tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
@@ -75,6 +79,17 @@ def check_tune(tune, estimators: List[str]) -> Dict:
         for cand in candidates(tune, est):
             REGISTRY[est].build(tiny, {k: v for k, v in cand.items() if k != "lr"})
     return tune
+
+
+def _with_searches(tune: Dict, estimators: List[str]) -> Dict:
+    """``tune`` plus, for each estimator with no table in it, its record's candidates (when it has any)."""
+    from ssvae.estimators import REGISTRY
+
+    if not tune:
+        return tune
+    extra = {e: {k: list(v) for k, v in REGISTRY[e].search.items()} for e in estimators
+             if e not in tune and REGISTRY[e].search}
+    return {**tune, **extra}
 
 
 def _check_list(where: str, values) -> None:
@@ -256,13 +271,11 @@ def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional
     return None
 
 
-_DEFAULTS = {"gumbel": {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000},
-             "gumbel-st": {"tau0": 1.0, "tau_min": 0.5, "rate": 3e-5, "every": 2000},
-             "nvil": {"baseline_lr": None}}
-
-
 def _is_default(est: str, key: str, value) -> bool:
-    d = _DEFAULTS.get(est, {})
+    """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
+    from ssvae.estimators import REGISTRY
+
+    d = REGISTRY[est].defaults if est in REGISTRY else {}
     if key not in d:
         return True  # options that are not tuned keep their defaults
     if key == "baseline_lr" and value is not None:

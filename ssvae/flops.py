@@ -20,14 +20,13 @@ Which networks run, on how many rows (B = batch size, K = 10 labels):
 step kind      encoder_y    encoder_z    decoder
 ============== ============ ============ ==========
 sup            --           B            B
-unsup-enum     B            K * B        K * B
-unsup-enum-seq B            K x B        K x B
-unsup-sampled  B            B            B
-unsup-rloo     B            K * B        K * B        (k = 10 draws, as many rows as enum)
-unsup-rb-topk  B            2 * B        2 * B        (k = 1 summed + 1 drawn; rb-topk-plain too)
-unsup-rb-top3  B            4 * B        4 * B
+unsup-*        B            n * B        n * B
 aux, baseline  B            --           --
 ============== ============ ============ ==========
+
+The ``unsup-*`` kinds and their n are read from the registry: each estimator's record names its
+hand-written counterpart (the step kind) and its ``particles``, the label values evaluated per image
+(``None``: all K, as enumeration; unsup-enum-seq runs its K one after another, the same rows).
 
 :func:`matmul_rate` measures the machine's dense matmul rate on a GEMM of the step's
 shapes, so that ``step_flops / rate`` is the time a step would take at the compute limit.
@@ -37,12 +36,26 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-STEP_KINDS = ("sup", "unsup-enum", "unsup-enum-seq", "unsup-sampled", "unsup-rloo", "unsup-rb-topk",
-              "unsup-rb-top3", "unsup-rb-topk-plain", "aux", "baseline")
+from .estimators import REGISTRY
+
+
+def _unsup_particles() -> Dict[str, Optional[int]]:
+    """Label values per image of each hand-written unlabeled step kind, from the estimators' records."""
+    out: Dict[str, Optional[int]] = {}
+    for est in REGISTRY.values():
+        if est.kind == "ssvae" and est.counterpart:
+            if out.setdefault(est.counterpart, est.particles) != est.particles:
+                raise ValueError(f"step kind {est.counterpart!r}: estimators disagree on its particles")
+    return out
+
+
+#: label values per image of each unlabeled step kind (``None``: every label)
+UNSUP_PARTICLES = _unsup_particles()
+STEP_KINDS = ("sup", *UNSUP_PARTICLES, "aux", "baseline")
 
 
 @dataclass(frozen=True)
@@ -94,18 +107,11 @@ def step_flops(kind: str, batch_size: int = 200, sizes: Sizes = Sizes()) -> Dict
     if kind not in STEP_KINDS:
         raise ValueError(f"unknown step kind {kind!r}: one of {', '.join(STEP_KINDS)}")
     s, B, K = sizes, batch_size, sizes.num_classes
-    rows = {
-        "sup": (0, B, B),
-        "unsup-enum": (B, K * B, K * B),
-        "unsup-enum-seq": (B, K * B, K * B),
-        "unsup-sampled": (B, B, B),
-        "unsup-rloo": (B, K * B, K * B),
-        "unsup-rb-topk": (B, 2 * B, 2 * B),
-        "unsup-rb-top3": (B, 4 * B, 4 * B),
-        "unsup-rb-topk-plain": (B, 2 * B, 2 * B),
-        "aux": (B, 0, 0),
-        "baseline": (B, 0, 0),
-    }[kind]
+    if kind in UNSUP_PARTICLES:
+        n = K if UNSUP_PARTICLES[kind] is None else UNSUP_PARTICLES[kind]
+        rows = (B, n * B, n * B)
+    else:
+        rows = {"sup": (0, B, B), "aux": (B, 0, 0), "baseline": (B, 0, 0)}[kind]
     nets = {
         "encoder_y": (rows[0], s.input_size, s.hidden, (s.num_classes,), False),
         "encoder_z": (rows[1], s.input_size + s.num_classes, s.hidden, (s.z_dim, s.z_dim), False),

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_RUN
+from .estimators import REGISTRY, get_estimator
 from .model import SSVAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -187,21 +188,15 @@ def aux_loss(ss: SSVAE, xs: torch.Tensor, ys: torch.Tensor, multiplier: Optional
 
 
 # -- which reference matches which (estimator, step kind) --------------------------------------
-#: the hand-written counterpart of each registered estimator's unlabeled step
-UNSUP_COUNTERPART = {"trace": "unsup-sampled", "enum": "unsup-enum", "enum-seq": "unsup-enum-seq",
-                     "rloo": "unsup-rloo", "rb-topk": "unsup-rb-topk", "rb-top3": "unsup-rb-top3",
-                     "rb-topk-plain": "unsup-rb-topk-plain"}
-#: Estimators with no hand-written counterpart of their unlabeled step, and why (their step time
-#: is paired with the YARDSTICK instead):
-#: trace-avg, trace-bx -- TraceGraph_ELBO's baseline bookkeeping is the cost being measured;
-#: nvil -- its step is a sampled step plus a baseline MLP and running statistics kept in the
-#: param store between steps: a twin would have to copy that state machine, not a formula;
-#: trace-k10 -- Trace_ELBO's vectorised particles (k sampled steps at once);
-#: gumbel, gumbel-st -- a different (relaxed) objective whose densities are torch's.
-NO_COUNTERPART = {"trace-avg", "trace-bx", "nvil", "trace-k10", "gumbel", "gumbel-st"}
+#: the hand-written counterpart of each registered estimator's unlabeled step: its registry record's
+#: ``counterpart`` (``ssvae/estimators.py``)
+UNSUP_COUNTERPART = {n: e.counterpart for n, e in REGISTRY.items() if e.kind == "ssvae" and e.counterpart}
+#: Estimators with no hand-written counterpart of their unlabeled step (their step time is paired with
+#: the YARDSTICK instead); each record says why (``Estimator.no_counterpart_reason``)
+NO_COUNTERPART = {n for n, e in REGISTRY.items() if e.kind == "ssvae" and not e.counterpart}
 
-#: estimators whose every step (labeled too) averages several particles
-MULTI_PARTICLE = {"trace-k10"}
+#: estimators whose every step (labeled too) averages several particles (``Estimator.labeled_particles``)
+MULTI_PARTICLE = {n for n, e in REGISTRY.items() if e.labeled_particles > 1}
 
 #: reference step kinds and the loss each takes: ``fn(ss, xs, ys) -> (surrogate, loss)``
 REFERENCE_LOSSES: Dict[str, Callable[..., Loss]] = {
@@ -223,13 +218,14 @@ def counterpart(estimator: str, step_kind: str, estimator_kind: str = "ssvae") -
 
     ``None`` where there is no hand-written counterpart (an estimator added without one).
     """
+    est = REGISTRY.get(estimator)
     if estimator_kind == "supervised":
-        return "baseline" if step_kind == "sup" else None
-    if step_kind == "sup" and estimator in MULTI_PARTICLE:
+        return est.counterpart if est is not None and step_kind == "sup" else None
+    if step_kind == "sup" and est is not None and est.labeled_particles > 1:
         return None  # its labeled step averages k particles: k reference steps' work, not one
     if step_kind in ("sup", "aux"):
         return step_kind
-    return UNSUP_COUNTERPART.get(estimator)
+    return est.counterpart if est is not None and est.kind == "ssvae" else None
 
 
 #: the reference step that stands in, as a yardstick, for an unlabeled step with no counterpart
@@ -244,8 +240,6 @@ def pairing(estimator: str, step_kind: str) -> Tuple[str, bool]:
     is one, else the :data:`YARDSTICK` (one reference pass of the networks) with ``exact``
     False -- a yardstick is a scale, not Pyro's overhead.
     """
-    from .estimators import get_estimator  # late: the registry imports the model and Pyro's inference
-
     exact = counterpart(estimator, step_kind, get_estimator(estimator).kind)
     return (exact, True) if exact else (YARDSTICK, False)
 

@@ -198,3 +198,12 @@ def _write_csv(path, rows):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def summary_bullets(folder) -> list:
+    """The bullet lines of ``tables/summary.md`` (after the decision table, which opens the file)."""
+    from pathlib import Path
+    text = (Path(folder) / "tables/summary.md").read_text()
+    if "| variant |" in text:
+        assert text.startswith("**Which estimator?**"), "the decision table opens summary.md"
+    return [l for l in text.splitlines() if l.startswith("- ")]

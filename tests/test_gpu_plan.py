@@ -137,9 +137,9 @@ def test_run_starts_four_cells_at_a_time_on_the_one_gpu(gpus, tmp_path, fake_wor
     made = []
 
     class Recording(executors.LocalExecutor):
-        def run(self, specs, out_dir, on_update):  # six of the grid's cells (the timing probes run alone)
+        def run(self, specs, out_dir, on_update):  # six of the grid's cells (the timing probes run alone; common probes of one trajectory wait for its first)
             made.append(self)
-            super().run([s for s in specs if not s.get("exclusive")][:6], out_dir, on_update)
+            super().run([s for s in specs if s["kind"] == "train"][:6], out_dir, on_update)
 
     monkeypatch.setitem(executors.EXECUTORS, "local", Recording)
     _run("--workers", "4", "--out", str(tmp_path / "x"))

@@ -10,7 +10,7 @@ import pytest
 
 from bench import report
 from bench.errors import UsageError
-from tests.report_fixtures import (CORRUPT_CELL, FAILED_CELL, MISSING_CELL, fabricate_results, variants)
+from tests.report_fixtures import (CORRUPT_CELL, FAILED_CELL, MISSING_CELL, fabricate_results, summary_bullets, variants)
 
 VARIANTS = [report.variant_label(e, a) for e, a in variants()]
 
@@ -544,9 +544,10 @@ def test_grad_error_heatmap_table(built):
 
 def test_summary_lines_from_the_paired_verdicts(built):
     root, _ = built
-    lines = (root / "tables/summary.md").read_text().splitlines()
-    assert len(lines) == 5 and all(l.startswith("- ") for l in lines)  # no stateful baseline: no 6th line
-    assert lines[4].startswith("- Gradient error at 3000 labels, encoder_y, unlabeled step")
+    lines = summary_bullets(root)
+    assert len(lines) == 6  # 4 epochs: a budget line; no stateful baseline: no 7th line
+    assert lines[3].startswith("- What this budget supports (4 epochs per cell): the gradient error")
+    assert lines[5].startswith("- Gradient error at 3000 labels, encoder_y, unlabeled step")
     head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
     assert lines[0][2:] == head.verdict  # the same verdict as the Headline
     assert lines[1].startswith("- Elsewhere: at 100 labels with the auxiliary loss, against enum + aux:")
@@ -556,7 +557,7 @@ def test_summary_lines_from_the_paired_verdicts(built):
     assert "4 epochs per cell, bench protocol" in lines[2] and "left out seeds" in lines[2]
     assert "unpaired means" not in "".join(lines)
     rel = pd.read_csv(root / "tables/timing_relative.csv").set_index("estimator")
-    assert f"{rel.loc['enum', 'relative_to_trace']:.1f}× trace's" in lines[3]
+    assert f"{rel.loc['enum', 'relative_to_trace']:.1f}× trace's" in lines[4]
     text = (root / "report.md").read_text()
     assert text.index("## Summary") < text.index("## Headline") and lines[0][2:] in text
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bench import report
-from tests.report_fixtures import fabricate_results
+from tests.report_fixtures import fabricate_results, summary_bullets
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_not_learning_draws_no_verdict(tmp_path):
     assert not head.learning and head.better == "" and head.as_good == ""
     assert head.verdict.startswith("**At 3000 labels with the auxiliary loss: not learning: enum + aux is -")
     assert head.verdict.endswith("from the supervised-only baseline; no estimator verdict is drawn here**.")
-    lines = (tmp_path / "tables/summary.md").read_text().splitlines()
+    lines = summary_bullets(tmp_path)
     assert lines[0][2:] == head.verdict
     assert lines[1].startswith("- Elsewhere: at 100 labels: not learning: enum + aux is -")
     assert "closest" not in "".join(lines) and "inconclusive" not in "".join(lines)
@@ -146,7 +146,7 @@ def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
     assert base.loc[3000, "checkpoints"] == 4 and base.loc[3000, "at_most_against"] == 3
     assert base.loc[3000, "max_ratio"] == pytest.approx(1.5) and base.loc[3000, "median_ratio"] == pytest.approx(0.5)
     assert base.loc[100, "at_most_against"] == base.loc[100, "checkpoints"] == 4
-    lines = (tmp_path / "tables/summary.md").read_text().splitlines()
+    lines = summary_bullets(tmp_path)
     grad = next(l for l in lines if l.startswith("- Gradient error at 3000 labels"))
     eff = pd.read_csv(tmp_path / "tables/grad_efficiency.csv")
     enc = eff[(eff.labels == 3000) & (eff.param_group == "encoder_y")].sort_values("rank_mse")
@@ -165,8 +165,7 @@ def test_summary_quotes_the_gradient_error_and_the_trained_baselines(tmp_path):
 def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
     """The fabricated folder has one cell without a result file; removing another makes two."""
     fabricate_results(tmp_path)
-    caveats = lambda: next(l for l in (tmp_path / "tables/summary.md").read_text().splitlines()
-                           if l.startswith("- Caveats"))
+    caveats = lambda: next(l for l in summary_bullets(tmp_path) if l.startswith("- Caveats"))
     report.build_report(tmp_path, plots=False)
     expected = int(pd.read_csv(tmp_path / "tables/status_summary.csv").iloc[0].expected)
     assert f"the run is incomplete: 1 of {expected} cells have no result yet (the same command resumes it)" \

@@ -12,7 +12,8 @@ Colours. An estimator's hue says its family; its shade tells the members apart:
 
 Each family spreads its members evenly over its colour map, so a family of any size stays distinct;
 an estimator no rule knows gets a hue of its own from an evenly spaced circle (husl) away from the
-families'. The family of a name is decided by :data:`FAMILY_RULES` (prefixes), in one place.
+families'. A registered estimator's family is its registry record's (``ssvae/estimators.py``);
+:data:`FAMILY_RULES` gives each family its colour map and, for names the registry does not know, prefixes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import colormaps
+
+from ssvae.estimators import REGISTRY
 
 from .data import BASELINES, Results, _bool
 
@@ -77,7 +80,10 @@ def kinds_in(values) -> List[str]:
 # -- colours -----------------------------------------------------------------------------------
 
 def family(estimator: str) -> Optional[str]:
-    """The estimator's family (see the module docstring), None when no rule knows the name."""
+    """The estimator's family: its registry record's (``Estimator.family``); for a name the registry does not
+    know (another version's results), the first :data:`FAMILY_RULES` prefix that matches; else None."""
+    if estimator in REGISTRY:
+        return REGISTRY[estimator].family
     name = estimator.lower()
     for fam, _cmap, prefixes in FAMILY_RULES:
         if name.startswith(tuple(prefixes)) or name in prefixes:
