@@ -180,7 +180,7 @@ def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
 
 
 def test_busy_seconds_is_the_union_of_the_tasks_times():
-    from bench.store import busy_seconds
+    from bench.tables import busy_seconds
 
     assert busy_seconds([dict(started=0.0, finished=10.0), dict(started=5.0, finished=15.0),
                          dict(started=100.0, finished=110.0), dict(started=102.0, finished=104.0), dict()]) == 25.0
@@ -273,3 +273,15 @@ def test_a_long_legend_does_not_squash_the_panels():
     assert legend.height <= fig.bbox.height
     for ax, _ in panels:
         assert ax.get_position().height > 0.6, ax.get_position()
+
+
+def test_a_step_0_probe_makes_no_gradient_claim_in_the_summary():
+    """Issue 25: the long reference probed the common trajectory only at step 0 (20 draws); its summary (which
+    the README quotes) says so instead of ranking estimators on the initial parameters (the committed tables
+    regenerate byte for byte: tests/test_report.py)."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "results/reference/long-cpu/tables/summary.md").read_text()
+    grad = [l for l in text.splitlines() if l.startswith("- Gradient error")]
+    assert grad == [l for l in grad if l.startswith("- Gradient error: this run probed the common trajectory only "
+                                                    "at step 0")] and len(grad) == 1
+    assert "lowest MSE" not in text
