@@ -20,7 +20,7 @@ COMMANDS: Dict[str, Command] = {
     "list": Command("bench.harness", "add_list_parser", "list estimators and presets"),
     "report": Command("bench.report.cli", "add_report_parser",
                       "write tables, plots, report.md and report.html into a results folder"),
-    "compare": Command("bench.compare", "add_compare_parser",
+    "compare": Command("bench.compare_cli", "add_compare_parser",
                        "compare two results folders cell by cell; exit 1 when a difference exceeds its noise"),
     "regress": Command("bench.regress.cli", "add_parser",
                        "step-time regressions: A/B in one job, baseline check, history"),

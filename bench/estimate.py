@@ -32,7 +32,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .cost import PART_STEPS, trajectory_cost
 from .provenance import REPO, usable_cpus
-from .store import read_result, span
+from .store import read_result
+from .tables import span
 from .tasks import KINDS, PARTS, cost_parts, measured_parts
 
 #: finished work (units of a part) below which a (kind, part) is not priced on its own
@@ -124,7 +125,7 @@ def trained(record: dict) -> bool:
 
 def price_kind(kind: str, trains: bool) -> str:
     """The kind a task is priced as: a common probe that trains the shared trajectory (and computes its
-    references) is priced apart from one that reads them from the cache (``bench.tasks.run_common``)."""
+    references) is priced apart from one that reads them from the cache (``bench.gradient_probe.run_common``)."""
     return ("common:trained" if trains else "common:read") if kind == "common" else kind
 
 

@@ -1,16 +1,16 @@
-"""Executors: where the tasks of a grid run.
+"""Executors: where the tasks of a grid run (the protocol, the local and dask executors, ``EXECUTORS``).
 
-Every executor runs ``bench.tasks.run_task`` for each spec in a fresh process; the worker
-writes its own result file, so the driver only collects and a driver crash loses nothing
-that finished.
+Every executor runs ``bench.tasks.run_task`` for each spec in a fresh process (``bench.launch`` starts the
+worker and records one that wrote nothing); the worker writes its own result file, so the driver only
+collects and a driver crash loses nothing that finished.
 
 * ``local`` -- one subprocess per task, ``workers`` at a time, each with ``threads`` torch
   threads. Workers die with the driver (``PR_SET_PDEATHSIG``). A worker that dies without
   writing its result (killed, out of memory) is re-queued once, then recorded as failed.
   Tasks marked ``exclusive`` (the timing probe) run alone. With ``gpus`` (CUDA device ids),
   each running task sees one GPU through ``CUDA_VISIBLE_DEVICES``; GPU ``g`` runs up to ``slots[g]``
-  cells side by side (default one; :func:`plan_gpus` sizes them), and a new cell goes to the GPU with the
-  fewest running cells.
+  cells side by side (default one; ``bench.gpu_plan.plan_gpus`` sizes them), and a new cell goes to the GPU
+  with the fewest running cells.
   A task that runs longer than ``task_timeout`` seconds, or reports no progress for ``stall_timeout``
   seconds, is killed and recorded ``failed`` with an error starting ``timeout:``; the grid goes on.
 
@@ -29,27 +29,21 @@ workers are terminated, then killed; the dask futures are cancelled. A worker th
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, runtime_checkable
 
-import uuid
-
-from .errors import EXIT_STORAGE, StorageError
-from .provenance import usable_cpus
-from .store import open_log, read_result, result_path, write_record
-
-PR_SET_PDEATHSIG = 1
+from .errors import EXIT_STORAGE, ConfigError, StorageError
+from .launch import (_die_with_parent, _last_line, default_threads, failed_record, new_token, task_threads,
+                     worker_command, write_failed)
+from .store import open_log, read_result, result_path
 
 
 @dataclass(frozen=True)
@@ -83,54 +77,12 @@ class Executor(Protocol):
         """Stop what is still running; safe to call twice."""
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-
-def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None,
-                   run_id: Optional[str] = None) -> List[str]:
-    """``python -m bench.worker`` for one task (its spec goes to stdin)."""
-    cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
-    cmd += ["--token", token] if token else []
-    cmd += ["--run", run_id] if run_id else []
-    return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
-
-
-def new_token() -> str:
-    return uuid.uuid4().hex
-
-
-def default_threads(workers: int) -> int:
-    """Torch threads per task: the CPUs this process may use (affinity, cgroup quota) over the workers."""
-    return max(1, usable_cpus() // max(1, workers))
-
-
-def task_threads(spec: dict, threads: int) -> int:
-    """Torch threads for a task: an exclusive one (the timing probe) runs alone and takes every usable CPU."""
-    return max(threads, usable_cpus()) if spec.get("exclusive") else threads
-
-
 def trajectory_key(spec: dict) -> Optional[str]:
     """The shared trajectory a common probe measures on (its config: labels, seed, the trajectory's
     estimator and settings), None for any other task."""
     return json.dumps(spec.get("config"), sort_keys=True) if spec.get("kind") == "common" else None
 
 
-def failed_record(spec: dict, error: str) -> dict:
-    """The result file of a task whose worker never wrote one."""
-    return {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
-            "status": "failed", "error": error}
-
-
-def write_failed(out_dir, spec: dict, error: str) -> dict:
-    """Record ``spec`` as failed, unless its file already holds a finished record (kept as it is)."""
-    record = failed_record(spec, error)
-    write_record(out_dir, spec, record)
-    return record
 
 @dataclass
 class _Running:
@@ -298,91 +250,6 @@ class LocalExecutor:
         self.running.clear()
 
 
-#: GPU memory a cell is planned to take (MiB) where the folder holds no CUDA timing record with its peak:
-#: MNIST on the device (about 220 MB), the networks with Adam's state, a batch's activations and the CUDA
-#: context, rounded up generously (a measured cell of the default networks takes well under this)
-DEFAULT_CELL_MB = 2048.0
-#: per process, the CUDA context and kernels: outside torch's allocator, so not in the probe's peak
-CUDA_CONTEXT_MB = 512.0
-#: the timing probe's peak times this: a cell also evaluates and probes gradients, and its allocator fragments
-CELL_MEMORY_FACTOR = 1.5
-#: the share of each GPU's total memory the plan fills (the rest: other processes, fragmentation)
-GPU_MEMORY_SHARE = 0.9
-MIB = 1024 * 1024
-
-
-def cuda_peak_mb(out_dir) -> Optional[float]:
-    """The most GPU memory a timing probe of the folder held during a step (MiB; ``cuda_reserved_mb``, else
-    ``cuda_peak_mb`` of its CUDA rows: ``bench.tasks.run_timing``); None where no finished record has one."""
-    peaks = []
-    for path in sorted(Path(out_dir).glob("probes/timing_*.json")):
-        record, _ = read_result(path)
-        rows = record.get("timing") if record and record.get("status") == "ok" else None
-        for row in rows if isinstance(rows, list) else []:
-            peak = (row.get("cuda_reserved_mb") or row.get("cuda_peak_mb")) if isinstance(row, dict) else None
-            if isinstance(peak, (int, float)) and peak > 0:
-                peaks.append(float(peak))
-    return max(peaks) if peaks else None
-
-
-@dataclass(frozen=True)
-class GpuPlan:
-    """Cells at a time per GPU (``slots``: CUDA id -> count) for ``asked`` workers: each GPU takes
-    ``ceil(asked / GPUs)`` at most, and no more than fit in :data:`GPU_MEMORY_SHARE` of its memory
-    (``fit``) at ``cell_mb`` each (from ``source``)."""
-    slots: Dict[int, int]
-    fit: Dict[int, int]
-    total_mb: Dict[int, float]
-    cell_mb: float
-    source: str
-    asked: int
-
-    @property
-    def gpus(self) -> List[int]:
-        return list(self.slots)
-
-    @property
-    def workers(self) -> int:
-        return max(1, min(self.asked, sum(self.slots.values())))
-
-    def line(self) -> str:
-        """The plan in one line, for ``run --dry-run`` and the start of a run."""
-        n, w = len(self.slots), self.workers
-        per = ", ".join(f"cuda:{g}: {k} slot{'s' * (k != 1)}" for g, k in self.slots.items())
-        fits = ", ".join(f"{self.fit[g]} fit in {GPU_MEMORY_SHARE:.0%} of cuda:{g}'s {self.total_mb[g]:.0f} MB"
-                         for g in self.slots)
-        short = f"; --workers {self.asked} asked, memory allows {w}" if self.asked > w else ""
-        return (f"{w} cell{'s' * (w != 1)} at a time on {n} GPU{'s' * (n != 1)} ({per}, {self.cell_mb:.0f} MB "
-                f"per cell from {self.source}; {fits}{short})")
-
-
-def plan_gpus(workers: int, out_dir) -> GpuPlan:
-    """Slots on this machine's CUDA GPUs for ``workers`` cells at a time (see :class:`GpuPlan`)."""
-    import torch
-
-    n = torch.cuda.device_count()
-    peak = cuda_peak_mb(out_dir)
-    if peak:
-        cell_mb = peak * CELL_MEMORY_FACTOR + CUDA_CONTEXT_MB
-        source = (f"the timing probe's peak of {peak:.0f} MB in {out_dir} (x {CELL_MEMORY_FACTOR:g}, "
-                  f"+ {CUDA_CONTEXT_MB:.0f} MB CUDA context)")
-    else:
-        cell_mb, source = DEFAULT_CELL_MB, f"the default (no CUDA timing record in {out_dir} yet)"
-    total = {g: torch.cuda.get_device_properties(g).total_memory / MIB for g in range(n)}
-    fit = {g: int(total[g] * GPU_MEMORY_SHARE // cell_mb) for g in total}
-    per_gpu = math.ceil(workers / max(1, n))
-    slots = {g: max(1, min(per_gpu, fit[g])) for g in total}  # a GPU always takes one cell, as before
-    return GpuPlan(slots, fit, total, cell_mb, source, workers)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-    except OSError:
-        return ""
-    return lines[-1].replace("bench.worker: ", "") if lines else ""
-
-
 def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], threads: int, token: str,
                        run_id: Optional[str] = None) -> dict:
     """A dask task: run the spec in a fresh process (Pyro's param store is global) and return its record.
@@ -438,7 +305,6 @@ class DaskExecutor:
 
     def connect(self) -> None:
         """Start or reach the cluster; raises ConfigError if the scheduler does not answer."""
-        from ssvae.errors import ConfigError
         try:
             from distributed import Client, LocalCluster
         except ImportError:

@@ -25,6 +25,7 @@ from ssvae.config import DEFAULT_RUN, SPARSE_FIELDS, TRAIN_SIZE
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY, get_estimator, names
 from ssvae.model import SSVAE
+from ssvae.relax import TemperatureSchedule
 from ssvae.train import epoch_schedule
 
 from .schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA, REQUIRED_FIELDS,
@@ -214,8 +215,6 @@ def _budget_options(cfg: RunConfig) -> dict:
     options = cfg.option_dict
     if not _has_schedule(cfg.estimator) or "rate" in options or "every" in options:
         return options
-    from ssvae.relax import TemperatureSchedule
-
     steps = cfg.epochs * _steps_per_epoch(cfg)
     sched = TemperatureSchedule.for_budget(steps, float(options.get("tau0", 1.0)), float(options.get("tau_min", 0.5)))
     return {**options, "rate": sched.rate, "every": sched.every}
@@ -223,8 +222,6 @@ def _budget_options(cfg: RunConfig) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _has_schedule(estimator: str) -> bool:
-    from ssvae.model import SSVAE
-
     return hasattr(get_estimator(estimator).build(SSVAE(input_size=4, z_dim=1, hidden=(2,)), {}), "schedule")
 
 

@@ -1,4 +1,4 @@
-"""Paired statistics over seeds, per-setting verdicts and the generated summary: pure functions of the tables.
+"""Paired statistics over seeds: the paired tables, isolated times per epoch, accuracy at equal time, their plots.
 
 Seeds are paired: two cells with the same seed (and label count) share the labeled subset, the
 initial weights and, for the SS-VAE estimators, the order of the mini-batches (``ssvae.train``).
@@ -7,16 +7,12 @@ So a variant is compared with a reference seed by seed::
     d_s = acc(variant, seed s) - acc(reference, seed s)        (test accuracy at the best validation epoch)
     mean d, interval  mean d +- t_{(1+level)/2, n-1} sd(d) / sqrt(n)   (scipy.stats.t; level 95 %; n = 1: none)
 
-at every setting (labels x aux), against enum + aux and against the supervised baseline.
-
-**Verdict** ("can I switch from enum + aux?", per setting and variant; margin m, default 1 point):
-*better* where the interval excludes 0 above, *worse* where it excludes 0 below, *non-inferior* ("as
-good") where it is not better and its lower end is above -m, *inconclusive* otherwise (n < 2 included).
-**Not learning**: at a label count where enum + aux minus the baseline has its lower end at or below 0,
-no verdict against enum + aux is drawn (:func:`learning`). Time is a separate statement beside the
-verdict: the time per epoch as a multiple of enum + aux's, from the isolated timing probe only
-(``timing.csv``: one task at a time, fixed threads; :func:`isolated_epoch_ms`), never the cells' own wall
-times. :func:`equal_time`: the accuracy each variant reaches within enum + aux's whole-run time.
+at every setting (labels x aux), against enum + aux and against the supervised baseline (:func:`paired_table`).
+Times come from the isolated timing probe only (``timing.csv``: one task at a time, fixed threads;
+:func:`isolated_epoch_ms`), never the cells' own wall times. :func:`equal_time`: the accuracy each variant
+reaches within enum + aux's whole-run time. :func:`plot_paired` and :func:`plot_accuracy_points` draw the
+per-seed points. The verdicts drawn from these tables and the generated summary are
+:mod:`bench.paired_verdicts`'s.
 
 Inputs are the report's tables as pandas DataFrames: ``runs`` (``runs.csv``: cell, estimator, aux,
 labels, seed, status, epochs, best_epoch, test_acc_at_best_valid, ...), ``timing`` (``timing.csv``:
@@ -32,10 +28,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ssvae.train import epoch_schedule
+
 from .schema import CONTENDED_LOAD
 
 METRIC = "test_acc_at_best_valid"
-#: the paired intervals' confidence level (``--level``-style option of :func:`conclusions`)
+#: the paired intervals' confidence level (``--level``-style option of :func:`bench.paired_verdicts.conclusions`)
 CONFIDENCE = 0.95
 #: the non-inferiority margin (accuracy, 0.01 = 1 point): an option
 DEFAULT_MARGIN = 0.01
@@ -49,13 +47,6 @@ PAIRED_COLUMNS = ["reference", "labels", "aux", "estimator", "variant", "n", "se
                   "best_at_last_epoch", "cells", "cell_ids", "rising_ids", "unpaired", "note"]
 #: estimators that are no SS-VAE (no ELBO, no timing probe): compared, never candidates of the verdict
 SUPERVISED = ("baseline",)
-#: the verdicts against enum + aux, in the order a sentence lists them; those that let a user switch
-ORDER = ("better", "non-inferior", "inconclusive", "worse")
-SWITCH = ("better", "non-inferior")
-NOT_LEARNING = "not learning"
-VERDICT_COLUMNS = ["reference", "labels", "aux", "variant", "n", "epochs", "mean_diff", "ci_low", "ci_high", "level",
-                   "margin", "accuracy", "time_fraction", "verdict", "notes"]
-LEARNING_COLUMNS = ["labels", "n", "mean_diff", "ci_low", "ci_high", "learning"]
 EQUAL_TIME_COLUMNS = ["labels", "aux", "variant", "estimator", "n", "time_fraction", "budget_epochs", "budget_used",
                       "mean_acc", "reference_mean", "mean_diff", "ci_low", "ci_high", "note"]
 
@@ -183,8 +174,6 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
     protocol an epoch also takes U empty auxiliary steps (an Adam update with zero gradients), which the
     probe does not time: the estimate leaves them out.
     """
-    from ssvae.train import epoch_schedule
-
     t = timing.copy()
     t["aux"] = t["aux"].map(_as_bool)
     t = t[(t["device"] == device) & (t["aux"] == bool(aux))]
@@ -215,225 +204,6 @@ def time_fraction(timing: Optional[pd.DataFrame], estimator: str, aux: bool, ref
     if estimator not in mine.index or ref_est not in theirs.index:
         return math.nan
     return float(mine[estimator] / theirs[ref_est])
-
-
-# -- verdicts --------------------------------------------------------------------------------------
-def accuracy_verdict(low: float, high: float, margin: float) -> str:
-    """better | worse | non-inferior | inconclusive: where the paired interval lies against 0 and -margin.
-
-    better: the interval excludes 0 above (low > 0); worse: it excludes 0 below (high < 0); non-inferior:
-    not better, and the interval's lower end is above -margin; inconclusive otherwise, no interval included.
-    """
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "inconclusive"
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    if low > -margin:
-        return "non-inferior"
-    return "inconclusive"
-
-
-def _pts(x: float) -> str:
-    return f"{round(x * 100, 1) + 0.0:+.1f}"
-
-
-def _points(margin: float) -> str:
-    return f"{margin * 100:g} point{'' if margin == 0.01 else 's'}"
-
-
-def word(accuracy: str, margin: float = DEFAULT_MARGIN) -> str:
-    """The verdict in the reader's words: 'non-inferior' is "as good (at most 1 point worse)"."""
-    return f"as good (at most {_points(margin)} worse)" if accuracy == "non-inferior" else accuracy
-
-
-def learning(paired: pd.DataFrame) -> pd.DataFrame:
-    """One row per label count: enum + aux minus the supervised-only baseline, and whether it learns there.
-
-    ``learning`` is False where the paired interval's lower end is not above 0 (no interval: False too),
-    None where the folder has no baseline cells paired with enum + aux at that label count (not checked).
-    """
-    enum_ref, base_ref = reference_label(ENUM_AUX), reference_label(BASELINE)
-    labels = sorted(set(paired.loc[paired["reference"] == enum_ref, "labels"]))
-    b = paired[(paired["reference"] == base_ref) & (paired["variant"] == enum_ref) & (paired["n"] > 0)]
-    rows = []
-    for lab in labels:
-        r = b[b["labels"] == lab]
-        if r.empty:
-            rows.append({"labels": lab, "n": 0, "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                         "learning": None})
-            continue
-        r = r.iloc[0]
-        rows.append({"labels": lab, "n": int(r["n"]), "mean_diff": r["mean_diff"], "ci_low": r["ci_low"],
-                     "ci_high": r["ci_high"], "learning": bool(np.isfinite(r["ci_low"]) and r["ci_low"] > 0)})
-    return pd.DataFrame(rows, columns=LEARNING_COLUMNS)
-
-
-def learns(learn: pd.DataFrame, labels: int) -> Optional[bool]:
-    """True, False or None (not checked) at ``labels``, from :func:`learning`'s table."""
-    row = learn[learn["labels"] == labels]
-    if row.empty or pd.isna(row.iloc[0]["learning"]):
-        return None
-    return bool(row.iloc[0]["learning"])
-
-
-def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
-             device: str = "cpu", confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """One verdict per row of ``paired`` (setting x variant x reference), with n, epochs and notes.
-
-    Against enum + aux, a label count where enum + aux does not beat the baseline (:func:`learning`)
-    gets no verdict ("not learning"); ``time_fraction`` (isolated time per epoch over enum + aux's, NaN
-    where the timing probe has no rows for one side) stands beside the verdict, never in it.
-    """
-    enum_ref = reference_label(ENUM_AUX)
-    learn = learning(paired)
-    rows = []
-    for r in paired.itertuples(index=False):
-        timed = r.reference == enum_ref
-        acc = accuracy_verdict(r.ci_low, r.ci_high, margin)
-        notes = []
-        if not np.isfinite(r.ci_low):
-            notes.append(f"n = {r.n}: no interval" if r.n == 1 else "no paired seeds" if r.n == 0 else "no interval")
-        if timed and learns(learn, r.labels) is False:
-            acc = NOT_LEARNING
-            notes.insert(0, f"{enum_ref} does not beat the supervised-only baseline at {r.labels} labels")
-        elif timed and learns(learn, r.labels) is None:
-            notes.append(f"no supervised-only baseline at {r.labels} labels: learning not checked")
-        frac = time_fraction(timing, r.estimator, r.aux, ENUM_AUX, r.labels, device) if timed else math.nan
-        if timed and not np.isfinite(frac) and r.estimator not in SUPERVISED:
-            notes.append("no isolated timing")
-        if r.best_at_last_epoch:
-            notes.append(f"{r.best_at_last_epoch} of {r.cells} cells best at their last epoch (still rising)")
-        ep = f"{r.epochs} epoch{'s' if r.epochs != '1' else ''}"
-        what = f"no verdict: {enum_ref} is not learning here" if acc == NOT_LEARNING else word(acc, margin)
-        rows.append({"reference": r.reference, "labels": r.labels, "aux": r.aux, "variant": r.variant, "n": r.n,
-                     "epochs": r.epochs, "mean_diff": r.mean_diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "level": confidence, "margin": margin, "accuracy": acc, "time_fraction": frac,
-                     "verdict": f"{what} (n = {r.n}, {ep})", "notes": "; ".join(notes)})
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-
-
-def can_switch(v: pd.DataFrame) -> pd.Series:
-    """Rows (against enum + aux) whose verdict lets a user switch from enum + aux: better or non-inferior."""
-    return (v["reference"] == reference_label(ENUM_AUX)) & v["accuracy"].isin(SWITCH)
-
-
-# -- sentences -------------------------------------------------------------------------------------
-def ci_text(r, confidence: float = CONFIDENCE) -> str:
-    """'+0.8 points (95 % CI +0.6 to +0.9, n = 5)' of a row with mean_diff, ci_low, ci_high and n."""
-    if np.isfinite(r.ci_low):
-        return (f"{_pts(r.mean_diff)} points ({confidence * 100:g} % CI {_pts(r.ci_low)} to {_pts(r.ci_high)}, "
-                f"n = {r.n})")
-    return f"{_pts(r.mean_diff)} points (n = {r.n}, no interval)"
-
-
-def where_text(labels: int, aux: bool, chosen: Optional[str] = None) -> str:
-    return f"At {chosen or f'{labels} labels'} {'with' if aux else 'without'} the auxiliary loss"
-
-
-def not_learning_text(learn_row, confidence: float = CONFIDENCE) -> str:
-    """'not learning: enum + aux is -12.8 points (...) from the supervised-only baseline; no estimator ...'."""
-    return (f"not learning: {reference_label(ENUM_AUX)} is {ci_text(learn_row, confidence)} from the "
-            f"supervised-only baseline; no estimator verdict is drawn here")
-
-
-def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: bool, margin: float = DEFAULT_MARGIN,
-                     confidence: float = CONFIDENCE, chosen: Optional[str] = None,
-                     bold: bool = False) -> Optional[str]:
-    """One setting's verdicts against enum + aux in a sentence: the variants grouped by verdict (better, as
-    good, inconclusive, worse), then each one's difference with its time per epoch beside it; "not
-    learning" where enum + aux does not beat the baseline. ``g``: the setting's verdict rows against enum +
-    aux; ``learn``: :func:`learning`. None where no SS-VAE variant has paired seeds there."""
-    enum_ref, where = reference_label(ENUM_AUX), where_text(labels, aux, chosen)
-    mark = "**" if bold else ""
-    lr, ok = learn[learn["labels"] == labels], learns(learn, labels)
-    if ok is False:
-        return f"{mark}{where}: {not_learning_text(next(lr.itertuples()), confidence)}{mark}."
-    g = g[~g["variant"].isin(SUPERVISED) & (g["n"] > 0)]
-    if g.empty:
-        return None
-    rank = {a: i for i, a in enumerate(ORDER)}
-    g = g.assign(_o=g["accuracy"].map(rank)).sort_values(["_o", "mean_diff"], ascending=[True, False],
-                                                          kind="stable")
-    groups = [f"{_list(list(sub['variant']))} {'is' if len(sub) == 1 else 'are'} {word(ORDER[o], margin)}"
-              for o, sub in g.groupby("_o", sort=True)]
-    details = [f"{r.variant} {ci_text(r, confidence)}, " + (f"time per epoch {r.time_fraction:.2f}× {enum_ref}'s"
-                                                           if np.isfinite(r.time_fraction) else "no isolated timing")
-               for r in g.itertuples()]
-    epochs = sorted(set(e for es in g["epochs"] for e in str(es).split(",") if e), key=int)
-    unchecked = "" if ok else "; no supervised-only baseline to check that it learns"
-    return (f"{mark}{where}, against {enum_ref}: {'; '.join(groups)}{mark}: {'; '.join(details)} "
-            f"({_list(epochs)} epoch{'s' if epochs != ['1'] else ''}{unchecked}).")
-
-
-def settings_sentences(v: pd.DataFrame, learn: pd.DataFrame, margin: float = DEFAULT_MARGIN,
-                       confidence: float = CONFIDENCE, skip: Sequence = ()) -> List[str]:
-    """:func:`setting_sentence` for every setting against enum + aux but those in ``skip`` ((labels, aux)),
-    larger label counts first, with the auxiliary loss first; a label count where enum + aux is not learning
-    gets one sentence ("At 100 labels: not learning: ..."), unless all its settings are skipped."""
-    mine = v[v["reference"] == reference_label(ENUM_AUX)]
-    out = []
-    for labels in sorted(set(mine["labels"]), reverse=True):
-        lr = learn[learn["labels"] == labels]
-        if learns(learn, labels) is False:
-            if not all((labels, a) in skip for a in set(mine.loc[mine["labels"] == labels, "aux"])):
-                out.append(f"At {labels} labels: {not_learning_text(next(lr.itertuples()), confidence)}.")
-            continue
-        for aux in (True, False):
-            g = mine[(mine["labels"] == labels) & (mine["aux"] == aux)]
-            text = setting_sentence(g, learn, labels, aux, margin, confidence) if (labels, aux) not in skip else None
-            if len(g) and text:
-                out.append(text)
-    return out
-
-
-def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: float = DEFAULT_MARGIN,
-                 protocol: Optional[str] = None, confidence: float = CONFIDENCE) -> str:
-    """A few plain sentences, generated from the paired table and the verdicts, caveats included."""
-    if verdict_table.empty:
-        return "No paired comparison can be made: no setting has finished cells of a variant and of enum + aux.\n"
-    enum_ref = reference_label(ENUM_AUX)
-    v = verdict_table
-    learn = learning(paired)
-    ns = sorted(set(int(n) for n in v["n"]))
-    epochs = sorted(set(e for es in v["epochs"] for e in str(es).split(",") if e))
-    out = [f"Test accuracy at the best validation epoch, paired by seed (same labeled subset, initial weights and "
-           f"batch order), {confidence * 100:g} % t-intervals on the per-seed differences; n = {_list(ns)} seed"
-           f"{'s' if ns != [1] else ''} per comparison, {_list(epochs)} epoch{'s' if epochs != ['1'] else ''}"
-           + (f", {protocol} protocol" if protocol else "") + ". " + rule_text(margin)]
-    out += settings_sentences(v, learn, margin, confidence)
-    for r in learn.itertuples():
-        if learns(learn, r.labels):
-            out.append(f"At {r.labels} labels {enum_ref} minus the supervised-only baseline is {ci_text(r, confidence)}.")
-    ids = lambda col: {c for x in paired[col] for c in str(x).split(";") if c}
-    rising, cells = len(ids("rising_ids")), len(ids("cell_ids"))
-    caveats = [f"n = {_list(ns)} seeds"]
-    if rising:
-        caveats.append(f"{rising} of {cells} paired cells had their best validation epoch at their last one "
-                       f"(still improving: longer runs may change the ordering)")
-    unpaired = paired[paired["unpaired"] != ""]
-    if len(unpaired):
-        caveats.append(f"{len(unpaired)} comparison{'s' if len(unpaired) > 1 else ''} left out seeds with a failed, "
-                       f"diverged or missing cell")
-    out.append("Caveats: " + "; ".join(caveats) + ".")
-    return " ".join(out) + "\n"
-
-
-def rule_text(margin: float = DEFAULT_MARGIN) -> str:
-    """The verdict rules in one sentence (the page and paired.md state them so)."""
-    enum_ref = reference_label(ENUM_AUX)
-    return (f"Against {enum_ref} a variant is better where the interval excludes 0 above, worse where it excludes "
-            f"0 below, as good where its lower end is above -{_points(margin)} (non-inferior), and inconclusive "
-            f"otherwise; no verdict is drawn at a label count where {enum_ref} does not beat the supervised-only "
-            f"baseline (its interval's lower end at or below 0: not learning). Time per epoch, from the isolated "
-            f"timing probe, is stated beside the verdict, never in it.")
-
-
-def _list(items: list) -> str:
-    items = [str(i) for i in items]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
-
 
 # -- accuracy at equal wall time -------------------------------------------------------------------
 def _best_within(curve: pd.DataFrame, last_epoch: float) -> Tuple[float, int]:
@@ -583,18 +353,3 @@ def plot_accuracy_points(runs: pd.DataFrame, path, metric: str = METRIC, palette
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-# -- all at once -----------------------------------------------------------------------------------
-def conclusions(runs: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin: float = DEFAULT_MARGIN,
-                device: str = "cpu", references: Iterable = REFERENCES,
-                confidence: float = CONFIDENCE) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(paired table, verdicts, summary text) of a results folder's runs and timing tables.
-
-    The protocol named in the text is read from the runs' ``protocol`` column (absent: the default,
-    ``bench``; several: all of them, comma-separated).
-    """
-    p = paired_tables(runs, references, confidence=confidence)
-    v = verdicts(p, timing, margin, device, confidence)
-    protocols = sorted(set(runs["protocol"].dropna().astype(str)) - {""}) if "protocol" in runs else []
-    return p, v, summary_text(p, v, margin, ", ".join(protocols) or "bench", confidence)

@@ -23,6 +23,9 @@ from typing import Dict, Optional, Tuple
 
 from ssvae.config import PROTOCOLS, SPARSE_FIELDS
 
+#: a results folder's run description (grid, versions, machine, estimate), written by ``bench run``
+ENV_FILE = "env.json"
+
 # -- tasks and statuses ----------------------------------------------------------------------------
 # task kinds: bench.tasks.KINDS (how each runs and what it costs)
 #: finished: reused by a rerun when the record's identity matches

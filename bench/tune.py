@@ -1,4 +1,4 @@
-"""Tuning on validation data: the ``tune`` preset's grid, the choice file, the sensitivity report.
+"""Tuning on validation data: the ``tune`` preset's grid, the selection rule and the choice file.
 
 A preset with a ``[tune]`` table tries, for each estimator, every combination of its candidate
 values (the product of the lists)::
@@ -29,14 +29,13 @@ and ``python -m bench run --preset P --tuned tuned.json`` applies them to any pr
 ``options.ESTIMATOR.*``: ``--set`` still overrides), recording the file, its sha256 and the
 values in the run's ``env.json``.
 
-``python -m bench.tune OUT`` writes ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every
+``python -m bench.tune OUT`` (:mod:`bench.tune_report`) writes ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every
 combination with its mean and 95 % t-interval over seeds, and the choices with the chosen
 minus Pyro's default, paired over seeds) and ``OUT/plots/tune_sensitivity.png`` (validation
 accuracy against learning rate, one line per estimator, provenance in the figure).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -47,6 +46,8 @@ from typing import Dict, List, Optional, Tuple
 
 from ssvae.config import DEFAULT_RUN
 from ssvae.errors import ConfigError
+from ssvae.estimators import REGISTRY
+from ssvae.model import SSVAE
 
 #: Pyro's learning rate (``ss_vae_M2.py``, ``ssvae.config.DEFAULT_RUN``): the default a tuned choice is compared with
 PYRO_LR = DEFAULT_RUN.lr
@@ -59,8 +60,6 @@ CHOICE_FILE = "tuned.json"
 def check_tune(tune, estimators: List[str]) -> Dict:
     """Validate a ``[tune]`` table (one-line :class:`ConfigError`); returns it with the default candidates of
     each estimator it gives no table of its own (its registry record's ``search``; none without a table)."""
-    from ssvae.estimators import REGISTRY
-
     if not isinstance(tune, dict):
         raise ConfigError("tune must be a table: [tune] lr = [...] and [tune.ESTIMATOR] option = [...]")
     for key, value in tune.items():
@@ -72,8 +71,7 @@ def check_tune(tune, estimators: List[str]) -> Dict:
         else:
             _check_list(f"tune.{key}", value)
     tune = _with_searches(tune, estimators)
-    from ssvae.model import SSVAE  # every candidate builds: a bad value fails here, in one line
-
+    # every candidate builds: a bad value fails here, in one line
     tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
     for est in set(estimators) | {k for k, v in tune.items() if isinstance(v, dict)}:
         for cand in candidates(tune, est):
@@ -83,8 +81,6 @@ def check_tune(tune, estimators: List[str]) -> Dict:
 
 def _with_searches(tune: Dict, estimators: List[str]) -> Dict:
     """``tune`` plus, for each estimator with no table in it, its record's candidates (when it has any)."""
-    from ssvae.estimators import REGISTRY
-
     if not tune:
         return tune
     extra = {e: {k: list(v) for k, v in REGISTRY[e].search.items()} for e in estimators
@@ -273,8 +269,6 @@ def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional
 
 def _is_default(est: str, key: str, value) -> bool:
     """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
-    from ssvae.estimators import REGISTRY
-
     d = REGISTRY[est].defaults if est in REGISTRY else {}
     if key not in d:
         return True  # options that are not tuned keep their defaults
@@ -292,217 +286,8 @@ def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
     return mean, hw, len(seeds)
 
 
-# -- outputs ---------------------------------------------------------------------------------------
-def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
-    import csv
-
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(path_stem.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: _cell(r.get(c)) for c in columns})
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    path_stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "nan" if v != v else f"{v:.4g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
-    return str(v)
-
-
-def _variant(est: str, aux: bool) -> str:
-    return est + (" + aux" if aux else "")
-
-
-def provenance(out: Path) -> dict:
-    try:
-        env = json.loads((out / "env.json").read_text())
-    except (OSError, ValueError):
-        env = {}
-    grid = env.get("grid") or {}
-    return {"preset": env.get("preset"), "commit": env.get("git_commit"), "date": env.get("date"),
-            "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
-            "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
-            "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
-            "command": env.get("command"), "tune": grid.get("tune"),
-            # a folder resumed or extended by later commands: every part, oldest first
-            "parts": [*(env.get("earlier_runs") or []),
-                      {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
-
-
-def write_report(out: Path) -> dict:
-    """Select, and write the choice file, the tables and the sensitivity plot; returns the choice document."""
-    prov = provenance(out)
-    tune = prov.get("tune") or {}
-    if not tune:
-        raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune table); "
-                          f"run python -m bench run --preset tune first")
-    rows = combinations(out, tune)
-    if not rows:
-        raise ConfigError(f"{out}: no finished cells under runs/")
-    best = select(rows, tune)
-    all_rows = []
-    for r in rows:
-        chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
-        all_rows.append({"estimator": _variant(r["estimator"], r["aux"]), "labels": r["labels"],
-                         "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
-                         "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
-                         "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
-                         "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
-                         "chosen": "yes" if chosen else ""})
-    _table(out / "tables" / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
-                                         "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
-    choice_rows, chosen_doc = [], {}
-    for (est, aux, labels), r in sorted(best.items()):
-        d = _default_row(rows, est, aux, labels)
-        diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
-        choice_rows.append({"estimator": _variant(est, aux), "labels": labels, "chosen": r["values"],
-                            "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
-                            "default_valid_acc": d["mean"] if d else None,
-                            "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n})
-        chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
-    _table(out / "tables" / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
-                                             "default_valid_acc", "chosen_minus_default", "diff_ci95",
-                                             "paired_seeds"], choice_rows)
-    doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
-           "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
-                   "diverged seed is not eligible; ties: nearest Pyro's lr 4.2e-4, then the preset's order. "
-                   "Test accuracy is not read.",
-           "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
-                                               "seeds", "epochs", "steps_per_epoch")},
-           "aux": sorted({aux for (_, aux, _) in best})}
-    if len({(e, l) for (e, _, l) in best}) != len(best):
-        doc["note"] = ("the grid has several aux settings or label counts per estimator: the file keeps, per "
-                       "estimator, the choice of the last (aux on, largest label count)")
-    (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    plot_sensitivity(out, rows, best, prov)
-    write_markdown(out, all_rows, choice_rows, prov)
-    return doc
-
-
-def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov: dict) -> Path:
-    """Validation accuracy against learning rate, one line per estimator (and per setting of its
-    other tuned options), the chosen combination circled; provenance in the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    ests = sorted({r["estimator"] for r in rows})
-    palette = sns.color_palette("tab20")
-    colours = dict(zip(ests, palette[::2] + palette[1::2]))
-    styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(11, 6.5))
-    for e_i, est in enumerate(ests):
-        dodge = math.exp(0.03 * (e_i - (len(ests) - 1) / 2))  # estimators side by side, not on top
-        lines: Dict[str, List[dict]] = {}
-        for r in rows:
-            if r["estimator"] != est or not r["seeds"]:
-                continue
-            rest = {k: v for k, v in r["values"].items() if k != "lr"}
-            label = _variant(est, r["aux"]) + (f" ({_cell(rest)})" if rest else "")
-            lines.setdefault(label, []).append(r)
-        for i, (label, rs) in enumerate(sorted(lines.items())):
-            rs = sorted(rs, key=lambda r: r["options"]["lr"])
-            xs = [r["options"]["lr"] * dodge for r in rs]
-            ys = [r["mean"] for r in rs]
-            ax.plot(xs, ys, styles[i % len(styles)], marker="os^D"[i % 4], color=colours[est], label=label)
-            for x, r in zip(xs, rs):
-                for s, a in r["seeds"].items():
-                    ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
-                if best.get((r["estimator"], r["aux"], r["labels"])) is r:
-                    ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
-    ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
-    ax.text(PYRO_LR, 1.0, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (estimators drawn a few percent apart at each tried value, for legibility)")
-    ax.set_ylabel(f"validation accuracy ({SELECT_ON}, mean over seeds)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Sensitivity to the learning rate (lines: mean over seeds; small dots: each seed; "
-                 "circled: the choice)", fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.text(0.01, 0.01, _provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = out / "plots" / "tune_sensitivity.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _provenance_line(prov: dict) -> str:
-    return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
-            f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch')} steps | {prov.get('device')} "
-            f"({prov.get('cpu')}) | torch {prov.get('torch')}, pyro {prov.get('pyro')} | "
-            f"{_commits(prov)} | {prov.get('date')} | selected on validation accuracy only")
-
-
-def _commits(prov: dict) -> str:
-    """'commit X', or for a folder made in parts 'commits X (n tasks), Y (m tasks)'."""
-    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run")]
-    if len(parts) < 2:
-        return f"commit {prov.get('commit')}"
-    return "commits " + ", ".join(f"{str(p.get('git_commit') or '?')[:10]} ({len(p['tasks_run'])} tasks)"
-                                  for p in parts)
-
-
-def _parts_lines(prov: dict) -> List[str]:
-    """The commands that made the folder, when more than one did (each with its commit and threads)."""
-    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run") or p is prov["parts"][-1]]
-    if len(parts) < 2:
-        return []
-    lines = [f"Made in {len(parts)} parts (a later part ran only what was missing; the cells record their own "
-             "commit):", ""]
-    for p in parts:
-        n = len(p.get("tasks_run") or [])
-        lines.append(f"- `{p.get('command')}`: {n} task{'s' if n != 1 else ''}, commit "
-                     f"{str(p.get('git_commit') or '?')[:10]}, {p.get('threads')} thread(s) per task, {p.get('date')}")
-    return lines + [""]
-
-
-def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
-    text = [
-        "# Tuning on validation data", "",
-        f"Provenance: {_provenance_line(prov)}.", "",
-        f"Command: `{prov.get('command')}`; selection: `python -m bench.tune {out.name}` "
-        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
-        "Per estimator, the combination with the highest mean validation accuracy over seeds "
-        "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
-        "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
-        "with its 95 % t-interval half-width: with 2 seeds the intervals are wide, and a short budget "
-        "favours large steps; read the choice as a sensitivity check, not a final answer.", "",
-        "## Choices", "", (out / "tables" / "tune_choices.md").read_text(), "",
-        "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
-        "## Every combination", "", (out / "tables" / "tune_all.md").read_text(),
-    ]
-    (out / "tune.md").write_text("\n".join(text))
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="the output folder of a tuning run (python -m bench run --preset tune)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:
-        if not (out / "runs").is_dir():
-            raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
-        doc = write_report(out)
-    except ConfigError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
-    for est, vals in doc["estimators"].items():
-        print(f"{est:14s} {_cell(vals)}")
-    print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m bench.tune OUT` runs bench.tune_report's command (that module imports this one: not at the top)
+    from .tune_report import main
+
     sys.exit(main())

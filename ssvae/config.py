@@ -125,7 +125,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Raise :class:`ConfigError` with a one-line message for any invalid field."""
-        from .estimators import get_estimator  # late import: estimators import the model
+        from .estimators import get_estimator  # local: circle config -> estimators -> model -> config; no-torch help
 
         get_estimator(self.estimator)
         if self.epochs < 1:

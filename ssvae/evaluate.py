@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split
+from .errors import ConfigError
 from .model import SSVAE
 
 #: Seed of the evaluation noise (the same for every cell and epoch).
@@ -63,8 +64,6 @@ class EvalPlan:
     iwae_images: Optional[int] = IWAE_IMAGES
 
     def __post_init__(self):
-        from .errors import ConfigError
-
         for name in ("elbo_images", "iwae_images"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or int(v) != v or v < 0):

@@ -97,7 +97,7 @@ def _draws(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tu
 def _chunks(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int, batched: bool):
     """Yield ``(index of its first draw, {group: (draws, P)})``: with ``batched``, chunks of
     :mod:`ssvae.particles` where it supports ``objective``; else the loop, one draw at a time."""
-    from . import particles  # it imports preserved_param_store from here
+    from . import particles  # local: circle ssvae.metrics -> particles -> metrics (its preserved_param_store)
 
     if batched and particles.supports(objective):
         i = 0

@@ -236,7 +236,7 @@ def pairing(estimator: str, step_kind: str) -> Tuple[str, bool]:
     """(reference step kind, exact) for ``estimator``'s Pyro step of ``step_kind``.
 
     The pairing the step-time benchmarks (``tests/benchmarks``) and the harness's timing probe
-    (``bench.tasks.run_timing``) share: the exact counterpart (:func:`counterpart`) where there
+    (``bench.timing_probe.run_timing``) share: the exact counterpart (:func:`counterpart`) where there
     is one, else the :data:`YARDSTICK` (one reference pass of the networks) with ``exact``
     False -- a yardstick is a scale, not Pyro's overhead.
     """

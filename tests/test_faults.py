@@ -4,7 +4,7 @@ finished keeps its file byte for byte, and the report counts the cells correctly
 
 One tiny grid (trace and enum, with and without aux, and the baseline at 100 labels; a 64-unit
 net, 6 steps) runs once per module; each test works on a copy of it. Faults come from outside
-(signals) or through ``SSVAE_BENCH_FAULT`` (``bench.tasks.FAULT_ENV``), a test-only hook that makes
+(signals) or through ``SSVAE_BENCH_FAULT`` (``bench.faults.FAULT_ENV``), a test-only hook that makes
 a given cell's worker produce a NaN or SIGKILL itself at a given step.
 """
 import csv
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.tasks import FAULT_ENV
+from bench.faults import FAULT_ENV
 from bench.worker import HANG_ENV
 
 from .conftest import REPO, mnist_dir, needs_mnist

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from bench import executors, store, tasks
+from bench import executors, gradient_probe, store, tables, tasks
 from bench import grid as gridmod
 from bench.cli import main
 from bench.errors import EXIT_STORAGE, StorageError
@@ -117,9 +117,9 @@ def test_a_record_of_the_wrong_shape_is_corrupt_and_rerun(tmp_path, field, value
     atomic_write_json(result_path(tmp_path, cell), {**_record(cell), field: value})
     assert read_result(result_path(tmp_path, cell)) == (None, f"corrupt: {reason}")
     assert not is_done(tmp_path, cell, IDENT)  # the next run reruns it
-    rows = {r["cell"]: r for r in store.write_tables(tmp_path, specs, IDENT)["runs"]}
+    rows = {r["cell"]: r for r in tables.write_tables(tmp_path, specs, IDENT)["runs"]}
     assert rows[cell["id"]]["status"] == f"corrupt: {reason}"
-    assert cell["id"] not in store.load_grid(tmp_path).records
+    assert cell["id"] not in tables.load_grid(tmp_path).records
 
 
 def test_report_and_compare_refuse_records_they_cannot_tie_to_one_grid(tmp_path, capsys):
@@ -158,7 +158,7 @@ def test_a_corrupt_trajectory_checkpoint_is_rebuilt(tmp_path):
     from ssvae.metrics import Reference
 
     spec = {"config": {"estimator": "enum", "labels": 100}, "reference_draws": 4}
-    cache = tasks._TrajectoryCache(tmp_path, spec, "d" * 64)
+    cache = gradient_probe._TrajectoryCache(tmp_path, spec, "d" * 64)
     refs = {"unsup": Reference(mean={"g": torch.ones(2)}, err={"g": 0.1}, draws=4)}
     cache.save(0, {"w": torch.zeros(3)}, refs)
     assert cache.has([0]) and torch.equal(cache.load(0)[0]["w"], torch.zeros(3))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench import executors, provenance, store
+from bench import executors, launch, provenance, store
 from bench.errors import EXIT_STORAGE, StorageError
 from bench.store import OutputLock, atomic_write_json, read_result, result_path
 from bench.cli import main
@@ -120,7 +120,7 @@ def test_thread_counts_come_from_usable_cpus(monkeypatch):
     monkeypatch.setattr(provenance, "_cgroup_quota", lambda: 3.0)  # a cgroup quota of 3 CPUs
     assert provenance.usable_cpus() == 3
     assert executors.LocalExecutor(workers=2).threads == 1
-    assert executors.task_threads({"exclusive": True}, 1) == 3
+    assert launch.task_threads({"exclusive": True}, 1) == 3
     monkeypatch.setattr(provenance, "_cgroup_quota", lambda: None)
     assert executors.DaskExecutor(workers=2).threads == 4
 

@@ -1,4 +1,4 @@
-"""Several cells per GPU: the slots of each GPU (``bench.executors.plan_gpus``), the scheduler that fills
+"""Several cells per GPU: the slots of each GPU (``bench.gpu_plan.plan_gpus``), the scheduler that fills
 them, the plan `run --dry-run` prints, and the report's CPU and GPU step times side by side.
 
 No GPU is needed: ``torch.cuda`` is monkeypatched (device count, availability, names, memory) and the
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import executors
+from bench import executors, gpu_plan
 
 from .conftest import needs_mnist
 from .report_fixtures import fabricate_results
@@ -81,17 +81,17 @@ def _timing_record(out, est, reserved_mb):
 # -- the plan and the scheduler (no MNIST) ---------------------------------------------------------
 def test_slots_per_gpu_are_capped_by_workers_and_by_memory(gpus, tmp_path):
     gpus(16, 4)
-    plan = executors.plan_gpus(8, tmp_path)  # ceil(8 / 2) = 4 each; the 4 GiB GPU fits one default cell
-    assert plan.slots == {0: 4, 1: 1} and plan.workers == 5 and plan.cell_mb == executors.DEFAULT_CELL_MB
+    plan = gpu_plan.plan_gpus(8, tmp_path)  # ceil(8 / 2) = 4 each; the 4 GiB GPU fits one default cell
+    assert plan.slots == {0: 4, 1: 1} and plan.workers == 5 and plan.cell_mb == gpu_plan.DEFAULT_CELL_MB
     assert "5 cells at a time on 2 GPUs (cuda:0: 4 slots, cuda:1: 1 slot, 2048 MB per cell from the default" \
         in plan.line() and "--workers 8 asked, memory allows 5" in plan.line()
     _timing_record(tmp_path, "enum", 300.0)  # measured: 300 x 1.5 + 512 = 962 MB a cell
     _timing_record(tmp_path, "trace", 200.0)
-    plan = executors.plan_gpus(8, tmp_path)
+    plan = gpu_plan.plan_gpus(8, tmp_path)
     assert plan.cell_mb == 962 and plan.slots == {0: 4, 1: 3}
     assert "from the timing probe's peak of 300 MB" in plan.line()
     gpus(141)
-    assert executors.plan_gpus(3, tmp_path).slots == {0: 3}
+    assert gpu_plan.plan_gpus(3, tmp_path).slots == {0: 3}
 
 
 def test_a_new_cell_goes_to_the_gpu_with_the_fewest_running(tmp_path, fake_workers):

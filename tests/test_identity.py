@@ -8,8 +8,8 @@ import pytest
 
 from bench import grid as gridmod
 from bench import harness, schema
-from bench.store import (_write_csv, atomic_write_json, is_done, load_grid, normalise, result_path,
-                         run_identity, stale_reason, write_tables)
+from bench.store import atomic_write_json, is_done, normalise, result_path, run_identity, stale_reason
+from bench.tables import _write_csv, load_grid, write_tables
 
 from .conftest import REPO
 
@@ -179,7 +179,7 @@ def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
 
     assert "commands" in graph["cli"]
     named = {c.module.split(".")[1] for c in COMMANDS.values()}
-    assert {"harness", "report", "compare", "regress", "train_cmd"} <= named
+    assert {"harness", "report", "compare_cli", "regress", "train_cmd"} <= named
     assert not any("cli" in deps for deps in graph.values())
     assert graph["commands"] == set()
     assert graph["schema"] == set() and graph["errors"] == set() and graph["provenance"] == set()
@@ -208,7 +208,7 @@ def test_report_reads_only_its_own_grid(tmp_path):
 
 
 def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
-    from bench.executors import write_failed
+    from bench.launch import write_failed
 
     grid = _grid(estimators=["enum"])
     tasks = gridmod.expand(grid)

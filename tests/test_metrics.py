@@ -8,7 +8,7 @@ import pyro
 import pytest
 import torch
 
-from bench.tasks import _BaselineTrainer, _stateful_baseline
+from bench.gradient_probe import _BaselineTrainer, _stateful_baseline
 from ssvae import RunConfig
 from ssvae.estimators import get_estimator
 from ssvae.metrics import (draw_gradients, gradient_samples, gradient_stats, preserved_param_store,
@@ -176,15 +176,15 @@ def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthe
 def test_common_probe_rows_carry_the_statistics(synthetic_data, monkeypatch, tmp_path):
     """run_common end to end on a tiny net: every estimator, group and step kind, the reference,
     intervals, the relaxation's temperature of its own run, the baselines' updates."""
-    import bench.tasks as tasks
+    from bench import gradient_probe
 
-    monkeypatch.setattr(tasks, "_load_data", lambda cfg, data_dir: synthetic_data)
+    monkeypatch.setattr(gradient_probe, "_load_data", lambda cfg, data_dir: synthetic_data)
     cfg = RunConfig(estimator="enum", aux=True, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3,
                     steps_per_epoch=6)
     spec = {"kind": "common", "id": "c", "config": cfg.to_dict(), "estimators": ["trace", "trace-avg", "gumbel"],
             "checkpoints": [0, 6], "n_samples": 6, "reference_draws": 4, "bootstrap": 20,
             "own_options": {"gumbel": {"rate": 0.5, "every": 1, "tau_min": 0.2}}}
-    out = tasks.run_common(spec, None)
+    out = gradient_probe.run_common(spec, None)
     assert out["status"] == "ok", out.get("error")
     rows = out["grad_variance"]
     assert {(r["estimator"], r["step"], r["step_kind"]) for r in rows} == {
@@ -203,9 +203,9 @@ def test_sibling_common_probes_share_the_trajectory_through_the_cache(synthetic_
     """The first probe of a (labels, seed) trains the trajectory and writes its parameters and references;
     a probe of a stateless estimator then reads them and gives the very rows it would have computed; a
     stateful one still trains (its baseline must learn along the way) and reads only the references."""
-    import bench.tasks as tasks
+    from bench import gradient_probe
 
-    monkeypatch.setattr(tasks, "_load_data", lambda cfg, data_dir: synthetic_data)
+    monkeypatch.setattr(gradient_probe, "_load_data", lambda cfg, data_dir: synthetic_data)
     cfg = RunConfig(estimator="enum", aux=True, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3,
                     steps_per_epoch=6)
     base = {"kind": "common", "config": cfg.to_dict(), "checkpoints": [0, 3, 6], "n_samples": 5,
@@ -213,14 +213,14 @@ def test_sibling_common_probes_share_the_trajectory_through_the_cache(synthetic_
     gumbel = {**base, "id": "g", "estimators": ["gumbel"], "own_options": {"gumbel": {"rate": 0.5, "every": 1}}}
     avg = {**base, "id": "a", "estimators": ["trace-avg"]}
     cache = tmp_path / "cache"
-    alone = tasks.run_common(gumbel, None)  # no cache at all
-    first = tasks.run_common(avg, None, cache_dir=cache)
+    alone = gradient_probe.run_common(gumbel, None)  # no cache at all
+    first = gradient_probe.run_common(avg, None, cache_dir=cache)
     assert first["trajectory_cache"] == "trained" and len(list(cache.rglob("step*.pt"))) == 3
-    read = tasks.run_common(gumbel, None, cache_dir=cache)
+    read = gradient_probe.run_common(gumbel, None, cache_dir=cache)
     assert read["trajectory_cache"] == "read"
     assert read["grad_variance"] == alone["grad_variance"]  # to the last bit
-    again = tasks.run_common(avg, None, cache_dir=cache)
+    again = gradient_probe.run_common(avg, None, cache_dir=cache)
     assert again["trajectory_cache"] == "trained" and again["grad_variance"] == first["grad_variance"]
     other = {**gumbel, "config": {**cfg.to_dict(), "lr": cfg.lr * 2}}  # another trajectory: another key
-    assert tasks.run_common(other, None, cache_dir=cache)["trajectory_cache"] == "trained"
+    assert gradient_probe.run_common(other, None, cache_dir=cache)["trajectory_cache"] == "trained"
     assert len(list(cache.rglob("step*.pt"))) == 6

@@ -1,4 +1,5 @@
-"""Paired statistics, verdicts, summary and plots (bench.paired, bench.elbo_plots) on constructed tables."""
+"""Paired statistics, verdicts, summary and plots (bench.paired, bench.paired_verdicts, bench.elbo_plots) on
+constructed tables."""
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import elbo_plots, paired
+from bench import elbo_plots, paired, paired_verdicts
 from ssvae.train import epoch_schedule
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -112,17 +113,17 @@ def test_isolated_epoch_time_sums_the_probes_median_steps_over_the_schedule():
 def test_better_where_the_interval_excludes_zero_above_even_beyond_the_margin():
     """Issue 25: gumbel-st + aux at +1.0 points [+0.8, +1.2] was "not equivalent" for being better by more than
     the margin; the verdict is "better", whatever the time."""
-    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    v = paired_verdicts.verdicts(paired.paired_tables(_runs()), _timing())
     r = _verdict(v, "gumbel-st + aux", 3000)
     assert r["ci_low"] > 0.007 and r["ci_high"] > 0.01  # better by more than the margin
     assert r["accuracy"] == "better" and r["verdict"] == "better (n = 5, 5 epochs)"
     assert r["time_fraction"] == pytest.approx(paired.time_fraction(_timing(), "gumbel-st", True, paired.ENUM_AUX,
                                                                     3000))
-    assert list(v[paired.can_switch(v) & (v["accuracy"] == "better")]["variant"]) == ["gumbel-st + aux"]
+    assert list(v[paired_verdicts.can_switch(v) & (v["accuracy"] == "better")]["variant"]) == ["gumbel-st + aux"]
 
 
 def test_worse_where_the_interval_excludes_zero_below_even_within_the_margin():
-    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    v = paired_verdicts.verdicts(paired.paired_tables(_runs()), _timing())
     for variant in ("gumbel + aux", "trace-avg + aux"):  # -3.0 points; -0.4 points [-0.5, -0.3]
         assert _verdict(v, variant, 3000)["accuracy"] == "worse", variant
     assert _verdict(v, "trace-avg + aux", 3000)["ci_low"] > -0.01
@@ -130,61 +131,61 @@ def test_worse_where_the_interval_excludes_zero_below_even_within_the_margin():
 
 
 def test_non_inferior_where_the_lower_end_is_above_minus_the_margin_whatever_the_time():
-    v = paired.verdicts(paired.paired_tables(_runs()), _timing())
+    v = paired_verdicts.verdicts(paired.paired_tables(_runs()), _timing())
     for variant in ("rb-topk + aux", "trace-k10 + aux"):
         r = _verdict(v, variant, 3000)
         assert r["accuracy"] == "non-inferior" and r["verdict"].startswith("as good (at most 1 point worse) (n = 5")
     k10 = _verdict(v, "trace-k10 + aux", 3000)
     assert k10["time_fraction"] > 1 and "time" not in k10["notes"]  # slower: said beside, not in the verdict
-    assert paired.word("non-inferior", 0.02) == "as good (at most 2 points worse)"
+    assert paired_verdicts.word("non-inferior", 0.02) == "as good (at most 2 points worse)"
 
 
 def test_inconclusive_otherwise_and_with_fewer_than_two_seeds():
     p = paired.paired_tables(_runs())
-    v = paired.verdicts(p, _timing())
+    v = paired_verdicts.verdicts(p, _timing())
     wide = _verdict(v, "trace-bx + aux", 3000)
     assert wide["accuracy"] == "inconclusive" and wide["ci_low"] < -0.01 < 0 < wide["ci_high"]
     one = _verdict(v, "nvil + aux", 3000)
     assert one["accuracy"] == "inconclusive" and one["n"] == 1 and "n = 1: no interval" in one["notes"]
     # the margin is an option: at 3 points the wide interval is as good
-    assert _verdict(paired.verdicts(p, _timing(), margin=0.03), "trace-bx + aux", 3000)["accuracy"] == "non-inferior"
+    assert _verdict(paired_verdicts.verdicts(p, _timing(), margin=0.03), "trace-bx + aux", 3000)["accuracy"] == "non-inferior"
 
 
 def test_the_level_is_an_option():
     """gumbel-st + aux is better at 95 %; at 99.99 % its interval reaches below 0 (as good, not better)."""
     p = paired.paired_tables(_runs(), confidence=0.9999)
-    v = paired.verdicts(p, _timing(), confidence=0.9999)
+    v = paired_verdicts.verdicts(p, _timing(), confidence=0.9999)
     r = _verdict(v, "gumbel-st + aux", 3000)
     assert r["ci_low"] < 0 and r["accuracy"] == "non-inferior" and r["level"] == 0.9999
-    _, v, text = paired.conclusions(_runs(), _timing(), confidence=0.9999)
+    _, v, text = paired_verdicts.conclusions(_runs(), _timing(), confidence=0.9999)
     assert _verdict(v, "gumbel-st + aux", 3000)["accuracy"] == "non-inferior" and "99.99 % CI" in text
 
 
 def test_no_verdict_where_enum_aux_does_not_beat_the_baseline():
     """Issue 24: at 100 labels enum + aux is 13 points below the supervised-only baseline: not learning."""
     p = paired.paired_tables(_runs())
-    learn = paired.learning(p).set_index("labels")
+    learn = paired_verdicts.learning(p).set_index("labels")
     assert learn.loc[100, "learning"] == False and learn.loc[3000, "learning"] == True  # noqa: E712
     assert learn.loc[100, "mean_diff"] == pytest.approx(-np.mean(DIFFS[("baseline", False, 100)]))
-    v = paired.verdicts(p, _timing())
+    v = paired_verdicts.verdicts(p, _timing())
     at100 = v[(v["reference"] == "enum + aux") & (v["labels"] == 100)]
-    assert set(at100["accuracy"]) == {"not learning"} and not paired.can_switch(at100).any()
+    assert set(at100["accuracy"]) == {"not learning"} and not paired_verdicts.can_switch(at100).any()
     assert _verdict(v, "rb-topk + aux", 100)["verdict"].startswith("no verdict: enum + aux is not learning here")
-    text = paired.summary_text(p, v, protocol="bench")
+    text = paired_verdicts.summary_text(p, v, protocol="bench")
     assert ("At 100 labels: not learning: enum + aux is -13.0 points (95 % CI -15.0 to -11.0, n = 5) from the "
             "supervised-only baseline; no estimator verdict is drawn here.") in text
     assert "At 100 labels with" not in text and "rb-topk + aux -0.1" not in text  # no closest, no ranking
     # without baseline cells learning is not checked: verdicts are drawn, and the sentence says so
     no_base = paired.paired_tables(_runs()[lambda r: r["estimator"] != "baseline"])
-    v2 = paired.verdicts(no_base, _timing())
+    v2 = paired_verdicts.verdicts(no_base, _timing())
     assert _verdict(v2, "rb-topk + aux", 100)["accuracy"] == "inconclusive"
-    assert "no supervised-only baseline to check that it learns" in paired.summary_text(no_base, v2)
+    assert "no supervised-only baseline to check that it learns" in paired_verdicts.summary_text(no_base, v2)
 
 
 def test_summary_text_groups_each_setting_by_verdict_with_the_time_beside():
     p = paired.paired_tables(_runs())
-    v = paired.verdicts(p, _timing())
-    text = paired.summary_text(p, v, protocol="bench")
+    v = paired_verdicts.verdicts(p, _timing())
+    text = paired_verdicts.summary_text(p, v, protocol="bench")
     assert text.endswith("\n") and "\n" not in text[:-1]
     assert "n = 1 and 5 seeds per comparison, 5 epochs, bench protocol" in text
     assert ("At 3000 labels with the auxiliary loss, against enum + aux: gumbel-st + aux is better; trace-k10 + aux and "
@@ -196,7 +197,7 @@ def test_summary_text_groups_each_setting_by_verdict_with_the_time_beside():
     assert "At 3000 labels enum + aux minus the supervised-only baseline is +3.1 points" in text
     assert "equivalent" not in text and "qualif" not in text and "closest" not in text
     assert "Caveats:" in text and "still improving" in text and "failed, diverged or missing" in text
-    assert paired.summary_text(p.iloc[:0], v.iloc[:0]).startswith("No paired comparison")
+    assert paired_verdicts.summary_text(p.iloc[:0], v.iloc[:0]).startswith("No paired comparison")
 
 
 def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
@@ -238,7 +239,7 @@ def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
 
 
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():
-    from bench.store import ran_beside
+    from bench.tables import ran_beside
 
     r = ran_beside([dict(id="a", host="h1", started=0.0, finished=10.0),
                     dict(id="b", host="h1", started=5.0, finished=15.0),
@@ -274,7 +275,8 @@ def test_a_contended_timing_probe_feeds_no_verdict():
 
 
 def test_runs_csv_counts_what_ran_beside_each_cell(tmp_path):
-    from bench.store import atomic_write_json, result_path, write_tables
+    from bench.store import atomic_write_json, result_path
+    from bench.tables import write_tables
 
     specs, times = [], {"a": (0.0, 10.0, 0.0), "b": (5.0, 15.0, 1.0), "c": (20.0, 30.0, 0.1)}
     for name, (start, end, load) in times.items():

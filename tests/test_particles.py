@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch.nn.modules import module as torch_module
 
-from bench import tasks
+from bench import gradient_probe
 from bench.errors import ConfigError
 from bench.grid import check_fields
 from ssvae import particles
@@ -173,10 +173,10 @@ def test_the_probe_setting_reaches_the_draws(monkeypatch, tiny_model, tiny_batch
         seen.append(batched)
         return {}
 
-    monkeypatch.setattr(tasks, "gradient_report", report)
+    monkeypatch.setattr(gradient_probe, "gradient_report", report)
     trainer = SimpleNamespace(ss=tiny_model)
     obj = get_estimator("trace").build(tiny_model, {})
     for draws in ("loop", "batched"):
-        tasks._variance_rows(obj, trainer, {"unsup": (tiny_batch,)}, 4, draws=draws)
-    tasks._variance_rows(obj, trainer, {"unsup": (tiny_batch,)}, 4)
+        gradient_probe._variance_rows(obj, trainer, {"unsup": (tiny_batch,)}, 4, draws=draws)
+    gradient_probe._variance_rows(obj, trainer, {"unsup": (tiny_batch,)}, 4)
     assert seen == [False, True, False]

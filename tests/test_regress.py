@@ -12,7 +12,7 @@ import torch
 
 from bench import regress, slowdown
 from bench.regress import ab as abmod
-from bench.regress import baseline, history, peakmem
+from bench.regress import baseline, history, machine, peakmem
 from bench.regress import cli as regress_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,7 +322,7 @@ def test_unfit_names_the_machine_and_the_versions():
     reasons = regress.unfit(doc)
     assert any("saved before machine fingerprints" in r for r in reasons)
     assert f"saved with torch 0.0.1, this environment has {versions()['torch']}" in reasons
-    doc["machine"].update(torch=versions()["torch"], fingerprint=regress.baseline.fingerprint())
+    doc["machine"].update(torch=versions()["torch"], fingerprint=machine.fingerprint())
     assert regress.unfit(doc) == []
     # a baseline saved here fits here: `save` and `run` read the versions from the same place
     assert regress.unfit({"machine": regress.machine_info()}) == []
@@ -352,7 +352,8 @@ def test_timing_probe_has_a_peak_memory_column(tmp_path):
     import csv
 
     from bench import tasks
-    from bench.store import TIMING_COLUMNS, write_tables
+    from bench.schema import TIMING_COLUMNS
+    from bench.tables import write_tables
     from ssvae.config import RunConfig
 
     cfg = RunConfig(estimator="enum", aux=True, labels=100, hidden=(64,), z_dim=8)

@@ -12,7 +12,7 @@ import pytest
 from bench import regress
 from bench.provenance import versions
 from bench.regress import ab as abmod
-from bench.regress import baseline, history
+from bench.regress import baseline, history, machine
 from bench.regress import cli as regress_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +87,10 @@ def test_baseline_check_names_why_it_does_not_judge(tmp_path, capsys):
     path = saved_baseline(tmp_path, fingerprint=None)
     assert regress.check(slow, path, None, short=True) == 0
     assert "saved before machine fingerprints (matched by CPU name only" in capsys.readouterr().out
-    fp = dict(baseline.fingerprint(), name="intel-xeon-2cpu-000000")
+    fp = dict(machine.fingerprint(), name="intel-xeon-2cpu-000000")
     path = saved_baseline(tmp_path, fingerprint=fp)
     assert regress.check(slow, path, None, short=True) == 0
-    here = baseline.fingerprint()["name"]
+    here = machine.fingerprint()["name"]
     assert f"fingerprint intel-xeon-2cpu-000000 differs from this machine's {here}" in capsys.readouterr().out
     path = saved_baseline(tmp_path, pyro="1.8.0")
     assert regress.check(slow, path, None, short=True) == 0

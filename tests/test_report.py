@@ -638,7 +638,8 @@ def test_a_new_section_is_one_module_and_one_list_entry(tmp_path, monkeypatch):
 
 def _report_modules():
     root = Path(report.__file__).parent
-    return [root.parent / "compare.py", *sorted(root.rglob("*.py"))]
+    compare = [root.parent / f"{m}.py" for m in ("compare", "compare_render", "compare_cli")]
+    return [*compare, *sorted(root.rglob("*.py"))]
 
 
 def test_report_package_layout():

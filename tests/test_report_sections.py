@@ -285,3 +285,22 @@ def test_a_step_0_probe_makes_no_gradient_claim_in_the_summary():
     assert grad == [l for l in grad if l.startswith("- Gradient error: this run probed the common trajectory only "
                                                     "at step 0")] and len(grad) == 1
     assert "lowest MSE" not in text
+
+
+def test_a_grid_of_enum_aux_and_the_baseline_says_whether_it_learns(tmp_path):
+    """The table1 grid (enum + aux and the supervised-only baseline only): no estimator verdict, but the
+    headline gives enum + aux against the baseline at each label count with its interval."""
+    fabricate_results(tmp_path)
+    keep = lambda cell: cell.startswith(("enum+aux_", "baseline_"))
+    for p in (tmp_path / "runs").glob("*.json"):
+        if not keep(p.stem):
+            p.unlink()
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs[runs.cell.map(keep)].to_csv(tmp_path / "runs.csv", index=False)
+    report.build_report(tmp_path, plots=False)
+    head = summary_bullets(tmp_path)[0]
+    assert head.startswith("- No estimator verdict: no other variant with the auxiliary loss is paired with enum + aux")
+    learn = pd.read_csv(tmp_path / "tables/learning.csv").sort_values("labels", ascending=False)
+    for r in learn.itertuples():
+        assert f"at {r.labels} labels enum + aux minus the supervised-only baseline is " in head
+    assert head.count("(learning)") + head.count("(not shown to learn)") == len(learn)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from bench import grid as gridmod
-from bench import tune
+from bench import tune_report
 from bench.cli import build_parser
 from bench.harness import grid_from_args
 from ssvae.errors import ConfigError
@@ -109,7 +109,7 @@ def tuning_run(tmp_path):
 
 
 def test_selection_reads_validation_accuracy_only(tuning_run):
-    doc = tune.write_report(tuning_run)
+    doc = tune_report.write_report(tuning_run)
     ests = doc["estimators"]
     assert ests["rloo"] == {"lr": 1.4e-4}
     assert ests["enum"] == {"lr": 4.2e-4}  # 1.26e-3 had a diverged seed
@@ -126,17 +126,17 @@ def test_selection_reads_validation_accuracy_only(tuning_run):
 
 
 def test_selection_does_not_change_when_test_accuracy_does(tuning_run):
-    first = tune.write_report(tuning_run)["estimators"]
+    first = tune_report.write_report(tuning_run)["estimators"]
     for path in (tuning_run / "runs").glob("*.json"):
         rec = json.loads(path.read_text())
         if rec["metrics"]:
             rec["metrics"]["test_acc_at_best_valid"] = 1.0 - rec["metrics"]["test_acc_at_best_valid"]
             path.write_text(json.dumps(rec))
-    assert tune.write_report(tuning_run)["estimators"] == first
+    assert tune_report.write_report(tuning_run)["estimators"] == first
 
 
 def test_tuned_file_applies_to_any_preset_and_set_still_overrides(tuning_run):
-    tune.write_report(tuning_run)
+    tune_report.write_report(tuning_run)
     path = str(tuning_run / "tuned.json")
     args = run_args("--preset", "quick", "--tuned", path, "--estimators", "rloo,nvil,trace-avg",
                     "--set", "options.nvil.lr=0.002")
@@ -170,11 +170,11 @@ def test_a_bad_choice_file_is_a_one_line_usage_error(tmp_path, content, message)
 def test_tune_command_on_a_folder_that_is_not_a_tuning_run(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "env.json").write_text(json.dumps({"grid": {}}))
-    assert tune.main([str(tmp_path)]) == 2
+    assert tune_report.main([str(tmp_path)]) == 2
 
 
 def test_a_folder_made_in_parts_lists_every_command():
-    from bench.tune import _parts_lines
+    from bench.tune_report import _parts_lines
 
     one = {"parts": [{"command": "run a", "git_commit": "abc", "threads": 1, "date": "d1", "tasks_run": ["x"]}]}
     assert _parts_lines(one) == []

@@ -39,6 +39,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ssvae.estimators import REGISTRY
+from ssvae.reference import REFERENCE_LOSSES
+
+from ..provenance import git_commit
+
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "runner.py"
 OVERLAYS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssvae-bench" / "pyro-overlays"
@@ -76,9 +81,6 @@ class Side:
 
 def all_cases(jit: bool = True) -> List[str]:
     """Every estimator's steps (as in training), the JIT variants of trace and enum, the reference steps."""
-    from ssvae.estimators import REGISTRY
-    from ssvae.reference import REFERENCE_LOSSES
-
     out = []
     for name, est in REGISTRY.items():
         kinds = ("sup",) if est.kind == "supervised" else ("sup", "unsup", "aux")
@@ -141,8 +143,6 @@ def git_side(rev: str, label: str):
 
 
 def working_tree_side(label: str) -> Side:
-    from ..provenance import git_commit
-
     info = git_commit(REPO)
     dirty = "-dirty" if info["dirty"] else ""
     return Side(label, REPO, describe=f"working tree {str(info['commit'])[:10]}{dirty}",

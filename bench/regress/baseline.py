@@ -13,7 +13,8 @@ spread (max/min - 1) it saw and a tolerance from it (twice the spread, within 15
 short mode +10%), with the machine it came from. Absolute milliseconds are printed, never
 checked here (the A/B, ``bench.regress.ab``, compares them within one job).
 
-The machine: ``<machine>`` is the fingerprint name of ``bench.provenance.machine_fingerprint``
+The machine (``bench.regress.machine``): ``<machine>`` is the fingerprint name of
+``bench.provenance.machine_fingerprint``
 (CPU name, cores and a hash of flags, caches and torch build, e.g. ``intel-xeon-2cpu-c3c94d``),
 else, for baselines saved before fingerprints, the CPU-name slug (``amd-epyc-2cpu``). A baseline
 judges only where it fits (``unfit``): its fingerprint is this machine's and its torch, Pyro and
@@ -42,14 +43,16 @@ on a shared machine lasts longer than a step, so it cancels in the ratio.
 ``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment. Every ``run``
 appends a record to ``<history dir>/<machine>/`` (``bench.regress.history``: ``--history-dir``,
 ``$SSVAE_HISTORY_DIR``, else ``results/history``), with the suite's pytest-benchmark JSON beside it.
+
+This module holds the check (baseline files, the suite's run, ratios, judging, saving); which machine and
+libraries a baseline fits is ``bench.regress.machine``'s, and the ``run``/``save``/``compare`` command
+(``cmd_run``, with its history record) is ``bench.regress.cli``'s.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -57,7 +60,11 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ssvae.flops import step_flops
+
 from ..errors import UsageError
+from ..provenance import git_commit
+from .machine import legacy_machine_name, machine_info, machine_name, unfit
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "results" / "baselines"
@@ -68,48 +75,6 @@ TOL_CAP = 0.40
 SHORT_EXTRA = 0.10
 DEFAULT_STAT = "q25"
 INJECT_ENV = "SSVAE_INJECT_SLOWDOWN"
-
-
-# -- the machine --------------------------------------------------------------------------------
-def cpu_model() -> str:
-    from ..provenance import cpu_name
-    return cpu_name()
-
-
-def machine_info() -> dict:
-    import torch
-
-    from ..provenance import versions
-
-    now = versions()
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": now["python"],
-        "torch": now["torch"],
-        "pyro": now["pyro"],
-        "torch_threads_default": torch.get_num_threads(),
-        "benchmark_threads": int(os.environ.get("REGRESS_THREADS", "1")),
-        "fingerprint": fingerprint(),
-    }
-
-
-def fingerprint() -> dict:
-    from ..provenance import machine_fingerprint
-
-    return machine_fingerprint()
-
-
-def machine_name() -> str:
-    """``$REGRESS_MACHINE``, else the fingerprint name (e.g. ``intel-xeon-2cpu-c3c94d``)."""
-    return os.environ.get("REGRESS_MACHINE") or fingerprint()["name"]
-
-
-def legacy_machine_name() -> str:
-    """The CPU-name slug and core count of baselines saved before fingerprints (``amd-epyc-2cpu``)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor", "", cpu_model().lower())).strip("-")
-    return f"{slug or 'unknown'}-{os.cpu_count()}cpu"
 
 
 def _rel(path: Path) -> str:
@@ -126,43 +91,6 @@ def baseline_path(name: Optional[str] = None) -> Path:
     path = BASELINES / f"{machine_name()}.json"
     legacy = BASELINES / f"{legacy_machine_name()}.json"
     return path if path.exists() or not legacy.exists() or os.environ.get("REGRESS_MACHINE") else legacy
-
-
-def _public(version: str) -> str:
-    """A version without its local label: baselines saved before 2026-11-26 stored ``torch.__version__``
-    (``2.14.1+cu130``), the check reads the installed distribution's (``2.14.1``), as ``machine_info`` now does."""
-    return version.split("+", 1)[0]
-
-
-def _minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-#: the libraries a baseline's ratios depend on, and the part of each version that must match
-LIBRARIES = (("torch", _public), ("pyro", _public), ("python", _minor))
-
-
-def unfit(baseline: dict) -> List[str]:
-    """Why a stored baseline may not judge this machine and these libraries (empty: it may)."""
-    out = []
-    stored = baseline.get("machine", {})
-    fp_old, fp_new = stored.get("fingerprint"), fingerprint()
-    if fp_old is None:
-        out.append(f"saved before machine fingerprints (matched by CPU name only: {stored.get('cpu_model', '?')!r}, "
-                   f"{stored.get('cpu_count', '?')} cores, which masked cloud CPUs share)")
-    elif fp_old.get("name") != fp_new["name"]:
-        diff = [k for k in fp_new if k != "name" and fp_old.get(k) != fp_new.get(k)]
-        out.append(f"fingerprint {fp_old.get('name')} differs from this machine's {fp_new['name']} "
-                   f"({', '.join(diff) or 'name'})")
-    from ..provenance import versions
-
-    now = versions()
-    for lib, part in LIBRARIES:
-        if not stored.get(lib):
-            out.append(f"saved without its {lib} version")
-        elif part(str(stored[lib])) != part(str(now.get(lib))):
-            out.append(f"saved with {lib} {stored[lib]}, this environment has {now.get(lib)}")
-    return out
 
 
 def not_checked(path: Path, reasons: List[str]) -> str:
@@ -207,6 +135,7 @@ def run_benchmarks(short: bool, inject: Optional[str] = None, rounds: Optional[i
     env = dict(os.environ)
     env.pop(INJECT_ENV, None)  # never inherited: only --inject-slowdown sets it
     if inject:
+        # imported only when asked: bench.tasks imports this package, and `bench run`/`bench train` never load it
         from ..slowdown import parse
 
         parse(inject)  # fail early on a bad spec
@@ -315,8 +244,6 @@ def compare(new: Dict[str, dict], baseline: dict, tolerance: Optional[float] = N
 
 
 def table(times, metrics, rate, baseline=None, short=False) -> str:
-    from ssvae.flops import step_flops
-
     lines = [f"{'metric (paired, median of rounds)':<34} {'pyro ms':>8} {'ref ms':>8} {'ratio':>7} "
              f"{'base':>7} {'change':>7} {'tol':>5}"]
     base = (baseline or {}).get("metrics", {})
@@ -382,8 +309,6 @@ def check(bench_json: dict, baseline_file: Path, tolerance: Optional[float], sho
 
 
 def _short_commit() -> str:
-    from ..provenance import git_commit
-
     return str(git_commit(REPO)["commit"])[:7]
 
 
@@ -436,59 +361,3 @@ def save(runs: List[dict], path: Path, short: bool, stat: str, tolerance: Option
     print(f"regress: baseline written to {_rel(path)} (median of {len(runs)} run(s); spread and "
           f"tolerance per ratio inside)")
     return doc
-
-
-def history_record(bench_json: dict, stat: str, short: bool) -> dict:
-    """The ``regress run`` record for the history: medians, ratios, the machine's versions."""
-    from ..provenance import commit_label, versions
-
-    cases = {}
-    for (est, kind, impl), t in step_times(bench_json, stat).items():
-        name = f"{est}:{kind}" if impl == "pyro" else f"ref:{t['info']['reference']}"
-        cases[name] = {"ms": t["median"] * 1e3, "peak_mb": None}
-    commit = commit_label()
-    return {"kind": "run", "commit": commit, "short": short, "versions": versions(),
-            "points": [{"commit": commit, "cases": cases}],
-            "ratios": {k: {"ratio": v["ratio"]} for k, v in ratios(bench_json).items()}}
-
-
-def cmd_run(args) -> int:
-    path = _baseline_arg(args)
-    if args.command_regress == "run" and args.missing_ok:  # CI: nothing to judge against, nothing to run
-        reasons = unfit(load_baseline(path)) if path.exists() else None
-        if reasons is None or reasons:
-            print(_no_baseline(path) if reasons is None else not_checked(path, reasons))
-            return 0
-    if args.command_regress == "compare":
-        if not getattr(args, "results", None):
-            raise SystemExit("regress compare needs a pytest-benchmark JSON file")
-        return check(load_results(args.results), path, args.tolerance, args.short, args.stat, args.missing_ok)
-    if args.command_regress == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
-        print(f"regress: refusing to save a baseline with an injected slowdown "
-              f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
-        return 2
-    repeat = 1 if args.command_regress == "run" else (args.repeat or (1 if args.short else 3))
-    runs = [run_benchmarks(args.short, args.inject_slowdown, args.rounds) for _ in range(repeat)]
-    bench_json = runs[-1]
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(runs if repeat > 1 else bench_json))
-    if args.command_regress == "save":
-        save(runs, path, args.short, args.stat or DEFAULT_STAT, args.tolerance,
-             None if args.tolerance is None else args.tolerance + SHORT_EXTRA)
-        return 0
-    status = check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
-    if not args.inject_slowdown and not args.no_history:
-        from . import history
-
-        rec = history_record(bench_json, args.stat or DEFAULT_STAT, args.short)
-        rec["status"] = status
-        path = history.append(rec, root=args.history_dir, benchmark_json=bench_json)
-        print(f"regress: history record {_rel(path)} (and its pytest-benchmark JSON beside it)")
-    return status
-
-
-def _baseline_arg(args) -> Path:
-    if args.baseline is None:
-        return baseline_path().resolve()
-    return (args.baseline if args.baseline.is_absolute() else Path.cwd() / args.baseline).resolve()

@@ -1,4 +1,8 @@
-"""``python -m bench regress {run,save,compare,ab,history}``: the parser and the A/B command.
+"""``python -m bench regress {run,save,compare,ab,history}``: the parser and the commands.
+
+``cmd_run`` runs ``run``, ``save`` and ``compare`` (the baseline check of ``bench.regress.baseline``, and
+``run``'s history record), ``cmd_ab`` the A/B (``bench.regress.ab``), ``cmd_history`` the drawing of the
+history (``bench.regress.history``).
 
 ``add_parser(subparsers)`` registers ``regress`` in ``python -m bench``; ``main`` serves
 ``python -m bench.regress`` too. See ``docs/regressions.md``.
@@ -14,10 +18,13 @@ from typing import List, Optional
 
 from ..commands import COMMANDS
 from ..errors import Parser, UsageError, fail, str_list
-from ..provenance import machine_fingerprint
+from ..provenance import commit_label, machine_fingerprint, versions
+from ..slowdown import parse
 from . import ab as abmod
-from . import history
-from .baseline import DEFAULT_STAT, _rel, cmd_run
+from . import baseline, history
+from .baseline import (DEFAULT_STAT, INJECT_ENV, SHORT_EXTRA, _no_baseline, _rel, baseline_path, check,
+                       load_baseline, load_results, not_checked, ratios, save, step_times)
+from .machine import unfit
 
 
 def add_parser(sub) -> None:
@@ -124,9 +131,6 @@ def cmd_ab(args) -> int:
         raise UsageError("regress ab: give either git revisions (--base/--head) or environments "
                          "(--pyro-*/--pythonpath-*/--python-*), not both")
     if args.inject_slowdown:
-        # imported only when asked: `bench run` and `bench train` never load the injection module
-        from ..slowdown import parse
-
         try:
             parse(args.inject_slowdown)
         except ValueError as exc:
@@ -220,6 +224,59 @@ def _write_markdown(path: Path, summary: dict, fp: dict, rows: dict) -> None:
              "", abmod.table(rows, markdown=True), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def history_record(bench_json: dict, stat: str, short: bool) -> dict:
+    """The ``regress run`` record for the history: medians, ratios, the machine's versions."""
+    cases = {}
+    for (est, kind, impl), t in step_times(bench_json, stat).items():
+        name = f"{est}:{kind}" if impl == "pyro" else f"ref:{t['info']['reference']}"
+        cases[name] = {"ms": t["median"] * 1e3, "peak_mb": None}
+    commit = commit_label()
+    return {"kind": "run", "commit": commit, "short": short, "versions": versions(),
+            "points": [{"commit": commit, "cases": cases}],
+            "ratios": {k: {"ratio": v["ratio"]} for k, v in ratios(bench_json).items()}}
+
+
+def cmd_run(args) -> int:
+    path = _baseline_arg(args)
+    if args.command_regress == "run" and args.missing_ok:  # CI: nothing to judge against, nothing to run
+        reasons = unfit(load_baseline(path)) if path.exists() else None
+        if reasons is None or reasons:
+            print(_no_baseline(path) if reasons is None else not_checked(path, reasons))
+            return 0
+    if args.command_regress == "compare":
+        if not getattr(args, "results", None):
+            raise SystemExit("regress compare needs a pytest-benchmark JSON file")
+        return check(load_results(args.results), path, args.tolerance, args.short, args.stat, args.missing_ok)
+    if args.command_regress == "save" and (args.inject_slowdown or os.environ.get(INJECT_ENV)):
+        print(f"regress: refusing to save a baseline with an injected slowdown "
+              f"({args.inject_slowdown or os.environ.get(INJECT_ENV)})", file=sys.stderr)
+        return 2
+    repeat = 1 if args.command_regress == "run" else (args.repeat or (1 if args.short else 3))
+    # looked up on bench.regress.baseline when called (tests replace it there)
+    runs = [baseline.run_benchmarks(args.short, args.inject_slowdown, args.rounds) for _ in range(repeat)]
+    bench_json = runs[-1]
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(runs if repeat > 1 else bench_json))
+    if args.command_regress == "save":
+        save(runs, path, args.short, args.stat or DEFAULT_STAT, args.tolerance,
+             None if args.tolerance is None else args.tolerance + SHORT_EXTRA)
+        return 0
+    status = check(bench_json, path, args.tolerance, args.short, args.stat, args.missing_ok)
+    if not args.inject_slowdown and not args.no_history:
+        rec = history_record(bench_json, args.stat or DEFAULT_STAT, args.short)
+        rec["status"] = status
+        path = history.append(rec, root=args.history_dir, benchmark_json=bench_json)
+        print(f"regress: history record {_rel(path)} (and its pytest-benchmark JSON beside it)")
+    return status
+
+
+def _baseline_arg(args) -> Path:
+    if args.baseline is None:
+        return baseline_path().resolve()
+    return (args.baseline if args.baseline.is_absolute() else Path.cwd() / args.baseline).resolve()
 
 
 def cmd_history(args) -> int:

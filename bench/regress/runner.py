@@ -63,6 +63,7 @@ def _message(exc: BaseException) -> str:
 
 def synthetic(seed: int):
     import torch
+    # the side's ssvae, found once main() has put its checkout first on sys.path
     from ssvae.data import Split
 
     g = torch.Generator().manual_seed(seed)
@@ -73,6 +74,7 @@ def synthetic(seed: int):
 
 def synthetic_data():
     import torch
+    # the side's ssvae, found once main() has put its checkout first on sys.path
     from ssvae.data import SSData
 
     s = synthetic(0)
@@ -92,12 +94,14 @@ class Case:
         est, _, kind = name.partition(":")
         xs, ys, ux = data.sup.x, data.sup.y, data.unsup.x
         if est == "ref":
+            # the side's ssvae, imported per case: a side without this module fails this case only
             from ssvae import reference
             from ssvae.config import RunConfig
 
             batch_x = ux if kind.startswith("unsup") else xs
             self.step = reference.reference_step(RunConfig(batch_size=BATCH), kind, batch_x, ys)
             return
+        # the side's ssvae, imported per case: a side without these fails this case only (a status, not a crash)
         from ssvae.config import RunConfig
         from ssvae.estimators import REGISTRY
         from ssvae.train import Trainer

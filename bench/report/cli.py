@@ -8,6 +8,7 @@ from pathlib import Path
 from ..commands import COMMANDS
 from ..errors import EXIT_STORAGE, Parser, UsageError, fail, writable
 from ..paired import CONFIDENCE, DEFAULT_MARGIN
+from ..schema import ENV_FILE
 from .page import build_report
 
 
@@ -32,7 +33,7 @@ def cmd_report(args) -> int:
     root = Path(args.results_dir)
     if not root.is_dir():
         raise UsageError(f"results folder {root} does not exist")
-    if not any((root / name).is_file() for name in ("env.json", "runs.csv")) and not any(root.glob("runs/*.json")):
+    if not any((root / name).is_file() for name in (ENV_FILE, "runs.csv")) and not any(root.glob("runs/*.json")):
         raise UsageError(f"results folder {root} holds no results (no env.json, runs.csv or runs/*.json): give "
                          "the --out folder of a bench run")
     for other in args.compare_timing:

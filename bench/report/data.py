@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
-from ..store import busy_seconds, load_grid, read_result
-from ..schema import ANALOGY_SUFFIX
+from ..store import read_result
+from ..tables import busy_seconds, load_grid
+from ..schema import ANALOGY_SUFFIX, ENV_FILE
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 #: "stale": runs.csv says the file was written for another configuration than the grid's
@@ -56,7 +57,7 @@ class Results:
     timing_sources: List[Tuple[str, dict]] = field(default_factory=list)  # (label, env) per timing folder
     outside: List[dict] = field(default_factory=list)  # records of the folder outside its grid (in no table)
     part_provenance: Dict[str, dict] = field(default_factory=dict)  # cells/probes: commits and threads
-    busy_seconds: Optional[float] = None  # wall time with a task of the grid running (bench.store.busy_seconds)
+    busy_seconds: Optional[float] = None  # wall time with a task of the grid running (bench.tables.busy_seconds)
 
 
 def parse_cell(cell: str) -> Optional[dict]:
@@ -141,12 +142,12 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     """Read a results folder; never raises on a corrupt or missing piece (see ``problems``)."""
     root = Path(results_dir)
     problems: List[str] = []
-    env = _read_json(root / "env.json", problems) if (root / "env.json").exists() else None
+    env = _read_json(root / ENV_FILE, problems) if (root / ENV_FILE).exists() else None
     if not isinstance(env, dict):
         problems.append("env.json missing or unreadable: provenance unknown")
         env = {}
 
-    # The grid of env.json, from its JSON records (bench.store.load_grid). A folder whose env.json lists
+    # The grid of env.json, from its JSON records (bench.tables.load_grid). A folder whose env.json lists
     # its task specs is read from its records alone: CSVs are caches, and a record outside the grid
     # (another configuration, other data or torch) is in no table. Older folders: as they were written.
     grid = load_grid(root)
@@ -216,7 +217,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     runs["status"] = runs["status"].astype(str)
     runs["expected"] = runs["cell"].isin(set(expected))
     runs["error"] = runs["error"].where(runs["error"].notna(), "")
-    # what ran beside each cell (bench.store.collect, from the records' times and the worker's measurement)
+    # what ran beside each cell (bench.tables.collect, from the records' times and the worker's measurement)
     side = {} if grid.legacy else {r["cell"]: r for r in grid.tables.get("runs", [])}
     for key in ("beside", "other_cpu_load"):
         runs[key] = pd.to_numeric(runs["cell"].map(lambda c: side.get(c, {}).get(key)), errors="coerce")
@@ -265,8 +266,8 @@ def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence, 
     for i, folder in enumerate([root, *[Path(c) for c in compare]]):
         label = "this run" if i == 0 else str(folder)
         t = own if i == 0 and own is not None else _read_csv(folder / "timing.csv", problems)
-        fenv = env if i == 0 else (_read_json(folder / "env.json", problems)
-                                   if (folder / "env.json").exists() else {}) or {}
+        fenv = env if i == 0 else (_read_json(folder / ENV_FILE, problems)
+                                   if (folder / ENV_FILE).exists() else {}) or {}
         need = {"estimator", "aux", "step_kind", "median_ms"}
         if len(t) and not need <= set(t.columns):
             problems.append(f"{folder / 'timing.csv'}: missing columns {sorted(need - set(t.columns))}")

@@ -11,7 +11,7 @@ classification step), two benchmarks run back to back at the default sizes (batc
   on the counterpart objective. An estimator with no hand-written counterpart for its
   unlabeled step is timed against ``unsup-sampled`` (one reference pass of the networks) as a
   yardstick, and marked so. The pairing is ``ssvae.reference.pairing``, the one the harness's
-  timing probe (``bench.tasks.run_timing``) uses too.
+  timing probe (``bench.timing_probe.run_timing``) uses too.
 
 ``bench.regress`` turns the medians into ratios (Pyro / reference, enum / trace) and compares
 them with a stored baseline. Run through it (``make regress``), or directly with

@@ -11,7 +11,7 @@ Files: ``paired_differences.csv`` (numbers; per-seed differences ';'-joined), ``
 ``accuracy_points.png``.
 
 The sentences the Summary and the Headline take from here (:func:`headline_line`,
-:func:`elsewhere_line`, :func:`caveat_line`) are :mod:`bench.paired`'s, from the same verdict table, so
+:func:`elsewhere_line`, :func:`caveat_line`) are :mod:`bench.paired_verdicts`'s, from the same verdict table, so
 the page has one verdict.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ... import paired as paired_stats
-from ...paired import (BASELINE, ENUM_AUX, ci_text, plot_accuracy_points, plot_paired, reference_label, rule_text,
-                       setting_sentence, settings_sentences)
+from ... import paired_verdicts
+from ...paired import BASELINE, ENUM_AUX, plot_accuracy_points, plot_paired, reference_label
+from ...paired_verdicts import ci_text, rule_text, setting_sentence, settings_sentences
 from ..plotting import readable_palette
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
@@ -35,10 +35,10 @@ ENUM_REF, BASE_REF = reference_label(ENUM_AUX), reference_label(BASELINE)
 
 
 def paired_frames(res: Results, margin: float, level: float) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(paired differences, verdicts, generated text) of :func:`bench.paired.conclusions`: seeds paired,
+    """(paired differences, verdicts, generated text) of :func:`bench.paired_verdicts.conclusions`: seeds paired,
     against enum + aux and the supervised baseline, times from this folder's timing probe only."""
     runs = res.runs.assign(protocol=", ".join(protocols(res)))
-    return paired_stats.conclusions(runs, this_timing(res), margin, res.env.get("device", "cpu"),
+    return paired_verdicts.conclusions(runs, this_timing(res), margin, res.env.get("device", "cpu"),
                                     confidence=level)
 
 
@@ -48,14 +48,15 @@ def conclusions(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
 
 
 def learning(ctx: Context) -> pd.DataFrame:
-    """enum + aux minus the baseline per label count, and whether it learns there (:func:`bench.paired.learning`)."""
-    return paired_stats.learning(conclusions(ctx)[0])
+    """enum + aux minus the baseline per label count, and whether it learns there
+    (:func:`bench.paired_verdicts.learning`)."""
+    return paired_verdicts.learning(conclusions(ctx)[0])
 
 
 def not_learning(ctx: Context) -> list:
     """The label counts where enum + aux does not beat the supervised-only baseline: no verdict there."""
     learn = learning(ctx)
-    return [int(l) for l in learn["labels"] if paired_stats.learns(learn, l) is False]
+    return [int(l) for l in learn["labels"] if paired_verdicts.learns(learn, l) is False]
 
 
 def pts(x: float) -> str:
@@ -84,6 +85,14 @@ def headline_line(ctx: Context) -> str:
     """The one verdict of the page, at the headline setting: every variant grouped by verdict."""
     choice = headline_setting(ctx)
     if choice is None:
+        learn = learning(ctx).sort_values("labels", ascending=False)
+        if len(learn):  # enum + aux and the baseline only (the table1 grid): whether the setting learns at all
+            parts = [f"at {r.labels} labels {ENUM_REF} minus the supervised-only baseline is {ci_text(r, ctx.level)} ("
+                     + {True: "learning", False: "not shown to learn"}.get(paired_verdicts.learns(learn, r.labels),
+                                                                          "not checked") + ")"
+                     for r in learn.itertuples()]
+            return (f"No estimator verdict: no other variant with the auxiliary loss is paired with {ENUM_REF} here; "
+                    + "; ".join(parts) + ".")
         return f"No verdict: no variant with the auxiliary loss has seeds paired with finished {ENUM_REF} cells."
     labels, chosen = choice
     g = _setting_verdicts(ctx, labels, True)
@@ -101,7 +110,7 @@ def elsewhere_line(ctx: Context) -> Optional[str]:
     parts = [s[0].lower() + s[1:].rstrip(".") for s in settings_sentences(v, learning(ctx), ctx.margin, ctx.level,
                                                                           skip)]
     learn = learning(ctx)
-    ok = learn[pd.Series([paired_stats.learns(learn, l) is True for l in learn.labels], index=learn.index,
+    ok = learn[pd.Series([paired_verdicts.learns(learn, l) is True for l in learn.labels], index=learn.index,
                          dtype=bool)].sort_values("labels", ascending=False)
     if len(ok):
         parts.append(f"{ENUM_REF} minus the supervised-only baseline is "

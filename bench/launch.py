@@ -1,0 +1,73 @@
+"""Starting a task's worker process and judging what it left: what every executor shares.
+
+An executor runs ``python -m bench.worker`` (:func:`worker_command`) for each spec, with a fresh token per
+attempt (:func:`new_token`) and ``threads`` torch threads (:func:`default_threads`, :func:`task_threads`);
+the child dies with its parent (:func:`_die_with_parent`). A worker that wrote no result is recorded
+failed (:func:`write_failed`, through ``bench.store.write_record``), with the last line of its log
+(:func:`_last_line`) where that says why.
+"""
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import List, Optional
+
+from .provenance import usable_cpus
+from .store import write_record
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+
+def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None,
+                   run_id: Optional[str] = None) -> List[str]:
+    """``python -m bench.worker`` for one task (its spec goes to stdin)."""
+    cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
+    cmd += ["--token", token] if token else []
+    cmd += ["--run", run_id] if run_id else []
+    return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per task: the CPUs this process may use (affinity, cgroup quota) over the workers."""
+    return max(1, usable_cpus() // max(1, workers))
+
+
+def task_threads(spec: dict, threads: int) -> int:
+    """Torch threads for a task: an exclusive one (the timing probe) runs alone and takes every usable CPU."""
+    return max(threads, usable_cpus()) if spec.get("exclusive") else threads
+
+
+def failed_record(spec: dict, error: str) -> dict:
+    """The result file of a task whose worker never wrote one."""
+    return {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config"),
+            "status": "failed", "error": error}
+
+
+def write_failed(out_dir, spec: dict, error: str) -> dict:
+    """Record ``spec`` as failed, unless its file already holds a finished record (kept as it is)."""
+    record = failed_record(spec, error)
+    write_record(out_dir, spec, record)
+    return record
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1].replace("bench.worker: ", "") if lines else ""

@@ -1,0 +1,233 @@
+"""The tuning report and its command: ``python -m bench.tune OUT`` (run as ``bench/tune.py``'s ``__main__``).
+
+:func:`write_report` selects with :mod:`bench.tune`'s rule (:func:`bench.tune.select`) and writes
+``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every combination with its mean and 95 % t-interval over
+seeds, and the choices with the chosen minus Pyro's default, paired over seeds),
+``OUT/plots/tune_sensitivity.png`` (validation accuracy against learning rate, one line per estimator,
+provenance in the figure) and ``OUT/tune.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ssvae.errors import ConfigError
+
+from .schema import ENV_FILE
+from .tune import CHOICE_FILE, PYRO_LR, SELECT_ON, _default_row, _paired_diff, combinations, select
+
+
+def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
+    import csv
+
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(path_stem.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: _cell(r.get(c)) for c in columns})
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    path_stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _variant(est: str, aux: bool) -> str:
+    return est + (" + aux" if aux else "")
+
+
+def provenance(out: Path) -> dict:
+    try:
+        env = json.loads((out / ENV_FILE).read_text())
+    except (OSError, ValueError):
+        env = {}
+    grid = env.get("grid") or {}
+    return {"preset": env.get("preset"), "commit": env.get("git_commit"), "date": env.get("date"),
+            "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
+            "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
+            "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
+            "command": env.get("command"), "tune": grid.get("tune"),
+            # a folder resumed or extended by later commands: every part, oldest first
+            "parts": [*(env.get("earlier_runs") or []),
+                      {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
+
+
+def write_report(out: Path) -> dict:
+    """Select, and write the choice file, the tables and the sensitivity plot; returns the choice document."""
+    prov = provenance(out)
+    tune = prov.get("tune") or {}
+    if not tune:
+        raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune table); "
+                          f"run python -m bench run --preset tune first")
+    rows = combinations(out, tune)
+    if not rows:
+        raise ConfigError(f"{out}: no finished cells under runs/")
+    best = select(rows, tune)
+    all_rows = []
+    for r in rows:
+        chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
+        all_rows.append({"estimator": _variant(r["estimator"], r["aux"]), "labels": r["labels"],
+                         "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
+                         "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
+                         "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
+                         "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
+                         "chosen": "yes" if chosen else ""})
+    _table(out / "tables" / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
+                                         "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
+    choice_rows, chosen_doc = [], {}
+    for (est, aux, labels), r in sorted(best.items()):
+        d = _default_row(rows, est, aux, labels)
+        diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
+        choice_rows.append({"estimator": _variant(est, aux), "labels": labels, "chosen": r["values"],
+                            "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
+                            "default_valid_acc": d["mean"] if d else None,
+                            "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n})
+        chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
+    _table(out / "tables" / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
+                                             "default_valid_acc", "chosen_minus_default", "diff_ci95",
+                                             "paired_seeds"], choice_rows)
+    doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
+           "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
+                   "diverged seed is not eligible; ties: nearest Pyro's lr 4.2e-4, then the preset's order. "
+                   "Test accuracy is not read.",
+           "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
+                                               "seeds", "epochs", "steps_per_epoch")},
+           "aux": sorted({aux for (_, aux, _) in best})}
+    if len({(e, l) for (e, _, l) in best}) != len(best):
+        doc["note"] = ("the grid has several aux settings or label counts per estimator: the file keeps, per "
+                       "estimator, the choice of the last (aux on, largest label count)")
+    (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    plot_sensitivity(out, rows, best, prov)
+    write_markdown(out, all_rows, choice_rows, prov)
+    return doc
+
+
+def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov: dict) -> Path:
+    """Validation accuracy against learning rate, one line per estimator (and per setting of its
+    other tuned options), the chosen combination circled; provenance in the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ests = sorted({r["estimator"] for r in rows})
+    palette = sns.color_palette("tab20")
+    colours = dict(zip(ests, palette[::2] + palette[1::2]))
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    for e_i, est in enumerate(ests):
+        dodge = math.exp(0.03 * (e_i - (len(ests) - 1) / 2))  # estimators side by side, not on top
+        lines: Dict[str, List[dict]] = {}
+        for r in rows:
+            if r["estimator"] != est or not r["seeds"]:
+                continue
+            rest = {k: v for k, v in r["values"].items() if k != "lr"}
+            label = _variant(est, r["aux"]) + (f" ({_cell(rest)})" if rest else "")
+            lines.setdefault(label, []).append(r)
+        for i, (label, rs) in enumerate(sorted(lines.items())):
+            rs = sorted(rs, key=lambda r: r["options"]["lr"])
+            xs = [r["options"]["lr"] * dodge for r in rs]
+            ys = [r["mean"] for r in rs]
+            ax.plot(xs, ys, styles[i % len(styles)], marker="os^D"[i % 4], color=colours[est], label=label)
+            for x, r in zip(xs, rs):
+                for s, a in r["seeds"].items():
+                    ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
+                if best.get((r["estimator"], r["aux"], r["labels"])) is r:
+                    ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
+    ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
+    ax.text(PYRO_LR, 1.0, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (estimators drawn a few percent apart at each tried value, for legibility)")
+    ax.set_ylabel(f"validation accuracy ({SELECT_ON}, mean over seeds)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Sensitivity to the learning rate (lines: mean over seeds; small dots: each seed; "
+                 "circled: the choice)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.text(0.01, 0.01, _provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = out / "plots" / "tune_sensitivity.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _provenance_line(prov: dict) -> str:
+    return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
+            f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch')} steps | {prov.get('device')} "
+            f"({prov.get('cpu')}) | torch {prov.get('torch')}, pyro {prov.get('pyro')} | "
+            f"{_commits(prov)} | {prov.get('date')} | selected on validation accuracy only")
+
+
+def _commits(prov: dict) -> str:
+    """'commit X', or for a folder made in parts 'commits X (n tasks), Y (m tasks)'."""
+    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run")]
+    if len(parts) < 2:
+        return f"commit {prov.get('commit')}"
+    return "commits " + ", ".join(f"{str(p.get('git_commit') or '?')[:10]} ({len(p['tasks_run'])} tasks)"
+                                  for p in parts)
+
+
+def _parts_lines(prov: dict) -> List[str]:
+    """The commands that made the folder, when more than one did (each with its commit and threads)."""
+    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run") or p is prov["parts"][-1]]
+    if len(parts) < 2:
+        return []
+    lines = [f"Made in {len(parts)} parts (a later part ran only what was missing; the cells record their own "
+             "commit):", ""]
+    for p in parts:
+        n = len(p.get("tasks_run") or [])
+        lines.append(f"- `{p.get('command')}`: {n} task{'s' if n != 1 else ''}, commit "
+                     f"{str(p.get('git_commit') or '?')[:10]}, {p.get('threads')} thread(s) per task, {p.get('date')}")
+    return lines + [""]
+
+
+def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
+    text = [
+        "# Tuning on validation data", "",
+        f"Provenance: {_provenance_line(prov)}.", "",
+        f"Command: `{prov.get('command')}`; selection: `python -m bench.tune {out.name}` "
+        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
+        "Per estimator, the combination with the highest mean validation accuracy over seeds "
+        "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
+        "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
+        "with its 95 % t-interval half-width: with 2 seeds the intervals are wide, and a short budget "
+        "favours large steps; read the choice as a sensitivity check, not a final answer.", "",
+        "## Choices", "", (out / "tables" / "tune_choices.md").read_text(), "",
+        "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
+        "## Every combination", "", (out / "tables" / "tune_all.md").read_text(),
+    ]
+    (out / "tune.md").write_text("\n".join(text))
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tune",
+        description="Tuning on validation data: the ``tune`` preset's grid, the choice file, the sensitivity report.")
+    parser.add_argument("out", help="the output folder of a tuning run (python -m bench run --preset tune)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        if not (out / "runs").is_dir():
+            raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
+        doc = write_report(out)
+    except ConfigError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    for est, vals in doc["estimators"].items():
+        print(f"{est:14s} {_cell(vals)}")
+    print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")
+    return 0
