@@ -273,7 +273,7 @@ def expand(grid: Grid) -> List[dict]:
     tasks: List[dict] = []
     for est in grid.estimators:
         tasks.append(_with_options({
-            "kind": "timing", "id": timing_id(grid.device, est), "exclusive": True,
+            "kind": "timing", "id": timing_id(grid.device, est), "exclusive": probe["timing_alone"],
             "estimators": [est], "aux": grid.aux, "device": grid.device,
             "config": _config(grid, estimator="enum", aux=True, labels=max(grid.labels), seed=0).to_dict(),
             "warmup": probe["timing_warmup"], "steps": probe["timing_steps"],

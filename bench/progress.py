@@ -62,8 +62,11 @@ class Progress:
             line = f"[{self.done}/{self.total}] {record['id']}: {status}"
             load = record.get("other_cpu_load")
             if record.get("kind") == "timing" and isinstance(load, (int, float)) and load >= CONTENDED_LOAD:
-                line += (f" (contended: other processes kept {cores(load)} busy; the report labels these "
-                         "times and no verdict uses them; `--retime` measures again on a quiet machine)")
+                if (record.get("spec") or {}).get("exclusive") is False:  # the preset asked for it
+                    line += " (beside other tasks, as the preset's timing_alone = false asks: no verdict uses it)"
+                else:
+                    line += (f" (contended: other processes kept {cores(load)} busy; the report labels these "
+                             "times and no verdict uses them; `--retime` measures again on a quiet machine)")
             if record.get("error"):
                 line += f" ({str(record['error'])[:160]})"
             self._print(line)

@@ -159,13 +159,16 @@ PROBE_SCHEMA: Dict[str, Field] = {
     "timing_steps": Field(int, minimum=1, maximum=MAX_COUNT),
     "samples_per_class": Field(int, minimum=0, maximum=MAX_COUNT),
     "timing_batch_size": Field(int, minimum=1, maximum=MAX_COUNT),
+    #: the timing probes run alone (true: isolated measurements, the default) or beside other tasks (false:
+    #: a pipeline check; each row's ``other_cpu_load`` then says so, and verdicts leave contended rows out)
+    "timing_alone": Field(bool),
     #: how the gradient draws are taken: "loop" (one loss_and_grads call each) or "batched" (vectorised
     #: particles, one forward and one backward per chunk: ssvae.particles; the loop where it does not apply)
     "draws": Field(str, choices=("loop", "batched")),
 }
 PROBE_FIELDS = set(PROBE_SCHEMA)
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
-                  "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
+                  "timing_alone": True, "samples_per_class": 10, "timing_batch_size": 200, "own_checkpoints": None,
                   "reference_draws": 200, "bootstrap": 1000, "elbo_images": None, "iwae_k": 100,
                   "iwae_images": 1000, "draws": "loop"}
 #: the probe settings a training cell uses (it measures its own gradient variance and draws digits);

@@ -186,6 +186,9 @@ def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypat
     assert lines[1] == "[1/2] enum_L100_s0: ok"
     p.update({}, {"id": "timing_cpu_enum", "kind": "timing", "status": "ok", "other_cpu_load": 1.0})
     assert "timing_cpu_enum: ok (contended: other processes kept 1 core busy" in log.getvalue()
+    p.update({}, {"id": "timing_cpu_trace", "kind": "timing", "status": "ok", "other_cpu_load": 1.0,
+                  "spec": {"exclusive": False}})  # a preset that times beside other tasks (smoke) asked for it
+    assert "timing_cpu_trace: ok (beside other tasks, as the preset's timing_alone = false asks" in log.getvalue()
     assert "\r" not in log.getvalue()
     # a common probe that reads its trajectory from the cache reports checkpoints, not steps
     common = {**SPEC, "id": "common_L100_s0_trace", "kind": "common", "estimators": ["trace"], "n_samples": 10,

@@ -188,3 +188,15 @@ def test_list_names_every_estimator_with_its_cost_relative_to_trace(tmp_path, ca
 
 def re_line(out, name):
     return next(line.split()[1] for line in out.splitlines() if line.startswith(name + " "))
+
+
+def test_timing_probes_run_alone_unless_the_preset_says_otherwise():
+    def timing(preset, **probe):
+        spec = gridmod.load_preset(preset)
+        grid = gridmod.make_grid({**spec, "probe": {**spec.get("probe", {}), **probe}})
+        return [t for t in gridmod.expand(grid) if t["kind"] == "timing"]
+    assert all(t["exclusive"] for t in timing("default")) and all(t["exclusive"] for t in timing("long"))
+    smoke = timing("smoke")  # a pipeline check: its timing probes share the CPU with other tasks
+    assert smoke and not any(t["exclusive"] for t in smoke)
+    alone = timing("smoke", timing_alone=True)
+    assert all(t["exclusive"] for t in alone) and {t["id"] for t in alone} == {t["id"] for t in smoke}
