@@ -286,15 +286,15 @@ def _ordered(variants, order: Optional[List[str]]) -> List[str]:
 def plot_paired(paired: pd.DataFrame, path, margin: float = DEFAULT_MARGIN, palette: Optional[dict] = None,
                 order: Optional[List[str]] = None):
     """Paired differences (points) per variant, one panel per reference x setting: per-seed points, the mean
-    and its interval, the margin below 0 shaded; one x scale per row (reference), only its variants, a setting
-    with none blank. ``palette``: estimator -> colour; ``order``: labels top to bottom. Returns the path."""
+    and its interval, the margin below 0 shaded; one x scale per row (reference); each panel lists only the
+    variants compared at its setting, and a setting with none is left blank. ``palette``: estimator -> colour; ``order``: labels top to bottom. Returns the path."""
     plt = _plt()
     refs, settings = list(dict.fromkeys(paired["reference"])), sorted(set(zip(paired["labels"], paired["aux"])))
+    rows_per_panel = paired.groupby(["reference", "labels", "aux"])["variant"].nunique()
     fig, axes = plt.subplots(len(refs), len(settings), squeeze=False, figsize=(
-        3.4 * len(settings) + 1, 0.32 * max(paired.groupby("reference")["variant"].nunique()) * len(refs) + 1.5))
+        3.6 * len(settings) + 1, 0.32 * rows_per_panel.max() * len(refs) + 1.5))
     for i, ref in enumerate(refs):
         mine = paired[paired["reference"] == ref]
-        variants = _ordered(mine["variant"], order)
         span = [-margin * 100, 0.0] + [100 * float(x) for x in pd.concat([mine.ci_low, mine.ci_high, mine.diffs.explode()])
                                        if np.isfinite(float(x))]
         pad = 0.05 * (max(span) - min(span) or 1)
@@ -303,6 +303,7 @@ def plot_paired(paired: pd.DataFrame, path, margin: float = DEFAULT_MARGIN, pale
             if not len(g):
                 ax.axis("off")
                 continue
+            variants = _ordered(g["variant"], order)  # only this setting's rows: no empty row in a panel
             ax.axvspan(-margin * 100, 0, color="0.85", zorder=0)  # what "as good" allows below 0
             ax.axvline(0, color="0.4", lw=0.8)
             for r in g.itertuples():
@@ -313,7 +314,7 @@ def plot_paired(paired: pd.DataFrame, path, margin: float = DEFAULT_MARGIN, pale
                 if np.isfinite(r.ci_low):
                     ax.plot([r.ci_low * 100, r.ci_high * 100], [y, y], color=colour, lw=2)
                 ax.plot([r.mean_diff * 100], [y], "|", color="k", ms=10)
-            ax.set_yticks(range(len(variants)), variants if j == 0 or not axes[i][j - 1].axison else [""] * len(variants))
+            ax.set_yticks(range(len(variants)), variants)
             ax.set(xlim=(min(span) - pad, max(span) + pad), ylim=(-0.5, len(variants) - 0.5),
                    xlabel="difference in test accuracy (points)")
             ax.set_title(f"{labels} labels, {'aux' if aux else 'no aux'}\nvs {ref}", fontsize=9)

@@ -1,4 +1,4 @@
-"""Paired statistics, verdicts, summary and plots (bench.paired, bench.paired_verdicts, bench.elbo_plots) on
+"""Paired statistics, verdicts, summary and plots (bench.paired, bench.paired_verdicts) on
 constructed tables."""
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import elbo_plots, paired, paired_verdicts
+from bench import paired, paired_verdicts
 from ssvae.train import epoch_schedule
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -254,14 +254,6 @@ def test_plots_are_written(tmp_path):
     p = paired.paired_tables(_runs())
     assert paired.plot_paired(p, tmp_path / "paired.png").stat().st_size > 1000
     assert paired.plot_accuracy_points(_runs(), tmp_path / "acc.png").stat().st_size > 1000
-    curves = pd.DataFrame([dict(cell=f"{e}_s{s}", estimator=e, aux=True, labels=100, seed=s, epoch=ep,
-                                global_step=ep * 250, elapsed_seconds=ep * 7.0,
-                                test_elbo=None if e == "baseline" else -120.0 + ep)
-                           for e in ("enum", "gumbel", "baseline") for s in (0, 1) for ep in (1, 2, 3)])
-    for path in elbo_plots.plot_test_elbo_both(curves, tmp_path / "plots"):
-        assert path.stat().st_size > 1000
-    with pytest.raises(ValueError):
-        elbo_plots.plot_test_elbo(curves, tmp_path / "x.png", x="epoch_ms")
 
 
 def test_a_contended_timing_probe_feeds_no_verdict():

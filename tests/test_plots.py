@@ -53,7 +53,8 @@ def test_no_empty_or_crowded_panel_on_the_fabricated_folder(tmp_path, monkeypatc
 
 
 def test_many_estimators_become_small_multiples(tmp_path, monkeypatch):
-    """19 variants: learning curves, accuracy vs time and vs labels split by family, none over the limit."""
+    """19 variants: learning curves, accuracy vs time, test ELBO and accuracy vs labels split by family, none over
+    the limit."""
     monkeypatch.setattr(rf, "ESTIMATORS", MANY)
     many = rf.variants
     monkeypatch.setattr(rf, "variants", lambda estimators=MANY: many(estimators))
@@ -63,6 +64,7 @@ def test_many_estimators_become_small_multiples(tmp_path, monkeypatch):
     acc = {(e, a): rf._ACC.get((e, a), 0.5 + 0.3 * a) for e, a in many(MANY)}
     rf.fabricate_results(tmp_path, acc=acc)
     found = _problems(monkeypatch, tmp_path)
+    assert {"learning_curves.png", "accuracy_vs_time.png", "test_elbo_vs_step.png", "test_elbo_vs_time.png"} <= set(found)
     assert {k: v for k, v in found.items() if v} == {}
 
 
@@ -74,3 +76,25 @@ def test_no_empty_or_crowded_panel_in_the_references(tmp_path, monkeypatch, src)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.*", ".lock", "cache"))
     found = _problems(monkeypatch, dst)
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_paired_panels_list_only_the_variants_compared_there(monkeypatch, tmp_path):
+    """A setting where only the baseline is compared (no aux: the long preset) gets one row, not the aux
+    variants' empty rows; every row a panel lists has its points."""
+    import pandas as pd
+    from bench.paired import plot_paired
+
+    def row(ref, variant, est, labels, aux):
+        return {"reference": ref, "variant": variant, "estimator": est, "labels": labels, "aux": aux,
+                "diffs": [0.01, 0.02, 0.03], "mean_diff": 0.02, "ci_low": 0.0, "ci_high": 0.04}
+    paired = pd.DataFrame([row("enum + aux", "baseline", "baseline", 100, False),
+                           row("enum + aux", "trace + aux", "trace", 100, True),
+                           row("enum + aux", "gumbel + aux", "gumbel", 100, True)])
+    figs = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figs.append(fig), save(fig, *a, **k))[1])
+    plot_paired(paired, tmp_path / "p.png")
+    (fig,) = figs
+    shown = {ax.get_title().split("\n")[0]: [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes}
+    assert shown == {"100 labels, no aux": ["baseline"], "100 labels, aux": ["gumbel + aux", "trace + aux"]}
+    assert figure_problems(fig) == []

@@ -1,4 +1,4 @@
-"""The report's sections built on bench.paired, bench.diagnostics and bench.elbo_plots, the peak memory, the
+"""The report's sections built on bench.paired and bench.diagnostics, the test ELBO figures, the peak memory, the
 protocol and the tuning record: on a folder with the newer columns and on an older one without them."""
 import numpy as np
 import pandas as pd

@@ -18,9 +18,10 @@ import seaborn as sns  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .common import (AUX_STYLE, estimator_order, family, family_palette, member_markers, palette,  # noqa: E402
-                     variant_label)
+                     variant_label, variants)
 from .data import BASELINES  # noqa: E402
 from .data import Results  # noqa: E402
 
@@ -40,6 +41,14 @@ def legend_handles(pal: Dict[str, tuple], pairs: Iterable[Tuple[str, bool]],
     markers = markers or {}
     return [Line2D([], [], color=pal.get(e, "0.4"), label=variant_label(e, a),
                    **{**AUX_STYLE[a], **({"marker": markers[e]} if e in markers else {})}) for e, a in pairs]
+
+
+def plain_log_ticks(axis) -> None:
+    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers, minor ticks unlabelled (matplotlib's default
+    labels minor ticks as "2x10^0" on an axis spanning about a decade, and they overlap)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 LEGEND_SHARE = 0.75  # the most of the figure's height a legend beside the panels may take (title, footer)
@@ -111,6 +120,28 @@ def group_palette(res: Results, groups) -> Dict[str, tuple]:
                for i, e in enumerate(ests)}
         out.append({**pal, **row})
     return out
+
+
+def variant_panels(res: Results, c: pd.DataFrame, draw):
+    """One panel per label count (columns) and group of variants (rows: all in one where they fit, else one
+    per family), ``draw(ax, colour, aux, rows)`` per variant; titles and one legend per row."""
+    present = [(e, a) for e, a in variants(res) if ((c.estimator == e) & (c.aux == a)).any()]
+    groups = variant_groups(present)
+    pals = group_palette(res, groups)
+    labels = sorted(c.labels.unique())
+    fig, axes = plt.subplots(len(groups), len(labels), sharey=True, squeeze=False, layout="constrained",
+                             figsize=(4.2 * len(labels) + 2, 4.2 if len(groups) == 1 else 3.0 * len(groups)))
+    for row, (name, pairs), pal in zip(axes, groups, pals):
+        shown = []
+        for ax, l in zip(row, labels):
+            for est, aux in pairs:
+                sub = c[(c.labels == l) & (c.estimator == est) & (c.aux == aux)]
+                if len(sub):
+                    draw(ax, pal[est], aux, sub)
+                    shown += [(est, aux)] if (est, aux) not in shown else []
+            ax.set_title(f"{l} labels" + (f" · {name}" if name else ""), fontsize=10)
+        legend_right(row[-1], legend_handles(pal, shown))
+    return fig, [(ax, l) for row in axes for ax, l in zip(row, labels)]
 
 
 # -- what a figure draws -------------------------------------------------------------------------------

@@ -3,35 +3,11 @@ accuracy against cumulative training time (one line per seed), one panel per lab
 per family where more variants than a panel can show)."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from ..plotting import group_palette, legend_handles, legend_right, variant_groups
-from ..common import AUX_STYLE, variants
+from ..plotting import plain_log_ticks, variant_panels
+from ..common import AUX_STYLE
 from ..context import Context, Figure, Section
-
-
-def _per_variant(ctx: Context, c, draw):
-    """One panel per label count (columns) and group of variants (rows: all in one where they fit, else one
-    per family), ``draw(ax, colour, aux, rows)`` per variant; titles and one legend per row."""
-    res = ctx.res
-    present = [(e, a) for e, a in variants(res) if ((c.estimator == e) & (c.aux == a)).any()]
-    groups = variant_groups(present)
-    pals = group_palette(res, groups)
-    labels = sorted(c.labels.unique())
-    fig, axes = plt.subplots(len(groups), len(labels), sharey=True, squeeze=False, layout="constrained",
-                             figsize=(4.2 * len(labels) + 2, 4.2 if len(groups) == 1 else 3.0 * len(groups)))
-    for row, (name, pairs), pal in zip(axes, groups, pals):
-        shown = []
-        for ax, l in zip(row, labels):
-            for est, aux in pairs:
-                sub = c[(c.labels == l) & (c.estimator == est) & (c.aux == aux)]
-                if len(sub):
-                    draw(ax, pal[est], aux, sub)
-                    shown += [(est, aux)] if (est, aux) not in shown else []
-            ax.set_title(f"{l} labels" + (f" · {name}" if name else ""), fontsize=10)
-        legend_right(row[-1], legend_handles(pal, shown))
-    return fig, [(ax, l) for row in axes for ax, l in zip(row, labels)]
 
 
 def plot_learning_curves(ctx: Context):
@@ -47,7 +23,7 @@ def plot_learning_curves(ctx: Context):
         mean = sub.groupby("epoch")["valid_acc"].mean()
         ax.plot(mean.index, mean.values, color=colour, markersize=3.5, linewidth=1.6, **AUX_STYLE[aux])
 
-    fig, panels = _per_variant(ctx, c, draw)
+    fig, panels = variant_panels(ctx.res, c, draw)
     for ax, _ in panels:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -66,9 +42,10 @@ def plot_accuracy_vs_time(ctx: Context):
             s = s.sort_values("elapsed_seconds")
             ax.plot(s.elapsed_seconds, s.test_acc, color=colour, markersize=3, alpha=0.85, **AUX_STYLE[aux])
 
-    fig, panels = _per_variant(ctx, c, draw)
+    fig, panels = variant_panels(ctx.res, c, draw)
     for ax, _ in panels:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel("cumulative training wall time (s, log)")
     for ax, _ in panels[::len({l for _, l in panels})]:
         ax.set_ylabel("test accuracy")

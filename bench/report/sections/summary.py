@@ -22,13 +22,12 @@ import pandas as pd
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import BASELINES
 from ..frames import table1, timing
-from ..plotting import readable_palette
+from ..plotting import plain_log_ticks, readable_palette
 from ..render import markdown_table
 from .decision import caption as decision_caption
 from .decision import decision_frame
@@ -145,9 +144,7 @@ def plot_hero(ctx: Context):
                         markersize=7, linestyle="none", marker=style["marker"],
                         mfc=pal[est] if (est, aux, sec, mean, half) in front else "white", mew=1.4)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        plain_log_ticks(ax.xaxis)
         ax.set_title(f"{labels} labels", fontsize=10)
         ax.set_xlabel(f"seconds per epoch ({ctx.env.get('device', '?')}, median over seeds, log)")
         ax.set_ylabel("test accuracy at best validation epoch")

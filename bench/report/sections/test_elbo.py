@@ -1,6 +1,7 @@
 """Test ELBO: the objective every SS-VAE estimator is compared on, the discrete model's test ELBO with y
 summed exactly (``ssvae.evaluate``), per epoch against training step and against the cell's training
-time (:func:`bench.elbo_plots.plot_test_elbo_both`), and each variant's final test ELBO and
+time (one line per cell, small multiples by family where more variants than a panel can show), and each
+variant's final test ELBO and
 importance-weighted bound (runs.csv ``final_test_elbo``, ``test_iwae``). The supervised baseline has
 no generative model: it has neither. Folders written before the evaluation computed them get one line.
 Files: ``test_elbo.csv``; plots ``test_elbo_vs_step.png``, ``test_elbo_vs_time.png``.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ...elbo_plots import plot_test_elbo_both
-from ..common import fmt_sig, ok_runs, palette, variant_label, variants
-from ..plotting import readable_palette
+from ..common import AUX_STYLE, fmt_sig, ok_runs, variant_label, variants
 from ..context import Context, Figure, Section, Table
+from ..plotting import variant_panels
+
+#: the x axes of the test ELBO figures: curves.csv column -> axis label
+AXES = {"global_step": "training step", "elapsed_seconds": "training time of the cell (s)"}
 
 
 def frame(ctx: Context) -> pd.DataFrame:
@@ -31,6 +34,25 @@ def frame(ctx: Context) -> pd.DataFrame:
                          "iwae_max": iwae.max()})
     return pd.DataFrame(rows, columns=["labels", "variant", "estimator", "n", "final_test_elbo", "elbo_min",
                                        "elbo_max", "n_iwae", "test_iwae", "iwae_min", "iwae_max"])
+
+
+def plot(ctx: Context, x: str, name: str, title: str):
+    """Test ELBO per epoch against ``x`` (:data:`AXES`), one line per cell: a panel per label count, rows by
+    family where the variants do not fit one panel, the auxiliary loss as the line style."""
+    c = ctx.res.curves.assign(test_elbo=lambda d: pd.to_numeric(d["test_elbo"], errors="coerce"))
+    c = c.dropna(subset=["test_elbo", x])  # the supervised baseline has no generative model: no ELBO
+
+    def draw(ax, colour, aux, sub):
+        for _, s in sub.groupby("cell"):
+            s = s.sort_values("epoch")
+            ax.plot(s[x], s.test_elbo, color=colour, markersize=3, lw=1, alpha=0.85, **AUX_STYLE[aux])
+
+    fig, panels = variant_panels(ctx.res, c, draw)
+    for ax, _ in panels:
+        ax.set_xlabel(AXES[x])
+    for ax, _ in panels[::len({l for _, l in panels})]:
+        ax.set_ylabel("test ELBO (nats / image)")
+    return ctx.save_figure(fig, name, title)
 
 
 def _range(mean, lo, hi, n) -> str:
@@ -63,11 +85,11 @@ def build(ctx: Context) -> Section:
         sec.tables.append(Table("Final test ELBO and IWAE bound, nats per image (mean over ok seeds)", shown,
                                 "test_elbo"))
     if ctx.plots and has_curves:
-        step, time = plot_test_elbo_both(c, ctx.plots_dir, *readable_palette(ctx.res))
-        if ctx.adopt_png(step, "Test ELBO per epoch against training step"):
-            sec.figures.append(Figure(step, "Test ELBO after each epoch against the training step, one line per cell, "
-                                            "one panel per label count and auxiliary-loss setting."))
-        if ctx.adopt_png(time, "Test ELBO per epoch against training time"):
-            sec.figures.append(Figure(time, "The same against each cell's cumulative training time (evaluation "
-                                            "excluded)."))
+        step = plot(ctx, "global_step", "test_elbo_vs_step", "Test ELBO per epoch against training step")
+        time = plot(ctx, "elapsed_seconds", "test_elbo_vs_time", "Test ELBO per epoch against training time")
+        sec.figures.append(Figure(step, "Test ELBO after each epoch against the training step, one line per cell, "
+                                        "one panel per label count (and per family where more variants than a "
+                                        "panel can show); dashed: with the auxiliary loss."))
+        sec.figures.append(Figure(time, "The same against each cell's cumulative training time (evaluation "
+                                        "excluded)."))
     return sec

@@ -9,12 +9,11 @@ times.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 import pandas as pd
 
 from ...schema import CONTENDED_LOAD, cores
 from ..common import fmt_ms, kinds_in, rnd
-from ..plotting import readable_palette
+from ..plotting import plain_log_ticks, readable_palette
 from ..context import Context, Figure, Section, Table
 from ..frames import timing
 
@@ -121,9 +120,7 @@ def plot(ctx: Context, long: pd.DataFrame):
                 ax.errorbar([r.median_ms], [y], xerr=[[lo], [hi]], fmt="o", color=pal.get(est, "0.4"),
                             markersize=6, capsize=2, elinewidth=1)
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            plain_log_ticks(ax.xaxis)
             ax.set_yticks(range(len(ests)), ests if j == 0 else [""] * len(ests))
             ax.set_ylim(len(ests) - 0.5, -0.5)
             ax.set_title(f"{k} step" + (f" · {dev}: {name}" if len(devices) > 1 else ""), fontsize=10)

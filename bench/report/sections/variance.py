@@ -55,6 +55,9 @@ def plot(ctx: Context, per: pd.DataFrame):
     fig, axes = plt.subplots(len(rows), len(groups), figsize=(3.8 * len(groups) + 2, 2.9 * len(rows)),
                              squeeze=False, sharex=True, layout="constrained")
     order = _probe_variants(res, per)
+    steps = sorted(per.step.dropna().unique())
+    # one checkpoint: a line over steps would be one point on a bare axis; draw the variants side by side
+    single = len(steps) == 1
     pairs = []
     for i, (l, k) in enumerate(rows):
         for j, grp in enumerate(groups):
@@ -73,12 +76,18 @@ def plot(ctx: Context, per: pd.DataFrame):
                     pairs.append((est, aux))
                 agg = s.groupby("step")["variance"].median()
                 style = {**AUX_STYLE[aux], **({"marker": marks[est]} if est in marks else {})}
-                ax.plot(agg.index, agg.values, color=pal.get(est, "0.4"), markersize=4, **style)
+                x = [list(order).index(var)] if single else agg.index
+                ax.plot(x, agg.values, color=pal.get(est, "0.4"), markersize=6 if single else 4,
+                        **({**style, "linestyle": "none"} if single else style))
             if len(sub):
                 ax.set_yscale("log")
             ax.set_title(f"{grp} · {k} step · {l} labels", fontsize=9)
+            if single:
+                ax.set_xticks(range(len(order)), list(order), rotation=60, ha="right")  # shown on the bottom row
+                ax.set_xlim(-0.6, len(order) - 0.4)
             if i == len(rows) - 1:
-                ax.set_xlabel("training step of checkpoint")
+                ax.set_xlabel(f"estimator (the one checkpoint: step {int(steps[0])})" if single
+                              else "training step of checkpoint")
             if j == 0:
                 ax.set_ylabel("gradient variance\n(mean per coordinate, log)")
     legend_right(axes[0][-1], legend_handles(pal, pairs, marks))
