@@ -309,7 +309,10 @@ class DaskExecutor:
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError("--executor dask needs the 'distributed' package: pip install -e '.[dask]'") from None
-        for name in QUIET_LOGGERS:  # a lost scheduler is said in one line (SchedulerLost), not in tracebacks
+        # a lost scheduler is said in one line (SchedulerLost), not in tracebacks; the children too, since dask
+        # gives some (distributed.client, tornado.application) their own level and stderr handler
+        children = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in QUIET_LOGGERS]
+        for name in (*QUIET_LOGGERS, *children):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if self.scheduler:
             try:

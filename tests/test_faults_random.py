@@ -5,8 +5,11 @@ that cannot be tied to one grid, every error one line with its exit code. A clea
 with every cell ok. Slow (minutes: real training); marked ``slow``.
 
 The faults: a record of the wrong shape (typed reader: rerun), an unreadable env.json (the report refuses,
-the run rewrites it), a NaN in a rerun cell (diverged), a worker killed every attempt (failed), a failed
-attempt at a cell whose finished record must be kept, and Ctrl-C of the driver mid-run (exit 130).
+the run rewrites it), a NaN in a rerun cell (diverged), a worker killed every attempt (failed), a ``--retime``
+refused before anything runs (its data folder is gone) that must leave the timing probe's record as it was,
+and Ctrl-C of the driver mid-run (exit 130). That a failed attempt never replaces a finished record is
+checked where the rule is enforced, in tests/test_faults_rules.py (the worker's path, the executor's and a
+real worker process).
 """
 import json
 import random
@@ -65,7 +68,7 @@ def _inject(fault, out, rng, damaged):
         r = run(out)  # the rerun trains it again
         assert r.returncode == 0 and "1 to run" in r.stderr, r.stderr
         return {cell}
-    if fault == "kept":  # a failing attempt (--retime of a timing probe, made to fail) keeps its finished record
+    if fault == "kept":  # a refused --retime (no data: one line, exit 2, nothing run) keeps the probe's record
         probe = out / "probes" / "timing_cpu_trace.json"
         before = probe.read_bytes()
         r = run(out, "--retime", "--no-download", env_extra={"SSVAE_DATA_DIR": str(out / "gone")})

@@ -7,8 +7,10 @@
 * cached artefacts carry a checksum and are rebuilt when it fails;
 * a folder that takes no new file stops the grid (exit 3), a report into one fails in one line.
 """
+import csv
 import errno
 import json
+import re
 import sys
 
 import pytest
@@ -57,6 +59,22 @@ def test_a_worker_that_ran_to_its_end_without_writing_is_not_retried(tmp_path, m
     assert [r["status"] for r in done] == ["failed"] and "ok record kept" in done[0]["error"]
     assert calls.read_text() == "x"  # one attempt: a rerun would end the same way
     assert read_result(result_path(tmp_path, SPEC))[0] == OK
+
+
+def test_a_real_worker_whose_data_went_away_keeps_the_finished_record(tmp_path, monkeypatch):
+    """The two tests above end to end, no training: the real worker process (python -m bench.worker), run by the
+    local executor, fails at once (its data folder is gone); the finished file stays byte for byte."""
+    monkeypatch.setenv("SSVAE_NO_DOWNLOAD", "1")
+    spec = next(t for t in gridmod.expand(_grid()) if t["kind"] == "train")
+    atomic_write_json(result_path(tmp_path, spec), _record(spec))
+    before = result_path(tmp_path, spec).read_bytes()
+    seen = []
+    ex = executors.LocalExecutor(workers=1, threads=1, data_dir=str(tmp_path / "gone"), retries=1)
+    ex.run([spec], tmp_path, lambda r, rec: seen.append(rec))
+    done = [r for r in seen if r]
+    assert [r["status"] for r in done] == ["failed"] and "not written: ok record kept" in done[0]["error"], done
+    assert "MNIST not found" in done[0]["error"]
+    assert result_path(tmp_path, spec).read_bytes() == before
 
 
 def test_a_worker_writes_only_while_the_lock_names_its_run(tmp_path, monkeypatch):
@@ -120,6 +138,30 @@ def test_a_record_of_the_wrong_shape_is_corrupt_and_rerun(tmp_path, field, value
     rows = {r["cell"]: r for r in tables.write_tables(tmp_path, specs, IDENT)["runs"]}
     assert rows[cell["id"]]["status"] == f"corrupt: {reason}"
     assert cell["id"] not in tables.load_grid(tmp_path).records
+
+
+def test_report_and_compare_of_a_record_of_the_wrong_shape_count_it_corrupt(tmp_path, capsys):
+    """The commands on such a folder: the report draws its tables with the cell counted corrupt (exit 0); compare
+    flags ok -> corrupt (exit 1, as for any flag) and says corrupt -> ok without a flag (exit 0); no traceback."""
+    fabricate_results(tmp_path / "ok")
+    fabricate_results(tmp_path / "bad")
+    path = tmp_path / "bad" / "runs" / "enum_L100_s0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "metrics": "oops", "curves": "oops"}))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "bad"), "--no-plots"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    cells = (tmp_path / "bad" / "tables" / "status_cells.csv").read_text()
+    assert "enum_L100_s0,enum,False,100,0,corrupt,corrupt: metrics is a str" in cells, cells
+    with open(tmp_path / "bad" / "tables" / "status_summary.csv") as f:
+        assert [(r["ok"], r["failed"], r["corrupt"]) for r in csv.DictReader(f)] == [("25", "1", "1")]
+    assert main(["compare", str(tmp_path / "ok"), str(tmp_path / "bad")]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "note: new folder: enum_L100_s0.json: corrupt: metrics is a str" in out
+    assert re.search(r"^!!\s+enum_L100_s0\s+ok\s+corrupt\s+corrupt: metrics is a str$", out, re.M), out
+    assert "1 flagged (status 1, accuracy 0, time 0, variance 0)" in out
+    assert main(["compare", str(tmp_path / "bad"), str(tmp_path / "ok")]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and re.search(r"^\s+enum_L100_s0\s+corrupt\s+ok$", out, re.M), out
 
 
 def test_report_and_compare_refuse_records_they_cannot_tie_to_one_grid(tmp_path, capsys):

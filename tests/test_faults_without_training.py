@@ -115,6 +115,33 @@ def test_dask_scheduler_gone_stops_the_grid_and_keeps_finished_records(tmp_path,
     assert read_result(result_path(tmp_path, SPEC))[0] == done
 
 
+def test_dask_connect_silences_the_reconnect_messages_of_a_lost_scheduler(monkeypatch, caplog):
+    """The test above sets the client itself; here connect() runs (with a stand-in client), and what dask logs
+    when its scheduler goes away (the client's reconnect error, the event loop's callback traceback) is dropped
+    by its loggers, so SchedulerLost's line is the only one on stderr. dask gives some of them their own level
+    (distributed.client, tornado.application), so silencing only their parents is not enough."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    names = ["distributed.client", "distributed.core", "distributed.comm.tcp", "tornado.application"]
+    loggers = [logging.getLogger(n) for n in [*names, *executors.QUIET_LOGGERS]]
+    levels = [lg.level for lg in loggers]
+    monkeypatch.setattr(distributed, "Client", lambda *a, **k: object())  # reached without a scheduler
+    try:
+        executors.DaskExecutor(workers=1, threads=1, scheduler="tcp://127.0.0.1:1").connect()
+        caplog.clear()
+        for name in names:
+            logging.getLogger(name).error("Failed to reconnect to scheduler after 30.00 seconds, closing client")
+            try:
+                raise OSError("Stream is closed")
+            except OSError:
+                logging.getLogger(name).exception("Exception in callback")
+        assert [r.name for r in caplog.records] == []
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def test_thread_counts_come_from_usable_cpus(monkeypatch):
     monkeypatch.setattr(provenance.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     monkeypatch.setattr(provenance, "_cgroup_quota", lambda: 3.0)  # a cgroup quota of 3 CPUs
