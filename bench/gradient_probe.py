@@ -29,7 +29,7 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
 from ssvae.train import Trainer, preserved_rng, train
 
 from .provenance import versions
-from .store import atomic_write_bytes
+from .store import read_checksummed, write_checksummed
 from .taskdata import Progress, _load_data
 
 
@@ -191,15 +191,7 @@ class _TrajectoryCache:
 
     def _read(self, step: int) -> Optional[bytes]:
         """The checkpoint's bytes when its checksum holds; a file that fails it is deleted (None)."""
-        try:
-            data = self._path(step).read_bytes()
-        except OSError:
-            return None
-        head, body = data[:64], data[65:]
-        if head.decode("ascii", "replace") == hashlib.sha256(body).hexdigest() and data[64:65] == b"\n":
-            return body
-        self._path(step).unlink(missing_ok=True)
-        return None
+        return read_checksummed(self._path(step))
 
     def load(self, step: int):
         blob = torch.load(io.BytesIO(self._read(step)), map_location="cpu", weights_only=True)
@@ -213,9 +205,8 @@ class _TrajectoryCache:
         torch.save({"state": {k: v.detach().cpu() for k, v in state.items()},
                     "refs": {k: {"mean": {g: t.cpu() for g, t in r.mean.items()}, "err": dict(r.err),
                                  "draws": r.draws} for k, r in refs.items()}}, buf)
-        body = buf.getvalue()
         try:
-            atomic_write_bytes(self._path(step), hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+            write_checksummed(self._path(step), buf.getvalue())
         except OSError:  # a cache that cannot be written costs time, not results
             pass
 

@@ -277,6 +277,7 @@ RECORD_TYPES: Dict[str, tuple] = {
     "metrics": (dict,), "curves": (list,), "grad_variance": (list,), "timing": (list,), "identity": (dict,),
     "versions": (dict,), "started": _NUMBER, "finished": _NUMBER, "seconds": _NUMBER, "token": (str,),
     "host": (str,), "data_sha256": (str,), "other_cpu_load": _NUMBER, "threads": (int,), "matmul": (dict,),
+    "resumed_from_epoch": (int,),
 }
 #: list fields whose items are tables (one row each)
 RECORD_ROWS = ("curves", "grad_variance", "timing")

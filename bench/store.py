@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -65,6 +66,27 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_bytes(path, data: bytes) -> None:
     _atomic_write_bytes(Path(path), data)
+
+
+def write_checksummed(path, body: bytes) -> None:
+    """Write ``body`` atomically behind one line holding its sha256 (read back by :func:`read_checksummed`):
+    the cache files (``OUT/cache``) are written this way, so that a damaged one is noticed, never read."""
+    atomic_write_bytes(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def read_checksummed(path) -> Optional[bytes]:
+    """The body of a file :func:`write_checksummed` wrote, or None: the file is missing or unreadable, or it
+    fails its checksum, and then it is deleted (a cache file is rebuilt, never trusted)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, body = data[:64], data[65:]
+    if head.decode("ascii", "replace") == hashlib.sha256(body).hexdigest() and data[64:65] == b"\n":
+        return body
+    path.unlink(missing_ok=True)
+    return None
 
 
 def atomic_write_json(path, obj) -> None:

@@ -4,19 +4,23 @@
 store is global). The result file is written atomically when the task ends, whatever the
 outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with the error).
 
-The ``train`` kind's runner (:func:`run_train`) is here; the probes' runners are in
+The ``train`` kind's runner (:func:`run_train`) is here, with the state that lets a cell cut short resume
+from its last finished epoch (:class:`_CellState`); the probes' runners are in
 ``bench.gradient_probe`` (``common``) and ``bench.timing_probe`` (``timing``), the test-only fault
 hook in ``bench.faults``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +30,7 @@ from ssvae import data as ssdata
 from ssvae.errors import DivergedError
 from ssvae.evaluate import EvalPlan
 from ssvae.estimators import get_estimator
-from ssvae.train import Trainer, set_seed, train
+from ssvae.train import Trainer, check_resume, set_seed, train
 
 from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluation_epochs, own_probe_cost,
                    train_cost)
@@ -34,14 +38,72 @@ from .faults import _fault_hook
 from .gradient_probe import _probe_batches, _references, _variance_rows, run_common
 from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from .schema import ANALOGY_SUFFIX
-from .store import atomic_write_bytes, owns, write_record
+from .store import _json_default, atomic_write_bytes, owns, read_checksummed, write_checksummed, write_record
 from .tables import span
 from .taskdata import Progress, _load_data
 from .timing_probe import run_timing
 
 
 # -- train -----------------------------------------------------------------------------------
+#: bump when what a cell's resume state holds, or how it is read, changes
+CELL_STATE_VERSION = 1
+
+
+class _CellState:
+    """A training cell's state after its last finished epoch, on disk: ``OUT/cache/train/<key>.pt``.
+
+    A cell of a long grid may outlast the session that runs it (a session ends by killing its
+    processes); with this state it continues from its last finished epoch instead of epoch 1, with
+    the record it would have had uninterrupted (timings aside). ``key`` hashes what the state depends
+    on: the cell's spec (config, probe settings, evaluation plan), the data and the torch and pyro
+    versions, as :class:`bench.gradient_probe._TrajectoryCache`'s does. The file holds ``ssvae.train``'s
+    state (its ``on_epoch_end``) and the own-trajectory probe rows taken so far; it is rewritten after
+    every epoch, atomically and behind its sha256 (:func:`bench.store.write_checksummed`), and deleted
+    when the cell ends ok or diverged (kept when it fails: a rerun resumes). A file that fails its
+    checksum, does not load or belongs to another run is deleted, and the cell starts from epoch 1.
+    A cache: deleting it changes no result, only how long a cut-short cell takes.
+    """
+
+    def __init__(self, root: Optional[Path], spec: dict, data_sha256: str):
+        self.path, self.what = None, ""
+        if root is not None:
+            what = {"v": CELL_STATE_VERSION, "spec": {k: v for k, v in spec.items() if not k.startswith("_")},
+                    "data": data_sha256, "versions": versions()}
+            self.what = json.dumps(what, sort_keys=True, default=str)
+            self.path = Path(root) / "train" / f"{hashlib.sha256(self.what.encode()).hexdigest()[:16]}.pt"
+
+    def load(self, cfg: RunConfig, data, evaluation: EvalPlan) -> Optional[Tuple[dict, List[dict]]]:
+        """(the training state, the probe rows so far) to resume from, or None; an unusable file is deleted."""
+        body = None if self.path is None else read_checksummed(self.path)
+        if body is None:
+            return None
+        try:
+            blob = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+            if blob["what"] != self.what:
+                raise ValueError("the state of another cell")
+            check_resume(blob["train"], cfg, data, evaluation)
+            return blob["train"], json.loads(blob["rows"])
+        except Exception:  # whatever is wrong with it, a cache file is rebuilt, never trusted
+            self.delete()
+            return None
+
+    def save(self, state: dict, rows: List[dict]) -> None:
+        buf = io.BytesIO()
+        torch.save({"what": self.what, "train": state, "rows": json.dumps(rows, default=_json_default)}, buf)
+        try:
+            write_checksummed(self.path, buf.getvalue())
+        except OSError:  # a state that cannot be written costs a cut-short cell its epochs, not results
+            pass
+
+    def delete(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Optional[Path] = None) -> dict:
+    """Train one cell, probing its own trajectory at its checkpoints; with ``cache_dir``, a cell cut short
+    earlier resumes from its last finished epoch (:class:`_CellState`; the record then says
+    ``resumed_from_epoch``)."""
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
     checkpoints = set(spec.get("checkpoints", []))
@@ -70,13 +132,27 @@ def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Option
             fault(trainer, step)
 
     out = {"data_sha256": data.sha256}
+    evaluation = EvalPlan(**spec.get("evaluation", {}))
+    saved_state = _CellState(cache_dir, spec, data.sha256)
+    resume = saved_state.load(cfg, data, evaluation)
+    if resume is not None:
+        resume, earlier_rows = resume
+        rows.extend(earlier_rows)
+        out["resumed_from_epoch"] = resume["epoch"]
+        print(f"{spec['id']}: resumed from epoch {resume['epoch']} of {cfg.epochs} ({saved_state.path})",
+              file=sys.stderr, flush=True)
+        if progress is not None:
+            progress({"event": "resumed", "resumed_from_epoch": resume["epoch"]})
     try:
         result = train(cfg, data, callback=progress, on_step=hooks if checkpoints or fault else None,
-                       evaluation=EvalPlan(**spec.get("evaluation", {})))
+                       evaluation=evaluation, resume=resume,
+                       on_epoch_end=(lambda state: saved_state.save(state, rows)) if saved_state.path else None)
     except DivergedError as exc:
+        saved_state.delete()
         out.update(status="diverged", error=str(exc), diverged_step=exc.step, diverged_epoch=exc.epoch,
                    grad_variance=rows)
         return out
+    saved_state.delete()
     out.update(status="ok", error=None, metrics=result.metrics, curves=result.curves, grad_variance=rows)
     if kind == "ssvae" and spec.get("samples_per_class"):
         out["samples"] = _save_samples(result.trainer, spec)

@@ -51,11 +51,32 @@ class Objective:
     #: Learning rates of the estimator's own modules, by Pyro module name (NVIL's baseline:
     #: ``{"nvil_baseline": 4.2e-3}``); the SS-VAE's parameters take the run's learning rate.
     lr_by_module: Optional[Dict[str, float]] = None
+    #: The estimator's own networks by Pyro module name (NVIL's and trace-bx's baseline), which a resumed
+    #: run registers before it restores Pyro's param store into them; the SS-VAE's is the trainer's.
+    modules: Dict[str, nn.Module] = field(default_factory=dict)
 
     def at_step(self, step: int) -> None:
         """Tell the objective which training step comes next (a no-op without a step hook)."""
         if self.step_hook is not None:
             self.step_hook(step)
+
+    def state_dict(self) -> dict:
+        """What the objective keeps between steps outside Pyro's param store, for a resumed run: the state of
+        each part with a ``state_dict`` (a relaxation's temperature). Baselines, NVIL's running statistics and
+        trace-avg's decaying average live in the param store and are saved with it."""
+        return {name: part.state_dict() for name, part in self._stateful_parts().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        parts = self._stateful_parts()
+        if set(state) != set(parts):
+            raise ValueError(f"objective state holds {sorted(state)}, the objective has {sorted(parts)}")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+
+    def _stateful_parts(self) -> dict:
+        """The loss and the helpers attached to the objective (``relax``) that have a ``state_dict``."""
+        parts = {"loss": self.loss, "relax": getattr(self, "relax", None)}
+        return {name: part for name, part in parts.items() if callable(getattr(part, "state_dict", None))}
 
     def loss_and_grads(self, *args, **kwargs) -> float:
         """One stochastic estimate: fills ``.grad`` of the parameters, returns the loss."""
@@ -227,7 +248,7 @@ def _trace_bx(ss: SSVAE, options: dict) -> Objective:
         pyro.module("nvil_baseline", baseline)  # so that SVI's optimiser trains b(x)
         return guide(xs, ys)
 
-    obj = Objective(ss.model, nvil_guide, TraceGraph_ELBO(max_plate_nesting=1))
+    obj = Objective(ss.model, nvil_guide, TraceGraph_ELBO(max_plate_nesting=1), modules={"nvil_baseline": baseline})
     obj.baseline = baseline  # for inspection; not an SS-VAE parameter group
     return obj
 
@@ -289,7 +310,7 @@ def _nvil(ss: SSVAE, options: dict) -> Objective:
     lrs = None
     if o["baseline_lr"] is not None:
         lrs = {"nvil_baseline": _number("nvil", "baseline_lr", o["baseline_lr"], low=0, low_open=True)}
-    obj = Objective(ss.model, ss.guide, loss, lr_by_module=lrs)
+    obj = Objective(ss.model, ss.guide, loss, lr_by_module=lrs, modules={loss.name: baseline})
     obj.baseline = baseline  # for inspection; not an SS-VAE parameter group
     return obj
 

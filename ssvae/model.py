@@ -39,6 +39,9 @@ from .nets import MLP, GaussianMLP
 
 
 class SSVAE(nn.Module):
+    #: the name its parameters have in Pyro's param store (``pyro.module``): ``ss_vae$$$encoder_y...``
+    PYRO_NAME = "ss_vae"
+
     def __init__(self, input_size: int = 784, num_classes: int = NUM_CLASSES, z_dim: int = DEFAULT_RUN.z_dim,
                  hidden: Sequence[int] = DEFAULT_RUN.hidden, aux_multiplier: float = DEFAULT_RUN.aux_multiplier):
         super().__init__()
@@ -59,7 +62,7 @@ class SSVAE(nn.Module):
 
     # -- the generative model p(x, y, z) and its guide q(y, z | x) ----------------------
     def model(self, xs: torch.Tensor, ys: torch.Tensor = None):
-        pyro.module("ss_vae", self)
+        pyro.module(self.PYRO_NAME, self)
         batch_size = xs.shape[0]
         with pyro.plate("data", batch_size):
             prior_loc = xs.new_zeros(batch_size, self.z_dim)
@@ -80,7 +83,7 @@ class SSVAE(nn.Module):
 
     # -- the auxiliary classification loss: alpha * E_labeled[-log q(y|x)] ---------------
     def model_classify(self, xs: torch.Tensor, ys: torch.Tensor = None, multiplier: float = None):
-        pyro.module("ss_vae", self)
+        pyro.module(self.PYRO_NAME, self)
         if ys is None:  # nothing to learn from unlabeled images
             return
         scale = self.aux_multiplier if multiplier is None else multiplier

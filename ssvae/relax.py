@@ -105,6 +105,14 @@ class RelaxLatent(Messenger):
         self.straight_through = straight_through
         self.site = site
 
+    def state_dict(self) -> dict:
+        """The temperature now: a resumed run restores it, so that a probe before its next step (which
+        sets it again from the step count) reads what the uninterrupted run's probe reads."""
+        return {"temperature": self.temperature}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.temperature = float(state["temperature"])
+
     def _pyro_sample(self, msg):
         if msg["name"] != self.site or msg["is_observed"]:
             return

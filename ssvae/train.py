@@ -51,10 +51,18 @@ its ELBO columns are empty. The result reports the test accuracy at the best val
 A run is a function of its :class:`RunConfig`: the seed fixes the labeled subset, the
 initialisation, the shuffling and every sample. Cells that differ only by estimator (or aux, or
 protocol) share the seed's labeled subset, initial weights and batch order: they are paired.
+
+**Resuming.** A long run may be cut short (a working session ends by killing its processes).
+``train(..., on_epoch_end=f)`` hands ``f`` the run's state after every finished epoch (parameters,
+Adam's moments, the RNG streams, the estimator's Python-side state, the curves so far:
+:meth:`Trainer.state_dict` and :func:`rng_states`), and ``train(..., resume=state)`` continues from
+the epoch after it: the same numbers to the last bit as the run that was not interrupted (only the
+timings differ).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,6 +73,7 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 from pyro.infer.util import zero_grads
+from torch import nn
 
 from .config import RunConfig
 from .data import SSData, Split
@@ -72,6 +81,7 @@ from .evaluate import EvalPlan, mean_elbo, mean_iwae
 from .errors import DivergedError
 from .estimators import Estimator, Objective, get_estimator
 from .model import SSVAE
+from .resume import RESUME_VERSION, check_resume, copied, load_trainer_state, rng_states, set_rng_states, trainer_state
 
 STEP_KINDS = ("sup", "unsup", "aux")
 def set_seed(seed: int) -> None:
@@ -241,6 +251,35 @@ class Trainer:
         zero_grads(params)
         return {k: float(v) for k, v in out.items()}
 
+    # -- resuming ----------------------------------------------------------------------------
+    def pyro_modules(self) -> Dict[str, nn.Module]:
+        """The networks whose parameters Pyro's param store holds, by module name: the SS-VAE's and the
+        estimator's own (NVIL's or trace-bx's baseline)."""
+        return {SSVAE.PYRO_NAME: self.ss, **self.main.modules}
+
+    def state_dict(self) -> dict:
+        """What the next step depends on beyond the config and the data, copied (:func:`ssvae.resume.copied`).
+
+        ``param_store``: every entry of Pyro's param store, unconstrained, with its constraint's name (the
+        networks, the estimator's baselines, NVIL's running statistics, trace-avg's decaying average);
+        ``optimizer``: Adam's state per parameter name (Pyro keeps one ``torch.optim.Adam`` per
+        parameter), including the states a resumed run has not handed back yet (Adam takes them when a
+        parameter's first step after the resume comes); ``shuffle``: the batch-order generator;
+        ``objective``: the estimator's Python-side state (:meth:`Objective.state_dict`).
+        """
+        return trainer_state(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s state, on a freshly built trainer of the same config.
+
+        Pyro's store must hold each network's own tensors (``pyro.module`` returns the stored tensor, and
+        a network computing with another would not be the one Adam steps), so the networks named in the
+        saved store are registered first and the saved values copied into them, in place; entries of no
+        network (running statistics) are created. Adam's states are handed to Pyro's optimiser, which loads
+        each when its parameter next steps.
+        """
+        load_trainer_state(self, state)
+
     def objective(self, step_kind: str) -> Objective:
         return self.aux if step_kind == "aux" else self.main
 
@@ -284,7 +323,9 @@ class RunResult:
 def train(cfg: RunConfig, data: SSData,
           callback: Optional[Callable[[dict], None]] = None,
           on_step: Optional[Callable[[Trainer, int], None]] = None,
-          evaluation: EvalPlan = EvalPlan()) -> RunResult:
+          evaluation: EvalPlan = EvalPlan(),
+          resume: Optional[dict] = None,
+          on_epoch_end: Optional[Callable[[dict], None]] = None) -> RunResult:
     """Train one configuration and score it every epoch.
 
     ``callback(event)`` receives ``{"event": "step"|"epoch", ...}`` for progress display.
@@ -294,9 +335,16 @@ def train(cfg: RunConfig, data: SSData,
     ``evaluation`` sets how many test images the test ELBO and the final bound cover (default:
     the ELBO on all of them, the bound with k = 100 on the first 1000); evaluation time counts in
     ``eval_seconds``, never in the training time.
+    ``on_epoch_end(state)`` receives, after each finished epoch (its evaluation and curve row done), the
+    run's state: a dict of tensors and plain values, copied, that ``torch.save`` writes and
+    ``torch.load(weights_only=True)`` reads. ``resume=state`` continues from the epoch after that state's,
+    with the very numbers of the run that was not interrupted (timings aside); a state of another
+    config, data or evaluation plan raises ``ValueError`` (:func:`check_resume`).
     Raises :class:`DivergedError` if a loss becomes NaN or infinite.
     """
     cfg.validate()
+    if resume is not None:
+        check_resume(resume, cfg, data, evaluation)
     trainer = Trainer(cfg, data)
     kinds = trainer.schedule()
     n_sup_ex = sum(min(trainer.sup_batch_size, len(data.sup)) for k in kinds if k in ("sup", "joint"))
@@ -304,7 +352,23 @@ def train(cfg: RunConfig, data: SSData,
     curves: List[dict] = []
     best_valid, test_at_best, best_epoch = -1.0, float("nan"), 0
     train_seconds = eval_seconds = 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    first_epoch = 1
+    if resume is not None:  # the fresh trainer was built (and seeded) as the run's was; now its state
+        trainer.load_state_dict(resume["trainer"])
+        set_rng_states(resume["rng"])
+        curves = [dict(row) for row in resume["curves"]]
+        best_valid, test_at_best, best_epoch = resume["best_valid"], resume["test_at_best"], resume["best_epoch"]
+        train_seconds, eval_seconds = resume["train_seconds"], resume["eval_seconds"]
+        first_epoch = resume["epoch"] + 1
+
+    def state(epoch: int) -> dict:
+        return {"version": RESUME_VERSION, "epoch": epoch, "config": cfg.to_dict(), "data_sha256": data.sha256,
+                "evaluation": dataclasses.asdict(evaluation), "trainer": trainer.state_dict(),
+                "rng": copied(rng_states(data.device)), "curves": [dict(row) for row in curves],
+                "best_valid": best_valid, "test_at_best": test_at_best, "best_epoch": best_epoch,
+                "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
         sums = {"sup": 0.0, "unsup": 0.0, "aux": 0.0}
         t0 = time.perf_counter()
         for i, (kind, xs, ys) in enumerate(trainer.batches(kinds)):
@@ -341,6 +405,8 @@ def train(cfg: RunConfig, data: SSData,
                "loss_aux": sums["aux"] / max(n_sup_ex, 1), "test_elbo": test_elbo,
                "elapsed_seconds": train_seconds, "global_step": trainer.global_step}
         curves.append(row)
+        if on_epoch_end is not None:  # before the progress event: an epoch reported done is saved
+            on_epoch_end(state(epoch))
         if callback is not None:
             callback({"event": "epoch", **row})
     if on_step is not None:
