@@ -61,9 +61,11 @@ REGRESS_ARGS ?=
 BASE ?= HEAD~1
 
 # the fast loop while editing: every test not marked slow (no MNIST training, no subprocess grids, no browser,
-# no timed steps; tests/conftest.py says which are slow). `make test` still runs everything.
+# no timed steps, no whole report of a reference; tests/conftest.py says which are slow), on every core
+# (pytest-xdist; a test file per worker, so each module's report fixture is built once). `make test` still
+# runs everything, one test at a time (its grids use the cores themselves).
 test-fast: install
-	$(PYTHON) -m pytest -q -m "not slow" --durations=5
+	$(PYTHON) -m pytest -q -m "not slow" -n auto --dist loadfile --durations=5
 
 regress: install
 	$(PYTHON) -m bench regress ab --base $(BASE) $(REGRESS_ARGS) && $(PYTHON) -m bench regress run --missing-ok
