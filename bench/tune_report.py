@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ssvae.config import sci
 from ssvae.errors import ConfigError
 
 from .schema import ENV_FILE
@@ -101,7 +102,7 @@ def write_report(out: Path) -> dict:
                                              "paired_seeds"], choice_rows)
     doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
            "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
-                   "diverged seed is not eligible; ties: nearest Pyro's lr 4.2e-4, then the preset's order. "
+                   f"diverged seed is not eligible; ties: nearest Pyro's lr {sci(PYRO_LR)}, then the preset's order. "
                    "Test accuracy is not read.",
            "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
                                                "seeds", "epochs", "steps_per_epoch")},

@@ -188,6 +188,12 @@ class RunConfig:
 #: every run default; the grid, the command line, tuning and the hand-written reference read it.
 DEFAULT_RUN = RunConfig()
 
+
+def sci(x: float) -> str:
+    """A number as the docs write it: 4.2e-4 (not 0.00042 or 4.2e-04)."""
+    mantissa, exp = f"{x:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
 def check_device(device: str) -> str:
     """Validate a device string; ``cuda`` without a visible GPU is a :class:`ConfigError`."""
     import torch

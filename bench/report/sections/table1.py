@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ssvae.config import DEFAULT_RUN, sci
+
 from ..plotting import MAX_SERIES, group_palette, legend_handles, legend_right, variant_groups
 from ..common import AUX_STYLE, load_pyro_table1, palette, provenance, variant_label, variants
 from ..context import Context, Figure, Section, Table
@@ -26,7 +28,8 @@ from ..render import markdown_table
 PYRO_NOTE = ("Pyro's values are the Table 1 of Pyro's semi-supervised VAE tutorial: mean and 95 % bound over "
              "\"five random selections of supervised data\". The table was added to the tutorial in November 2017, "
              "when its script (`ss_vae_M2.py`) defaulted to an auxiliary-loss multiplier of 300 and 100 epochs; the "
-             "defaults of today (multiplier 46, learning rate 4.2e-4, 50 epochs) arrived in April 2018, and this "
+             f"defaults of today (multiplier {DEFAULT_RUN.aux_multiplier:g}, learning rate {sci(DEFAULT_RUN.lr)}, 50 epochs) "
+             "arrived in April 2018, and this "
              "benchmark uses that multiplier and learning rate. Our training loop differs from that script's too (the script steps every loss on every "
              "batch, the auxiliary loss included, with a batch size that divides the labeled count), so the "
              "differences are a yardstick, not a replication.")
