@@ -48,10 +48,13 @@ bench: install
 report: install
 	$(PYTHON) -m bench report $(OUT)
 
-# unit tests, the smoke benchmark end to end, then step times: A/B against the parent commit in short mode
-# (says "NOT CHECKED" when the clone has no parent commit) and the stored baseline where this machine has one
+# unit tests on every core (pytest-xdist, as test-fast), then the slow ones one at a time (the smoke benchmark
+# end to end, subprocess grids, faults, timed steps: they use the cores themselves), then step times: A/B
+# against the parent commit in short mode (says "NOT CHECKED" when the clone has no parent commit) and the
+# stored baseline where this machine has one
 test: install
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -m "not slow or parallel" -n auto --dist loadfile --durations=5
+	$(PYTHON) -m pytest -q -m "slow and not parallel" --durations=15
 	$(PYTHON) -m bench regress ab --base HEAD~1 --short --if-available && $(PYTHON) -m bench regress run --short --missing-ok
 
 # Performance regressions (docs/regressions.md). `make regress`: the A/B of the working tree against

@@ -190,7 +190,7 @@ DEFAULT_RUN = RunConfig()
 
 
 def sci(x: float) -> str:
-    """A number as the docs write it: 4.2e-4 (not 0.00042 or 4.2e-04)."""
+    """A number as the docs write it: 4.2e-4 (not 4.2e-04), 3e-4, 1.26e-3."""
     mantissa, exp = f"{x:.6e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 

@@ -140,29 +140,38 @@ SLOW_FIXTURES = {"smoke_run"}
 #: Single tests of seconds each on two cores (`pytest -m "not slow" --durations=60`, 2026-12-04): whole reports
 #: of the committed references or of many estimators, statistical checks over hundreds of gradient draws.
 #: The fast loop keeps a quicker test of the same code beside each (one report of a fabricated folder,
-#: the unbiasedness of each estimator family at few draws).
+#: the unbiasedness of each estimator family at few draws). They are plain in-process tests: also marked
+#: ``parallel``, and `make test` runs them on every core with the fast ones.
 SLOW_TESTS = {
     "test_samples": {"test_report_says_which_layout_it_shows"},
     "test_every_machine": {"test_report_is_the_same_data_on_another_machine"},
-    "test_report": {"test_report_on_real_results_reproduces_its_tables", "test_damaged_folder_does_not_crash",
+    "test_report": {"test_damaged_folder_does_not_crash",
                     "test_tables_byte_identical_on_rerun", "test_a_contended_timing_probe_is_labelled"},
-    "test_plots": {"test_many_estimators_become_small_multiples", "test_no_empty_or_crowded_panel_on_the_fabricated_folder"},
+    "test_plots": {"test_many_estimators_become_small_multiples", "test_no_empty_or_crowded_panel_on_the_fabricated_folder",
+                   "test_no_empty_or_crowded_panel_in_the_references"},
     "test_metrics": {"test_reference_gradient_is_the_enumerated_gradient_with_its_stated_error"},
     "test_estimators": {"test_trained_neural_baseline_lowers_the_variance", "test_trained_decaying_average_lowers_the_variance",
                         "test_sequential_and_parallel_enumeration_agree_in_expectation",
                         "test_gradient_is_unbiased_in_every_group_on_perturbed_parameters"},
 }
+#: Tests that need the machine to themselves (slow, never beside other test workers): this one measures the
+#: load of other processes, and skips when the machine is already busy.
+SOLO_TESTS = {"test_faults_without_training": {"test_other_cpu_load_sees_a_busy_process_beside_the_task"}}
 
 
 def pytest_collection_modifyitems(config, items):
     """Mark as ``slow`` what `make test-fast` leaves out: a test in :data:`SLOW_MODULES` or :data:`SLOW_TESTS`,
     one using a fixture of :data:`SLOW_FIXTURES`, one that needs real MNIST (``needs_mnist``), and any test marked
-    ``slow`` by hand. `make test` runs everything."""
+    ``slow`` by hand; :data:`SLOW_TESTS` are also ``parallel``. `make test` runs everything: the tests not slow
+    or parallel on every core, then the rest one at a time."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         reasons = [m.kwargs.get("reason", "") for m in item.iter_markers("skipif")]
         function = getattr(item, "originalname", item.name)
+        if function in SLOW_TESTS.get(module, ()):
+            item.add_marker(pytest.mark.parallel)
         if (module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or function in SLOW_TESTS.get(module, ()) or any("MNIST" in r for r in reasons)):
+                or function in SLOW_TESTS.get(module, ()) or function in SOLO_TESTS.get(module, ())
+                or any("MNIST" in r for r in reasons)):
             item.add_marker(pytest.mark.slow)
 

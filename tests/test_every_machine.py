@@ -148,9 +148,10 @@ def _references():
 
 @pytest.mark.parametrize("src", _references() or [None], ids=lambda p: p.name if p else "none")
 def test_report_is_the_same_data_on_another_machine(tmp_path, src):
-    """A committed reference rebuilt in a process that reports another CPU, another torch and another host,
-    with a fresh matplotlib font cache and a failing network, gives the committed tables, report.md and the
-    page's text byte for byte (pixels aside: tests/test_report.py compares what is data)."""
+    """A committed reference rebuilt from its result files alone, in a process that reports another CPU,
+    another torch and another host, with a fresh matplotlib font cache and a failing network, gives the
+    committed tables, report.md, the page's text and the same figures byte for byte (the report is a pure
+    function of the folder; pixels aside, which a font or a library version moves on another machine)."""
     if src is None:
         pytest.skip("no committed reference")
     from tests.test_report import page_without_pixels
@@ -161,8 +162,10 @@ def test_report_is_the_same_data_on_another_machine(tmp_path, src):
     r = subprocess.run([sys.executable, "-c", ELSEWHERE, str(dst)], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (dst / "tables").iterdir()) == sorted(p.name for p in (src / "tables").iterdir())
     for p in sorted((src / "tables").iterdir()):
         assert (dst / "tables" / p.name).read_bytes() == p.read_bytes(), p.name
+    assert sorted(p.name for p in (dst / "plots").glob("*.png")) == sorted(p.name for p in (src / "plots").glob("*.png"))
     assert (dst / "report.md").read_text() == (src / "report.md").read_text()
     assert page_without_pixels((dst / "report.html").read_text()) == \
         page_without_pixels((src / "report.html").read_text())
