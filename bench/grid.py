@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 from ssvae import RunConfig, resolve_labels
 from ssvae.config import DEFAULT_RUN, SPARSE_FIELDS, TRAIN_SIZE
 from ssvae.errors import ConfigError
-from ssvae.estimators import REGISTRY, get_estimator, names
+from ssvae.estimators import REGISTRY, get_estimator, names, validate
 from ssvae.model import SSVAE
 from ssvae.relax import TemperatureSchedule
 from ssvae.train import epoch_schedule
@@ -173,7 +173,7 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 protocol=spec.get("protocol", "bench"),
                 **{k: spec.get(k, default) for k, default in SPARSE_FIELDS.items()})
     for cfg in train_configs(grid):
-        cfg.validate()
+        validate(cfg)
     return grid
 
 

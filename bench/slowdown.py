@@ -5,7 +5,8 @@ the benchmark of that estimator's Pyro step of that kind (``unsup`` by default) 
 30% more work: after each step, busy float32 matmuls for 0.3 x the time that step took.
 
 Nothing outside ``tests/benchmarks`` and the A/B runner (``bench/regress/runner.py``) reads
-this: training (``ssvae``), ``bench run`` and ``bench train`` never import this module, and
+this: training (``ssvae``), ``bench run`` and ``bench train`` never import this module (nor the
+``bench.regress`` package that does), and
 ``python -m bench regress`` passes the variable to its pytest run or to side B's runner only
 when asked with ``--inject-slowdown`` (it removes it otherwise, and refuses to save a
 baseline or write a history record with it).

@@ -17,7 +17,7 @@ from ssvae import reference
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.train import Trainer, synchronize
 
-from .regress.peakmem import peak_step_memory
+from .peakmem import peak_step_memory
 from .taskdata import Progress, _load_data
 
 
@@ -74,7 +74,7 @@ def run_timing(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
     (``gflop``, ``ssvae.flops``) and the reference step's achieved rate as a percentage of
     the matmul rate measured at the start of this task (``matmul_gflops``), and the peak
     memory of one more step of Pyro's (``peak_mb``: resident-set growth on CPU, sampled after
-    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.regress.peakmem``). On CUDA a
+    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.peakmem``). On CUDA a
     row also keeps what the process held on the GPU at that step's peak (``cuda_peak_mb``: allocated,
     ``cuda_reserved_mb``: with the allocator's cache), in the record only: how many cells share a GPU
     is planned from it (``bench.gpu_plan.plan_gpus``).

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from ssvae import RunConfig, resolve_labels
 from ssvae import data as ssdata
 from ssvae.config import DEFAULT_RUN
+from ssvae.estimators import validate
 from ssvae.train import train
 
 from .commands import COMMANDS
@@ -42,10 +43,10 @@ def add_train_parser(sub) -> None:
 def cmd_train(args) -> int:
     labels = resolve_labels(args.labels if args.labels is not None or args.label_fraction is not None else 3000,
                             args.label_fraction)
-    cfg = RunConfig(estimator=args.estimator, aux=args.aux, labels=labels, seed=args.seed, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=tuple(args.hidden),
-                    aux_multiplier=args.aux_multiplier, steps_per_epoch=args.steps_per_epoch,
-                    device=args.device).validate()
+    cfg = validate(RunConfig(estimator=args.estimator, aux=args.aux, labels=labels, seed=args.seed,
+                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim,
+                             hidden=tuple(args.hidden), aux_multiplier=args.aux_multiplier,
+                             steps_per_epoch=args.steps_per_epoch, device=args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     data = ssdata.load(cfg.labels, cfg.seed, cfg.device, args.data_dir,

@@ -124,10 +124,9 @@ class RunConfig:
         object.__setattr__(self, "labels", resolve_labels(self.labels))
 
     def validate(self) -> "RunConfig":
-        """Raise :class:`ConfigError` with a one-line message for any invalid field."""
-        from .estimators import get_estimator  # local: circle config -> estimators -> model -> config; no-torch help
-
-        get_estimator(self.estimator)
+        """Raise :class:`ConfigError` with a one-line message for any invalid field but the estimator's name,
+        which the registry checks (:func:`ssvae.estimators.validate`: this and the name; config stays free of
+        torch and Pyro, and the registry's modules import this one)."""
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1 (got {self.epochs})")
         if self.batch_size < 1:

@@ -25,6 +25,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
 from torch import nn
 
+from .config import RunConfig
 from .errors import ConfigError
 
 # Labeled batches observe y, so the enumerated guide has nothing to enumerate there: expected.
@@ -414,6 +415,13 @@ def get_estimator(name: str) -> Estimator:
         return REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown estimator {name!r}: choose from {', '.join(REGISTRY)}") from None
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with every field checked, the estimator's name among them (:meth:`RunConfig.validate` checks the
+    rest): the first bad one raises :class:`ConfigError` with a one-line message."""
+    get_estimator(cfg.estimator)
+    return cfg.validate()
 
 
 def names(kind: str = None) -> List[str]:

@@ -33,44 +33,22 @@ O(n^2) and the (n, P) draws are read once.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
-import pyro
 import torch
+from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from . import particles as _batched
 from .estimators import Objective
+from .paramstore import preserved_param_store, zero_grads as _zero_grads
 
 #: the statistics with a bootstrap interval (columns ``<name>_lo`` and ``<name>_hi``)
 INTERVAL_STATS = ("variance", "snr", "bias_sq", "mse", "cosine")
 #: every statistic :func:`gradient_stats` returns
 STAT_COLUMNS = ("n_samples", "variance", "mean_sq", "signal", "snr", "bias_sq", "mse", "cosine", "ref_sq",
                 "ref_err", "ref_draws") + tuple(f"{s}_{e}" for s in INTERVAL_STATS for e in ("lo", "hi"))
-
-
-def _zero_grads(params: Iterable[torch.Tensor]) -> None:
-    for p in params:
-        p.grad = None
-
-
-@contextlib.contextmanager
-def preserved_param_store():
-    """Undo what gradient draws leave in Pyro's param store: state an estimator updates as it
-    runs (the decaying-average baseline of ``trace-avg``), parameters it creates, and the
-    ``.grad`` of parameters outside the measured groups (the neural baseline of ``trace-bx``),
-    which the next SVI step would otherwise apply. A baseline trained before the block keeps
-    its trained state: the block restores it, it does not reset it."""
-    store = pyro.get_param_store()
-    state = store.get_state()
-    try:
-        yield
-    finally:
-        for name in [n for n in store.keys() if n not in state["params"]]:
-            del store[name]
-        store.set_state(state)
-        _zero_grads(p for _, p in store.named_parameters())
 
 
 def _flat_grad(ps: List[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -97,11 +75,9 @@ def _draws(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tu
 def _chunks(objective: Objective, groups: Dict[str, List[torch.Tensor]], args: tuple, n: int, batched: bool):
     """Yield ``(index of its first draw, {group: (draws, P)})``: with ``batched``, chunks of
     :mod:`ssvae.particles` where it supports ``objective``; else the loop, one draw at a time."""
-    from . import particles  # local: circle ssvae.metrics -> particles -> metrics (its preserved_param_store)
-
-    if batched and particles.supports(objective):
+    if batched and _batched.supports(objective):
         i = 0
-        for size, chunk in particles.draw_chunks(objective, groups, args, n):
+        for size, chunk in _batched.draw_chunks(objective, groups, args, n):
             yield i, chunk
             i += size
     else:
@@ -279,8 +255,6 @@ def gradient_report(objective: Objective, groups: Dict[str, List[torch.Tensor]],
 
 def reference_objective(ss, particles: int = 20) -> Objective:
     """The enumerated ELBO (y summed out exactly) averaged over ``particles`` vectorised z draws."""
-    from pyro.infer import TraceEnum_ELBO, config_enumerate
-
     return Objective(ss.model, config_enumerate(ss.guide, "parallel"),
                      TraceEnum_ELBO(num_particles=int(particles), vectorize_particles=True, max_plate_nesting=1))
 

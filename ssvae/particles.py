@@ -32,7 +32,7 @@ multiple of 16, torch's block of normal numbers).
 The draws are taken in chunks whose Linear inputs, outputs and output gradients, and per-draw
 gradients, fit a memory budget (``budget_mb``): the first chunk is one draw and measures what a
 draw holds. Everything is restored on the way out, error or not: hooks removed, Pyro's param
-store as it was (:func:`ssvae.metrics.preserved_param_store`), ``.grad`` of the groups cleared.
+store as it was (:func:`ssvae.paramstore.preserved_param_store`), ``.grad`` of the groups cleared.
 
 :func:`supports` says which objectives this applies to: only losses whose vectorised particles
 are proven independent draws of the loop's estimate, Pyro's ``Trace_ELBO`` and ``TraceEnum_ELBO``
@@ -53,7 +53,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from .metrics import preserved_param_store  # metrics imports this module only when asked for batched draws
+from .paramstore import preserved_param_store
 
 #: the losses whose vectorised particles are independent draws of one ``loss_and_grads`` call
 EXACT_LOSSES = (Trace_ELBO, TraceEnum_ELBO)

@@ -79,7 +79,7 @@ from .config import RunConfig
 from .data import SSData, Split
 from .evaluate import EvalPlan, mean_elbo, mean_iwae
 from .errors import DivergedError
-from .estimators import Estimator, Objective, get_estimator
+from .estimators import Estimator, Objective, get_estimator, validate
 from .model import SSVAE
 from .resume import RESUME_VERSION, check_resume, copied, load_trainer_state, rng_states, set_rng_states, trainer_state
 
@@ -342,7 +342,7 @@ def train(cfg: RunConfig, data: SSData,
     config, data or evaluation plan raises ``ValueError`` (:func:`check_resume`).
     Raises :class:`DivergedError` if a loss becomes NaN or infinite.
     """
-    cfg.validate()
+    validate(cfg)
     if resume is not None:
         check_resume(resume, cfg, data, evaluation)
     trainer = Trainer(cfg, data)

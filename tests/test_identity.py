@@ -242,3 +242,25 @@ def test_dirty_means_a_code_change_not_a_run_writing_its_results(tmp_path):
     assert git_commit(tmp_path)["dirty"] is True
     # a task keeps the commit it was loaded from, not the one the checkout moved to while it ran
     assert identity("cpu", 1, {}, git={"commit": "a" * 40, "dirty": False})["git"]["commit"] == "a" * 40
+
+
+def test_no_function_local_import_of_a_project_module():
+    """Every import of a bench or ssvae module is at the top of its file, where a reader sees what the module
+    depends on (the command table loads a command's module by name, `bench.commands`, so `--help` stays free
+    of torch; that is a lookup, not an import hidden in a function)."""
+    found = []
+    for path in sorted([*(REPO / "bench").rglob("*.py"), *(REPO / "ssvae").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    mods = [node.module or ""] if not node.level else ["."]
+                elif isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                else:
+                    continue
+                if any(m == "." or m.split(".")[0] in ("bench", "ssvae") for m in mods):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} in {fn.name}()")
+    assert not found, "function-local imports of project modules:\n" + "\n".join(found)

@@ -12,7 +12,8 @@ import torch
 
 from bench import regress, slowdown
 from bench.regress import ab as abmod
-from bench.regress import baseline, history, machine, peakmem
+from bench import peakmem
+from bench.regress import baseline, history, machine
 from bench.regress import cli as regress_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +140,16 @@ def test_injection_cannot_leak_into_training():
         if path.name != "slowdown.py" and "regress" not in path.parts:
             text = path.read_text()
             assert slowdown.ENV not in text and "slowdown import" not in text and "import slowdown" not in text, path
+
+
+def test_a_running_grid_never_imports_the_regression_package():
+    """What `bench run` and `bench train` load (the harness, its worker, the task kinds, the timing probe, the
+    train command) imports neither ``bench.regress`` nor ``bench.slowdown``: peak memory is a shared leaf."""
+    code = ("import sys\nimport bench.harness, bench.worker, bench.tasks, bench.timing_probe, bench.train_cmd\n"
+            "print(sorted(m for m in sys.modules if m.startswith('bench.regress') or m == 'bench.slowdown'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_regress_strips_an_inherited_injection(monkeypatch):

@@ -62,6 +62,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ssvae.flops import step_flops
 
+from .. import slowdown
 from ..errors import UsageError
 from ..provenance import git_commit
 from .machine import legacy_machine_name, machine_info, machine_name, unfit
@@ -135,10 +136,7 @@ def run_benchmarks(short: bool, inject: Optional[str] = None, rounds: Optional[i
     env = dict(os.environ)
     env.pop(INJECT_ENV, None)  # never inherited: only --inject-slowdown sets it
     if inject:
-        # imported only when asked: bench.tasks imports this package, and `bench run`/`bench train` never load it
-        from ..slowdown import parse
-
-        parse(inject)  # fail early on a bad spec
+        slowdown.parse(inject)  # fail early on a bad spec
         env[INJECT_ENV] = inject
     env["REGRESS_SHORT"] = "1" if short else "0"
     if rounds:

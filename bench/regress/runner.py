@@ -6,7 +6,7 @@ another Pyro), and asks them for rounds in turn (A, B, A, B, ...): both sides se
 minutes of the shared machine. The runner is this file, run as a script
 (``python runner.py --root SIDE_ROOT``); it imports ``ssvae`` from ``SIDE_ROOT`` (its stable
 API only: ``RunConfig``, ``Trainer``, ``SSData``/``Split``, the estimator registry and
-``ssvae.reference``), and ``peakmem.py`` and ``bench/slowdown.py`` from beside itself by path,
+``ssvae.reference``), and ``bench/peakmem.py`` and ``bench/slowdown.py`` from its own checkout by path,
 so both sides are timed by the same code.
 
 A case is ``ESTIMATOR:KIND`` (the Trainer's own SVI step, as in training), ``trace-jit:KIND``
@@ -35,10 +35,48 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import sys
 import time
 import traceback
 from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="the side's checkout: ssvae is imported from here")
+    return p
+
+
+if __name__ == "__main__":  # the side's checkout, not this file's folder, first on sys.path: the side's ssvae below
+    sys.path[0] = str(Path(_parser().parse_args().root).resolve())
+
+import pyro  # noqa: E402  (after the side's path)
+import torch  # noqa: E402
+from pyro import infer  # noqa: E402
+
+
+def _message(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[:3])[:400]
+
+
+# The side's ssvae (its stable API). A side that lacks a module fails the cases that need it, with the
+# import's message as their status, never the runner: SIDE_MISSING / REFERENCE_MISSING hold that message.
+try:
+    from ssvae.config import RunConfig
+    from ssvae.data import SSData, Split
+    from ssvae.estimators import REGISTRY
+    from ssvae.train import Trainer
+    SIDE_MISSING = None
+except ImportError as exc:  # pragma: no cover - an old side
+    SIDE_MISSING = _message(exc)
+try:
+    from ssvae import reference
+    REFERENCE_MISSING = None
+except ImportError as exc:  # pragma: no cover - a side from before ssvae.reference
+    REFERENCE_MISSING = _message(exc)
 
 BATCH = 200
 HERE = Path(__file__).resolve().parent
@@ -55,17 +93,7 @@ def _load(name: str, path: Path):
     return mod
 
 
-def _message(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[:3])[:400]
-
-
 def synthetic(seed: int):
-    import torch
-    # the side's ssvae, found once main() has put its checkout first on sys.path
-    from ssvae.data import Split
-
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(BATCH, 784, generator=g) > 0.5).float()
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (BATCH,), generator=g), 10).float()
@@ -73,10 +101,8 @@ def synthetic(seed: int):
 
 
 def synthetic_data():
-    import torch
-    # the side's ssvae, found once main() has put its checkout first on sys.path
-    from ssvae.data import SSData
-
+    if SIDE_MISSING:
+        raise LookupError(f"this side's ssvae: {SIDE_MISSING}")
     s = synthetic(0)
     idx = torch.arange(BATCH)
     return SSData(sup=s, unsup=synthetic(1), valid=s, test=s, sup_index=idx, unsup_index=idx,
@@ -87,25 +113,16 @@ class Case:
     """One benchmark: a zero-argument step and the param store it runs against."""
 
     def __init__(self, name: str, data):
-        import pyro
-
         self.name = name
         self.saved = None
         est, _, kind = name.partition(":")
         xs, ys, ux = data.sup.x, data.sup.y, data.unsup.x
         if est == "ref":
-            # the side's ssvae, imported per case: a side without this module fails this case only
-            from ssvae import reference
-            from ssvae.config import RunConfig
-
+            if REFERENCE_MISSING:
+                raise LookupError(f"no ssvae.reference on this side: {REFERENCE_MISSING}")
             batch_x = ux if kind.startswith("unsup") else xs
             self.step = reference.reference_step(RunConfig(batch_size=BATCH), kind, batch_x, ys)
             return
-        # the side's ssvae, imported per case: a side without these fails this case only (a status, not a crash)
-        from ssvae.config import RunConfig
-        from ssvae.estimators import REGISTRY
-        from ssvae.train import Trainer
-
         base = est[:-4] if est.endswith("-jit") else est
         if base not in REGISTRY or (est.endswith("-jit") and base not in JIT_LOSSES):
             raise LookupError(f"no estimator {est!r} on this side")
@@ -114,8 +131,6 @@ class Case:
         self.saved = (store._params, store._param_to_name, store._constraints)
         svi, svi_aux = trainer.svi, getattr(trainer, "svi_aux", None)
         if est.endswith("-jit"):
-            from pyro import infer
-
             loss = getattr(infer, JIT_LOSSES[base])(max_plate_nesting=1)
             svi = infer.SVI(trainer.main.model, trainer.main.guide, trainer.optim, loss=loss)
             if svi_aux is not None:
@@ -133,8 +148,6 @@ class Case:
         """Make this case's params the global param store's."""
         if self.saved is None:
             return
-        import pyro
-
         store = pyro.get_param_store()
         store._params, store._param_to_name, store._constraints = self.saved
 
@@ -142,12 +155,10 @@ class Case:
 class Runner:
     def __init__(self):
         self.cases = {}
-        self.peakmem = _load("peakmem", HERE / "peakmem.py")
+        self.peakmem = _load("peakmem", HERE.parent / "peakmem.py")
         self.slowdown = _load("slowdown", HERE.parent / "slowdown.py")
 
     def setup(self, cases, warmup: int = 2, threads: int = 1) -> dict:
-        import torch
-
         if threads > 0:
             torch.set_num_threads(threads)
         data = synthetic_data()
@@ -195,19 +206,11 @@ class Runner:
 
 
 def _versions() -> dict:
-    import platform
-
-    import pyro
-    import torch
-
     return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__}
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", required=True, help="the side's checkout: ssvae is imported from here")
-    args = p.parse_args()
-    sys.path[0] = str(Path(args.root).resolve())  # not this file's folder: the side's ssvae
+    _parser().parse_args()  # --root: already first on sys.path (above)
     reply = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
     sys.stdout = sys.stderr

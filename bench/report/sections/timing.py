@@ -36,7 +36,7 @@ def _rows(long: pd.DataFrame, d: pd.DataFrame, kinds) -> list:
             load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
             row["measured"] = ("–" if pd.isna(load) else f"contended ({cores(load)} busy beside)"
                                if load >= CONTENDED_LOAD else "alone")
-        if "peak_mb" in long:  # one more step of each kind, untimed (bench.regress.peakmem)
+        if "peak_mb" in long:  # one more step of each kind, untimed (bench.peakmem)
             row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
                 fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
                 for k in kinds)
