@@ -40,11 +40,12 @@ import numpy as np
 import pandas as pd
 
 from ssvae.estimators import REGISTRY
+from ssvae.statistics import TABLE_STATS
 
 EFFICIENCY = "work_normalised_mse"
 EFFICIENCY_LABEL = "work-normalised MSE (MSE x seconds per unlabeled step)"
-#: the statistics tabulated with their intervals
-STATS = ("mse", "bias_sq", "variance", "cosine", "snr")
+#: the statistics tabulated with their intervals (their records' ``table`` order)
+STATS = TABLE_STATS
 
 
 def work_normalised_mse(mse, seconds_per_step):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from ssvae.config import PROTOCOLS, SPARSE_FIELDS
+from ssvae.statistics import COLUMNS as STAT_COLUMNS
 
 #: a results folder's run description (grid, versions, machine, estimate), written by ``bench run``
 ENV_FILE = "env.json"
@@ -81,10 +82,10 @@ def cores(load: float) -> str:
     return f"{text} core" if text == "1" else f"{text} cores"
 
 
+#: a probe's keys, the statistics' columns (:data:`ssvae.statistics.COLUMNS`), the relaxation's temperature and
+#: the updates a learned baseline had
 VARIANCE_COLUMNS = ["estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
-                    "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse", "cosine",
-                    "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo", "mse_hi",
-                    "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature", "baseline_updates"]
+                    *STAT_COLUMNS, "temperature", "baseline_updates"]
 TABLES: Dict[str, list] = {"runs": RUNS_COLUMNS, "curves": CURVES_COLUMNS, "timing": TIMING_COLUMNS,
                            "grad_variance": VARIANCE_COLUMNS}
 

@@ -26,6 +26,9 @@ exactly, ``TraceEnum_ELBO``) averaged over many reparameterised z draws, batched
 particles; ``ref_err`` is its own error, (1/P) E||r - grad ELBO||^2, estimated from the spread
 of its batched calls, and ``ref_draws`` the number of z draws it averages.
 
+Each statistic is one record of :mod:`ssvae.statistics` (its formula, interval, direction, where the
+report shows it); the CSV columns and the report's tables follow from those records.
+
 Intervals: a percentile bootstrap over the n draws (``B`` resamples, 95 %), vectorised through
 the n x n Gram matrix of the centred draws: every statistic above is a function of that matrix
 and of the draws' inner products with the centre and the reference, so a resample costs
@@ -41,14 +44,10 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 from . import particles as _batched
+from . import statistics
 from .estimators import Objective
 from .paramstore import preserved_param_store, zero_grads as _zero_grads
 
-#: the statistics with a bootstrap interval (columns ``<name>_lo`` and ``<name>_hi``)
-INTERVAL_STATS = ("variance", "snr", "bias_sq", "mse", "cosine")
-#: every statistic :func:`gradient_stats` returns
-STAT_COLUMNS = ("n_samples", "variance", "mean_sq", "signal", "snr", "bias_sq", "mse", "cosine", "ref_sq",
-                "ref_err", "ref_draws") + tuple(f"{s}_{e}" for s in INTERVAL_STATS for e in ("lo", "hi"))
 
 
 def _flat_grad(ps: List[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -177,24 +176,17 @@ def _gram(samples: torch.Tensor, vectors: List[torch.Tensor]):
 
 def _stats_from_weights(w: np.ndarray, gram: np.ndarray, u: np.ndarray, c2: float, p: int, n: int,
                         ref: Optional[dict]) -> Dict[str, np.ndarray]:
-    """The statistics of resamples with draw counts ``w`` (B, n) (each row sums to n)."""
+    """The statistics (:data:`ssvae.statistics.STATISTICS`) of resamples with draw counts ``w`` (B, n)
+    (each row sums to n)."""
     dm2 = np.einsum("bi,ij,bj->b", w, gram, w) / n ** 2  # ||m_w - centre||^2
     variance = (w @ np.diag(gram) - n * dm2) / ((n - 1) * p)
     m2 = c2 + 2 * (w @ u) / n + dm2  # ||m_w||^2
-    mean_sq = m2 / p
-    signal = mean_sq - variance / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(variance > 0, signal / variance, np.inf)
-    out = {"variance": variance, "mean_sq": mean_sq, "signal": signal, "snr": snr}
+    terms = {}
     if ref is not None:
         v = u - ref["yr"]  # Y (centre - r)
-        diff2 = ref["cr2"] + 2 * (w @ v) / n + dm2  # ||m_w - r||^2
-        out["bias_sq"] = diff2 / p - variance / n - ref["err"]
-        out["mse"] = out["bias_sq"] + variance
-        dot = ref["c_dot_r"] + (w @ ref["yr"]) / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["cosine"] = dot / np.sqrt(np.maximum(m2, 0.0) * ref["r2"])
-    return out
+        terms = {"diff2": ref["cr2"] + 2 * (w @ v) / n + dm2,  # ||m_w - r||^2
+                 "dot": ref["c_dot_r"] + (w @ ref["yr"]) / n, "r2": ref["r2"], "ref_err": ref["err"]}
+    return statistics.compute(statistics.Moments(n=n, p=p, variance=variance, m2=m2, **terms))
 
 
 def gradient_stats(samples: torch.Tensor, reference: Optional[torch.Tensor] = None, ref_err: float = 0.0,
@@ -227,12 +219,12 @@ def gradient_stats(samples: torch.Tensor, reference: Optional[torch.Tensor] = No
     boot = _stats_from_weights(w, gram, u, c2, p, n, ref)
     alpha = (1 - confidence) / 2
     out = {"n_samples": n, **point, "ref_sq": nan, "ref_err": nan, "ref_draws": ref_draws or None}
-    for k in INTERVAL_STATS:
-        if k in boot:
-            lo, hi = np.quantile(boot[k], [alpha, 1 - alpha])
-            out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
-        else:
-            out[k], out[f"{k}_lo"], out[f"{k}_hi"] = nan, nan, nan
+    for stat in statistics.STATISTICS:
+        if stat.name not in point:
+            out[stat.name] = nan
+        if stat.interval:
+            lo, hi = np.quantile(boot[stat.name], [alpha, 1 - alpha]) if stat.name in boot else (nan, nan)
+            out[f"{stat.name}_lo"], out[f"{stat.name}_hi"] = float(lo), float(hi)
     if ref is not None:
         out["ref_sq"], out["ref_err"] = ref["r2"] / p, float(ref_err)
     return out

@@ -4,12 +4,15 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pyro
 import pytest
 import torch
 
+from bench import diagnostics, schema
 from bench.gradient_probe import _BaselineTrainer, _stateful_baseline
-from ssvae import RunConfig
+from bench.report import data as report_data
+from ssvae import RunConfig, statistics
 from ssvae.estimators import get_estimator
 from ssvae.metrics import (draw_gradients, gradient_samples, gradient_stats, preserved_param_store,
                            reference_gradient, reference_objective)
@@ -224,3 +227,28 @@ def test_sibling_common_probes_share_the_trajectory_through_the_cache(synthetic_
     other = {**gumbel, "config": {**cfg.to_dict(), "lr": cfg.lr * 2}}  # another trajectory: another key
     assert gradient_probe.run_common(other, None, cache_dir=cache)["trajectory_cache"] == "trained"
     assert len(list(cache.rglob("step*.pt"))) == 6
+
+
+def test_each_statistic_is_one_record_that_the_columns_and_tables_follow():
+    """ssvae.statistics is the statistics' one home: gradient_stats returns exactly its columns, the CSV
+    schema and the report's numeric columns are those columns, and the gradient tables show the records
+    marked for them in their order (a new statistic: its record and its test, nothing else)."""
+    draws = torch.randn(12, 40, generator=torch.Generator().manual_seed(1))
+    ref = torch.randn(40, generator=torch.Generator().manual_seed(2))
+    for reference in (None, ref):
+        out = gradient_stats(draws, reference, n_boot=50)
+        assert set(out) == set(statistics.COLUMNS)
+        for stat in statistics.STATISTICS:
+            assert np.isnan(out[stat.name]) == (stat.reference and reference is None), stat.name
+            assert (f"{stat.name}_lo" in out) == stat.interval
+    cols = schema.VARIANCE_COLUMNS
+    assert cols[cols.index("n_samples"):cols.index("n_samples") + len(statistics.COLUMNS)] == list(statistics.COLUMNS)
+    assert set(statistics.COLUMNS) <= set(report_data.GRAD_NUMERIC)
+    assert diagnostics.STATS == statistics.TABLE_STATS
+    assert all(statistics.BY_NAME[s].better in ("lower", "higher") for s in statistics.TABLE_STATS)
+    rows = [{"labels": 100, "seed": s, "trajectory": "common", "step": 5, "param_group": "encoder_y",
+             "step_kind": "unsup", "estimator": e, **gradient_stats(draws + s, ref, n_boot=20)}
+            for s in (0, 1) for e in ("trace", "enum")]
+    table = diagnostics.mse_table(pd.DataFrame(rows))
+    shown = [c for c in table.columns if c in statistics.BY_NAME]
+    assert shown == list(statistics.TABLE_STATS)

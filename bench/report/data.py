@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from ssvae.statistics import COLUMNS as STAT_COLUMNS
+
 from ..errors import UsageError
 from ..store import read_result
 from ..tables import busy_seconds, load_grid
@@ -39,9 +41,7 @@ CURVE_COLUMNS = ("cell", "estimator", "aux", "labels", "seed", "epoch", "global_
 OVERHEAD_COLUMNS = ("ref_median_ms", "ref_q1_ms", "ref_q3_ms", "pyro_overhead", "gflop", "matmul_gflops",
                     "pct_of_matmul_peak", "peak_mb")
 #: grad_variance.csv columns read as numbers where present
-GRAD_NUMERIC = ("labels", "seed", "step", "n_samples", "variance", "mean_sq", "snr", "signal", "bias_sq", "mse",
-                "cosine", "variance_lo", "variance_hi", "snr_lo", "snr_hi", "bias_sq_lo", "bias_sq_hi", "mse_lo",
-                "mse_hi", "cosine_lo", "cosine_hi", "ref_sq", "ref_err", "ref_draws", "temperature")
+GRAD_NUMERIC = ("labels", "seed", "step", *STAT_COLUMNS, "temperature")
 
 
 @dataclass

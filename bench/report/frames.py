@@ -9,6 +9,7 @@ from typing import Tuple
 import pandas as pd
 
 from ssvae.metrics import accuracy_interval
+from ssvae.statistics import ERROR_STATS
 
 from .common import kinds_in, load_pyro_table1, rnd, sig, variant_label, variants
 from .data import STATUS_ORDER, Results
@@ -84,7 +85,7 @@ def grad_variance(res: Results) -> Tuple[pd.DataFrame, pd.DataFrame]:
     if has_mse:
         g = g.merge(ref[keys + ["mse"]].rename(columns={"mse": "enum_mse"}), on=keys, how="left")
         g["mse_ratio_to_enum"] = g["mse"] / g["enum_mse"]
-        extra = [c for c in ("mse", "bias_sq", "cosine", "mse_ratio_to_enum") if c in g]
+        extra = [c for c in (*ERROR_STATS, "mse_ratio_to_enum") if c in g]
     g["variant"] = [variant_label(e, a) for e, a in zip(g.estimator, g.aux)]
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
     g["_o"] = g["variant"].map(lambda v: order.get(v, len(order)))
