@@ -21,12 +21,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --require-hashes --no-deps -r requirements.lock
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PYTHON) -m bench.provenance --check-lock requirements.lock
+	$(PYTHON) -m bench.core.provenance --check-lock requirements.lock
 	touch $@
 
 # the venv's versions against the lock (one line per difference; exit 1 on any)
 check-lock: install
-	$(PYTHON) -m bench.provenance --check-lock requirements.lock
+	$(PYTHON) -m bench.core.provenance --check-lock requirements.lock
 
 # Resolve pyproject.toml's dependencies and dev extra with requirements.in's pins, for Python 3.11 on
 # Linux x86-64, into requirements.lock with the hashes of every file the indexes offer (pip-tools, in a

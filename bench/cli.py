@@ -2,7 +2,7 @@
 
 Commands: train (one configuration, one JSON line), run (a grid into a results folder), list (estimators
 and presets), report (tables, plots and report.html of a results folder), compare (two results folders),
-regress (step-time regressions). Bad input prints one line on stderr (bench: error: ...) and exits with
+tune (choices from a tuning run), regress (step-time regressions). Bad input prints one line on stderr (bench: error: ...) and exits with
 status 2.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 from typing import Iterable, List, Optional
 
 from .commands import COMMANDS
-from .errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, fail
-from .provenance import commit_label, versions
+from .core.errors import EXIT_USAGE, ConfigError, DataError, Parser, UsageError, fail
+from .core.provenance import commit_label, versions
 
 
 def _version() -> str:

@@ -15,13 +15,15 @@ class Command(NamedTuple):
 
 
 COMMANDS: Dict[str, Command] = {
-    "train": Command("bench.train_cmd", "add_train_parser", "train one configuration and print one JSON line"),
-    "run": Command("bench.harness", "add_run_parser", "run a grid (a preset plus overrides) into an output folder"),
-    "list": Command("bench.harness", "add_list_parser", "list estimators and presets"),
+    "train": Command("bench.run.train_cmd", "add_train_parser", "train one configuration and print one JSON line"),
+    "run": Command("bench.run.harness", "add_run_parser", "run a grid (a preset plus overrides) into an output folder"),
+    "list": Command("bench.run.harness", "add_list_parser", "list estimators and presets"),
     "report": Command("bench.report.cli", "add_report_parser",
                       "write tables, plots, report.md and report.html into a results folder"),
-    "compare": Command("bench.compare_cli", "add_compare_parser",
+    "compare": Command("bench.report.compare_cli", "add_compare_parser",
                        "compare two results folders cell by cell; exit 1 when a difference exceeds its noise"),
+    "tune": Command("bench.report.tune_study", "add_tune_parser",
+                    "choose each estimator's options from a tuning run, on validation accuracy: tuned.json"),
     "regress": Command("bench.regress.cli", "add_parser",
                        "step-time regressions: A/B in one job, baseline check, history"),
 }

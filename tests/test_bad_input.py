@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import errors, harness
+from bench.core import errors
+from bench.run import harness
 from bench.cli import main
 from ssvae import data as ssdata
 

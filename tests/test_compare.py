@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from bench import compare
+from bench.report import compare
 from bench.cli import main
 from tests.report_fixtures import MISSING_CELL, fabricate_results
 

@@ -4,8 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench import diagnostics as D
-from bench.grid import _steps_per_epoch, expand, load_preset, make_grid, preset_names
+from bench.analysis import diagnostics as D
+from bench.run.grid import _steps_per_epoch, expand, load_preset, make_grid, preset_names
 from ssvae import RunConfig
 from ssvae.estimators import get_estimator
 from ssvae.model import SSVAE
@@ -93,10 +93,10 @@ def test_efficiency_plot_labels_do_not_overlap_where_points_crowd():
 
 
 def test_task_costs_count_the_probe_draws_references_and_baselines():
-    """One cost rule for the ETA and `bench list` (bench.tasks.KINDS): more draws cost more, linearly; a
+    """One cost rule for the ETA and `bench list` (bench.run.tasks.KINDS): more draws cost more, linearly; a
     stateful probe trains the trajectory and its references; a cell pays for the probe on its own run."""
-    from bench.cost import STEP_WEIGHT, SUP_WEIGHT
-    from bench.tasks import KINDS
+    from bench.run.cost import STEP_WEIGHT, SUP_WEIGHT
+    from bench.run.tasks import KINDS
 
     tasks = expand(make_grid(load_preset("quick"), {"labels": [3000], "seeds": [0]}))
     cost = lambda t: KINDS[t["kind"]].cost(t)
@@ -129,7 +129,7 @@ def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
     """Finished records of ``tasks`` whose parts ran at ``rate`` seconds per unit (timing: per task)."""
     import json
 
-    from bench.tasks import cost_parts
+    from bench.run.tasks import cost_parts
 
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "probes").mkdir(exist_ok=True)
@@ -148,12 +148,12 @@ def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
 
 
 def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
-    """bench.estimate: from finished records whose training, evaluation, probe and timing probes ran at
+    """bench.run.estimate: from finished records whose training, evaluation, probe and timing probes ran at
     known rates, each rate comes back, and a grid is priced part by part: a single rate would misprice a
     grid whose mix differs (a long run trains, a quick one probes)."""
-    from bench import estimate
-    from bench.progress import task_cost
-    from bench.tasks import cost_parts
+    from bench.run import estimate
+    from bench.run.progress import task_cost
+    from bench.run.tasks import cost_parts
 
     rate = {"train": 0.1, "eval": 3.0, "probe": 0.02, "timing": 0.5}
     tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0]}))
@@ -176,7 +176,7 @@ def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
 def test_estimate_takes_out_the_contention_the_records_measured(tmp_path):
     """Records that ran beside a third busy process (load 2 on 2 cores: factor 1.5) price a quiet plan at
     two thirds of what they took; records of another CPU are used only when this one has none, and say so."""
-    from bench import estimate
+    from bench.run import estimate
 
     rate = {"train": 0.3, "eval": 9.0, "probe": 0.06, "timing": 1.5}
     tasks = expand(make_grid(load_preset("smoke"), {"labels": [100]}))
@@ -189,7 +189,7 @@ def test_estimate_takes_out_the_contention_the_records_measured(tmp_path):
 
 def test_makespan_plays_out_the_schedule():
     """Exclusive tasks run alone; the rest fill the first free worker in queue order."""
-    from bench.estimate import makespan
+    from bench.run.estimate import makespan
 
     tasks = [{"id": "t", "exclusive": True}, {"id": "a"}, {"id": "b"}, {"id": "c"}]
     price = {"t": 5.0, "a": 10.0, "b": 1.0, "c": 1.0}.get
@@ -257,7 +257,7 @@ def test_eta_starts_from_the_plan_and_moves_to_the_observed_pace():
     half the planned pace ends up with an ETA near twice the plan's time for the rest."""
     import io
 
-    from bench.progress import Progress
+    from bench.run.progress import Progress
 
     todo = [{"id": f"t{i}", "kind": "timing"} for i in range(10)]
     p = Progress(todo, todo, stream=io.StringIO(), seconds={t["id"]: 60.0 for t in todo}, wall=300.0)
@@ -276,7 +276,7 @@ def test_sibling_common_probes_wait_for_the_one_that_trains_their_trajectory():
     both train the same trajectory. An exclusive task is never jumped over."""
     from types import SimpleNamespace
 
-    from bench.executors import LocalExecutor, trajectory_key
+    from bench.run.executors import LocalExecutor, trajectory_key
 
     tasks = expand(make_grid(load_preset("default"), {"labels": [100], "seeds": [0]}))
     common = [t for t in tasks if t["kind"] == "common"]

@@ -242,8 +242,8 @@ def test_trained_decaying_average_lowers_the_variance(tiny_model, tiny_batch):
 
 
 def test_trained_neural_baseline_lowers_the_variance(tiny_model, tiny_batch):
-    """b(x) trained by the common probe's baseline trainer (bench.gradient_probe) against an untrained b(x)."""
-    from bench.gradient_probe import _BaselineTrainer
+    """b(x) trained by the common probe's baseline trainer (bench.run.gradient_probe) against an untrained b(x)."""
+    from bench.run.gradient_probe import _BaselineTrainer
 
     model = perturbed(tiny_model, scale=0.2)  # costs of tens of nats: a scale Adam at lr 0.05 reaches
     pyro.set_rng_seed(0)

@@ -127,7 +127,7 @@ def test_makefile_hands_on_an_absolute_data_path(tmp_path):
 ELSEWHERE = r'''
 import socket, sys, platform
 import torch
-import bench.provenance as prov
+import bench.core.provenance as prov
 torch.__version__ = "9.9.9+elsewhere"
 prov.cpu_name = lambda: "Intel(R) Xeon(R) Processor"
 prov.host = lambda: "elsewhere"

@@ -4,7 +4,7 @@ finished keeps its file byte for byte, and the report counts the cells correctly
 
 One tiny grid (trace and enum, with and without aux, and the baseline at 100 labels; a 64-unit
 net, 6 steps) runs once per module; each test works on a copy of it. Faults come from outside
-(signals) or through ``SSVAE_BENCH_FAULT`` (``bench.faults.FAULT_ENV``), a test-only hook that makes
+(signals) or through ``SSVAE_BENCH_FAULT`` (``bench.run.faults.FAULT_ENV``), a test-only hook that makes
 a given cell's worker produce a NaN or SIGKILL itself at a given step.
 """
 import csv
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import FAULT_ENV
-from bench.worker import HANG_ENV
+from bench.run.faults import FAULT_ENV
+from bench.run.worker import HANG_ENV
 
 from .conftest import REPO, mnist_dir, needs_mnist
 
@@ -132,7 +132,7 @@ def _worker_pids(driver_pid: int):
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == driver_pid and b"bench.worker" in cmd:
+        if ppid == driver_pid and b"bench.run.worker" in cmd:
             pids.append(int(proc.name))
     return pids
 
@@ -200,7 +200,7 @@ def test_truncated_result_file_is_reported_and_rerun(grid):
 
 def test_lock_of_a_dead_holder_does_not_stick(grid):
     holder = subprocess.run(
-        [sys.executable, "-c", "import os, signal, sys; from bench.store import OutputLock; "
+        [sys.executable, "-c", "import os, signal, sys; from bench.core.store import OutputLock; "
          f"OutputLock({str(grid)!r}).acquire(); os.kill(os.getpid(), signal.SIGKILL)"],
         cwd=REPO, env=_env(), timeout=60)
     assert holder.returncode == -signal.SIGKILL

@@ -16,11 +16,12 @@ import sys
 import pytest
 import torch
 
-from bench import executors, gradient_probe, store, tables, tasks
-from bench import grid as gridmod
+from bench.run import executors, gradient_probe, tasks
+from bench.core import store, tables
+from bench.run import grid as gridmod
 from bench.cli import main
-from bench.errors import EXIT_STORAGE, StorageError
-from bench.store import OutputLock, atomic_write_json, is_done, owns, read_result, result_path, write_record
+from bench.core.errors import EXIT_STORAGE, StorageError
+from bench.core.store import OutputLock, atomic_write_json, is_done, owns, read_result, result_path, write_record
 
 from .report_fixtures import fabricate_results
 from .test_identity import IDENT, _env, _finish, _grid, _record
@@ -51,7 +52,7 @@ def test_a_worker_that_ran_to_its_end_without_writing_is_not_retried(tmp_path, m
     atomic_write_json(result_path(tmp_path, SPEC), OK)
     calls = tmp_path / "calls"
     code = (f"import sys; open({str(calls)!r}, 'a').write('x'); "
-            "print('bench.worker: failed (FileNotFoundError: gone), not written: ok record kept', file=sys.stderr)")
+            "print('bench.run.worker: failed (FileNotFoundError: gone), not written: ok record kept', file=sys.stderr)")
     monkeypatch.setattr(executors, "worker_command", lambda *a, **k: [sys.executable, "-c", code])
     seen = []
     executors.LocalExecutor(workers=1, threads=1, retries=1).run([SPEC], tmp_path, lambda r, rec: seen.append(rec))
@@ -62,7 +63,7 @@ def test_a_worker_that_ran_to_its_end_without_writing_is_not_retried(tmp_path, m
 
 
 def test_a_real_worker_whose_data_went_away_keeps_the_finished_record(tmp_path, monkeypatch):
-    """The two tests above end to end, no training: the real worker process (python -m bench.worker), run by the
+    """The two tests above end to end, no training: the real worker process (python -m bench.run.worker), run by the
     local executor, fails at once (its data folder is gone); the finished file stays byte for byte."""
     monkeypatch.setenv("SSVAE_NO_DOWNLOAD", "1")
     spec = next(t for t in gridmod.expand(_grid()) if t["kind"] == "train")
@@ -229,7 +230,7 @@ def test_a_folder_without_inodes_stops_the_grid_in_one_line(tmp_path, monkeypatc
 
 def test_a_report_into_a_folder_that_takes_no_write_is_one_line(tmp_path, monkeypatch, capsys):
     from bench.report import cli as report_cli
-    from bench import errors
+    from bench.core import errors
 
     fabricate_results(tmp_path)
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from bench import executors, launch, provenance, store
-from bench.errors import EXIT_STORAGE, StorageError
-from bench.store import OutputLock, atomic_write_json, read_result, result_path
+from bench.run import executors, launch
+from bench.core import provenance, store
+from bench.core.errors import EXIT_STORAGE, StorageError
+from bench.core.store import OutputLock, atomic_write_json, read_result, result_path
 from bench.cli import main
 from ssvae.errors import ConfigError
 
@@ -57,7 +58,7 @@ def test_an_old_record_is_never_taken_for_a_new_result_nor_overwritten_with_fail
 
 
 def test_worker_that_cannot_write_stops_the_grid(tmp_path, monkeypatch):
-    _fake_worker(monkeypatch, "import sys; print('bench.worker: cannot write runs/x.json (No space left on "
+    _fake_worker(monkeypatch, "import sys; print('bench.run.worker: cannot write runs/x.json (No space left on "
                               f"device)', file=sys.stderr); sys.exit({EXIT_STORAGE})")
     with pytest.raises(StorageError, match="No space left on device"):
         _run(executors.LocalExecutor(workers=1, threads=1), [SPEC, {**SPEC, "id": "trace_L100_s0"}], tmp_path)
@@ -194,8 +195,8 @@ def test_executors_follow_the_protocol_and_report_progress_as_task_states(tmp_pa
 def test_progress_heartbeat_in_a_log_names_the_running_task_and_an_eta(monkeypatch):
     import io
 
-    from bench.executors import TaskState
-    from bench.progress import Progress
+    from bench.run.executors import TaskState
+    from bench.run.progress import Progress
 
     tasks = [{**SPEC, "config": {"estimator": "enum", "epochs": 2, "labels": 100}},
              {**SPEC, "id": "trace_L100_s0", "config": {"estimator": "trace", "epochs": 2, "labels": 100}}]
@@ -255,7 +256,7 @@ def test_other_cpu_load_sees_a_busy_process_beside_the_task():
 
 
 def test_retime_runs_the_timing_probes_again_and_only_them(tmp_path, monkeypatch):
-    from bench import harness
+    from bench.run import harness
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""Several cells per GPU: the slots of each GPU (``bench.gpu_plan.plan_gpus``), the scheduler that fills
+"""Several cells per GPU: the slots of each GPU (``bench.run.gpu_plan.plan_gpus``), the scheduler that fills
 them, the plan `run --dry-run` prints, and the report's CPU and GPU step times side by side.
 
 No GPU is needed: ``torch.cuda`` is monkeypatched (device count, availability, names, memory) and the
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import executors, gpu_plan
+from bench.run import executors, gpu_plan
 
 from .conftest import needs_mnist
 from .report_fixtures import fabricate_results

@@ -1,8 +1,8 @@
 """The joint protocol's fields reach every cell of a grid, and leave earlier grids' env.json and cells alone."""
 import pytest
 
-from bench.grid import load_preset, make_grid, steps_per_epoch, train_configs
-from bench.schema import SchemaError, grid_difference
+from bench.run.grid import load_preset, make_grid, steps_per_epoch, train_configs
+from bench.core.schema import SchemaError, grid_difference
 from ssvae.config import SPARSE_FIELDS
 from ssvae.errors import ConfigError
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from bench import grid as gridmod
-from bench.store import OutputLock, atomic_write_json, is_done, read_result
+from bench.run import grid as gridmod
+from bench.core.store import OutputLock, atomic_write_json, is_done, read_result
 from ssvae.errors import ConfigError
 from ssvae.estimators import names
 
@@ -121,7 +121,7 @@ def test_one_cell_per_gpu_pinned_with_cuda_visible_devices(tmp_path, monkeypatch
     """With GPUs, the local executor runs one cell per GPU, each seeing only its own."""
     import io
 
-    from bench import executors
+    from bench.run import executors
 
     seen = []
 
@@ -143,7 +143,7 @@ def test_one_cell_per_gpu_pinned_with_cuda_visible_devices(tmp_path, monkeypatch
 
 
 def test_estimator_options_reach_cells_and_probes():
-    from bench.harness import grid_from_args
+    from bench.run.harness import grid_from_args
     from bench.cli import build_parser
 
     args = build_parser().parse_args(["run", "--preset", "smoke", "--set", "options.rb-topk.k=3",

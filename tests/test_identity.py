@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import grid as gridmod
-from bench import harness, schema
-from bench.store import atomic_write_json, is_done, normalise, result_path, run_identity, stale_reason
-from bench.tables import _write_csv, load_grid, write_tables
+from bench.run import grid as gridmod
+from bench.run import harness
+from bench.core import schema
+from bench.core.store import atomic_write_json, is_done, normalise, result_path, run_identity, stale_reason
+from bench.core.tables import _write_csv, load_grid, write_tables
 
 from .conftest import REPO
 
@@ -132,60 +133,60 @@ def test_cell_ids_round_trip():
     assert schema.parse_cell_id("timing_cpu_enum") is None
 
 
-def _bench_imports(path: Path, level: int = 1):
-    """(module-level bench imports, function-local bench imports) of one module; ``level``: the relative
-    import level that names a module of ``bench`` (1 in bench/, 2 in a subpackage such as bench/report/)."""
-    tree = ast.parse(path.read_text())
-    top, local = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == level:
-            names = [node.module] if node.module else [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
-            names = [node.module.split(".", 1)[1]] if "." in node.module else [a.name for a in node.names]
-        else:
+def _bench_targets(path: Path):
+    """Every ``bench.*`` module one file imports (relative imports resolved), as dotted names."""
+    rel = path.relative_to(REPO).with_suffix("").parts
+    package = list(rel if rel[-1] == "__init__" else rel[:-1])
+    if package and package[-1] == "__init__":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] == "bench":
+                found |= {mod} if node.module else {f"{mod}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "bench"}
+    return found
+
+
+#: the folders of bench/ and what each may import (besides ssvae and itself): the design, layer by layer
+LAYERS = {
+    "core": set(),                                   # the shared leaves: results' formats, store, provenance
+    "analysis": {"core"},                            # the statistics the report draws on
+    "run": {"core", "commands"},                     # running a grid
+    "report": {"core", "analysis", "run", "commands"},   # the report, compare, the tuning study, README blocks
+    "regress": {"core", "commands"},                 # the step-time regression gate
+    "commands": set(),                               # the command table
+    "cli": {"core", "commands"},                     # the root: reaches the rest through the command table
+    "__main__": {"cli"},
+}
+
+
+def test_bench_folders_are_layers_without_circles():
+    """Each folder of bench/ (and each root module) is one node; an import between two nodes follows
+    :data:`LAYERS`, so the tree reads as the design and no import circle can form between folders."""
+    root = REPO / "bench"
+    nodes = {p.stem for p in root.glob("*.py") if p.stem != "__init__"} | \
+        {d.name for d in root.iterdir() if (d / "__init__.py").is_file()}
+    assert nodes == set(LAYERS), f"bench/ holds {sorted(nodes)}; LAYERS names {sorted(LAYERS)}"
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        node = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if node == "__init__":
             continue
-        (top if node.col_offset == 0 else local).update(n.split(".")[0] for n in names)
-    return top, local
-
-
-def test_no_import_circle_among_bench_modules_and_cli_is_the_root():
-    mods = {p.stem: p for p in (REPO / "bench").glob("*.py") if p.stem not in ("__init__", "__main__")}
-    # a subpackage (bench/report/, bench/regress/) is one node: the bench modules its files import
-    packages = {d.name: sorted(d.rglob("*.py")) for d in (REPO / "bench").iterdir() if (d / "__init__.py").is_file()}
-    names = set(mods) | set(packages)
-    graph = {m: _bench_imports(p)[0] & names for m, p in mods.items()}
-    for pkg, files in packages.items():
-        deps = set()
-        for f in files:
-            depth = len(f.relative_to(REPO / "bench" / pkg).parts)   # 1: bench/pkg/x.py, 2: bench/pkg/sub/x.py
-            deps |= _bench_imports(f, level=depth + 1)[0]
-            deps |= {n for n in _bench_imports(f, level=99)[0]}       # absolute `from bench.X import`
-        graph[pkg] = (deps & names) - {pkg}
-    state = {}
-
-    def visit(m, path):
-        assert state.get(m) != "open", f"import circle: {' -> '.join(path + [m])}"
-        if state.get(m) == "done":
-            return
-        state[m] = "open"
-        for n in graph[m]:
-            visit(n, path + [m])
-        state[m] = "done"
-
-    for m in graph:
-        visit(m, [])
+        for target in _bench_targets(path):
+            other = target.split(".")[1] if "." in target else None
+            if other and other != node:
+                assert other in LAYERS[node], f"bench/{rel} imports {target}: {node} may import {sorted(LAYERS[node])}"
     # cli reaches the command modules through bench.commands' table (imported when a command runs)
     from bench.commands import COMMANDS
 
-    assert "commands" in graph["cli"]
-    named = {c.module.split(".")[1] for c in COMMANDS.values()}
-    assert {"harness", "report", "compare_cli", "regress", "train_cmd"} <= named
-    assert not any("cli" in deps for deps in graph.values())
-    assert graph["commands"] == set()
-    assert graph["schema"] == set() and graph["errors"] == set() and graph["provenance"] == set()
-    owned = ("cli", "harness", "store", "grid", "executors", "worker", "errors", "provenance", "schema")
-    for m in owned:
-        assert not (_bench_imports(mods[m])[1] & set(mods)), f"bench/{m}.py imports a bench module in a function"
+    assert {c.module.split(".")[1] for c in COMMANDS.values()} == {"run", "report", "regress"}
 
 
 def test_report_reads_only_its_own_grid(tmp_path):
@@ -208,7 +209,7 @@ def test_report_reads_only_its_own_grid(tmp_path):
 
 
 def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
-    from bench.launch import write_failed
+    from bench.run.launch import write_failed
 
     grid = _grid(estimators=["enum"])
     tasks = gridmod.expand(grid)
@@ -224,7 +225,7 @@ def test_a_failed_record_of_this_spec_is_this_grids_failure(tmp_path):
 def test_dirty_means_a_code_change_not_a_run_writing_its_results(tmp_path):
     import subprocess
 
-    from bench.provenance import git_commit, identity
+    from bench.core.provenance import git_commit, identity
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

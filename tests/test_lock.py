@@ -1,6 +1,6 @@
 """The locked install: `make install` installs requirements.lock with --require-hashes and then checks
-the venv against it (`python -m bench.provenance --check-lock`). These tests check that check."""
-from bench.provenance import canonical_name, lock_mismatches, lock_pins
+the venv against it (`python -m bench.core.provenance --check-lock`). These tests check that check."""
+from bench.core.provenance import canonical_name, lock_mismatches, lock_pins
 
 from .conftest import REPO
 

@@ -9,8 +9,9 @@ import pyro
 import pytest
 import torch
 
-from bench import diagnostics, schema
-from bench.gradient_probe import _BaselineTrainer, _stateful_baseline
+from bench.analysis import diagnostics
+from bench.core import schema
+from bench.run.gradient_probe import _BaselineTrainer, _stateful_baseline
 from bench.report import data as report_data
 from ssvae import RunConfig, statistics
 from ssvae.estimators import get_estimator
@@ -179,7 +180,7 @@ def test_baselines_trained_along_the_common_trajectory_leave_it_unchanged(synthe
 def test_common_probe_rows_carry_the_statistics(synthetic_data, monkeypatch, tmp_path):
     """run_common end to end on a tiny net: every estimator, group and step kind, the reference,
     intervals, the relaxation's temperature of its own run, the baselines' updates."""
-    from bench import gradient_probe
+    from bench.run import gradient_probe
 
     monkeypatch.setattr(gradient_probe, "_load_data", lambda cfg, data_dir: synthetic_data)
     cfg = RunConfig(estimator="enum", aux=True, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3,
@@ -206,7 +207,7 @@ def test_sibling_common_probes_share_the_trajectory_through_the_cache(synthetic_
     """The first probe of a (labels, seed) trains the trajectory and writes its parameters and references;
     a probe of a stateless estimator then reads them and gives the very rows it would have computed; a
     stateful one still trains (its baseline must learn along the way) and reads only the references."""
-    from bench import gradient_probe
+    from bench.run import gradient_probe
 
     monkeypatch.setattr(gradient_probe, "_load_data", lambda cfg, data_dir: synthetic_data)
     cfg = RunConfig(estimator="enum", aux=True, labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3,

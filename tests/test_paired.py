@@ -1,4 +1,4 @@
-"""Paired statistics, verdicts, summary and plots (bench.paired, bench.paired_verdicts) on
+"""Paired statistics, verdicts, summary and plots (bench.analysis.paired, bench.analysis.paired_verdicts) on
 constructed tables."""
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import paired, paired_verdicts
+from bench.analysis import paired, paired_verdicts
 from ssvae.train import epoch_schedule
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -239,7 +239,7 @@ def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
 
 
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():
-    from bench.tables import ran_beside
+    from bench.core.tables import ran_beside
 
     r = ran_beside([dict(id="a", host="h1", started=0.0, finished=10.0),
                     dict(id="b", host="h1", started=5.0, finished=15.0),
@@ -267,8 +267,8 @@ def test_a_contended_timing_probe_feeds_no_verdict():
 
 
 def test_runs_csv_counts_what_ran_beside_each_cell(tmp_path):
-    from bench.store import atomic_write_json, result_path
-    from bench.tables import write_tables
+    from bench.core.store import atomic_write_json, result_path
+    from bench.core.tables import write_tables
 
     specs, times = [], {"a": (0.0, 10.0, 0.0), "b": (5.0, 15.0, 1.0), "c": (20.0, 30.0, 0.1)}
     for name, (start, end, load) in times.items():

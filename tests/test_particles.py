@@ -9,9 +9,9 @@ import torch
 from scipy import stats
 from torch.nn.modules import module as torch_module
 
-from bench import gradient_probe
-from bench.errors import ConfigError
-from bench.grid import check_fields
+from bench.run import gradient_probe
+from bench.core.errors import ConfigError
+from bench.run.grid import check_fields
 from ssvae import particles
 from ssvae.estimators import REGISTRY, Objective, get_estimator
 from ssvae.metrics import draw_gradients

@@ -82,7 +82,7 @@ def test_paired_panels_list_only_the_variants_compared_there(monkeypatch, tmp_pa
     """A setting where only the baseline is compared (no aux: the long preset) gets one row, not the aux
     variants' empty rows; every row a panel lists has its points."""
     import pandas as pd
-    from bench.paired import plot_paired
+    from bench.analysis.paired import plot_paired
 
     def row(ref, variant, est, labels, aux):
         return {"reference": ref, "variant": variant, "estimator": est, "labels": labels, "aux": aux,

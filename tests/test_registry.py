@@ -1,12 +1,12 @@
 """Each estimator is one record (issue 27): its family, option defaults, tuning candidates, hand-written
 counterpart (or the reason for none), particles and step cost live in its registry entry and nowhere
-else; the readers (the report's families, ssvae.reference, ssvae.flops, bench.cost, bench.tune) read it."""
+else; the readers (the report's families, ssvae.reference, ssvae.flops, bench.run.cost, bench.run.tune) read it."""
 import ast
 import dataclasses
 
 import pytest
 
-from bench import cost, tune
+from bench.run import cost, tune
 from bench.report.common import FAMILY_RULES, family
 from ssvae import flops, reference
 from ssvae.errors import ConfigError

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import regress, slowdown
+from bench import regress
+from bench.regress import slowdown
 from bench.regress import ab as abmod
-from bench import peakmem
+from bench.core import peakmem
 from bench.regress import baseline, history, machine
 from bench.regress import cli as regress_cli
 
@@ -144,9 +145,9 @@ def test_injection_cannot_leak_into_training():
 
 def test_a_running_grid_never_imports_the_regression_package():
     """What `bench run` and `bench train` load (the harness, its worker, the task kinds, the timing probe, the
-    train command) imports neither ``bench.regress`` nor ``bench.slowdown``: peak memory is a shared leaf."""
-    code = ("import sys\nimport bench.harness, bench.worker, bench.tasks, bench.timing_probe, bench.train_cmd\n"
-            "print(sorted(m for m in sys.modules if m.startswith('bench.regress') or m == 'bench.slowdown'))")
+    train command) imports neither ``bench.regress`` nor ``bench.regress.slowdown``: peak memory is a shared leaf."""
+    code = ("import sys\nimport bench.run.harness, bench.run.worker, bench.run.tasks, bench.run.timing_probe, bench.run.train_cmd\n"
+            "print(sorted(m for m in sys.modules if m.startswith('bench.regress') or m == 'bench.regress.slowdown'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
@@ -177,7 +178,7 @@ def test_save_refuses_an_injected_slowdown(monkeypatch, tmp_path):
 
 
 def test_machine_name_is_a_slug_and_a_fingerprint(monkeypatch):
-    from bench.provenance import usable_cpus
+    from bench.core.provenance import usable_cpus
 
     monkeypatch.delenv("REGRESS_MACHINE", raising=False)
     name = regress.machine_name()
@@ -311,7 +312,7 @@ def test_history_records_and_plot(tmp_path):
 
 
 def test_fingerprint_separates_masked_cpu_names(monkeypatch):
-    from bench import provenance
+    from bench.core import provenance
 
     fields = {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143", "stepping": "8",
               "flags": "sse4_2 avx avx2 fma avx512f"}
@@ -326,7 +327,7 @@ def test_fingerprint_separates_masked_cpu_names(monkeypatch):
 
 
 def test_unfit_names_the_machine_and_the_versions():
-    from bench.provenance import versions
+    from bench.core.provenance import versions
 
     doc = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "torch": "0.0.1", "pyro": versions()["pyro"],
                        "python": versions()["python"]}}
@@ -362,9 +363,9 @@ def test_peak_memory_sees_a_known_allocation():
 def test_timing_probe_has_a_peak_memory_column(tmp_path):
     import csv
 
-    from bench import tasks
-    from bench.schema import TIMING_COLUMNS
-    from bench.tables import write_tables
+    from bench.run import tasks
+    from bench.core.schema import TIMING_COLUMNS
+    from bench.core.tables import write_tables
     from ssvae.config import RunConfig
 
     cfg = RunConfig(estimator="enum", aux=True, labels=100, hidden=(64,), z_dim=8)

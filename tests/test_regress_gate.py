@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import regress
-from bench.provenance import versions
+from bench.core.provenance import versions
 from bench.regress import ab as abmod
 from bench.regress import baseline, history, machine
 from bench.regress import cli as regress_cli

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench import report
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 from tests.report_fixtures import (CORRUPT_CELL, FAILED_CELL, MISSING_CELL, fabricate_results, summary_bullets, variants)
 
 VARIANTS = [report.variant_label(e, a) for e, a in variants()]
@@ -132,7 +132,7 @@ def test_missing_failed_and_corrupt_counted(built):
     assert num.loc["enum-seq + aux", "n_L100"] == 1 and num.loc["enum + aux", "n_L100"] == 2
     text = (root / "report.md").read_text()
     assert "28 expected, 27 present, 1 absent" in text
-    assert f"{CORRUPT_CELL}.json: corrupt: JSONDecodeError" in text  # the one typed reader's words (bench.store)
+    assert f"{CORRUPT_CELL}.json: corrupt: JSONDecodeError" in text  # the one typed reader's words (bench.core.store)
 
 
 def test_provenance_once_per_page(built):
@@ -183,7 +183,7 @@ def test_a_contended_timing_probe_is_labelled(tmp_path):
         "enum-seq + aux", "notes"]
     shown = pd.read_csv(root / "tables" / "timing.csv").set_index("estimator")
     assert shown.loc["enum-seq", "measured"] == "contended (1.1 cores busy beside)"
-    from bench.schema import cores
+    from bench.core.schema import cores
     assert (cores(1.0), cores(1.04), cores(0.25), cores(2)) == ("1 core", "1 core", "0.25 cores", "2 cores")
     assert (shown.drop(index="enum-seq")["measured"] == "alone").all()
     assert "beside the probe of enum-seq: those times are labelled so and no verdict uses them" in out["report.md"].read_text()
@@ -528,8 +528,8 @@ REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "qui
 
 def test_readme_quotes_the_reports_summary():
     """The README's summaries and run cost are the reference reports' own, word for word: each block names
-    the file it was pasted from (regenerate the report, then `python -m bench.readme`)."""
-    from bench import readme
+    the file it was pasted from (regenerate the report, then `python -m bench.report.readme`)."""
+    from bench.report import readme
 
     text = README.read_text()
     found = readme.blocks(text)
@@ -541,7 +541,7 @@ def test_readme_quotes_the_reports_summary():
 
 
 def test_readme_sync_pastes_each_block_from_its_file(tmp_path, capsys):
-    from bench import readme
+    from bench.report import readme
 
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "a.md").write_text("- new line\n")
@@ -597,9 +597,7 @@ def test_a_new_section_is_one_module_and_one_list_entry(tmp_path, monkeypatch):
 
 
 def _report_modules():
-    root = Path(report.__file__).parent
-    compare = [root.parent / f"{m}.py" for m in ("compare", "compare_render", "compare_cli")]
-    return [*compare, *sorted(root.rglob("*.py"))]
+    return sorted(Path(report.__file__).parent.rglob("*.py"))
 
 
 def test_report_package_layout():

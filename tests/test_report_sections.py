@@ -1,4 +1,4 @@
-"""The report's sections built on bench.paired and bench.diagnostics, the test ELBO figures, the peak memory, the
+"""The report's sections built on bench.analysis.paired and bench.analysis.diagnostics, the test ELBO figures, the peak memory, the
 protocol and the tuning record: on a folder with the newer columns and on an older one without them."""
 import numpy as np
 import pandas as pd
@@ -61,7 +61,7 @@ def test_paired_section_on_the_page(modern):
     assert "This page: `--margin 0.01`, level 95 %." in sec and "as good where its lower end is above -1 point" in sec
     assert "**Against enum + aux: mean paired difference [95 % CI] in points, per label count**" in sec
     assert "**Against baseline: mean paired difference" in sec and "**Verdicts against enum + aux" in sec
-    assert (modern / "tables/paired.md").read_text().split("\n")[0] in sec  # bench.paired's generated text
+    assert (modern / "tables/paired.md").read_text().split("\n")[0] in sec  # bench.analysis.paired's generated text
     assert "pyro protocol" in sec
     for name in ("paired_differences", "accuracy_points"):
         png = (modern / "plots" / f"{name}.png").read_bytes()
@@ -180,7 +180,7 @@ def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
 
 
 def test_busy_seconds_is_the_union_of_the_tasks_times():
-    from bench.tables import busy_seconds
+    from bench.core.tables import busy_seconds
 
     assert busy_seconds([dict(started=0.0, finished=10.0), dict(started=5.0, finished=15.0),
                          dict(started=100.0, finished=110.0), dict(started=102.0, finished=104.0), dict()]) == 25.0

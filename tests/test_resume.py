@@ -1,7 +1,7 @@
 """Epoch-level resume: a run cut short continues from its last finished epoch, to the last bit.
 
 ``ssvae.train.train(on_epoch_end=..., resume=...)`` and the harness's ``OUT/cache/train/<key>.pt``
-(``bench.tasks._CellState``): an interrupted run resumed from its state gives the curves, metrics,
+(``bench.run.tasks._CellState``): an interrupted run resumed from its state gives the curves, metrics,
 parameters and probe rows of the run that was not interrupted (timings aside).
 """
 import io
@@ -11,8 +11,8 @@ import pyro
 import pytest
 import torch
 
-from bench import tasks
-from bench.store import _json_default, read_checksummed, write_checksummed
+from bench.run import tasks
+from bench.core.store import _json_default, read_checksummed, write_checksummed
 from ssvae import RunConfig
 from ssvae.data import split
 from ssvae.evaluate import EvalPlan

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import torch
 
 from bench import report
-from bench.schema import ANALOGY_SUFFIX
-from bench.tasks import _save_samples
+from bench.core.schema import ANALOGY_SUFFIX
+from bench.run.tasks import _save_samples
 from ssvae.model import SSVAE
 from tests.report_fixtures import fabricate_results
 

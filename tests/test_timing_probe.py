@@ -1,12 +1,12 @@
-"""The harness's timing probe (bench.timing_probe.run_timing) on a tiny net: Pyro's step beside the reference's."""
+"""The harness's timing probe (bench.run.timing_probe.run_timing) on a tiny net: Pyro's step beside the reference's."""
 import csv
 import math
 
 import pytest
 
-from bench import tasks
-from bench.schema import TIMING_COLUMNS
-from bench.tables import write_tables
+from bench.run import tasks
+from bench.core.schema import TIMING_COLUMNS
+from bench.core.tables import write_tables
 from ssvae import reference as ref
 from ssvae.config import RunConfig
 

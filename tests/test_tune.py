@@ -5,10 +5,11 @@ import sys
 
 import pytest
 
-from bench import grid as gridmod
-from bench import tune_report
+from bench.run import grid as gridmod
+from bench import cli
+from bench.report import tune_study as tune_report
 from bench.cli import build_parser
-from bench.harness import grid_from_args
+from bench.run.harness import grid_from_args
 from ssvae.errors import ConfigError
 
 from .conftest import REPO
@@ -170,11 +171,11 @@ def test_a_bad_choice_file_is_a_one_line_usage_error(tmp_path, content, message)
 def test_tune_command_on_a_folder_that_is_not_a_tuning_run(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "env.json").write_text(json.dumps({"grid": {}}))
-    assert tune_report.main([str(tmp_path)]) == 2
+    assert cli.main(["tune", str(tmp_path)]) == 2
 
 
 def test_a_folder_made_in_parts_lists_every_command():
-    from bench.tune_report import _parts_lines
+    from bench.report.tune_study import _parts_lines
 
     one = {"parts": [{"command": "run a", "git_commit": "abc", "threads": 1, "date": "d1", "tasks_run": ["x"]}]}
     assert _parts_lines(one) == []

@@ -19,7 +19,7 @@ Per case, with ``d_r = log(B_r / A_r)`` over rounds r (paired by round):
   significant slowdown beyond the tolerance); ``faster`` symmetrically; else ``same``;
 * a case that runs on A but fails on B (a JIT that breaks on a new torch) is ``broken``.
 
-Exit status 1 on any ``slower`` or ``broken`` case. Peak memory per step (``bench/peakmem.py``)
+Exit status 1 on any ``slower`` or ``broken`` case. Peak memory per step (``bench/core/peakmem.py``)
 is measured once per side after warm-up and shown beside the times; it is reported, not checked.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from ssvae.estimators import REGISTRY
 from ssvae.reference import REFERENCE_LOSSES
 
-from ..provenance import git_commit
+from ..core.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "runner.py"

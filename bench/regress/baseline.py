@@ -14,7 +14,7 @@ short mode +10%), with the machine it came from. Absolute milliseconds are print
 checked here (the A/B, ``bench.regress.ab``, compares them within one job).
 
 The machine (``bench.regress.machine``): ``<machine>`` is the fingerprint name of
-``bench.provenance.machine_fingerprint``
+``bench.core.provenance.machine_fingerprint``
 (CPU name, cores and a hash of flags, caches and torch build, e.g. ``intel-xeon-2cpu-c3c94d``),
 else, for baselines saved before fingerprints, the CPU-name slug (``amd-epyc-2cpu``). A baseline
 judges only where it fits (``unfit``): its fingerprint is this machine's and its torch, Pyro and
@@ -39,7 +39,7 @@ on a shared machine lasts longer than a step, so it cancels in the ratio.
 
 ``--short`` (``REGRESS_SHORT=1``) runs fewer rounds and uses the baseline's
 ``tolerance_short``. ``--inject-slowdown`` makes a chosen Pyro step do extra work (see
-``bench/slowdown.py``) to show the check going red; without it the variable
+``bench/regress/slowdown.py``) to show the check going red; without it the variable
 ``SSVAE_INJECT_SLOWDOWN`` is removed from the benchmark's environment. Every ``run``
 appends a record to ``<history dir>/<machine>/`` (``bench.regress.history``: ``--history-dir``,
 ``$SSVAE_HISTORY_DIR``, else ``results/history``), with the suite's pytest-benchmark JSON beside it.
@@ -62,9 +62,9 @@ from typing import Dict, List, Optional, Tuple
 
 from ssvae.flops import step_flops
 
-from .. import slowdown
-from ..errors import UsageError
-from ..provenance import git_commit
+from . import slowdown
+from ..core.errors import UsageError
+from ..core.provenance import git_commit
 from .machine import legacy_machine_name, machine_info, machine_name, unfit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..commands import COMMANDS
-from ..errors import Parser, UsageError, fail, str_list
-from ..provenance import commit_label, machine_fingerprint, versions
-from ..slowdown import parse
+from ..core.errors import Parser, UsageError, fail, str_list
+from ..core.provenance import commit_label, machine_fingerprint, versions
+from .slowdown import parse
 from . import ab as abmod
 from . import baseline, history
 from .baseline import (DEFAULT_STAT, INJECT_ENV, SHORT_EXTRA, _no_baseline, _rel, baseline_path, check,

@@ -3,7 +3,7 @@
 Every ``regress run`` and ``regress ab`` writes one JSON record to
 ``<history dir>/<machine>/<UTC time>-<commit>-<kind>.json`` (``<history dir>``: ``--history-dir``,
 else ``$SSVAE_HISTORY_DIR``, else ``results/history`` in the working tree; ``<machine>``: the
-fingerprint name of ``bench.provenance.machine_fingerprint``): the commit, the date, the
+fingerprint name of ``bench.core.provenance.machine_fingerprint``): the commit, the date, the
 fingerprint, the library versions, the median milliseconds per case (``ESTIMATOR:KIND`` /
 ``ref:KIND``), the ratios and the peak memory. An A/B of two commits gives a point to each (the
 base's medians at the base's commit, the head's at the head's); an A/B of two environments at one
@@ -34,7 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..provenance import machine_fingerprint
+from ..core.provenance import machine_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 HISTORY = REPO / "results" / "history"

@@ -1,6 +1,6 @@
 """The machine and the libraries a stored baseline was measured with, and whether it fits this one.
 
-``<machine>`` is the fingerprint name of ``bench.provenance.machine_fingerprint`` (CPU name, cores and a
+``<machine>`` is the fingerprint name of ``bench.core.provenance.machine_fingerprint`` (CPU name, cores and a
 hash of flags, caches and torch build, e.g. ``intel-xeon-2cpu-c3c94d``), else, for baselines saved before
 fingerprints, the CPU-name slug (``amd-epyc-2cpu``). A baseline judges only where it fits (:func:`unfit`):
 its fingerprint is this machine's and its torch, Pyro and Python (major.minor) versions are the running ones.
@@ -13,7 +13,7 @@ import platform
 import re
 from typing import List
 
-from ..provenance import cpu_name, machine_fingerprint, versions
+from ..core.provenance import cpu_name, machine_fingerprint, versions
 
 
 def cpu_model() -> str:

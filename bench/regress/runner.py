@@ -6,7 +6,7 @@ another Pyro), and asks them for rounds in turn (A, B, A, B, ...): both sides se
 minutes of the shared machine. The runner is this file, run as a script
 (``python runner.py --root SIDE_ROOT``); it imports ``ssvae`` from ``SIDE_ROOT`` (its stable
 API only: ``RunConfig``, ``Trainer``, ``SSData``/``Split``, the estimator registry and
-``ssvae.reference``), and ``bench/peakmem.py`` and ``bench/slowdown.py`` from its own checkout by path,
+``ssvae.reference``), and ``bench/core/peakmem.py`` and ``bench/regress/slowdown.py`` from its own checkout by path,
 so both sides are timed by the same code.
 
 A case is ``ESTIMATOR:KIND`` (the Trainer's own SVI step, as in training), ``trace-jit:KIND``
@@ -155,8 +155,8 @@ class Case:
 class Runner:
     def __init__(self):
         self.cases = {}
-        self.peakmem = _load("peakmem", HERE.parent / "peakmem.py")
-        self.slowdown = _load("slowdown", HERE.parent / "slowdown.py")
+        self.peakmem = _load("peakmem", HERE.parent / "core" / "peakmem.py")
+        self.slowdown = _load("slowdown", HERE / "slowdown.py")
 
     def setup(self, cases, warmup: int = 2, threads: int = 1) -> dict:
         if threads > 0:

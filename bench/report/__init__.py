@@ -16,6 +16,10 @@ Tables are byte-identical when the report is run twice on the same folder: nothi
 the clock; the date shown is the one the harness wrote into ``env.json``. PNGs are saved without
 matplotlib's version/date metadata, so the plots and report.html are reproducible too.
 
+The same package holds what else is drawn from results folders: ``compare`` of two folders
+(:mod:`.compare`, :mod:`.compare_render`, :mod:`.compare_cli`), the tuning study behind ``tune``
+(:mod:`.tune_study`) and the README's generated blocks (:mod:`.readme`).
+
 Layout (no module imports one that imports it back):
 
 * :mod:`.data`: :func:`load_results` (tolerant reading: corrupt or missing files become "corrupt" /

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from ..commands import COMMANDS
-from ..errors import EXIT_STORAGE, Parser, UsageError, fail, writable
-from ..paired import CONFIDENCE, DEFAULT_MARGIN
-from ..schema import ENV_FILE
+from ..core.errors import EXIT_STORAGE, Parser, UsageError, fail, writable
+from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
+from ..core.schema import ENV_FILE
 from .page import build_report
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..paired import CONFIDENCE, DEFAULT_MARGIN
+from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
 from .common import provenance
 from .data import Results
 from .render import markdown_table
@@ -114,8 +114,8 @@ class Context:
         return path
 
     def adopt_png(self, path, title: str) -> Optional[Path]:
-        """A PNG drawn by a plotting function outside the report (``bench.paired``,
-        ``bench.diagnostics``), given the report's frame: the title on top, the provenance line at the
+        """A PNG drawn by a plotting function outside the report (``bench.analysis.paired``,
+        ``bench.analysis.diagnostics``), given the report's frame: the title on top, the provenance line at the
         foot, saved without matplotlib's metadata. The drawn pixels are copied one to one, not resampled."""
         if path is None or not Path(path).is_file():
             return None

@@ -1,9 +1,9 @@
 """Reading a results folder: :func:`load_results` -> :class:`Results`.
 
 Tolerant reading: a corrupt or missing file becomes a "corrupt" / "missing" cell or an entry in
-``Results.problems``, never a crash (records go through ``bench.store.read_result``, the one typed
+``Results.problems``, never a crash (records go through ``bench.core.store.read_result``, the one typed
 reader). A folder whose records cannot be tied to one grid (env.json absent or unreadable) is refused
-(:class:`bench.errors.UsageError`): its tables would mix configurations. This module only reads; every
+(:class:`bench.core.errors.UsageError`): its tables would mix configurations. This module only reads; every
 table and plot is built from the :class:`Results` it returns (see ``bench/report/sections/``).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ import pandas as pd
 
 from ssvae.statistics import COLUMNS as STAT_COLUMNS
 
-from ..errors import UsageError
-from ..store import read_result
-from ..tables import busy_seconds, load_grid
-from ..schema import ANALOGY_SUFFIX, ENV_FILE
+from ..core.errors import UsageError
+from ..core.store import read_result
+from ..core.tables import busy_seconds, load_grid
+from ..core.schema import ANALOGY_SUFFIX, ENV_FILE
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 #: "stale": runs.csv says the file was written for another configuration than the grid's
@@ -57,7 +57,7 @@ class Results:
     timing_sources: List[Tuple[str, dict]] = field(default_factory=list)  # (label, env) per timing folder
     outside: List[dict] = field(default_factory=list)  # records of the folder outside its grid (in no table)
     part_provenance: Dict[str, dict] = field(default_factory=dict)  # cells/probes: commits and threads
-    busy_seconds: Optional[float] = None  # wall time with a task of the grid running (bench.tables.busy_seconds)
+    busy_seconds: Optional[float] = None  # wall time with a task of the grid running (bench.core.tables.busy_seconds)
 
 
 def parse_cell(cell: str) -> Optional[dict]:
@@ -147,7 +147,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         problems.append("env.json missing or unreadable: provenance unknown")
         env = {}
 
-    # The grid of env.json, from its JSON records (bench.tables.load_grid). A folder whose env.json lists
+    # The grid of env.json, from its JSON records (bench.core.tables.load_grid). A folder whose env.json lists
     # its task specs is read from its records alone: CSVs are caches, and a record outside the grid
     # (another configuration, other data or torch) is in no table. Older folders: as they were written.
     grid = load_grid(root)
@@ -217,7 +217,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     runs["status"] = runs["status"].astype(str)
     runs["expected"] = runs["cell"].isin(set(expected))
     runs["error"] = runs["error"].where(runs["error"].notna(), "")
-    # what ran beside each cell (bench.tables.collect, from the records' times and the worker's measurement)
+    # what ran beside each cell (bench.core.tables.collect, from the records' times and the worker's measurement)
     side = {} if grid.legacy else {r["cell"]: r for r in grid.tables.get("runs", [])}
     for key in ("beside", "other_cpu_load"):
         runs[key] = pd.to_numeric(runs["cell"].map(lambda c: side.get(c, {}).get(key)), errors="coerce")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence
 
-from ..paired import CONFIDENCE, DEFAULT_MARGIN
+from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
 from .common import provenance
 from .context import Context
 from .data import load_results
@@ -27,7 +27,7 @@ def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True,
                  level: float = CONFIDENCE) -> Dict[str, Path]:
     """Write report.md, report.html, tables/ and plots/ into ``results_dir``; return their paths.
     ``margin`` and ``level``: the paired verdict's non-inferiority margin and intervals' confidence level
-    (:mod:`bench.paired`); time per epoch is stated beside each verdict, never inside it."""
+    (:mod:`bench.analysis.paired`); time per epoch is stated beside each verdict, never inside it."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")

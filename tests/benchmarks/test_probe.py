@@ -1,9 +1,9 @@
 """Gradient-probe benchmarks: draws per second of the loop and of batched draws (``ssvae.particles``).
 
 For trace and enum, on the unlabeled (``unsup``) and labeled (``sup``) batch, at the run's sizes
-(``bench.probe_bench.probe_case``: 784-500-50, a batch of ``DEFAULT_RUN.batch_size``), one call takes
+(``bench.run.probe_bench.probe_case``: 784-500-50, a batch of ``DEFAULT_RUN.batch_size``), one call takes
 ``n = 50`` draws (``draws_per_s`` in ``extra_info``: n over the median round) on the torch threads of
-``conftest.py`` (one by default). A measurement, not an assertion: ``python -m bench.probe_bench``
+``conftest.py`` (one by default). A measurement, not an assertion: ``python -m bench.run.probe_bench``
 writes the committed table (results/benchmarks/probe-draws.md). With benchmarks disabled (the
 default), each case takes 2 draws once: a check that it runs.
 
@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from bench.probe_bench import ESTIMATORS, STEP_KINDS, draws
+from bench.run.probe_bench import ESTIMATORS, STEP_KINDS, draws
 
 N = 50
 ROUNDS = int(os.environ.get("REGRESS_ROUNDS", 1 if os.environ.get("REGRESS_SHORT", "") not in ("", "0") else 3))

@@ -11,7 +11,7 @@ classification step), two benchmarks run back to back at the default sizes (batc
   on the counterpart objective. An estimator with no hand-written counterpart for its
   unlabeled step is timed against ``unsup-sampled`` (one reference pass of the networks) as a
   yardstick, and marked so. The pairing is ``ssvae.reference.pairing``, the one the harness's
-  timing probe (``bench.timing_probe.run_timing``) uses too.
+  timing probe (``bench.run.timing_probe.run_timing``) uses too.
 
 ``bench.regress`` turns the medians into ratios (Pyro / reference, enum / trace) and compares
 them with a stored baseline. Run through it (``make regress``), or directly with
@@ -29,7 +29,7 @@ JIT: ``test_jit_step`` times ``JitTrace_ELBO`` / ``JitTraceEnum_ELBO`` variants 
 
 Rounds: about ``$REGRESS_BUDGET_S`` seconds of steps per benchmark (2 s, or 0.6 s with
 ``REGRESS_SHORT=1``), at least ``$REGRESS_ROUNDS`` (9, short 5). ``$SSVAE_INJECT_SLOWDOWN``
-slows a chosen Pyro step (see ``bench/slowdown.py``).
+slows a chosen Pyro step (see ``bench/regress/slowdown.py``).
 """
 import os
 import time
@@ -37,7 +37,7 @@ import time
 import pytest
 import torch
 
-from bench import slowdown
+from bench.regress import slowdown
 from ssvae import reference as ref
 from ssvae.config import RunConfig
 from ssvae.data import SSData, Split

@@ -26,7 +26,7 @@ from ..frames import protocols, table1
 from .grad_mse import efficiency, has_error
 from .paired import ENUM_REF, conclusions, diff_cell
 
-#: the verdict categories of ``bench.paired_verdicts`` in a user's words
+#: the verdict categories of ``bench.analysis.paired_verdicts`` in a user's words
 WORDS = {"better": "better", "as good": "as good", "worse": "worse", "inconclusive": "inconclusive",
          "not learning": "setting not learning"}
 #: the supervised-only baseline's row: the bar enum + aux must clear for a verdict to be drawn

@@ -1,6 +1,6 @@
 """Accuracy at equal wall time: per setting and variant, the test accuracy (at the best validation epoch
 among the epochs that fit) each variant reaches within the time enum + aux takes for its whole run,
-paired by seed with enum + aux's own (:func:`bench.paired.equal_time`). Times are the isolated timing
+paired by seed with enum + aux's own (:func:`bench.analysis.paired.equal_time`). Times are the isolated timing
 probe's time per epoch (never the cells' wall times); the device and threads of the probe are stated.
 Files: ``equal_time.csv`` (numbers), ``equal_time_shown.csv`` (the table shown).
 """
@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ... import paired as paired_stats
+from ...analysis import paired as paired_stats
 from ..common import variant_label, variants
 from ..context import Context, Section, Table
 from ..data import Results

@@ -1,7 +1,7 @@
 """Gradient error against the exact gradient: estimators ranked by their MSE (variance plus squared bias,
 per coordinate, one draw) at the last common checkpoint, and by the work-normalised MSE (MSE x seconds per
-unlabeled step of the timing probe: :data:`bench.diagnostics.EFFICIENCY`), biased estimators marked,
-with the log-log plot of MSE against seconds per step (:func:`bench.diagnostics.plot_efficiency`).
+unlabeled step of the timing probe: :data:`bench.analysis.diagnostics.EFFICIENCY`), biased estimators marked,
+with the log-log plot of MSE against seconds per step (:func:`bench.analysis.diagnostics.plot_efficiency`).
 
 It also checks the trained baselines: at every common checkpoint after step 0, each estimator with a
 stateful baseline (``Estimator.stateful``: trace-avg, trace-bx, nvil) against trace at the same parameters
@@ -21,7 +21,7 @@ import pandas as pd
 
 from ssvae.estimators import REGISTRY
 
-from ...diagnostics import (EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, is_biased, label, mse_table,
+from ...analysis.diagnostics import (EFFICIENCY, EFFICIENCY_LABEL, efficiency_table, is_biased, label, mse_table,
                             plot_efficiency, ranking, trajectory_ratios)
 from ..common import fmt_sig, rank_label_counts
 from ..context import Context, Figure, Section, Table
@@ -57,7 +57,7 @@ def display(eff: pd.DataFrame, labels: int) -> pd.DataFrame:
 
 def efficiency(res) -> pd.DataFrame:
     """The unlabeled step's MSE table with seconds per step and the work-normalised MSE (NaN without a
-    timing table): :func:`bench.diagnostics.efficiency_table`."""
+    timing table): :func:`bench.analysis.diagnostics.efficiency_table`."""
     timing = this_timing(res)
     eff = efficiency_table(res.grad, timing) if len(timing) else mse_table(res.grad).assign(seconds_per_step=np.nan)
     if EFFICIENCY not in eff:

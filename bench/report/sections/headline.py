@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ...paired_verdicts import can_switch
+from ...analysis.paired_verdicts import can_switch
 from ..context import Context, Section, Table
 from .paired import ENUM_REF, conclusions, headline_line, headline_setting, level_text, not_learning, verdict_display
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...schema import CONTENDED_LOAD, cores
+from ...core.schema import CONTENDED_LOAD, cores
 from ..context import Context, Section
 from ..frames import protocols, status
 
@@ -72,7 +72,7 @@ def run_cost_line(ctx: Context) -> Optional[str]:
     est = ctx.env.get("estimate") or {}
     if (busy and isinstance(est.get("seconds"), (int, float)) and not ctx.env.get("earlier_runs")
             and est.get("tasks") == len(ctx.env.get("tasks_run") or [])):
-        # the estimate the run printed before it started (bench/estimate.py), where one run made the folder
+        # the estimate the run printed before it started (bench/run/estimate.py), where one run made the folder
         text += (f". Its estimate before it started: {_hours(est['seconds'])} for those {est['tasks']} tasks "
                  f"({est.get('priced_on') or 'no calibration'}); measured/estimated {busy / est['seconds']:.2f}")
     return text + "."

@@ -1,5 +1,5 @@
 """Paired differences: every variant against enum + aux and against the supervised-only baseline, seed by
-seed, at every label count with and without the auxiliary loss (:mod:`bench.paired`), the verdicts
+seed, at every label count with and without the auxiliary loss (:mod:`bench.analysis.paired`), the verdicts
 (better, as good within the margin, inconclusive, worse; none where enum + aux is not learning), each
 variant's time per epoch beside its verdict (timing probe), the per-seed points, and the generated
 text. The margin is an option of ``python -m bench report`` (``--margin``) and the interval's level one of
@@ -11,7 +11,7 @@ Files: ``paired_differences.csv`` (numbers; per-seed differences ';'-joined), ``
 ``accuracy_points.png``.
 
 The sentences the Summary and the Headline take from here (:func:`headline_line`,
-:func:`elsewhere_line`, :func:`caveat_line`) are :mod:`bench.paired_verdicts`'s, from the same verdict table, so
+:func:`elsewhere_line`, :func:`caveat_line`) are :mod:`bench.analysis.paired_verdicts`'s, from the same verdict table, so
 the page has one verdict.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ... import paired_verdicts
-from ...paired import BASELINE, ENUM_AUX, plot_accuracy_points, plot_paired, reference_label
-from ...paired_verdicts import ci_text, rule_text, setting_sentence, settings_sentences
+from ...analysis import paired_verdicts
+from ...analysis.paired import BASELINE, ENUM_AUX, plot_accuracy_points, plot_paired, reference_label
+from ...analysis.paired_verdicts import ci_text, rule_text, setting_sentence, settings_sentences
 from ..plotting import readable_palette
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
@@ -35,7 +35,7 @@ ENUM_REF, BASE_REF = reference_label(ENUM_AUX), reference_label(BASELINE)
 
 
 def paired_frames(res: Results, margin: float, level: float) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(paired differences, verdicts, generated text) of :func:`bench.paired_verdicts.conclusions`: seeds paired,
+    """(paired differences, verdicts, generated text) of :func:`bench.analysis.paired_verdicts.conclusions`: seeds paired,
     against enum + aux and the supervised baseline, times from this folder's timing probe only."""
     runs = res.runs.assign(protocol=", ".join(protocols(res)))
     return paired_verdicts.conclusions(runs, this_timing(res), margin, res.env.get("device", "cpu"),
@@ -49,7 +49,7 @@ def conclusions(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame, str]:
 
 def learning(ctx: Context) -> pd.DataFrame:
     """enum + aux minus the baseline per label count, and whether it learns there
-    (:func:`bench.paired_verdicts.learning`)."""
+    (:func:`bench.analysis.paired_verdicts.learning`)."""
     return paired_verdicts.learning(conclusions(ctx)[0])
 
 
@@ -60,7 +60,7 @@ def not_learning(ctx: Context) -> list:
 
 
 def pts(x: float) -> str:
-    """An accuracy difference in points, signed, one decimal (as :mod:`bench.paired` writes it)."""
+    """An accuracy difference in points, signed, one decimal (as :mod:`bench.analysis.paired` writes it)."""
     return f"{round(x * 100, 1) + 0.0:+.1f}"
 
 
@@ -214,7 +214,7 @@ def build(ctx: Context) -> Section:
     sec.text.append(
         "Cells with the same seed share the labeled subset, the initial weights and the batch order, so each variant "
         "is compared with a reference seed by seed: d = accuracy(variant) − accuracy(reference), test accuracy at "
-        f"the best validation epoch, and a {lv} Student-t interval on the mean of d (`bench/paired.py`). References: "
+        f"the best validation epoch, and a {lv} Student-t interval on the mean of d (`bench/analysis/paired.py`). References: "
         f"{ENUM_REF} and the supervised-only baseline, at every label count with and without the auxiliary loss. "
         + rule_text(m) + " The time per epoch is summed from the timing probe's median step times over an epoch's "
         f"schedule (never the cells' own wall times). This page: `--margin {m:g}`, level {lv}.")

@@ -5,7 +5,7 @@ smallest label counts, named in ``chosen``). Files: ``rank_accuracy.csv``, ``ran
 
 The gradient ranking is by the MSE against the exact gradient where grad_variance.csv has it (variance
 plus squared bias); in older folders by the variance, and then a biased estimator (a relaxation,
-:func:`bench.diagnostics.is_biased`) is listed unranked: its variance alone says nothing of its error.
+:func:`bench.analysis.diagnostics.is_biased`) is listed unranked: its variance alone says nothing of its error.
 At a label count where enum + aux does not beat the supervised-only baseline (not learning, :mod:`.paired`)
 the accuracy ranking lists the variants unranked: no ranking there is evidence for an estimator.
 """
@@ -15,7 +15,7 @@ from typing import List, Sequence
 
 import pandas as pd
 
-from ...diagnostics import is_biased
+from ...analysis.diagnostics import is_biased
 from ..common import (fmt_sig, median_seconds_per_epoch, ok_runs, rank_label_counts, rnd, sig, t1_mean,
                       variant_label, variants)
 from ..context import Context, Section, Table

@@ -12,7 +12,7 @@ from typing import Optional
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ...schema import ANALOGY_SUFFIX
+from ...core.schema import ANALOGY_SUFFIX
 from ..context import Context, Figure, Section
 
 

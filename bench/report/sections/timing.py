@@ -3,7 +3,7 @@ measurement once (see :func:`bench.report.frames.timing`; one CPU and one GPU si
 GPU's speed-up), enumeration's cost relative to sampling, and a plot of points on a log axis, one panel
 per step kind. Files: ``timing.csv`` (the table shown), ``timing_long.csv`` (numbers),
 ``timing_relative.csv`` (unlabeled step over trace's). A probe beside which other processes kept
-``bench.schema.CONTENDED_LOAD`` cores or more busy is marked contended, and the verdicts do not take its
+``bench.core.schema.CONTENDED_LOAD`` cores or more busy is marked contended, and the verdicts do not take its
 times.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ...schema import CONTENDED_LOAD, cores
+from ...core.schema import CONTENDED_LOAD, cores
 from ..common import fmt_ms, kinds_in, rnd
 from ..plotting import plain_log_ticks, readable_palette
 from ..context import Context, Figure, Section, Table
@@ -36,7 +36,7 @@ def _rows(long: pd.DataFrame, d: pd.DataFrame, kinds) -> list:
             load = pd.to_numeric(de.other_cpu_load, errors="coerce").max()
             row["measured"] = ("–" if pd.isna(load) else f"contended ({cores(load)} busy beside)"
                                if load >= CONTENDED_LOAD else "alone")
-        if "peak_mb" in long:  # one more step of each kind, untimed (bench.peakmem)
+        if "peak_mb" in long:  # one more step of each kind, untimed (bench.core.peakmem)
             row[f"peak MB {' / '.join(kinds)}"] = " / ".join(
                 fmt_ms(by.loc[k, "peak_mb"]) if k in by.index and pd.notna(by.loc[k, "peak_mb"]) else "–"
                 for k in kinds)

@@ -1,6 +1,6 @@
 """Tuning: a run made with ``python -m bench run ... --tuned FILE`` records the choice file in env.json
 (``tuned``: the file, its sha256, the metric the choices were selected on, and the values it set per
-estimator; :func:`bench.tune.load_choices`). This section names the file and the chosen values; a run
+estimator; :func:`bench.run.tune.load_choices`). This section names the file and the chosen values; a run
 without ``--tuned`` has no such section. File: ``tuned.csv``.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build(ctx: Context) -> Optional[Section]:
     sec.text.append(
         f"This run applied the choices of a tuning run: `--tuned {tuned.get('file', '?')}` (sha256 "
         f"`{str(tuned.get('sha256', '?'))[:12]}`), selected on `{tuned.get('selected_on') or '?'}` (validation "
-        "data only, never test accuracy; `bench/tune.py`)"
+        "data only, never test accuracy; `bench/run/tune.py`)"
         + (f", from `{tuned['source']}`" if tuned.get("source") else "") + ". The chosen values below override the "
         "preset's per-estimator options; `--set` still overrides them.")
     if len(df):

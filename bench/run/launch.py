@@ -1,9 +1,9 @@
 """Starting a task's worker process and judging what it left: what every executor shares.
 
-An executor runs ``python -m bench.worker`` (:func:`worker_command`) for each spec, with a fresh token per
+An executor runs ``python -m bench.run.worker`` (:func:`worker_command`) for each spec, with a fresh token per
 attempt (:func:`new_token`) and ``threads`` torch threads (:func:`default_threads`, :func:`task_threads`);
 the child dies with its parent (:func:`_die_with_parent`). A worker that wrote no result is recorded
-failed (:func:`write_failed`, through ``bench.store.write_record``), with the last line of its log
+failed (:func:`write_failed`, through ``bench.core.store.write_record``), with the last line of its log
 (:func:`_last_line`) where that says why.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import List, Optional
 
-from .provenance import usable_cpus
-from .store import write_record
+from ..core.provenance import usable_cpus
+from ..core.store import write_record
 
 PR_SET_PDEATHSIG = 1
 
@@ -31,8 +31,8 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 def worker_command(out_dir, threads: int, data_dir: Optional[str], token: Optional[str] = None,
                    run_id: Optional[str] = None) -> List[str]:
-    """``python -m bench.worker`` for one task (its spec goes to stdin)."""
-    cmd = [sys.executable, "-m", "bench.worker", "--out", str(out_dir), "--threads", str(threads)]
+    """``python -m bench.run.worker`` for one task (its spec goes to stdin)."""
+    cmd = [sys.executable, "-m", "bench.run.worker", "--out", str(out_dir), "--threads", str(threads)]
     cmd += ["--token", token] if token else []
     cmd += ["--run", run_id] if run_id else []
     return cmd + (["--data-dir", str(data_dir)] if data_dir else [])
@@ -70,4 +70,4 @@ def _last_line(path: Path) -> str:
         lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
     except OSError:
         return ""
-    return lines[-1].replace("bench.worker: ", "") if lines else ""
+    return lines[-1].replace("bench.run.worker: ", "") if lines else ""

@@ -32,10 +32,10 @@ measures compared; each row is flagged when the difference is larger than its no
 Output: a text table per measure on stdout (flagged rows start with ``!!``), then the summary line
 ``compare: N cells in both, K flagged (...)``. ``--csv OUT`` writes every comparison row (all measures,
 long format). Exit status 0 when nothing is flagged, 1 when something is, 2 on bad input (two folders of
-different grids, :func:`bench.schema.grid_difference`, are bad input: their cells are not comparable).
+different grids, :func:`bench.core.schema.grid_difference`, are bad input: their cells are not comparable).
 
 This module holds the comparison (:func:`compare`: loading, the four measures, their rules); the text tables,
-the summary line and the CSV are :mod:`bench.compare_render`'s, the command's parser :mod:`bench.compare_cli`'s.
+the summary line and the CSV are :mod:`bench.report.compare_render`'s, the command's parser :mod:`bench.report.compare_cli`'s.
 """
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ import pandas as pd
 
 from ssvae.metrics import t_quantile_975
 
-from .errors import UsageError
-from .schema import grid_difference
-from .report.common import estimator_order, variant_label
-from .report.data import Results, load_results
+from ..core.errors import UsageError
+from ..core.schema import grid_difference
+from .common import estimator_order, variant_label
+from .data import Results, load_results
 
 ACC_METRIC = "test_acc_at_best_valid"
 #: a cell is "identical" in both folders when all of these are equal

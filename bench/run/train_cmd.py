@@ -13,8 +13,8 @@ from ssvae.config import DEFAULT_RUN
 from ssvae.estimators import validate
 from ssvae.train import train
 
-from .commands import COMMANDS
-from .errors import add_data_args, int_list
+from ..commands import COMMANDS
+from ..core.errors import add_data_args, int_list
 
 
 def add_train_parser(sub) -> None:

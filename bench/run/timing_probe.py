@@ -1,6 +1,6 @@
 """The timing probe: each estimator's Pyro step beside its hand-written twin (``ssvae.reference``).
 
-:func:`run_timing` is the ``timing`` task (``bench.tasks.KINDS``): median times per step kind, Pyro's
+:func:`run_timing` is the ``timing`` task (``bench.run.tasks.KINDS``): median times per step kind, Pyro's
 overhead over the reference step, the step's FLOPs against the measured matmul rate and its peak memory.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ssvae import reference
 from ssvae.flops import Sizes, matmul_rate, step_flops
 from ssvae.train import Trainer, synchronize
 
-from .peakmem import peak_step_memory
-from .taskdata import Progress, _load_data
+from ..core.peakmem import peak_step_memory
+from ..core.taskdata import Progress, _load_data
 
 
 def time_steps(step: Callable[[], object], warmup: int, n: int, device) -> np.ndarray:
@@ -74,10 +74,10 @@ def run_timing(spec: dict, data_dir, progress: Progress = None, cache_dir: Optio
     (``gflop``, ``ssvae.flops``) and the reference step's achieved rate as a percentage of
     the matmul rate measured at the start of this task (``matmul_gflops``), and the peak
     memory of one more step of Pyro's (``peak_mb``: resident-set growth on CPU, sampled after
-    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.peakmem``). On CUDA a
+    ``malloc_trim``; ``max_memory_allocated`` growth on CUDA; ``bench.core.peakmem``). On CUDA a
     row also keeps what the process held on the GPU at that step's peak (``cuda_peak_mb``: allocated,
     ``cuda_reserved_mb``: with the allocator's cache), in the record only: how many cells share a GPU
-    is planned from it (``bench.gpu_plan.plan_gpus``).
+    is planned from it (``bench.run.gpu_plan.plan_gpus``).
     """
     base = RunConfig.from_dict(spec["config"])
     data = _load_data(base, data_dir)

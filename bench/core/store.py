@@ -12,7 +12,7 @@ Layout of an output folder (see results/README.md for every column)::
 
 JSON files are written once, atomically (temp file + rename), when their task ends, so a
 file is either complete or absent. The CSV tables are rebuilt from the JSON files after
-every task (``bench.tables``), so they can always be regenerated.
+every task (``bench.core.tables``), so they can always be regenerated.
 
 The rules of a result file, each enforced in one place (docs/faults.md states them):
 
@@ -20,7 +20,7 @@ The rules of a result file, each enforced in one place (docs/faults.md states th
   ``corrupt: <reason>`` (and the next run reruns it);
 * :func:`write_record` never replaces a finished record (ok, diverged) with an unfinished one, and a
   worker writes only while ``OUT/.lock`` names its run (:func:`owns`);
-* ``bench.tables.load_grid`` never ties a record to a grid it cannot read from ``env.json``.
+* ``bench.core.tables.load_grid`` never ties a record to a grid it cannot read from ``env.json``.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def read_result(path) -> Tuple[Optional[dict], Optional[str]]:
     """(record, None) for a readable record; (None, "missing") or (None, "corrupt: <reason>") otherwise.
 
     The one reader of result files: a file that is not JSON, or JSON of the wrong shape (a string where
-    ``metrics`` or ``curves`` belong, :func:`bench.schema.record_problem`), is corrupt, never a crash later.
+    ``metrics`` or ``curves`` belong, :func:`bench.core.schema.record_problem`), is corrupt, never a crash later.
     """
     path = Path(path)
     if not path.exists():

@@ -1,6 +1,6 @@
-"""The tuning report and its command: ``python -m bench.tune OUT`` (run as ``bench/tune.py``'s ``__main__``).
+"""The tuning study and its command: ``python -m bench tune OUT``.
 
-:func:`write_report` selects with :mod:`bench.tune`'s rule (:func:`bench.tune.select`) and writes
+:func:`write_report` selects with :mod:`bench.run.tune`'s rule (:func:`bench.run.tune.select`) and writes
 ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every combination with its mean and 95 % t-interval over
 seeds, and the choices with the chosen minus Pyro's default, paired over seeds),
 ``OUT/plots/tune_sensitivity.png`` (validation accuracy against learning rate, one line per estimator,
@@ -9,22 +9,24 @@ provenance in the figure) and ``OUT/tune.md``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
+
+import seaborn as sns
 
 from ssvae.config import sci
 from ssvae.errors import ConfigError
 
-from .schema import ENV_FILE
-from .tune import CHOICE_FILE, PYRO_LR, SELECT_ON, _default_row, _paired_diff, combinations, select
+from ..commands import COMMANDS
+from ..core.schema import ENV_FILE
+from ..run.tune import CHOICE_FILE, PYRO_LR, SELECT_ON, _default_row, _paired_diff, combinations, select
+from .plotting import plt
 
 
 def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
-    import csv
-
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     with open(path_stem.with_suffix(".csv"), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
@@ -119,12 +121,6 @@ def write_report(out: Path) -> dict:
 def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov: dict) -> Path:
     """Validation accuracy against learning rate, one line per estimator (and per setting of its
     other tuned options), the chosen combination circled; provenance in the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     ests = sorted({r["estimator"] for r in rows})
     palette = sns.color_palette("tab20")
     colours = dict(zip(ests, palette[::2] + palette[1::2]))
@@ -201,7 +197,7 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
     text = [
         "# Tuning on validation data", "",
         f"Provenance: {_provenance_line(prov)}.", "",
-        f"Command: `{prov.get('command')}`; selection: `python -m bench.tune {out.name}` "
+        f"Command: `{prov.get('command')}`; selection: `python -m bench tune {out.name}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
@@ -214,20 +210,22 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
     ]
     (out / "tune.md").write_text("\n".join(text))
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.tune",
-        description="Tuning on validation data: the ``tune`` preset's grid, the choice file, the sensitivity report.")
-    parser.add_argument("out", help="the output folder of a tuning run (python -m bench run --preset tune)")
-    args = parser.parse_args(argv)
+def add_tune_parser(subparsers) -> argparse.ArgumentParser:
+    """``tune OUT``; sets ``func=cmd_tune``."""
+    p = subparsers.add_parser(
+        "tune", help=COMMANDS["tune"].help,
+        description="Tuning on validation data: from a run of the ``tune`` preset (or any grid with a [tune] table), "
+                    "the choice file tuned.json, the tables and the sensitivity plot.")
+    p.add_argument("out", help="the output folder of a tuning run (python -m bench run --preset tune)")
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(args) -> int:
     out = Path(args.out)
-    try:
-        if not (out / "runs").is_dir():
-            raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
-        doc = write_report(out)
-    except ConfigError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
+    if not (out / "runs").is_dir():
+        raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
+    doc = write_report(out)
     for est, vals in doc["estimators"].items():
         print(f"{est:14s} {_cell(vals)}")
     print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")

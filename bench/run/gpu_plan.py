@@ -2,7 +2,7 @@
 
 :func:`plan_gpus` sizes a cell from the most GPU memory its folder's timing probe held during a step
 (:func:`cuda_peak_mb`; before there is one, :data:`DEFAULT_CELL_MB`) and gives each GPU the cells that fit
-in :data:`GPU_MEMORY_SHARE` of its memory; ``bench.executors.LocalExecutor`` fills the slots.
+in :data:`GPU_MEMORY_SHARE` of its memory; ``bench.run.executors.LocalExecutor`` fills the slots.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .store import read_result
+from ..core.store import read_result
 
 
 #: GPU memory a cell is planned to take (MiB) where the folder holds no CUDA timing record with its peak:
@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 
 def cuda_peak_mb(out_dir) -> Optional[float]:
     """The most GPU memory a timing probe of the folder held during a step (MiB; ``cuda_reserved_mb``, else
-    ``cuda_peak_mb`` of its CUDA rows: ``bench.timing_probe.run_timing``); None where no finished record has one."""
+    ``cuda_peak_mb`` of its CUDA rows: ``bench.run.timing_probe.run_timing``); None where no finished record has one."""
     peaks = []
     for path in sorted(Path(out_dir).glob("probes/timing_*.json")):
         record, _ = read_result(path)

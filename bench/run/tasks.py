@@ -6,8 +6,8 @@ outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with 
 
 The ``train`` kind's runner (:func:`run_train`) is here, with the state that lets a cell cut short resume
 from its last finished epoch (:class:`_CellState`); the probes' runners are in
-``bench.gradient_probe`` (``common``) and ``bench.timing_probe`` (``timing``), the test-only fault
-hook in ``bench.faults``.
+``bench.run.gradient_probe`` (``common``) and ``bench.run.timing_probe`` (``timing``), the test-only fault
+hook in ``bench.run.faults``.
 """
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluatio
                    train_cost)
 from .faults import _fault_hook
 from .gradient_probe import _probe_batches, _references, _variance_rows, run_common
-from .provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
-from .schema import ANALOGY_SUFFIX
-from .store import _json_default, atomic_write_bytes, owns, read_checksummed, write_checksummed, write_record
-from .tables import span
-from .taskdata import Progress, _load_data
+from ..core.provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
+from ..core.schema import ANALOGY_SUFFIX
+from ..core.store import _json_default, atomic_write_bytes, owns, read_checksummed, write_checksummed, write_record
+from ..core.tables import span
+from ..core.taskdata import Progress, _load_data
 from .timing_probe import run_timing
 
 
@@ -56,9 +56,9 @@ class _CellState:
     processes); with this state it continues from its last finished epoch instead of epoch 1, with
     the record it would have had uninterrupted (timings aside). ``key`` hashes what the state depends
     on: the cell's spec (config, probe settings, evaluation plan), the data and the torch and pyro
-    versions, as :class:`bench.gradient_probe._TrajectoryCache`'s does. The file holds ``ssvae.train``'s
+    versions, as :class:`bench.run.gradient_probe._TrajectoryCache`'s does. The file holds ``ssvae.train``'s
     state (its ``on_epoch_end``) and the own-trajectory probe rows taken so far; it is rewritten after
-    every epoch, atomically and behind its sha256 (:func:`bench.store.write_checksummed`), and deleted
+    every epoch, atomically and behind its sha256 (:func:`bench.core.store.write_checksummed`), and deleted
     when the cell ends ok or diverged (kept when it fails: a rerun resumes). A file that fails its
     checksum, does not load or belongs to another run is deleted, and the cell starts from epoch 1.
     A cache: deleting it changes no result, only how long a cut-short cell takes.
@@ -189,7 +189,7 @@ class TaskKind:
     the gradient probe and ``evaluation(spec)`` the epochs of evaluation it runs (:func:`cost_parts` splits
     the cost by them; the ETA and ``bench list`` calibrate each part on this machine's finished tasks);
     ``epochs(spec)`` is how many epochs the progress lines count. A new kind is a runner, one entry here,
-    and its spec expansion in ``bench.grid.expand``.
+    and its spec expansion in ``bench.run.grid.expand``.
     """
     run: Callable[..., dict]
     cost: Callable[[dict], float]
@@ -205,7 +205,7 @@ KINDS: Dict[str, TaskKind] = {
 }
 
 
-#: the parts of a task's work, each calibrated on its own (:func:`cost_parts`, ``bench.harness``)
+#: the parts of a task's work, each calibrated on its own (:func:`cost_parts`, ``bench.run.harness``)
 PARTS = tuple(PART_STEPS)
 
 
@@ -220,7 +220,7 @@ def cost_parts(spec: dict) -> Dict[str, float]:
 
 def measured_parts(record: dict) -> Dict[str, float]:
     """Seconds a finished task spent in each part: the cell's own ``train_seconds`` and ``eval_seconds``,
-    and the rest of its start-to-end time (:func:`bench.tables.span`) in its probe, or in its training
+    and the rest of its start-to-end time (:func:`bench.core.tables.span`) in its probe, or in its training
     part where it has no probe."""
     start, end = span(record)
     metrics = record.get("metrics") or {}
@@ -232,7 +232,7 @@ def measured_parts(record: dict) -> Dict[str, float]:
 
 def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, threads: Optional[int] = None,
              token: Optional[str] = None, run_id: Optional[str] = None) -> dict:
-    """Run one task and write its result file atomically (:func:`bench.store.write_record`); returns the record.
+    """Run one task and write its result file atomically (:func:`bench.core.store.write_record`); returns the record.
 
     The record carries its identity (``provenance.identity``: commit and dirty flag, every installed
     distribution, the sha256 of the four MNIST files, threads, host, CPU, device) and the executor's
@@ -258,7 +258,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
         hashes = ssdata.raw_hashes(ssdata.locate_mnist(data_dir, download=False))
     except Exception:  # the data could not be found: the record says so in its error
         hashes = {}
-    finished = time.time()  # started/finished (epoch seconds): bench.tables.ran_beside finds overlapping tasks
+    finished = time.time()  # started/finished (epoch seconds): bench.core.tables.ran_beside finds overlapping tasks
     record.update(seconds=finished - started, started=started, finished=finished,
                   other_cpu_load=other_cpu_load(cpu_start, cpu_times(), finished - started), versions=versions(),
                   threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,

@@ -32,21 +32,21 @@ from ssvae.config import check_device
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
-from .commands import COMMANDS
+from ..commands import COMMANDS
 from . import grid as gridmod
 from . import tune as tunemod
-from .errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
+from ..core.errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
 from .executors import EXECUTORS
 from .gpu_plan import plan_gpus
-from .provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from .schema import ENV_FILE, grid_difference
+from ..core.provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
+from ..core.schema import ENV_FILE, grid_difference
 from . import estimate
 from .progress import Progress
-from .store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
+from ..core.store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
                     run_identity, stale_reason)
-from .tables import write_tables
+from ..core.tables import write_tables
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: default watchdog: a task that reports no progress for this long is recorded failed (timeout)
 STALL_TIMEOUT_S = 1800
@@ -88,7 +88,7 @@ def add_run_parser(sub) -> None:
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
     r.add_argument("--tuned", default=None, metavar="FILE",
-                   help="apply the choices of a tuning run (its tuned.json: python -m bench.tune OUT)")
+                   help="apply the choices of a tuning run (its tuned.json: python -m bench tune OUT)")
     r.add_argument("--task-timeout", type=float, default=None, metavar="S",
                    help="kill and record as failed (timeout) a task running longer than S seconds (default: none)")
     r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
@@ -419,5 +419,5 @@ def cmd_list(args) -> int:
         print(f"{name:8s} {len(tasks):5d} {grid.workers:7d} {wall:>10s} {share:>5s}  {grid.description}")
     if cal:
         print(f"(CPU wall time with the preset's workers, each task at the measured rate of its kind and part, the "
-              f"schedule played out (bench/estimate.py); {cal.describe()}; probe: the gradient probe's share)")
+              f"schedule played out (bench/run/estimate.py); {cal.describe()}; probe: the gradient probe's share)")
     return 0

@@ -1,8 +1,8 @@
 """The output of ``python -m bench compare``: the text tables, the summary line and the CSV of a comparison.
 
-:func:`render` writes a :class:`bench.compare.Comparison` as a text table per measure (flagged rows start with
+:func:`render` writes a :class:`bench.report.compare.Comparison` as a text table per measure (flagged rows start with
 ``!!``) ending with :func:`summary_line`; :func:`write_csv` writes every comparison row (``--csv OUT``). The
-measures and their rules are :mod:`bench.compare`'s.
+measures and their rules are :mod:`bench.report.compare`'s.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import List
 import pandas as pd
 
 from .compare import ACC_METRIC, CSV_COLUMNS, IDENTITY_METRICS, MEASURES, Comparison, _estimator_rank
-from .report.common import variant_label
-from .report.data import Results
+from .common import variant_label
+from .data import Results
 
 
 def _f(x, fmt="{:.4f}") -> str:

@@ -1,9 +1,9 @@
-"""One task in its own process: ``python -m bench.worker --out DIR [--token T] [--run R] < spec.json``.
+"""One task in its own process: ``python -m bench.run.worker --out DIR [--token T] [--run R] < spec.json``.
 
 Progress goes to stdout as JSON lines (read by the local executor); logs to stderr. A result that
 cannot be written (full disk, read-only folder) exits with status ``EXIT_STORAGE`` and one line on
 stderr, so the driver stops the grid instead of retrying. A result that is not written by rule
-(``bench.store.write_record``: a finished record is kept, or ``OUT/.lock`` no longer names run ``R``)
+(``bench.core.store.write_record``: a finished record is kept, or ``OUT/.lock`` no longer names run ``R``)
 exits 0 with its status and the reason as the last line on stderr: the executor does not retry it.
 """
 import argparse
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .errors import EXIT_STORAGE, StorageError
+from ..core.errors import EXIT_STORAGE, StorageError
 from .tasks import run_task
 
 #: Test-only: ``SSVAE_BENCH_HANG=CELL`` makes that task's worker hang before it starts (no progress,
@@ -44,10 +44,10 @@ def main() -> int:
         record = run_task(spec, args.out, data_dir=args.data_dir, progress=progress, threads=args.threads,
                           token=args.token, run_id=args.run)
     except StorageError as exc:
-        print(f"bench.worker: {exc}", file=sys.stderr)
+        print(f"bench.run.worker: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     if record.get("not_written"):
-        print(f"bench.worker: {record['status']}" + (f" ({record['error']})" if record.get("error") else "")
+        print(f"bench.run.worker: {record['status']}" + (f" ({record['error']})" if record.get("error") else "")
               + f", not written: {record['not_written']}", file=sys.stderr)
     print(json.dumps({"event": "done", "status": record["status"]}), flush=True)
     return 0

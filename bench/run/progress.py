@@ -1,6 +1,6 @@
 """What a running grid shows: tasks done / total, the running tasks with their epoch and step, and an ETA
-(a live tqdm bar on a terminal, a heartbeat line in a log), fed by the executors' updates (``bench.executors``)
-and priced by the plan (``bench.estimate``)."""
+(a live tqdm bar on a terminal, a heartbeat line in a log), fed by the executors' updates (``bench.run.executors``)
+and priced by the plan (``bench.run.estimate``)."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional
 from tqdm import tqdm
 
 from .executors import TaskState
-from .schema import CONTENDED_LOAD, cores
+from ..core.schema import CONTENDED_LOAD, cores
 from .tasks import KINDS
 
 
@@ -18,7 +18,7 @@ class Progress:
     """Tasks done / total, the running tasks with their epoch and step, and an ETA: a live bar on a
     terminal, a heartbeat line every ``HEARTBEAT_S`` seconds in a log (CI, nohup, Slurm).
 
-    The ETA starts from the plan (``wall``: ``bench.estimate``'s wall time of the tasks to run) and moves
+    The ETA starts from the plan (``wall``: ``bench.run.estimate``'s wall time of the tasks to run) and moves
     to the pace observed as work is done: remaining work x the plan's wall time per unit x (elapsed + K) /
     (the plan's time for the work done + K), with K a tenth of the plan, so that the first minute (a timing
     probe, a slow start) does not extrapolate to hours, and a run slower than planned says so as it goes."""
@@ -30,7 +30,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.total = len(tasks)
         self.done = self.total - len(todo)
-        # the work of a task: its estimated seconds (bench.estimate) where every task to run has one, else its cost
+        # the work of a task: its estimated seconds (bench.run.estimate) where every task to run has one, else its cost
         priced = bool(seconds) and all(t["id"] in seconds for t in todo)
         self.units = {t["id"]: (seconds[t["id"]] if priced else task_cost(t)) for t in todo}
         self.todo_units = sum(self.units[t["id"]] for t in todo)

@@ -12,7 +12,7 @@ Times come from the isolated timing probe only (``timing.csv``: one task at a ti
 :func:`isolated_epoch_ms`), never the cells' own wall times. :func:`equal_time`: the accuracy each variant
 reaches within enum + aux's whole-run time. :func:`plot_paired` and :func:`plot_accuracy_points` draw the
 per-seed points. The verdicts drawn from these tables and the generated summary are
-:mod:`bench.paired_verdicts`'s.
+:mod:`bench.analysis.paired_verdicts`'s.
 
 Inputs are the report's tables as pandas DataFrames: ``runs`` (``runs.csv``: cell, estimator, aux,
 labels, seed, status, epochs, best_epoch, test_acc_at_best_valid, ...), ``timing`` (``timing.csv``:
@@ -30,10 +30,10 @@ from scipy import stats
 
 from ssvae.train import epoch_schedule
 
-from .schema import CONTENDED_LOAD
+from ..core.schema import CONTENDED_LOAD
 
 METRIC = "test_acc_at_best_valid"
-#: the paired intervals' confidence level (``--level``-style option of :func:`bench.paired_verdicts.conclusions`)
+#: the paired intervals' confidence level (``--level``-style option of :func:`bench.analysis.paired_verdicts.conclusions`)
 CONFIDENCE = 0.95
 #: the non-inferiority margin (accuracy, 0.01 = 1 point): an option
 DEFAULT_MARGIN = 0.01
@@ -170,7 +170,7 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
     An epoch of the SS-VAE (``ssvae.train.epoch_schedule``) has S labeled and U unlabeled batches;
     its estimate is ``S (sup + aux if aux) + U unsup`` median ms. Estimators the probe did not time
     (the supervised baseline) and probes that shared the machine (``other_cpu_load`` at least
-    ``bench.schema.CONTENDED_LOAD`` cores) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
+    ``bench.core.schema.CONTENDED_LOAD`` cores) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
     protocol an epoch also takes U empty auxiliary steps (an Adam update with zero gradients), which the
     probe does not time: the estimate leaves them out.
     """

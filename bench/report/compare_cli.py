@@ -1,5 +1,5 @@
 """``python -m bench compare OLD NEW``: the command's parser and its run (:func:`add_compare_parser`,
-:func:`cmd_compare`). The comparison is :mod:`bench.compare`'s, its text and CSV :mod:`bench.compare_render`'s.
+:func:`cmd_compare`). The comparison is :mod:`bench.report.compare`'s, its text and CSV :mod:`bench.report.compare_render`'s.
 """
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import math
 from pathlib import Path
 
-from .commands import COMMANDS
+from ..commands import COMMANDS
 from .compare import Options, compare
 from .compare_render import render, write_csv
-from .errors import UsageError
+from ..core.errors import UsageError
 
 
 def _nonneg(text: str) -> float:

@@ -1,6 +1,6 @@
 """The gradient probe: each estimator's gradient against an exact reference, on its own trajectory or a common one.
 
-A training cell probes its own trajectory at its checkpoints (``bench.tasks.run_train`` calls
+A training cell probes its own trajectory at its checkpoints (``bench.run.tasks.run_train`` calls
 :func:`_references` and :func:`_variance_rows`); a ``common`` task (:func:`run_common`) follows one
 trajectory (enum + aux) and measures every estimator's gradient at the same parameters, training the
 estimators' stateful baselines along it (:class:`_BaselineTrainer`) and sharing the trajectory and its
@@ -28,9 +28,9 @@ from ssvae.metrics import (Reference, gradient_report, preserved_param_store, re
                            reference_objective)
 from ssvae.train import Trainer, preserved_rng, train
 
-from .provenance import versions
-from .store import read_checksummed, write_checksummed
-from .taskdata import Progress, _load_data
+from ..core.provenance import versions
+from ..core.store import read_checksummed, write_checksummed
+from ..core.taskdata import Progress, _load_data
 
 
 class _StopTraining(Exception):

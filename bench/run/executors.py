@@ -1,6 +1,6 @@
 """Executors: where the tasks of a grid run (the protocol, the local and dask executors, ``EXECUTORS``).
 
-Every executor runs ``bench.tasks.run_task`` for each spec in a fresh process (``bench.launch`` starts the
+Every executor runs ``bench.run.tasks.run_task`` for each spec in a fresh process (``bench.run.launch`` starts the
 worker and records one that wrote nothing); the worker writes its own result file, so the driver only
 collects and a driver crash loses nothing that finished.
 
@@ -9,7 +9,7 @@ collects and a driver crash loses nothing that finished.
   writing its result (killed, out of memory) is re-queued once, then recorded as failed.
   Tasks marked ``exclusive`` (the timing probe) run alone. With ``gpus`` (CUDA device ids),
   each running task sees one GPU through ``CUDA_VISIBLE_DEVICES``; GPU ``g`` runs up to ``slots[g]``
-  cells side by side (default one; ``bench.gpu_plan.plan_gpus`` sizes them), and a new cell goes to the GPU
+  cells side by side (default one; ``bench.run.gpu_plan.plan_gpus`` sizes them), and a new cell goes to the GPU
   with the fewest running cells.
   A task that runs longer than ``task_timeout`` seconds, or reports no progress for ``stall_timeout``
   seconds, is killed and recorded ``failed`` with an error starting ``timeout:``; the grid goes on.
@@ -21,11 +21,11 @@ finished task's record or None. The driver reads nothing else of it.
 
 Both executors give each attempt a fresh token that the worker writes into its record: a record
 without this attempt's token is an older one and is never taken for the new result. Every record goes
-through :func:`bench.store.write_record`, so a ``failed`` record is never written over a finished (ok or
+through :func:`bench.core.store.write_record`, so a ``failed`` record is never written over a finished (ok or
 diverged) one, and a worker given the run's id (``run_id``, which ``OUT/.lock`` names while the run holds
 it) writes nothing once the run has stopped. ``shutdown`` stops what the executor started: the local
 workers are terminated, then killed; the dask futures are cancelled. A worker that cannot write its result
-(full disk, read-only folder) stops the grid with :class:`bench.errors.StorageError`.
+(full disk, read-only folder) stops the grid with :class:`bench.core.errors.StorageError`.
 """
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, runtime_checkable
 
-from .errors import EXIT_STORAGE, ConfigError, StorageError
+from ..core.errors import EXIT_STORAGE, ConfigError, StorageError
 from .launch import (_die_with_parent, _last_line, default_threads, failed_record, new_token, task_threads,
                      worker_command, write_failed)
-from .store import open_log, read_result, result_path
+from ..core.store import open_log, read_result, result_path
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], thread
         code = proc.returncode
         if code == EXIT_STORAGE:
             raise StorageError(_last_line(log_dir / f"{spec['id']}.log"))
-        if code == 0:  # it ran to its end, and its record was not written by rule (bench.store.write_record)
+        if code == 0:  # it ran to its end, and its record was not written by rule (bench.core.store.write_record)
             return {**failed_record(spec, _last_line(log_dir / f"{spec['id']}.log")), "token": token}
         raise RuntimeError(f"worker killed by signal {-code}" if code < 0 else f"worker exited with status {code}")
     return {k: record.get(k) for k in ("id", "status", "error", "token")}
@@ -284,7 +284,7 @@ class SchedulerLost(StorageError):
 class DaskExecutor:
     """Tasks on a dask.distributed cluster: ``scheduler`` (tcp://host:port) or a LocalCluster.
 
-    Each task runs ``python -m bench.worker`` in a fresh process on a dask worker and writes its
+    Each task runs ``python -m bench.run.worker`` in a fresh process on a dask worker and writes its
     own result file, so the output folder must be on a file system every worker sees. A task
     whose process dies is retried ``retries`` times by dask, then recorded as failed.
     """

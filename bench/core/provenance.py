@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit(repo: Path = REPO) -> Dict[str, object]:
@@ -268,10 +268,10 @@ def machine_fingerprint() -> Dict[str, object]:
     fp["name"] = f"{slug or 'unknown'}-{fp['usable_cpus']}cpu-{digest}"
     return fp
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m bench.provenance --check-lock requirements.lock``: exit 1 when the venv differs."""
+    """``python -m bench.core.provenance --check-lock requirements.lock``: exit 1 when the venv differs."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m bench.provenance")
+    p = argparse.ArgumentParser(prog="python -m bench.core.provenance")
     p.add_argument("--check-lock", required=True, metavar="LOCK")
     args = p.parse_args(argv)
     text = Path(args.check_lock).read_text()

@@ -9,7 +9,7 @@
 * the typed schema of a grid: every preset field and ``--set`` target with its type and range
   (:data:`GRID_SCHEMA`, :data:`PROBE_SCHEMA`), checked by :func:`check_field` before anything runs;
 * the settings that make two grids two grids (:func:`grid_difference`);
-* the typed shape of a result record (:func:`record_problem`): what ``bench.store.read_result`` accepts.
+* the typed shape of a result record (:func:`record_problem`): what ``bench.core.store.read_result`` accepts.
 
 A field is ``Field(kind, minimum, ...)`` where ``kind`` is ``int``, ``float``, ``bool``, ``str`` or a
 list of one of them; ``float`` fields must be finite, list fields non-empty and free of duplicates.
@@ -28,7 +28,7 @@ from ssvae.statistics import COLUMNS as STAT_COLUMNS
 ENV_FILE = "env.json"
 
 # -- tasks and statuses ----------------------------------------------------------------------------
-# task kinds: bench.tasks.KINDS (how each runs and what it costs)
+# task kinds: bench.run.tasks.KINDS (how each runs and what it costs)
 #: finished: reused by a rerun when the record's identity matches
 DONE_STATUSES = ("ok", "diverged")
 #: every status a cell can show in a table

@@ -1,5 +1,5 @@
 """What each kind of task costs, in enum-step equivalents: the one cost rule of the progress bar, the ETA
-and ``bench list`` (``bench.tasks.KINDS`` names these functions; ``bench.tasks.cost_parts`` splits them)."""
+and ``bench list`` (``bench.run.tasks.KINDS`` names these functions; ``bench.run.tasks.cost_parts`` splits them)."""
 from __future__ import annotations
 
 from ssvae import RunConfig
@@ -27,7 +27,7 @@ SUP_WEIGHT = 0.2
 FINAL_EVAL_EPOCHS = 6
 ACCURACY_SHARE = 0.05
 EVAL_STEPS = 30
-#: each part of a task's work (``bench.tasks.cost_parts``) and its unit in enum-step equivalents
+#: each part of a task's work (``bench.run.tasks.cost_parts``) and its unit in enum-step equivalents
 PART_STEPS = {"train": 1, "eval": EVAL_STEPS, "probe": 1}
 
 

@@ -29,7 +29,7 @@ and ``python -m bench run --preset P --tuned tuned.json`` applies them to any pr
 ``options.ESTIMATOR.*``: ``--set`` still overrides), recording the file, its sha256 and the
 values in the run's ``env.json``.
 
-``python -m bench.tune OUT`` (:mod:`bench.tune_report`) writes ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every
+``python -m bench tune OUT`` (:mod:`bench.report.tune_study`) writes ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every
 combination with its mean and 95 % t-interval over seeds, and the choices with the chosen
 minus Pyro's default, paired over seeds) and ``OUT/plots/tune_sensitivity.png`` (validation
 accuracy against learning rate, one line per estimator, provenance in the figure).
@@ -40,7 +40,6 @@ import hashlib
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -157,7 +156,7 @@ def load_choices(path) -> Tuple[Dict[str, Dict], dict]:
     except OSError as e:
         raise ConfigError(f"--tuned {path}: cannot read it ({e.strerror or e})") from None
     except ValueError:
-        raise ConfigError(f"--tuned {path}: not a JSON file (write one with python -m bench.tune OUT)") from None
+        raise ConfigError(f"--tuned {path}: not a JSON file (write one with python -m bench tune OUT)") from None
     ests = doc.get("estimators") if isinstance(doc, dict) else None
     if not isinstance(ests, dict) or not all(isinstance(v, dict) for v in ests.values()):
         raise ConfigError(f"--tuned {path}: no 'estimators' table of chosen values (not a choice file)")
@@ -285,9 +284,3 @@ def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
     mean, hw = _interval([a["seeds"][s] - b["seeds"][s] for s in seeds])
     return mean, hw, len(seeds)
 
-
-if __name__ == "__main__":
-    # `python -m bench.tune OUT` runs bench.tune_report's command (that module imports this one: not at the top)
-    from .tune_report import main
-
-    sys.exit(main())

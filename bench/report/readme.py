@@ -2,8 +2,8 @@
 hold the text of PATH (relative to the README) word for word: a reference report's ``tables/summary.md``
 or ``tables/run_cost.md``. After regenerating a report, paste them::
 
-    python -m bench.readme            # rewrite README.md's blocks from their files
-    python -m bench.readme --check    # exit 1 naming every block that differs from its file
+    python -m bench.report.readme            # rewrite README.md's blocks from their files
+    python -m bench.report.readme --check    # exit 1 naming every block that differs from its file
 
 ``tests/test_report.py`` checks the committed README the same way.
 """
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(r"(<!-- ([\w-]+):begin \(generated: ([^;)]+)[^>]*-->\n)(.*?)(<!-- \2:end -->)", re.S)
 
 
@@ -46,14 +46,14 @@ def sync(readme: Path = README, check: bool = False) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.report.readme", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its file")
     ap.add_argument("--readme", type=Path, default=README)
     args = ap.parse_args(argv)
     try:
         stale = sync(args.readme, check=args.check)
     except (FileNotFoundError, OSError) as exc:
-        print(f"bench.readme: error: {exc}", file=sys.stderr)
+        print(f"bench.report.readme: error: {exc}", file=sys.stderr)
         return 2
     verb = "differ from their files" if args.check else "rewritten"
     print(f"{args.readme.name}: " + (f"{', '.join(stale)} {verb}" if stale else "every generated block is current"))

@@ -1,10 +1,10 @@
 """The CSV tables of an output folder and the grid it holds, rebuilt from its JSON records.
 
 :func:`write_tables` rebuilds runs.csv, curves.csv, timing.csv and grad_variance.csv (caches of the
-records; their columns are ``bench.schema``'s) after every task; :func:`load_grid` reads the grid of
+records; their columns are ``bench.core.schema``'s) after every task; :func:`load_grid` reads the grid of
 ``OUT/env.json`` and ties to it only the records it can, listing the rest apart (it never ties a record
 to a grid it cannot read: docs/faults.md); :func:`span`, :func:`ran_beside` and :func:`busy_seconds`
-read the records' start and end times. Every record is read through ``bench.store.read_result``.
+read the records' start and end times. Every record is read through ``bench.core.store.read_result``.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def collect(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Dict[st
 
     A cell's ``beside`` counts the tasks of this folder that ran beside it (:func:`ran_beside`) and
     ``other_cpu_load`` the cores that anything else on the machine kept busy meanwhile (the worker's
-    measurement, ``bench.provenance.other_cpu_load``); a timing row carries its probe's."""
+    measurement, ``bench.core.provenance.other_cpu_load``); a timing row carries its probe's."""
     tables = {name: [] for name in TABLES}
     found = [(spec, *read_result(result_path(out_dir, spec))) for spec in tasks]
     beside = ran_beside([r for _, r, _ in found if r is not None])

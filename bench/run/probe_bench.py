@@ -1,6 +1,6 @@
 """Draws per second of the gradient probe: the loop of ``loss_and_grads`` calls against batched draws.
 
-``python -m bench.probe_bench [--out results/benchmarks] [--draws 50] [--rounds 3]`` times
+``python -m bench.run.probe_bench [--out results/benchmarks] [--draws 50] [--rounds 3]`` times
 ``ssvae.metrics.draw_gradients`` both ways (``batched=False``: one call per draw; ``batched=True``:
 vectorised particles, :mod:`ssvae.particles`) for trace and enum on the labeled (``sup``) and
 unlabeled (``unsup``) batch, at the run's sizes (``ssvae.config.DEFAULT_RUN``: 784-500-50 networks, a
@@ -9,7 +9,7 @@ by round, so that a neighbour's load falls on both; each keeps its median round.
 probe waits; CPU time (``time.process_time``) is kept beside it, less sensitive to a busy machine.
 
 Writes ``probe-draws.json`` (every round) and ``probe-draws.md`` (the table). A run beside other
-processes (``bench.provenance.other_cpu_load`` at least ``bench.schema.CONTENDED_LOAD`` cores, or a
+processes (``bench.core.provenance.other_cpu_load`` at least ``bench.core.schema.CONTENDED_LOAD`` cores, or a
 1-minute load average above one core beside this one) is marked "contended". ``tests/benchmarks/
 test_probe.py`` times the same draws under pytest-benchmark.
 """
@@ -31,11 +31,11 @@ from ssvae.estimators import get_estimator
 from ssvae.metrics import draw_gradients
 from ssvae.model import SSVAE
 
-from .errors import Parser, UsageError, fail, writable
-from .provenance import commit_label, cpu_name, cpu_times, git_commit, other_cpu_load
-from .schema import CONTENDED_LOAD
+from ..core.errors import Parser, UsageError, fail, writable
+from ..core.provenance import commit_label, cpu_name, cpu_times, git_commit, other_cpu_load
+from ..core.schema import CONTENDED_LOAD
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ESTIMATORS = ("trace", "enum")
 STEP_KINDS = ("unsup", "sup")
 
@@ -106,7 +106,7 @@ def markdown(result: dict) -> str:
              f"(1-minute load {r['loadavg_1min'][0]} -> {r['loadavg_1min'][1]})" if r["contended"] else
              f"uncontended (other processes: {r['other_cpu_load']} cores)")
     lines = ["# Gradient probe: loop vs batched draws", "",
-             f"`python -m bench.probe_bench`: {r['n']} draws per call, median of {r['rounds']} alternating rounds, "
+             f"`python -m bench.run.probe_bench`: {r['n']} draws per call, median of {r['rounds']} alternating rounds, "
              f"networks {r['sizes']}, batch {r['batch_size']}, random binary images; {state}.", "",
              "| estimator | step kind | loop draws/s | batched draws/s | speed-up | CPU-time speed-up | n | threads "
              "| CPU | torch | commit |",
@@ -126,7 +126,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = Parser(prog="python -m bench.probe_bench", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m bench.run.probe_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks", help="folder of the two files")
     ap.add_argument("--draws", type=int, default=50, help="draws per call (default 50)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of each way (default 3)")

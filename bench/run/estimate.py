@@ -1,8 +1,8 @@
 """How long a grid takes on this machine: each task priced at the measured wall time of finished tasks,
 then the executor's schedule played out.
 
-Pricing. A task's work is split into parts (``bench.tasks.cost_parts``: training, evaluation, gradient
-probe, in units of the cost rule of ``bench.cost``). Every finished record under ``results/`` (the
+Pricing. A task's work is split into parts (``bench.run.tasks.cost_parts``: training, evaluation, gradient
+probe, in units of the cost rule of ``bench.run.cost``). Every finished record under ``results/`` (the
 committed references included) and in the run's own folder gives, for its kind and each part, measured
 seconds over units; :func:`calibrate` sums them into a rate per (kind, part). A timing probe is its own
 kind, priced at what timing probes took. A (kind, part) with too little finished work takes the part's
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .cost import PART_STEPS, trajectory_cost
-from .provenance import REPO, usable_cpus
-from .store import read_result
-from .tables import span
+from ..core.provenance import REPO, usable_cpus
+from ..core.store import read_result
+from ..core.tables import span
 from .tasks import KINDS, PARTS, cost_parts, measured_parts
 
 #: finished work (units of a part) below which a (kind, part) is not priced on its own
@@ -109,8 +109,8 @@ class Calibration:
 
 
 def task_units(spec: dict, trains: bool = False) -> Dict[str, float]:
-    """``bench.tasks.cost_parts`` of a task, with the trajectory and its references added to the probe part
-    of a common probe that trains them (``bench.cost.trajectory_cost``)."""
+    """``bench.run.tasks.cost_parts`` of a task, with the trajectory and its references added to the probe part
+    of a common probe that trains them (``bench.run.cost.trajectory_cost``)."""
     parts = cost_parts(spec)
     if trains:
         parts["probe"] += trajectory_cost(spec)
@@ -125,7 +125,7 @@ def trained(record: dict) -> bool:
 
 def price_kind(kind: str, trains: bool) -> str:
     """The kind a task is priced as: a common probe that trains the shared trajectory (and computes its
-    references) is priced apart from one that reads them from the cache (``bench.gradient_probe.run_common``)."""
+    references) is priced apart from one that reads them from the cache (``bench.run.gradient_probe.run_common``)."""
     return ("common:trained" if trains else "common:read") if kind == "common" else kind
 
 

@@ -1,4 +1,4 @@
-"""Per-setting verdicts and the generated summary: pure functions of :mod:`bench.paired`'s paired tables.
+"""Per-setting verdicts and the generated summary: pure functions of :mod:`bench.analysis.paired`'s paired tables.
 
 **Verdict** ("can I switch from enum + aux?", per setting and variant; margin m, default 1 point):
 *better* where the interval excludes 0 above, *worse* where it excludes 0 below, *non-inferior* ("as
@@ -6,9 +6,9 @@ good") where it is not better and its lower end is above -m, *inconclusive* othe
 **Not learning**: at a label count where enum + aux minus the baseline has its lower end at or below 0,
 no verdict against enum + aux is drawn (:func:`learning`). Time is a separate statement beside the
 verdict: the time per epoch as a multiple of enum + aux's, from the isolated timing probe only
-(:func:`bench.paired.isolated_epoch_ms`), never the cells' own wall times.
+(:func:`bench.analysis.paired.isolated_epoch_ms`), never the cells' own wall times.
 
-:func:`verdicts` draws them from :func:`bench.paired.paired_tables`; :func:`summary_text` and the sentence
+:func:`verdicts` draws them from :func:`bench.analysis.paired.paired_tables`; :func:`summary_text` and the sentence
 helpers state them in plain words; :func:`conclusions` does it all at once for a results folder's tables.
 """
 from __future__ import annotations

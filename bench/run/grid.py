@@ -28,12 +28,12 @@ from ssvae.model import SSVAE
 from ssvae.relax import TemperatureSchedule
 from ssvae.train import epoch_schedule
 
-from .schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA, REQUIRED_FIELDS,
+from ..core.schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA, REQUIRED_FIELDS,
                      SchemaError, cell_id as _cell_id, check_field, common_id, finite_values, timing_id)
 
 from . import tune as tunemod
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 __all__ = ["GRID_FIELDS", "PROBE_FIELDS", "PROBE_DEFAULTS", "Grid", "load_preset", "make_grid", "expand",
            "cell_id", "preset_names", "check_fields", "train_configs"]
 
@@ -111,7 +111,7 @@ class Grid:
     workers: int = 1
     #: estimator options, per estimator: ``{"rb-topk": {"k": 3}}`` (TOML: ``[options.rb-topk] k = 3``)
     options: Dict[str, Dict] = field(default_factory=dict)
-    #: candidate values per estimator (``bench/tune.py``): each combination is its own cell
+    #: candidate values per estimator (``bench/run/tune.py``): each combination is its own cell
     tune: Dict = field(default_factory=dict)
     #: the training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py loop exactly; ssvae/train.py)
     protocol: str = "bench"
@@ -266,7 +266,7 @@ def expand(grid: Grid) -> List[dict]:
 
     Probes are split per estimator (``timing_<device>_<est>``, ``common_L<labels>_s<seed>_<est>``): a
     run of a subset of estimators never replaces another estimator's probe. A cell's spec holds the
-    probe settings it uses (:data:`bench.schema.CELL_PROBE_FIELDS`) and no other, so changing a timing
+    probe settings it uses (:data:`bench.core.schema.CELL_PROBE_FIELDS`) and no other, so changing a timing
     setting never retrains a cell.
     """
     probe = grid.probe

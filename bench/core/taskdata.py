@@ -1,7 +1,7 @@
 """What every task runner shares: the callback it reports progress to and the data it loads.
 
-``_load_data`` is the one place a runner (``bench.tasks.run_train``, ``bench.gradient_probe.run_common``,
-``bench.timing_probe.run_timing``) reads MNIST; tests replace it, in the runner's module, with synthetic data.
+``_load_data`` is the one place a runner (``bench.run.tasks.run_train``, ``bench.run.gradient_probe.run_common``,
+``bench.run.timing_probe.run_timing``) reads MNIST; tests replace it, in the runner's module, with synthetic data.
 """
 from __future__ import annotations
 
