@@ -255,29 +255,3 @@ def mean_and_stderr(samples: torch.Tensor):
     """Per-coordinate mean and standard error of (n, P) samples."""
     n = samples.shape[0]
     return samples.mean(0), samples.std(0, unbiased=True) / (n ** 0.5)
-def accuracy_interval(values: List[float], confidence: float = 0.95) -> Optional[tuple]:
-    """(mean, half-width) of a t-interval over seeds; half-width is None for one value."""
-    import math
-    n = len(values)
-    if n == 0:
-        return None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    if confidence != 0.95:
-        raise ValueError("only 95% intervals are tabulated")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t_quantile_975(n - 1) * sd / math.sqrt(n)
-
-
-# Student-t 0.975 quantiles for 1..30 degrees of freedom (two-sided 95 %).
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (normal beyond 30)."""
-    if df < 1:
-        raise ValueError("df must be at least 1")
-    return _T975[df - 1] if df <= len(_T975) else 1.959964 + 2.37 / df

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ssvae.train import epoch_schedule
 
 from ..core.schema import CONTENDED_LOAD
+from ..core.stats import CONFIDENCE, as_bool, paired_interval, variant_label
 
 METRIC = "test_acc_at_best_valid"
-#: the paired intervals' confidence level (``--level``-style option of :func:`bench.analysis.paired_verdicts.conclusions`)
-CONFIDENCE = 0.95
 #: the non-inferiority margin (accuracy, 0.01 = 1 point): an option
 DEFAULT_MARGIN = 0.01
 #: (estimator, aux) of the references; aux ``None`` matches the reference's cells whatever their flag.
@@ -51,50 +49,19 @@ EQUAL_TIME_COLUMNS = ["labels", "aux", "variant", "estimator", "n", "time_fracti
                       "mean_acc", "reference_mean", "mean_diff", "ci_low", "ci_high", "note"]
 
 
-def variant_label(estimator: str, aux) -> str:
-    return f"{estimator} + aux" if bool(aux) else estimator
-
-
 def reference_label(reference: Tuple[str, Optional[bool]]) -> str:
     est, aux = reference
     return est if aux is None else variant_label(est, aux)
 
 
-# -- intervals -------------------------------------------------------------------------------------
-def paired_interval(diffs: Sequence[float], confidence: float = CONFIDENCE) -> Tuple[float, float, float, str]:
-    """(mean, low, high, note) of the paired differences: a Student-t interval from scipy.stats.
-
-    n = 1 gives no interval (low = high = NaN, and the note says so); n = 0 gives NaN throughout.
-    Identical differences give the degenerate interval [d, d].
-    """
-    d = np.asarray(list(diffs), dtype=float)
-    n = len(d)
-    if n == 0:
-        return math.nan, math.nan, math.nan, "no paired seeds"
-    mean = float(d.mean())
-    if n == 1:
-        return mean, math.nan, math.nan, "n = 1: no interval"
-    sem = float(stats.sem(d))
-    if sem == 0:
-        return mean, mean, mean, ""
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high), ""
-
-
 # -- paired table ----------------------------------------------------------------------------------
 def _ok(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     r = runs.copy()
-    r["aux"] = r["aux"].map(_as_bool)
+    r["aux"] = r["aux"].map(as_bool)
     ok = (r["status"] == "ok") & pd.to_numeric(r[metric], errors="coerce").notna()
     r = r[ok].copy()
     r[metric] = pd.to_numeric(r[metric])
     return r
-
-
-def _as_bool(v) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    return bool(v)
 
 
 def _reference_cells(ok: pd.DataFrame, reference) -> pd.DataFrame:
@@ -119,7 +86,7 @@ def paired_table(runs: pd.DataFrame, reference=ENUM_AUX, metric: str = METRIC,
     ref = _reference_cells(ok, reference)
     ref_name = reference_label(reference)
     everyone = runs.copy()
-    everyone["aux"] = everyone["aux"].map(_as_bool)
+    everyone["aux"] = everyone["aux"].map(as_bool)
     rows = []
     for (labels, aux, est), var in ok.groupby(["labels", "aux", "estimator"], sort=True):
         if (est, aux) == tuple(reference) or (reference[1] is None and est == reference[0]):
@@ -175,7 +142,7 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
     probe does not time: the estimate leaves them out.
     """
     t = timing.copy()
-    t["aux"] = t["aux"].map(_as_bool)
+    t["aux"] = t["aux"].map(as_bool)
     t = t[(t["device"] == device) & (t["aux"] == bool(aux))]
     if "other_cpu_load" in t:  # a probe that shared the machine is no isolated measurement (unknown: kept)
         t = t[~(pd.to_numeric(t["other_cpu_load"], errors="coerce") >= CONTENDED_LOAD)]

@@ -43,12 +43,12 @@ from ssvae.estimators import REGISTRY
 from ssvae.reference import REFERENCE_LOSSES
 
 from ..core.provenance import git_commit
+from ..core.stats import CONFIDENCE, median_ratio_interval
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "runner.py"
 OVERLAYS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssvae-bench" / "pyro-overlays"
 DEFAULT_TOLERANCE = 0.15
-CONFIDENCE = 0.95
 #: a case's steps in one round add up to at least this many ms (small steps: several, the fastest kept)
 MIN_MS = 200.0
 #: fresh runner processes per side (rounds are split between them; see ``measure``)
@@ -267,17 +267,8 @@ def measure(a: Side, b: Side, cases: List[str], rounds: int, reps: int, warmup: 
 # -- statistics --------------------------------------------------------------------------------
 def compare_case(a_ms: List[float], b_ms: List[float], tolerance: float, confidence: float = CONFIDENCE) -> dict:
     """B/A of one case from paired rounds: ratio, interval, verdict (see the module docstring)."""
-    from scipy import stats
-
     n = min(len(a_ms), len(b_ms))
-    d = np.log(np.asarray(b_ms[:n])) - np.log(np.asarray(a_ms[:n]))
-    ratio = float(np.exp(np.median(d)))
-    if n >= 3 and np.ptp(d) > 0:
-        ci = stats.bootstrap((d,), np.median, confidence_level=confidence, n_resamples=4000,
-                             method="percentile", random_state=np.random.default_rng(0)).confidence_interval
-        lo, hi = float(np.exp(ci.low)), float(np.exp(ci.high))
-    else:
-        lo = hi = ratio if n >= 3 else float("nan")
+    ratio, lo, hi = median_ratio_interval(a_ms[:n], b_ms[:n], confidence)
     if ratio > 1 + tolerance and lo > 1:
         verdict = "slower"
     elif ratio < 1 / (1 + tolerance) and hi < 1:

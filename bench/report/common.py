@@ -28,7 +28,8 @@ from matplotlib import colormaps
 
 from ssvae.estimators import REGISTRY
 
-from .data import BASELINES, Results, _bool
+from ..core.stats import as_bool, variant_label  # noqa: F401  (variant_label: the report's name for it)
+from .data import BASELINES, Results
 
 BENCH = Path(__file__).resolve().parents[1]
 PYRO_TABLE1 = BENCH / "pyro_table1.csv"
@@ -52,10 +53,6 @@ AUX_STYLE = {False: {"linestyle": "-", "marker": "o"}, True: {"linestyle": "--",
 
 
 # -- variants --------------------------------------------------------------------------------
-
-def variant_label(estimator: str, aux: bool) -> str:
-    return f"{estimator} + aux" if aux else estimator
-
 
 def estimator_order(res: Results) -> List[str]:
     seen = list((res.env.get("grid") or {}).get("estimators", []))
@@ -200,7 +197,7 @@ def num(row, key) -> Optional[float]:
 
 def load_pyro_table1() -> pd.DataFrame:
     ref = pd.read_csv(PYRO_TABLE1, comment="#")
-    ref["aux"] = ref["aux"].map(_bool)
+    ref["aux"] = ref["aux"].map(as_bool)
     return ref
 
 

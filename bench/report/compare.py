@@ -47,10 +47,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ssvae.metrics import t_quantile_975
 
 from ..core.errors import UsageError
 from ..core.schema import grid_difference
+from ..core.stats import t_quantile
 from .common import estimator_order, variant_label
 from .data import Results, load_results
 
@@ -189,7 +189,7 @@ def accuracy_test(old: Sequence[float], new: Sequence[float], tol: float):
         rule = "t, sd of one side"
     else:
         return diff, tol, "acc_tol (1 seed a side)", None
-    half = t_quantile_975(max(1, int(math.floor(df)))) * se  # floor(df): the conservative side
+    half = t_quantile(max(1, int(math.floor(df)))) * se  # floor(df): the conservative side
     return diff, max(tol, half), rule, df
 
 

@@ -24,6 +24,7 @@ from ..core.errors import UsageError
 from ..core.store import read_result
 from ..core.tables import busy_seconds, load_grid
 from ..core.schema import ANALOGY_SUFFIX, ENV_FILE
+from ..core.stats import as_bool
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
 #: "stale": runs.csv says the file was written for another configuration than the grid's
@@ -67,14 +68,6 @@ def parse_cell(cell: str) -> Optional[dict]:
         return None
     return {"estimator": m["estimator"], "aux": bool(m["aux"]), "labels": int(m["labels"]),
             "seed": int(m["seed"])}
-
-
-def _bool(v) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return False
-    return bool(v)
 
 
 def _read_json(path: Path, problems: List[str]):
@@ -127,7 +120,7 @@ def _run_row(cell: str, record: Optional[dict], problem: str = "corrupt or trunc
         if cfg.get(key) is not None:
             row[key] = cfg[key]
     if "aux" in cfg:
-        row["aux"] = _bool(cfg["aux"])
+        row["aux"] = as_bool(cfg["aux"])
     row["status"] = _status(record.get("status"))
     row["error"] = record.get("error")
     metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
@@ -197,7 +190,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
             for key in ("estimator", "labels", "seed", "status", "error", *RUN_NUMERIC, *RUN_TEXT):
                 if key in rec and not (isinstance(rec[key], float) and math.isnan(rec[key])):
                     row[key] = rec[key]
-            row["aux"] = _bool(rec.get("aux", row.get("aux")))
+            row["aux"] = as_bool(rec.get("aux", row.get("aux")))
             row["status"] = _status(row.get("status"))
             rows[cell] = row
 
@@ -212,7 +205,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         runs[key] = pd.to_numeric(runs[key], errors="coerce") if key in runs else np.nan
     runs["labels"] = pd.to_numeric(runs["labels"], errors="coerce").fillna(-1).astype(int)
     runs["seed"] = pd.to_numeric(runs["seed"], errors="coerce").fillna(-1).astype(int)
-    runs["aux"] = runs["aux"].map(_bool)
+    runs["aux"] = runs["aux"].map(as_bool)
     runs["estimator"] = runs["estimator"].astype(str)
     runs["status"] = runs["status"].astype(str)
     runs["expected"] = runs["cell"].isin(set(expected))
@@ -247,7 +240,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
             problems.append(f"grad_variance.csv: missing columns {sorted(need - set(grad.columns))}")
             grad = pd.DataFrame()
         else:
-            grad["aux"] = grad["aux"].map(_bool)
+            grad["aux"] = grad["aux"].map(as_bool)
             for key in GRAD_NUMERIC:
                 if key in grad:
                     grad[key] = pd.to_numeric(grad[key], errors="coerce")
@@ -275,7 +268,7 @@ def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence, 
         if not len(t):
             continue
         t = t.copy()
-        t["aux"] = t["aux"].map(_bool)
+        t["aux"] = t["aux"].map(as_bool)
         for key in ("device", "device_name"):
             if key not in t:
                 t[key] = fenv.get(key, "?")

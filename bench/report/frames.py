@@ -8,9 +8,9 @@ from typing import Tuple
 
 import pandas as pd
 
-from ssvae.metrics import accuracy_interval
 from ssvae.statistics import ERROR_STATS
 
+from ..core.stats import mean_interval
 from .common import kinds_in, load_pyro_table1, rnd, sig, variant_label, variants
 from .data import STATUS_ORDER, Results
 
@@ -30,7 +30,7 @@ def table1(res: Results) -> pd.DataFrame:
             if not len(cells):
                 continue
             ok = cells[cells.status == "ok"]["test_acc_at_best_valid"].dropna().tolist()
-            iv = accuracy_interval(ok)
+            iv = mean_interval(ok)
             mean, half = (iv if iv else (None, None))
             key = (labels, est, aux)
             p_mean = float(ref.loc[key, "mean"]) if key in ref.index else None

@@ -22,6 +22,7 @@ from ssvae.errors import ConfigError
 
 from ..commands import COMMANDS
 from ..core.schema import ENV_FILE
+from ..core.stats import variant_label
 from ..run.tune import CHOICE_FILE, PYRO_LR, SELECT_ON, _default_row, _paired_diff, combinations, select
 from .plotting import plt
 
@@ -46,10 +47,6 @@ def _cell(v) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
     return str(v)
-
-
-def _variant(est: str, aux: bool) -> str:
-    return est + (" + aux" if aux else "")
 
 
 def provenance(out: Path) -> dict:
@@ -82,7 +79,7 @@ def write_report(out: Path) -> dict:
     all_rows = []
     for r in rows:
         chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
-        all_rows.append({"estimator": _variant(r["estimator"], r["aux"]), "labels": r["labels"],
+        all_rows.append({"estimator": variant_label(r["estimator"], r["aux"]), "labels": r["labels"],
                          "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
                          "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
@@ -94,7 +91,7 @@ def write_report(out: Path) -> dict:
     for (est, aux, labels), r in sorted(best.items()):
         d = _default_row(rows, est, aux, labels)
         diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
-        choice_rows.append({"estimator": _variant(est, aux), "labels": labels, "chosen": r["values"],
+        choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
                             "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                             "default_valid_acc": d["mean"] if d else None,
                             "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n})
@@ -133,7 +130,7 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
             if r["estimator"] != est or not r["seeds"]:
                 continue
             rest = {k: v for k, v in r["values"].items() if k != "lr"}
-            label = _variant(est, r["aux"]) + (f" ({_cell(rest)})" if rest else "")
+            label = variant_label(est, r["aux"]) + (f" ({_cell(rest)})" if rest else "")
             lines.setdefault(label, []).append(r)
         for i, (label, rs) in enumerate(sorted(lines.items())):
             rs = sorted(rs, key=lambda r: r["options"]["lr"])

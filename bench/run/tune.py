@@ -48,6 +48,8 @@ from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 from ssvae.model import SSVAE
 
+from ..core.stats import mean_interval
+
 #: Pyro's learning rate (``ss_vae_M2.py``, ``ssvae.config.DEFAULT_RUN``): the default a tuned choice is compared with
 PYRO_LR = DEFAULT_RUN.lr
 #: the metric selection uses (validation accuracy only; test accuracy is never read)
@@ -196,14 +198,8 @@ def _values(cfg: dict, keys: List[str]) -> Dict:
 
 def _interval(xs: List[float]) -> Tuple[float, float]:
     """(mean, 95 % Student-t half-width); the half-width is NaN for one value."""
-    from scipy import stats
-
-    n = len(xs)
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    mean, half = mean_interval(xs)
+    return mean, float("nan") if half is None else half
 
 
 def combinations(out: Path, tune: Dict) -> List[dict]:

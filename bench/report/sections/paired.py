@@ -20,11 +20,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ...analysis import paired_verdicts
 from ...analysis.paired import BASELINE, ENUM_AUX, plot_accuracy_points, plot_paired, reference_label
 from ...analysis.paired_verdicts import ci_text, rule_text, setting_sentence, settings_sentences
+from ...core.stats import t_quantile
 from ..plotting import readable_palette
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
@@ -128,7 +128,7 @@ def caveat_line(ctx: Context) -> str:
     small = [n for n in ns if n >= 2]
     if small and min(small) <= 5:
         n = min(small)
-        half = stats.t.ppf((1 + ctx.level) / 2, n - 1)
+        half = t_quantile(n - 1, ctx.level)
         parts[0] += (f" (with n = {n} the {level_text(ctx)} interval spans ±{half:.1f} standard errors of the mean "
                      f"difference)")
     parts.append(f"{', '.join(epochs) or '?'} epoch{'s' if epochs != ['1'] else ''} per cell, "

@@ -2,7 +2,7 @@
 Pyro's published value and our difference beside each, and the accuracy-vs-labels plot.
 
 Each cell: the mean over the seeds that finished ± the half-width of the 95 % Student-t interval
-(:func:`ssvae.metrics.accuracy_interval`); the column header gives n, a cell with fewer seeds says its
+(:func:`bench.core.stats.mean_interval`); the column header gives n, a cell with fewer seeds says its
 own. Failed, diverged, corrupt, stale and missing seeds are left out of the mean and counted in
 brackets. The best mean of each column is in bold. Files: ``table1.csv`` (numbers, one row per variant),
 ``table1_long.csv`` (one row per variant and label count), ``table1_pyro.csv`` (Pyro's table).
