@@ -1,5 +1,7 @@
 """The report's sections built on bench.analysis.paired and bench.analysis.diagnostics, the test ELBO figures, the peak memory, the
 protocol and the tuning record: on a folder with the newer columns and on an older one without them."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -304,3 +306,30 @@ def test_a_grid_of_enum_aux_and_the_baseline_says_whether_it_learns(tmp_path):
     for r in learn.itertuples():
         assert f"at {r.labels} labels enum + aux minus the supervised-only baseline is " in head
     assert head.count("(learning)") + head.count("(not shown to learn)") == len(learn)
+
+
+def _decision_rows(folder) -> dict:
+    """variant -> its gradient MSE cell in the decision table that opens tables/summary.md."""
+    lines = [ln for ln in (Path(folder) / "tables" / "summary.md").read_text().splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = head.index("encoder_y gradient MSE × enum's")
+    return {cells[0]: cells[col] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:])}
+
+
+def test_decision_table_quotes_no_gradient_multiple_from_step_zero(tmp_path):
+    """Issue 25: a run that probed only its initial parameters (step 0) shows "–" in the decision table's
+    gradient column (README evidence never rests on step 0); the same folder probed along training shows
+    the multiples, and the supervised baseline is "no latent y" either way."""
+    along = tmp_path / "along"
+    fabricate_results(along)
+    report.build_report(along, plots=False)
+    rows = _decision_rows(along)
+    assert rows["trace"].endswith("×") and rows["enum + aux"] == "1×" and rows["baseline"] == "– (no latent y)"
+    start = tmp_path / "start"
+    fabricate_results(start)
+    g = pd.read_csv(start / "grad_variance.csv")
+    g[g.step == 0].to_csv(start / "grad_variance.csv", index=False)
+    report.build_report(start, plots=False)
+    rows = _decision_rows(start)
+    assert rows["baseline"] == "– (no latent y)"
+    assert all(v == "–" for k, v in rows.items() if k != "baseline"), rows

@@ -44,12 +44,13 @@ def _time_multiple(ctx: Context, est: str, aux: bool, labels: List[int]) -> Opti
 
 
 def _mse_multiples(ctx: Context) -> pd.DataFrame:
-    """estimator -> (median MSE multiple of enum's, biased) for encoder_y's unlabeled gradient (none in a
-    folder written before the probe compared with the exact gradient)."""
+    """estimator -> (median MSE multiple of enum's, biased) for encoder_y's unlabeled gradient, at checkpoints
+    along training only: none where the run probed its initial parameters alone (step 0 says little about the
+    gradients of training: issue 25), nor in a folder written before the probe compared with the exact gradient."""
     eff = ctx.frame(efficiency) if has_error(ctx) else pd.DataFrame()
     if not len(eff) or "mse" not in eff:
         return pd.DataFrame(columns=["estimator", "mse_x_enum", "biased"])
-    e = eff[eff.param_group == "encoder_y"]
+    e = eff[(eff.param_group == "encoder_y") & (eff.step > 0)]
     ref = e[e.estimator == "enum"].set_index(["labels", "step"])["mse"]
     rows = []
     for est, g in e.groupby("estimator", sort=False):
@@ -93,8 +94,8 @@ def decision_frame(ctx: Context) -> pd.DataFrame:
             row["grad_mse_x_enum"], row["biased"] = np.nan, None
         elif est in mse.index:
             row["grad_mse_x_enum"], row["biased"] = mse.loc[est, "mse_x_enum"], bool(mse.loc[est, "biased"])
-        else:
-            row["grad_mse_x_enum"], row["biased"] = np.nan, None
+        else:  # a latent y, not probed along training here: "–", not "no latent y"
+            row["grad_mse_x_enum"], row["biased"] = np.nan, False
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -132,5 +133,6 @@ def caption(ctx: Context, d: pd.DataFrame) -> str:
             "validation epoch). The verdict against enum + aux is paired by seed; \"setting not learning\": enum + "
             "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: the cells' own "
             "seconds per epoch. Gradient MSE: one draw of encoder_y's gradient on an unlabeled batch against the "
-            "exact gradient, as a multiple of enum's (biased estimators are ranked by it, not by their variance).")
+            "exact gradient, as a multiple of enum's (biased estimators are ranked by it, not by their variance), "
+            "at the probe's checkpoints after step 0: \"–\" where the run probed only its initial parameters.")
 
