@@ -16,7 +16,7 @@ from ssvae import particles
 from ssvae.estimators import REGISTRY, Objective, get_estimator
 from ssvae.metrics import draw_gradients
 
-SUPPORTED = ("trace", "enum", "enum-seq", "trace-k10", "gumbel", "gumbel-st", "baseline")
+SUPPORTED = ("trace", "enum", "enum-seq", "trace-k10", "enum-k10", "gumbel", "gumbel-st", "baseline")
 UNSUPPORTED = ("nvil", "trace-avg", "rb-topk", "rloo")
 
 
