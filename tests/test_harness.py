@@ -149,7 +149,8 @@ def test_estimator_options_reach_cells_and_probes():
     args = build_parser().parse_args(["run", "--preset", "smoke", "--set", "options.rb-topk.k=3",
                                       "--set", "options.gumbel.tau_min=0.3"])
     grid = grid_from_args(args)
-    assert grid.options == {"gumbel": {"tau_min": 0.3}, "rb-topk": {"k": 3}}
+    preset = gridmod.load_preset("smoke").get("options", {})  # the preset's own options stay beside --set's
+    assert grid.options == {**preset, "gumbel": {"tau_min": 0.3}, "rb-topk": {"k": 3}}
     tasks = gridmod.expand(grid)
     cells = {t["id"]: t for t in tasks if t["kind"] == "train"}
     assert cells["rb-topk+aux_L100_s0"]["config"]["options"] == {"k": 3}
@@ -160,7 +161,8 @@ def test_estimator_options_reach_cells_and_probes():
                                         if t["estimators"][0] in grid.options else {}) for t in probes)
     assert {t["id"] for t in probes if "options" in t} >= {"timing_cpu_rb-topk", "common_L100_s0_rb-topk"}
     # no options: probe specs unchanged (finished folders stay done)
-    assert all("options" not in t for t in gridmod.expand(gridmod.make_grid(gridmod.load_preset("smoke"))))
+    plain = {**gridmod.load_preset("smoke"), "options": {}}
+    assert all("options" not in t for t in gridmod.expand(gridmod.make_grid(plain)))
     with pytest.raises(ConfigError, match="has no option"):
         gridmod.make_grid(gridmod.load_preset("smoke"), {"options": {"rb-topk": {"nope": 1}}})
 
