@@ -1,12 +1,13 @@
 """Each estimator is one record (issue 27): its family, option defaults, tuning candidates, hand-written
 counterpart (or the reason for none), particles and step cost live in its registry entry and nowhere
-else; the readers (the report's families, ssvae.reference, ssvae.flops, bench.run.cost, bench.run.tune) read it."""
+else; the readers (the report's families, ssvae.reference, ssvae.flops, bench.run.cost, bench.run.tune, bench.report.tune_study) read it."""
 import ast
 import dataclasses
 
 import pytest
 
 from bench.run import cost, tune
+from bench.report import tune_study
 from bench.report.common import FAMILY_RULES, family
 from ssvae import flops, reference
 from ssvae.errors import ConfigError
@@ -91,7 +92,7 @@ def test_tuning_takes_the_records_candidates_and_defaults():
     own = tune.check_tune({"lr": [1e-3], "nvil": {"alpha": [0.5]}}, ["nvil"])
     assert own["nvil"] == {"alpha": [0.5]}  # a preset's own table replaces the record's
     assert tune.check_tune({}, ["nvil"]) == {}  # no [tune] table: no tuning at all
-    assert tune._is_default("rloo", "k", REGISTRY["rloo"].defaults["k"]) and not tune._is_default("rloo", "k", 3)
+    assert tune_study._is_default("rloo", "k", REGISTRY["rloo"].defaults["k"]) and not tune_study._is_default("rloo", "k", 3)
 
 
 # -- and nowhere else ------------------------------------------------------------------------------

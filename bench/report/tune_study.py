@@ -1,6 +1,6 @@
 """The tuning study and its command: ``python -m bench tune OUT``.
 
-:func:`write_report` selects with :mod:`bench.run.tune`'s rule (:func:`bench.run.tune.select`) and writes
+:func:`write_report` selects (:func:`select`, the rule :mod:`bench.run.tune` states) and writes
 ``OUT/tuned.json``, ``OUT/tables/tune_*.csv|md`` (every combination with its mean and 95 % t-interval over
 seeds, and the choices with the chosen minus Pyro's default, paired over seeds),
 ``OUT/plots/tune_sensitivity.png`` (validation accuracy against learning rate, one line per estimator,
@@ -13,20 +13,125 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import seaborn as sns
 
 from ssvae.config import sci
 from ssvae.errors import ConfigError
+from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
 from ..core.schema import ENV_FILE
-from ..core.stats import variant_label
-from ..run.tune import CHOICE_FILE, PYRO_LR, SELECT_ON, _default_row, _paired_diff, combinations, select
+from ..core.stats import mean_interval, variant_label
+from ..run.tune import CHOICE_FILE, PYRO_LR, SELECT_ON, candidates, tuned_keys
 from .plotting import plt
 
 
+# -- selection ------------------------------------------------------------------------------------
+def _records(out: Path) -> List[dict]:
+    recs = []
+    for path in sorted((out / "runs").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("kind", "train") == "train" and rec.get("config"):
+            recs.append(rec)
+    return recs
+
+
+def _values(cfg: dict, keys: List[str]) -> Dict:
+    opts = cfg.get("options") or {}
+    return {k: (cfg["lr"] if k == "lr" else opts.get(k)) for k in keys}
+
+
+def _interval(xs: List[float]) -> Tuple[float, float]:
+    """(mean, 95 % Student-t half-width); the half-width is NaN for one value."""
+    mean, half = mean_interval(xs)
+    return mean, float("nan") if half is None else half
+
+
+def combinations(out: Path, tune: Dict) -> List[dict]:
+    """One row per (estimator, aux, labels, combination): its seeds' validation accuracies."""
+    rows: Dict[tuple, dict] = {}
+    for rec in _records(out):
+        cfg = rec["config"]
+        keys = tuned_keys(tune, cfg["estimator"])
+        values = _values(cfg, keys)
+        key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True))
+        row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
+                                    "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
+                                    "statuses": {}})
+        row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
+        row["statuses"][cfg["seed"]] = rec.get("status")
+        if rec.get("status") == "ok":
+            row["seeds"][cfg["seed"]] = float(rec["metrics"][SELECT_ON])
+    out_rows = []
+    for row in rows.values():
+        accs = [row["seeds"][s] for s in sorted(row["seeds"])]
+        row["eligible"] = bool(accs) and all(st == "ok" for st in row["statuses"].values())
+        row["mean"], row["half_width"] = _interval(accs) if accs else (float("nan"), float("nan"))
+        out_rows.append(row)
+    out_rows.sort(key=lambda r: (r["estimator"], r["aux"], r["labels"], r["options"].get("lr", 0),
+                                 json.dumps(r["values"], sort_keys=True)))
+    return out_rows
+
+
+def _order(tune: Dict, est: str, values: Dict) -> int:
+    """Position of ``values`` in the preset's candidate order (for the last tie-break)."""
+    for i, cand in enumerate(candidates(tune, est)):
+        if all(cand.get(k, values.get(k)) == values.get(k) for k in values):
+            return i
+    return 10 ** 6
+
+
+def select(rows: List[dict], tune: Dict) -> Dict[tuple, dict]:
+    """(estimator, aux, labels) -> the chosen row (eligible rows only)."""
+    best: Dict[tuple, dict] = {}
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if r["eligible"]:
+            groups.setdefault((r["estimator"], r["aux"], r["labels"]), []).append(r)
+    for key, rs in groups.items():
+        best[key] = max(rs, key=lambda r: (round(r["mean"], 10),
+                                           -abs(math.log(r["options"]["lr"] / PYRO_LR)),
+                                           -_order(tune, key[0], r["values"])))
+    return best
+
+
+def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional[dict]:
+    """The combination at Pyro's learning rate and the estimator's default options, if it was run."""
+    for r in rows:
+        if (r["estimator"], r["aux"], r["labels"]) != (est, aux, labels):
+            continue
+        if not math.isclose(r["options"]["lr"], PYRO_LR, rel_tol=1e-9):
+            continue
+        if all(_is_default(est, k, v) for k, v in r["options"].items() if k != "lr"):
+            return r
+    return None
+
+
+def _is_default(est: str, key: str, value) -> bool:
+    """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
+    d = REGISTRY[est].defaults if est in REGISTRY else {}
+    if key not in d:
+        return True  # options that are not tuned keep their defaults
+    if key == "baseline_lr" and value is not None:
+        return math.isclose(value, PYRO_LR, rel_tol=1e-9)  # the run's lr, i.e. Pyro's at the default
+    return d[key] == value
+
+
+def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
+    """Mean and 95 % t half-width of a - b over the seeds both have (paired)."""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if not seeds:
+        return float("nan"), float("nan"), 0
+    mean, hw = _interval([a["seeds"][s] - b["seeds"][s] for s in seeds])
+    return mean, hw, len(seeds)
+
+
+# -- the study -----------------------------------------------------------------------------------
 def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     with open(path_stem.with_suffix(".csv"), "w", newline="") as fh:

@@ -1,4 +1,5 @@
-"""Tuning on validation data: the ``tune`` preset's grid, the selection rule and the choice file.
+"""Tuning on validation data: the ``tune`` preset's grid and the choice file (its selection rule is
+:mod:`bench.report.tune_study`'s).
 
 A preset with a ``[tune]`` table tries, for each estimator, every combination of its candidate
 values (the product of the lists)::
@@ -16,7 +17,7 @@ takes its registry record's candidates (``Estimator.search``: the tables above a
 gumbel's); ``[tune.EST]`` replaces them. Each combination is its own cell,
 its values in the cell's config (so in its identity) and in its id (``..._lr-0.00014``).
 
-Selection (:func:`select`) reads the finished cells and, per estimator and aux setting, takes
+Selection (:func:`bench.report.tune_study.select`) reads the finished cells and, per estimator and aux setting, takes
 the combination with the highest mean over seeds of the best validation accuracy
 (``best_valid_acc``: the classifier on the 10,000 validation images, after the epoch where it
 is highest). Test accuracy is never read. A combination with a failed or diverged seed is not
@@ -39,16 +40,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from ssvae.config import DEFAULT_RUN
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 from ssvae.model import SSVAE
 
-from ..core.stats import mean_interval
 
 #: Pyro's learning rate (``ss_vae_M2.py``, ``ssvae.config.DEFAULT_RUN``): the default a tuned choice is compared with
 PYRO_LR = DEFAULT_RUN.lr
@@ -176,107 +175,3 @@ def apply_choices(preset: dict, choices: Dict[str, Dict]) -> dict:
     preset = dict(preset)
     preset["options"] = options
     return preset
-
-
-# -- selection ------------------------------------------------------------------------------------
-def _records(out: Path) -> List[dict]:
-    recs = []
-    for path in sorted((out / "runs").glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if rec.get("kind", "train") == "train" and rec.get("config"):
-            recs.append(rec)
-    return recs
-
-
-def _values(cfg: dict, keys: List[str]) -> Dict:
-    opts = cfg.get("options") or {}
-    return {k: (cfg["lr"] if k == "lr" else opts.get(k)) for k in keys}
-
-
-def _interval(xs: List[float]) -> Tuple[float, float]:
-    """(mean, 95 % Student-t half-width); the half-width is NaN for one value."""
-    mean, half = mean_interval(xs)
-    return mean, float("nan") if half is None else half
-
-
-def combinations(out: Path, tune: Dict) -> List[dict]:
-    """One row per (estimator, aux, labels, combination): its seeds' validation accuracies."""
-    rows: Dict[tuple, dict] = {}
-    for rec in _records(out):
-        cfg = rec["config"]
-        keys = tuned_keys(tune, cfg["estimator"])
-        values = _values(cfg, keys)
-        key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True))
-        row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
-                                    "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
-                                    "statuses": {}})
-        row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
-        row["statuses"][cfg["seed"]] = rec.get("status")
-        if rec.get("status") == "ok":
-            row["seeds"][cfg["seed"]] = float(rec["metrics"][SELECT_ON])
-    out_rows = []
-    for row in rows.values():
-        accs = [row["seeds"][s] for s in sorted(row["seeds"])]
-        row["eligible"] = bool(accs) and all(st == "ok" for st in row["statuses"].values())
-        row["mean"], row["half_width"] = _interval(accs) if accs else (float("nan"), float("nan"))
-        out_rows.append(row)
-    out_rows.sort(key=lambda r: (r["estimator"], r["aux"], r["labels"], r["options"].get("lr", 0),
-                                 json.dumps(r["values"], sort_keys=True)))
-    return out_rows
-
-
-def _order(tune: Dict, est: str, values: Dict) -> int:
-    """Position of ``values`` in the preset's candidate order (for the last tie-break)."""
-    for i, cand in enumerate(candidates(tune, est)):
-        if all(cand.get(k, values.get(k)) == values.get(k) for k in values):
-            return i
-    return 10 ** 6
-
-
-def select(rows: List[dict], tune: Dict) -> Dict[tuple, dict]:
-    """(estimator, aux, labels) -> the chosen row (eligible rows only)."""
-    best: Dict[tuple, dict] = {}
-    groups: Dict[tuple, List[dict]] = {}
-    for r in rows:
-        if r["eligible"]:
-            groups.setdefault((r["estimator"], r["aux"], r["labels"]), []).append(r)
-    for key, rs in groups.items():
-        best[key] = max(rs, key=lambda r: (round(r["mean"], 10),
-                                           -abs(math.log(r["options"]["lr"] / PYRO_LR)),
-                                           -_order(tune, key[0], r["values"])))
-    return best
-
-
-def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional[dict]:
-    """The combination at Pyro's learning rate and the estimator's default options, if it was run."""
-    for r in rows:
-        if (r["estimator"], r["aux"], r["labels"]) != (est, aux, labels):
-            continue
-        if not math.isclose(r["options"]["lr"], PYRO_LR, rel_tol=1e-9):
-            continue
-        if all(_is_default(est, k, v) for k, v in r["options"].items() if k != "lr"):
-            return r
-    return None
-
-
-def _is_default(est: str, key: str, value) -> bool:
-    """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
-    d = REGISTRY[est].defaults if est in REGISTRY else {}
-    if key not in d:
-        return True  # options that are not tuned keep their defaults
-    if key == "baseline_lr" and value is not None:
-        return math.isclose(value, PYRO_LR, rel_tol=1e-9)  # the run's lr, i.e. Pyro's at the default
-    return d[key] == value
-
-
-def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
-    """Mean and 95 % t half-width of a - b over the seeds both have (paired)."""
-    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
-    if not seeds:
-        return float("nan"), float("nan"), 0
-    mean, hw = _interval([a["seeds"][s] - b["seeds"][s] for s in seeds])
-    return mean, hw, len(seeds)
-
