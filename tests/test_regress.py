@@ -153,6 +153,17 @@ def test_a_running_grid_never_imports_the_regression_package():
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
+
+def test_a_grid_worker_loads_no_analysis_library():
+    """Every task starts a worker process, so its imports are paid per task: the worker loads none of the
+    report's libraries (scipy, pandas, seaborn, matplotlib, jinja2). scipy.stats once came in through the
+    tuning study's statistics and made `make test` about 2 minutes slower."""
+    code = ("import sys\nimport bench.run.worker, bench.run.harness\n"
+            "print(sorted(m for m in ('scipy', 'pandas', 'seaborn', 'matplotlib', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
 def test_regress_strips_an_inherited_injection(monkeypatch):
     """``bench.regress run`` without --inject-slowdown removes the variable from pytest's env."""
     seen = {}
