@@ -1,9 +1,9 @@
 """The numbers every table shares, in one place: Student-t intervals (scipy underneath), variant labels
 ("enum + aux") and the booleans read back from CSV files.
 
-:func:`mean_interval` is the interval over seeds of one variant (Table 1, the tuning study),
-:func:`paired_interval` the interval of paired differences (every verdict), :func:`t_quantile` the
-quantile both use (and ``compare``'s Welch test); :data:`CONFIDENCE` is the default level.
+:func:`mean_interval` is the Student-t interval over seeds (of one variant: Table 1, the tuning study),
+:func:`paired_interval` the same interval of paired differences as bounds (every verdict), :func:`t_quantile`
+its quantile (also ``compare``'s Welch test); :data:`CONFIDENCE` is the default level.
 """
 from __future__ import annotations
 
@@ -37,23 +37,18 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Op
 
 
 def paired_interval(diffs: Sequence[float], confidence: float = CONFIDENCE) -> Tuple[float, float, float, str]:
-    """(mean, low, high, note) of paired differences: a Student-t interval from scipy.stats.
+    """(mean, low, high, note) of paired differences: :func:`mean_interval`'s interval as its bounds.
 
     n = 1 gives no interval (low = high = NaN, and the note says so); n = 0 gives NaN throughout.
     Identical differences give the degenerate interval [d, d].
     """
-    d = np.asarray(list(diffs), dtype=float)
-    n = len(d)
-    if n == 0:
+    got = mean_interval(diffs, confidence)
+    if got is None:
         return math.nan, math.nan, math.nan, "no paired seeds"
-    mean = float(d.mean())
-    if n == 1:
+    mean, half = got
+    if half is None:
         return mean, math.nan, math.nan, "n = 1: no interval"
-    sem = float(stats.sem(d))
-    if sem == 0:
-        return mean, mean, mean, ""
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high), ""
+    return mean, mean - half, mean + half, ""
 
 
 def median_ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
