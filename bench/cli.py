@@ -2,8 +2,9 @@
 
 Commands: train (one configuration, one JSON line), run (a grid into a results folder), list (estimators
 and presets), report (tables, plots and report.html of a results folder), compare (two results folders),
-tune (choices from a tuning run), regress (step-time regressions). Bad input prints one line on stderr (bench: error: ...) and exits with
-status 2.
+search (tuning at the reporting budget, pruned on validation accuracy), tune (choices from a tuning run or
+a search), regress (step-time regressions). Bad input prints one line on stderr (bench: error: ...) and
+exits with status 2.
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ COMMANDS: Dict[str, Command] = {
                       "write tables, plots, report.md and report.html into a results folder"),
     "compare": Command("bench.report.compare_cli", "add_compare_parser",
                        "compare two results folders cell by cell; exit 1 when a difference exceeds its noise"),
+    "search": Command("bench.run.search", "add_search_parser",
+                      "tune at the reporting budget: a successive-halving search per variant, on validation accuracy"),
     "tune": Command("bench.report.tune_study", "add_tune_parser",
                     "choose each estimator's options from a tuning run, on validation accuracy: tuned.json"),
     "regress": Command("bench.regress.cli", "add_parser",

@@ -21,7 +21,7 @@ def _help(capsys, *argv) -> str:
 
 def test_the_top_level_help_names_exactly_the_commands_that_exist(capsys):
     commands = _commands()
-    assert commands == ["train", "run", "list", "report", "compare", "tune", "regress"]
+    assert commands == ["train", "run", "list", "report", "compare", "search", "tune", "regress"]
     out = _help(capsys)
     assert "`" not in out, "reST backticks in the help"
     for group in re.findall(r"\{([\w,-]+)\}", out):  # argparse's {a,b,...}

@@ -139,8 +139,9 @@ GRID_SCHEMA: Dict[str, Field] = {
     "sup_weight": Field(float, above=0.0, maximum=MAX_COUNT),
     "weight_decay": Field(float, minimum=0.0, maximum=MAX_LR),
 }
-#: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below
-GRID_FIELDS = set(GRID_SCHEMA) | {"probe", "options", "tune"}
+#: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below; ``tune`` and
+#: ``search`` by bench.run.tune
+GRID_FIELDS = set(GRID_SCHEMA) | {"probe", "options", "tune", "search"}
 
 PROBE_SCHEMA: Dict[str, Field] = {
     #: global steps, or "epochs" (step 0 and the end of every epoch) or "last" (the end of the run)

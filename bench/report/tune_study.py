@@ -24,7 +24,7 @@ from ssvae.estimators import REGISTRY
 from ..commands import COMMANDS
 from ..core.schema import ENV_FILE
 from ..core.stats import mean_interval, variant_label
-from ..run.tune import CHOICE_FILE, PYRO_LR, SELECT_ON, candidates, tuned_keys
+from ..run.tune import CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, search_rungs, tuned_keys
 from .plotting import plt
 
 
@@ -43,7 +43,7 @@ def _records(out: Path) -> List[dict]:
 
 def _values(cfg: dict, keys: List[str]) -> Dict:
     opts = cfg.get("options") or {}
-    return {k: (cfg["lr"] if k == "lr" else opts.get(k)) for k in keys}
+    return {k: (cfg.get(k) if k in RUN_FIELDS else opts.get(k)) for k in keys}
 
 
 def _interval(xs: List[float]) -> Tuple[float, float]:
@@ -131,6 +131,52 @@ def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
     return mean, hw, len(seeds)
 
 
+def tuned_space(prov: dict) -> Dict:
+    """The candidates per key in ``[tune]``'s shape: a grid's own table, or a search's space (a range as its
+    two ends, an estimator's keys under its name)."""
+    if prov.get("tune"):
+        return prov["tune"]
+    space = (prov.get("search") or {}).get("space") or {}
+    return {est: {k: (list(rest) if kind == "range" else rest[0]) for k, (kind, *rest) in keys.items()}
+            for est, keys in space.items()}
+
+
+def _same_setting(a: dict, b: dict) -> bool:
+    return a is not b and (a["estimator"], a["aux"], a["labels"]) == (b["estimator"], b["aux"], b["labels"])
+
+
+#: a value within this share of a range's log-width from an end is on that edge
+EDGE_SHARE = 0.05
+
+
+def edges(prov: dict, est: str, values: Dict) -> str:
+    """Which chosen values sit on an edge of what was searched ("lr at the top of 1e-05..0.001"): a
+    candidate list's smallest or largest number, or a search range's outer 5 % (log scale)."""
+    space = ((prov.get("search") or {}).get("space") or {}).get(est)
+    if space is None:  # a grid: every key is a candidate list
+        tune = prov.get("tune") or {}
+        space = {k: ["choices", v] for k, v in {**{k: v for k, v in tune.items() if not isinstance(v, dict)},
+                                                 **(tune.get(est) or {})}.items()}
+    out = []
+    for key, (kind, *rest) in space.items():
+        v = values.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if kind == "range":
+            lo, hi = rest
+            tol = EDGE_SHARE * math.log(hi / lo)
+            bottom, top = math.log(v / lo) <= tol, math.log(hi / v) <= tol
+        else:
+            nums = [c for c in rest[0] if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if len(nums) < 2 or len(nums) != len(rest[0]):
+                continue
+            lo, hi = min(nums), max(nums)
+            bottom, top = v == lo, v == hi
+        if bottom or top:
+            out.append(f"{key} at the {'bottom' if bottom else 'top'} of {_cell(lo)}..{_cell(hi)}")
+    return "; ".join(out)
+
+
 # -- the study -----------------------------------------------------------------------------------
 def _table(path_stem: Path, columns: List[str], rows: List[dict]) -> None:
     path_stem.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +210,7 @@ def provenance(out: Path) -> dict:
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
-            "command": env.get("command"), "tune": grid.get("tune"),
+            "command": env.get("command"), "tune": grid.get("tune"), "search": grid.get("search"),
             # a folder resumed or extended by later commands: every part, oldest first
             "parts": [*(env.get("earlier_runs") or []),
                       {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
@@ -173,10 +219,10 @@ def provenance(out: Path) -> dict:
 def write_report(out: Path) -> dict:
     """Select, and write the choice file, the tables and the sensitivity plot; returns the choice document."""
     prov = provenance(out)
-    tune = prov.get("tune") or {}
+    tune = tuned_space(prov)
     if not tune:
-        raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune table); "
-                          f"run python -m bench run --preset tune first")
+        raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune or grid.search table); "
+                          f"run python -m bench run --preset tune or python -m bench search first")
     rows = combinations(out, tune)
     if not rows:
         raise ConfigError(f"{out}: no finished cells under runs/")
@@ -199,11 +245,14 @@ def write_report(out: Path) -> dict:
         choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
                             "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                             "default_valid_acc": d["mean"] if d else None,
-                            "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n})
+                            "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n,
+                            "beats": sum(1 for o in rows if _same_setting(o, r) and o["eligible"] and o["mean"] < r["mean"]),
+                            "not_eligible": sum(1 for o in rows if _same_setting(o, r) and not o["eligible"]),
+                            "on_edge": edges(prov, est, r["values"])})
         chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
     _table(out / "tables" / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
                                              "default_valid_acc", "chosen_minus_default", "diff_ci95",
-                                             "paired_seeds"], choice_rows)
+                                             "paired_seeds", "beats", "not_eligible", "on_edge"], choice_rows)
     doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
            "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
                    f"diverged seed is not eligible; ties: nearest Pyro's lr {sci(PYRO_LR)}, then the preset's order. "
@@ -301,16 +350,31 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         f"Provenance: {_provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench tune {out.name}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
+        _how(prov), "",
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
-        "with its 95 % t-interval half-width: with 2 seeds the intervals are wide, and a short budget "
-        "favours large steps; read the choice as a sensitivity check, not a final answer.", "",
+        "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
+        "lower mean; `not_eligible`: those pruned, diverged or failed; `on_edge`: a chosen value at an end "
+        "of what was searched (widen the range there, or read the end as the range's limit).", "",
         "## Choices", "", (out / "tables" / "tune_choices.md").read_text(), "",
         "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
         "## Every combination", "", (out / "tables" / "tune_all.md").read_text(),
     ]
     (out / "tune.md").write_text("\n".join(text))
+
+def _how(prov: dict) -> str:
+    search = prov.get("search")
+    if not search:
+        return ("A tuning grid: every combination of the candidates, each trained on every seed for the grid's "
+                "budget; a short budget favours large steps, so read its choice as a sensitivity check.")
+    rungs = search_rungs(search, prov.get("epochs") or 0)
+    return (f"A search at the reporting budget (`python -m bench search`): per setting {search['trials']} trials "
+            f"(the first the default, then Optuna's TPE sampler, seed {search['seed']}), each trained on every "
+            f"seed for up to {prov.get('epochs')} epochs; after each epoch the mean validation accuracy over seeds "
+            f"goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
+            f"the best 1/{search['reduction']}). A pruned trial is not eligible.")
+
 
 def add_tune_parser(subparsers) -> argparse.ArgumentParser:
     """``tune OUT``; sets ``func=cmd_tune``."""

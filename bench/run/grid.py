@@ -113,6 +113,8 @@ class Grid:
     options: Dict[str, Dict] = field(default_factory=dict)
     #: candidate values per estimator (``bench/run/tune.py``): each combination is its own cell
     tune: Dict = field(default_factory=dict)
+    #: a search at the reporting budget (``bench/run/search.py``), normalised by ``tune.check_search``
+    search: Dict = field(default_factory=dict)
     #: the training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py loop exactly; ssvae/train.py)
     protocol: str = "bench"
     #: protocol joint's labeled batch and weight, and Adam's weight decay (ssvae.config.SPARSE_FIELDS)
@@ -123,7 +125,8 @@ class Grid:
     def to_dict(self) -> dict:
         """The grid as env.json keeps it; a field of ``SPARSE_FIELDS`` only where it is not its default."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if not (k in SPARSE_FIELDS and v == SPARSE_FIELDS[k])}
+        return {k: v for k, v in d.items()
+                if not (k in SPARSE_FIELDS and v == SPARSE_FIELDS[k]) and not (k == "search" and not v)}
 
 
 def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
@@ -170,6 +173,7 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 description=spec.get("description", ""), workers=int(spec.get("workers", 1)),
                 options={e: dict(o) for e, o in sorted(options.items())},
                 tune=tunemod.check_tune(spec.get("tune") or {}, list(ests)),
+                search=tunemod.check_search(spec["search"], list(ests)) if spec.get("search") else {},
                 protocol=spec.get("protocol", "bench"),
                 **{k: spec.get(k, default) for k, default in SPARSE_FIELDS.items()})
     for cfg in train_configs(grid):

@@ -63,30 +63,35 @@ def _csv(kind):
     return parse
 
 
+def add_grid_args(p, default_preset: str = "default") -> None:
+    """The flags that make a grid from a preset (``run`` and ``search`` share them; :func:`grid_from_args`)."""
+    p.add_argument("--preset", default=default_preset,
+                   help=f"one of: {', '.join(gridmod.preset_names())}, or a .toml file (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: results/<preset>-<device>)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--estimators", type=_csv(str), default=None, help="e.g. trace,enum (default: the preset's)")
+    p.add_argument("--aux", choices=["both", "on", "off"], default=None,
+                   help="auxiliary loss variants (default: the preset's)")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--labels", type=_csv(int), default=None, help="label counts, e.g. 100,3000")
+    p.add_argument("--label-fraction", type=_csv(float), default=None, help="label fractions, e.g. 0.02")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
+
+
 def add_run_parser(sub) -> None:
     r = sub.add_parser("run", help=COMMANDS["run"].help)
-    r.add_argument("--preset", default="default",
-                   help=f"one of: {', '.join(gridmod.preset_names())}, or a .toml file (default: %(default)s)")
-    r.add_argument("--out", default=None, help="output folder (default: results/<preset>-<device>)")
-    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    r.add_argument("--estimators", type=_csv(str), default=None, help="e.g. trace,enum (default: the preset's)")
-    r.add_argument("--aux", choices=["both", "on", "off"], default=None,
-                   help="auxiliary loss variants (default: the preset's)")
-    r.add_argument("--no-baseline", action="store_true")
-    r.add_argument("--labels", type=_csv(int), default=None, help="label counts, e.g. 100,3000")
-    r.add_argument("--label-fraction", type=_csv(float), default=None, help="label fractions, e.g. 0.02")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
-    r.add_argument("--epochs", type=int, default=None)
-    r.add_argument("--steps-per-epoch", type=int, default=None)
-    r.add_argument("--batch-size", type=int, default=None)
+    add_grid_args(r)
     r.add_argument("--workers", type=int, default=None, help="cells at a time (default: 1 per GPU, the preset's on CPU)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads per cell (default: usable CPUs / workers)")
     r.add_argument("--executor", default="local", help="local (a process per cell) or dask (default: %(default)s)")
     r.add_argument("--scheduler", default=None,
                    help="dask scheduler address tcp://HOST:PORT (default: start a LocalCluster)")
-    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any preset field, e.g. --set lr=0.001 --set probe.variance_samples=50")
     r.add_argument("--tuned", default=None, metavar="FILE",
                    help="apply the choices of a tuning run (its tuned.json: python -m bench tune OUT)")
     r.add_argument("--task-timeout", type=float, default=None, metavar="S",
@@ -118,8 +123,14 @@ def _value(text: str):
         return text
 
 
-def grid_from_args(args) -> gridmod.Grid:
+def grid_from_args(args, search: bool = False) -> gridmod.Grid:
+    """The grid of a command's flags; a preset with a ``[search]`` table only for ``search=True``
+    (``bench search``), and only with one for it."""
     preset = gridmod.load_preset(args.preset)
+    if bool(preset.get("search")) != search:
+        raise ConfigError(f"preset {args.preset} is a search: run it with python -m bench search --preset {args.preset}"
+                          if not search else f"preset {args.preset} has no [search] table: it is a grid "
+                          f"(python -m bench run --preset {args.preset})")
     if getattr(args, "tuned", None):
         choices, args.tuned_info = tunemod.load_choices(args.tuned)
         preset = tunemod.apply_choices(preset, choices)
@@ -162,10 +173,10 @@ def grid_from_args(args) -> gridmod.Grid:
                 raise ConfigError(f"--set {item!r}: expected options.ESTIMATOR.OPTION=VALUE")
             preset["options"] = {e: dict(o) for e, o in preset.get("options", {}).items()}
             preset["options"].setdefault(est, {})[opt] = value
-        elif key in gridmod.GRID_FIELDS - {"probe", "options"}:
+        elif key in gridmod.GRID_FIELDS - {"probe", "options", "search"}:
             preset[key] = value
         else:
-            raise ConfigError(f"unknown field {key!r}: known {', '.join(sorted(gridmod.GRID_FIELDS - {'probe', 'options'}))}"
+            raise ConfigError(f"unknown field {key!r}: known {', '.join(sorted(gridmod.GRID_FIELDS - {'probe', 'options', 'search'}))}"
                               f", probe.* and options.ESTIMATOR.*")
     if args.label_fraction is not None:
         overrides["labels"] = [resolve_labels(None, f) for f in gridmod.check_fields(
@@ -413,11 +424,18 @@ def cmd_list(args) -> int:
     for name in gridmod.preset_names():
         grid = gridmod.make_grid(gridmod.load_preset(name))
         tasks = gridmod.expand(grid)
+        scale = 1.0
+        if grid.search:  # a search trains each cell once per trial, mostly cut short by its pruner
+            tasks = [t for t in tasks if t["kind"] == "train"]
+            scale = grid.search["trials"] * tunemod.search_share(grid.search, grid.epochs)
         est = estimate.plan(tasks, grid.workers, cal=cal) if cal else None
-        wall = estimate.duration(est.total).replace("about ", "") if est else "?"
+        wall = estimate.duration(est.total * scale).replace("about ", "") if est else "?"
         share = f"{100 * est.probe_share:.0f}%" if est and est.probe_share is not None else "?"
-        print(f"{name:8s} {len(tasks):5d} {grid.workers:7d} {wall:>10s} {share:>5s}  {grid.description}")
+        share = "-" if grid.search else share  # a search's trials probe nothing
+        n = len(tasks) * (grid.search["trials"] if grid.search else 1)
+        print(f"{name:8s} {n:5d} {grid.workers:7d} {wall:>10s} {share:>5s}  {grid.description}")
     if cal:
         print(f"(CPU wall time with the preset's workers, each task at the measured rate of its kind and part, the "
-              f"schedule played out (bench/run/estimate.py); {cal.describe()}; probe: the gradient probe's share)")
+              f"schedule played out (bench/run/estimate.py); {cal.describe()}; probe: the gradient probe's share; "
+              f"a search: its cells x trials, each trial cut at the rate its halving keeps)")
     return 0

@@ -1,5 +1,5 @@
-"""Tuning on validation data: the ``tune`` preset's grid and the choice file (its selection rule is
-:mod:`bench.report.tune_study`'s).
+"""Tuning on validation data: the ``tune`` preset's grid, the ``[search]`` table of a search at the reporting
+budget (:mod:`bench.run.search` runs it) and the choice file (the selection rule is :mod:`bench.report.tune_study`'s).
 
 A preset with a ``[tune]`` table tries, for each estimator, every combination of its candidate
 values (the product of the lists)::
@@ -40,8 +40,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ssvae.config import DEFAULT_RUN
 from ssvae.errors import ConfigError
@@ -54,6 +55,9 @@ PYRO_LR = DEFAULT_RUN.lr
 #: the metric selection uses (validation accuracy only; test accuracy is never read)
 SELECT_ON = "best_valid_acc"
 CHOICE_FILE = "tuned.json"
+#: the run fields a search may vary (beside the estimator's options)
+RUN_FIELDS = ("lr", "aux_multiplier")
+_TOP_KEYS = {"trials", "first_rung", "reduction", "seed"}
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -145,6 +149,112 @@ def cell_tag(tune: Dict, cfg) -> str:
         v = cfg.lr if k == "lr" else opts.get(k)
         parts.append(f"{k}-{_fmt(v)}")
     return "".join("_" + p for p in parts)
+
+
+# -- the [search] table (bench/run/search.py runs it) ------------------------------------------
+def check_search(search, estimators: List[str]) -> Dict:
+    """Validate a ``[search]`` table (one-line :class:`ConfigError`); returns it normalised:
+    ``{"trials", "first_rung", "reduction", "seed", "space": {estimator: {key: ("range", lo, hi) |
+    ("choices", [...])}}}`` with each estimator's record's candidates where the table gives none."""
+    if not isinstance(search, dict):
+        raise ConfigError("search must be a table: [search] trials = 16, lr = {low = 3e-5, high = 3e-3}")
+    out = {"trials": search.get("trials", 16), "first_rung": search.get("first_rung", 1),
+           "reduction": search.get("reduction", 3), "seed": search.get("seed", 0)}
+    for key in ("trials", "first_rung", "reduction"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "reduction" else 1):
+            raise ConfigError(f"search.{key} must be an integer of at least {2 if key == 'reduction' else 1} "
+                              f"(got {v!r})")
+    if isinstance(out["seed"], bool) or not isinstance(out["seed"], int):
+        raise ConfigError(f"search.seed must be an integer (got {out['seed']!r})")
+    own = {k: v for k, v in search.items() if isinstance(v, dict) and not set(v) <= {"low", "high"}}
+    shared = {k: v for k, v in search.items() if k not in _TOP_KEYS and k not in own}
+    for k in own:
+        if k not in estimators:
+            raise ConfigError(f"search.{k}: not one of the grid's estimators ({', '.join(estimators)})")
+    space = {}
+    for est in estimators:
+        record = REGISTRY[est]
+        keys = {**{k: list(v) for k, v in record.search.items()}, **shared, **own.get(est, {})}
+        space[est] = {k: _dimension(f"search.{est}.{k}" if k in own.get(est, {}) else f"search.{k}", k, v, est)
+                      for k, v in keys.items()}
+        # every candidate and both ends of every range build: a bad value fails here, in one line
+        tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
+        for k, (kind, *rest) in space[est].items():
+            if k not in RUN_FIELDS:
+                for v in (rest if kind == "range" else rest[0]):
+                    record.build(tiny, v if isinstance(v, dict) else {k: v})
+    out["space"] = space
+    return out
+
+
+def _dimension(where: str, key: str, value, est: str):
+    if key not in RUN_FIELDS and key not in REGISTRY[est].defaults and not (isinstance(value, list) and value
+                                                                           and all(isinstance(v, dict) for v in value)):
+        raise ConfigError(f"{where}: {est} has no option {key!r} (its options: "
+                          f"{', '.join(sorted(REGISTRY[est].defaults)) or 'none'}; or lr, aux_multiplier)")
+    if isinstance(value, dict):
+        lo, hi = value.get("low"), value.get("high")
+        if set(value) - {"low", "high"} or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in (lo, hi)) or not 0 < lo < hi or not math.isfinite(hi):
+            raise ConfigError(f"{where} must be {{low = A, high = B}} with 0 < A < B (got {value!r})")
+        return ("range", lo, hi)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} must be a list of candidates or a range {{low = A, high = B}} (got {value!r})")
+    return ("choices", list(value))
+
+
+def search_rungs(spec: Dict, epochs: int) -> List[int]:
+    """The epochs at which a search's pruner decides: ``first_rung`` x ``reduction``^k, before the last epoch."""
+    rungs, r = [], spec["first_rung"]
+    while r < epochs:
+        rungs.append(r)
+        r *= spec["reduction"]
+    return rungs
+
+
+def search_share(spec: Dict, epochs: int) -> float:
+    """The share of its trials' full budget a search trains when halving keeps exactly 1/``reduction`` of the
+    trials at every rung (the first trials of a study, having no rivals yet, go further)."""
+    bounds = [0, *search_rungs(spec, epochs), epochs]
+    return sum((bounds[k + 1] - bounds[k]) / spec["reduction"] ** k for k in range(len(bounds) - 1)) / epochs
+
+
+def encode(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+
+
+def values_of(params: Dict) -> Dict:
+    """Optuna's params as run values: a table candidate's keys set one by one."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, str) and v.startswith("{"):
+            out.update(json.loads(v))
+        else:
+            out[k] = v
+    return out
+
+
+def default_params(space: Dict, est: str, lr: float, aux_multiplier: float) -> Optional[Dict]:
+    """The default as Optuna params (the first trial of every setting), or None where a range or a
+    candidate list leaves the default out."""
+    defaults = {"lr": lr, "aux_multiplier": aux_multiplier, **REGISTRY[est].defaults}
+    if "baseline_lr" in defaults and defaults["baseline_lr"] is None:
+        defaults["baseline_lr"] = lr  # an NVIL baseline's default: the run's own learning rate
+    params = {}
+    for key, (kind, *rest) in space.items():
+        if kind == "range":
+            if key not in defaults or not rest[0] <= defaults[key] <= rest[1]:
+                return None
+            params[key] = defaults[key]
+        else:
+            hit = [v for v in rest[0] if (all(defaults.get(k) == x for k, x in v.items()) if isinstance(v, dict)
+                                          else defaults.get(key) == v)]
+            if not hit:
+                return None
+            params[key] = encode(hit[0])
+    return params
+
 
 
 # -- applying a choice file -------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""The search at the reporting budget (``python -m bench search``, bench/run/search.py): its ``[search]`` table,
+its default first trial, its successive halving on validation accuracy, its records (no test number), its
+resume, and the tuning study that chooses from it (bench/report/tune_study.py)."""
+import json
+import os
+
+import optuna
+import pytest
+
+from bench.cli import main
+from bench.core.schema import ENV_FILE
+from bench.report import tune_study
+from bench.run import grid as gridmod
+from bench.run import search
+from bench.run.tune import check_search, default_params, values_of
+from ssvae.data import split
+from ssvae.errors import ConfigError
+from ssvae.train import train
+
+from .conftest import synthetic_raw
+
+TINY = dict(labels=[100], seeds=3, epochs=3, batch_size=50, hidden=[16], z_dim=4, steps_per_epoch=3,
+            baseline=False, aux=[True])
+
+
+def _grid(**search_table):
+    table = {"trials": 4, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}, **search_table}
+    return gridmod.make_grid({**TINY, "estimators": ["enum", "gumbel"], "search": table})
+
+
+def _data(cfg, data_dir=None):
+    tx, ty, vx, vy = synthetic_raw()
+    return split(tx, ty, vx, vy, labels=cfg.labels, seed=cfg.seed, train_size=500, sha256="synthetic")
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"trials": 0}, "search.trials must be an integer of at least 1"),
+    ({"reduction": 1}, "search.reduction must be an integer of at least 2"),
+    ({"lr": {"low": 1e-2, "high": 1e-4}}, "search.lr must be {low = A, high = B} with 0 < A < B"),
+    ({"lr": []}, "search.lr must be a list of candidates or a range"),
+    ({"rlooo": {"k": [2]}}, "search.rlooo: not one of the grid's estimators"),
+    ({"enum": {"k": [2]}}, "search.enum.k: enum has no option 'k'"),
+    ({"gumbel": {"tau0": [-1.0]}}, ""),  # a candidate the estimator refuses fails here, with its own message
+])
+def test_a_bad_search_table_fails_in_one_line(table, message):
+    with pytest.raises(ConfigError) as exc:
+        check_search({"lr": {"low": 1e-4, "high": 1e-2}, **table}, ["enum", "gumbel"])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_space_takes_the_records_candidates_and_the_default_comes_first():
+    spec = check_search({"lr": {"low": 1e-4, "high": 1e-2}, "nvil": {"baseline_lr": {"low": 1e-4, "high": 1e-1}}},
+                        ["gumbel", "nvil", "enum"])
+    assert spec["space"]["gumbel"]["schedule"][0] == "choices"  # the registry's candidates
+    assert spec["space"]["nvil"]["baseline_lr"] == ("range", 1e-4, 1e-1)  # the table's own range wins
+    assert default_params(spec["space"]["enum"], "enum", 4.2e-4, 46.0) == {"lr": 4.2e-4}
+    nvil = default_params(spec["space"]["nvil"], "nvil", 4.2e-4, 46.0)
+    assert nvil == {"lr": 4.2e-4, "baseline_lr": 4.2e-4}  # NVIL's baseline defaults to the run's lr
+    gumbel = values_of(default_params(spec["space"]["gumbel"], "gumbel", 4.2e-4, 46.0))
+    assert gumbel == {"lr": 4.2e-4, "tau0": 1.0, "tau_min": 0.5}
+    assert default_params(spec["space"]["enum"], "enum", 1.0, 46.0) is None  # outside the range: no default trial
+
+
+def test_run_and_search_refuse_each_others_presets(capsys):
+    assert main(["run", "--preset", "search", "--dry-run"]) == 2
+    assert "is a search: run it with python -m bench search" in capsys.readouterr().err
+    assert main(["search", "--preset", "quick"]) == 2
+    assert "has no [search] table" in capsys.readouterr().err
+
+
+def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = _grid()
+    messages = []
+    assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 8
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / search.JOURNAL)))
+    for est in ("enum", "gumbel"):
+        study = optuna.load_study(study_name=f"{est}+aux_L100", storage=storage)
+        trials = study.get_trials()
+        assert len(trials) == 4
+        assert trials[0].params["lr"] == pytest.approx(grid.lr)  # the default first
+        states = {t.state for t in trials}
+        assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+        for t in trials:  # the pruner saw the mean validation accuracy over the 3 seeds, epoch by epoch
+            recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob(f"{est}+aux_L100_s*_t{t.number:03d}.json"))]
+            assert [r["config"]["seed"] for r in recs] == [0, 1, 2]
+            for epoch, value in t.intermediate_values.items():
+                assert value == pytest.approx(sum(r["curves"][epoch - 1]["valid_acc"] for r in recs) / 3)
+            pruned = t.state == optuna.trial.TrialState.PRUNED
+            assert all(r["status"] == ("pruned" if pruned else "ok") for r in recs)
+            assert all(r["metrics"]["epochs_run"] == (len(t.intermediate_values) if pruned else 3) for r in recs)
+    assert any("pruned" in m for m in messages), messages  # 4 trials, keep the best half at epochs 1 and 2
+    assert not any("test" in p.read_text() for p in (tmp_path / "runs").glob("*.json"))
+    # a rerun continues the journal: nothing left to run
+    assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 0
+    # the tuning study chooses from the search's records, as from a grid's
+    (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
+    doc = tune_study.write_report(tmp_path)
+    assert set(doc["estimators"]) == {"enum", "gumbel"} and "lr" in doc["estimators"]["enum"]
+    choices = (tmp_path / "tables" / "tune_choices.csv").read_text().splitlines()
+    assert choices[0].endswith("beats,not_eligible,on_edge") and len(choices) == 3
+    assert "successive-halving pruner" in (tmp_path / "tune.md").read_text()
+
+
+def test_a_trial_advanced_epoch_by_epoch_has_the_numbers_of_one_uninterrupted_run(tmp_path):
+    grid = _grid()
+    cfg = search.trial_config(grid, "gumbel", True, 100, 1, {"lr": 3e-3, "tau0": 0.5, "tau_min": 0.5})
+    data = _data(cfg)
+    state = None
+    for _ in range(cfg.epochs):
+        state = search._one_epoch(cfg, data, state)
+    straight = train(cfg, data, evaluation=search.EVALUATION)
+    assert [r["valid_acc"] for r in state["curves"]] == [r["valid_acc"] for r in straight.curves]
+    assert [r["loss_unsup"] for r in state["curves"]] == [r["loss_unsup"] for r in straight.curves]
+
+
+def test_a_trial_cut_short_is_tried_again(tmp_path):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = search._study(storage, "enum+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
+    cut = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})  # a kill leaves it RUNNING
+    assert search._resume(study) == 2
+    trials = study.get_trials()
+    assert trials[cut.number].state == optuna.trial.TrialState.FAIL
+    assert trials[-1].state == optuna.trial.TrialState.WAITING and trials[-1].system_attrs["fixed_params"] == cut.params
+
+
+@pytest.mark.parametrize("space, values, expected", [
+    ({"lr": ["range", 1e-4, 1e-2]}, {"lr": 9.5e-3}, "lr at the top of 0.0001..0.01"),
+    ({"lr": ["range", 1e-4, 1e-2]}, {"lr": 1e-3}, ""),
+    ({"k": ["choices", [2, 4, 10]]}, {"k": 2}, "k at the bottom of 2..10"),
+    ({"k": ["choices", [2, 4, 10]]}, {"k": 4}, ""),
+])
+def test_a_choice_on_an_edge_of_what_was_searched_is_named(space, values, expected):
+    prov = {"search": {"space": {"rloo": space}}}
+    assert tune_study.edges(prov, "rloo", values) == expected
+    grid_prov = {"tune": {"lr": [1.4e-4, 4.2e-4, 1.26e-3]}}
+    assert tune_study.edges(grid_prov, "enum", {"lr": 1.26e-3}) == "lr at the top of 0.00014..0.00126"
+
+
+@pytest.mark.skipif(not os.environ.get("SSVAE_DATA_DIR"), reason="MNIST not found (set SSVAE_DATA_DIR)")
+def test_the_search_command_continues_its_folder_and_tune_chooses_from_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(search, "_load_data", _data)  # MNIST is checked; the trials train on synthetic digits
+    preset = tmp_path / "tiny.toml"
+    preset.write_text('estimators = ["enum"]\naux = [true]\nbaseline = false\nlabels = [100]\nseeds = 3\n'
+                      'epochs = 2\nbatch_size = 50\nhidden = [16]\nz_dim = 4\nsteps_per_epoch = 2\n'
+                      '[search]\ntrials = 2\nlr = {low = 1e-4, high = 1e-2}\n')
+    out = tmp_path / "out"
+    args = ["search", "--preset", str(preset), "--out", str(out), "--threads", "1"]
+    assert main(args) == 0
+    assert "2 trial(s) run" in capsys.readouterr().err
+    assert main(args) == 0  # the same command continues the folder: nothing left
+    assert "0 trial(s) run" in capsys.readouterr().err
+    env = json.loads((out / ENV_FILE).read_text())
+    assert env["grid"]["search"]["trials"] == 2 and len(env["earlier_runs"]) == 1
+    assert main(["search", "--preset", str(preset), "--out", str(out), "--epochs", "3"]) == 2  # another search
+    assert "holds another search or grid" in capsys.readouterr().err
+    assert main(["tune", str(out)]) == 0 and (out / "tuned.json").is_file()
