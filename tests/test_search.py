@@ -1,6 +1,7 @@
 """The search at the reporting budget (``python -m bench search``, bench/run/search.py): its ``[search]`` table,
 its default first trial, its successive halving on validation accuracy, its records (no test number), its
 resume, and the tuning study that chooses from it (bench/report/tune_study.py)."""
+import csv
 import json
 import os
 
@@ -99,6 +100,10 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     assert set(doc["estimators"]) == {"enum", "gumbel"} and "lr" in doc["estimators"]["enum"]
     choices = (tmp_path / "tables" / "tune_choices.csv").read_text().splitlines()
     assert choices[0].endswith("beats,not_eligible,on_edge") and len(choices) == 3
+    rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
+    # the default trial (never pruned: it has no rival at its rungs) is found, though gumbel's schedule
+    # options (rate, every) are set from the budget, not the record's defaults
+    assert [r["paired_seeds"] for r in rows] == ["3", "3"] and all(r["default_valid_acc"] for r in rows)
     assert "successive-halving pruner" in (tmp_path / "tune.md").read_text()
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import seaborn as sns
 
-from ssvae.config import sci
+from ssvae.config import DEFAULT_RUN, sci
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
@@ -107,13 +107,15 @@ def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional
             continue
         if not math.isclose(r["options"]["lr"], PYRO_LR, rel_tol=1e-9):
             continue
-        if all(_is_default(est, k, v) for k, v in r["options"].items() if k != "lr"):
-            return r
+        if all(_is_default(est, k, v) for k, v in r["values"].items() if k != "lr"):
+            return r  # only what was tuned is compared: options set from the run's budget (a schedule's rate) vary
     return None
 
 
 def _is_default(est: str, key: str, value) -> bool:
     """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
+    if key == "aux_multiplier":
+        return math.isclose(value, DEFAULT_RUN.aux_multiplier, rel_tol=1e-9)
     d = REGISTRY[est].defaults if est in REGISTRY else {}
     if key not in d:
         return True  # options that are not tuned keep their defaults
