@@ -238,6 +238,40 @@ def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
     assert none.loc["gumbel + aux", "note"] == "no isolated timing" and math.isnan(none.loc["gumbel + aux", "mean_acc"])
 
 
+
+def test_time_to_target_is_the_first_epoch_within_the_margin_of_enum_aux_best_validation():
+    """Per seed the target is enum + aux's best validation accuracy minus the margin; a variant's time is the end
+    of its first epoch at or above it, at its isolated time per epoch, beside enum + aux's own time."""
+    curve = {  # validation accuracy per epoch (the test column is never read)
+        ("enum", True): [0.50, 0.70, 0.80, 0.85, 0.84],       # best 0.85: target 0.84, first reached at epoch 4
+        ("gumbel", True): [0.60, 0.80, 0.845, 0.86],          # reaches 0.84 at epoch 3
+        ("trace", True): [0.20, 0.30, 0.35],                  # never
+        ("baseline", False): [0.8, 0.8]}
+    runs, curves = [], []
+    for (est, aux), points in curve.items():
+        for seed in (0, 1):
+            cell = f"{est}{'+aux' if aux else ''}_L100_s{seed}"
+            runs.append(dict(cell=cell, estimator=est, aux=aux, labels=100, seed=seed, status="ok",
+                             test_acc_at_best_valid=0.5, epochs=len(points), best_epoch=1))
+            curves += [dict(cell=cell, epoch=i + 1, valid_acc=v, test_acc=0.0) for i, v in enumerate(points)]
+    timing = []
+    for est, (sup, unsup) in {"enum": (30.0, 90.0), "gumbel": (10.0, 30.0), "trace": (10.0, 30.0)}.items():
+        for kind, m in (("sup", sup), ("unsup", unsup), ("aux", 0.0)):
+            timing.append(dict(estimator=est, aux=True, device="cpu", step_kind=kind, batch_size=100, median_ms=m))
+    tt = paired.time_to_target(pd.DataFrame(runs), pd.DataFrame(curves), pd.DataFrame(timing), margin=0.01)
+    tt = tt.set_index("variant")
+    assert set(tt.index) == {"enum + aux", "gumbel + aux", "trace + aux"}  # no baseline
+    e, g, t = tt.loc["enum + aux"], tt.loc["gumbel + aux"], tt.loc["trace + aux"]
+    assert e["target_mean"] == pytest.approx(0.84) and e["epochs_median"] == 4 and e["time_ratio_median"] == 1
+    assert g["epochs_median"] == 3 and g["reached"] == 2 and g["note"] == ""
+    assert g["time_ratio_median"] == pytest.approx(3 / 4 / 3)  # 3 epochs at a third of enum's time, over 4 epochs
+    assert g["seconds_median"] == pytest.approx(e["seconds_median"] * 3 / 4 / 3)
+    assert t["reached"] == 0 and math.isnan(t["seconds_median"]) and t["note"] == "2 of 2 seeds never got there in their run"
+    wide = paired.time_to_target(pd.DataFrame(runs), pd.DataFrame(curves), pd.DataFrame(timing), margin=0.06)
+    assert wide.set_index("variant").loc["gumbel + aux", "epochs_median"] == 2  # 0.80 >= 0.85 - 0.06
+    none = paired.time_to_target(pd.DataFrame(runs), pd.DataFrame(curves), None).set_index("variant")
+    assert none.loc["gumbel + aux", "note"] == "no isolated timing" and none.loc["gumbel + aux", "epochs_median"] == 3
+
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():
     from bench.core.tables import ran_beside
 

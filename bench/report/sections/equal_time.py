@@ -2,7 +2,9 @@
 among the epochs that fit) each variant reaches within the time enum + aux takes for its whole run,
 paired by seed with enum + aux's own (:func:`bench.analysis.paired.equal_time`). Times are the isolated timing
 probe's time per epoch (never the cells' wall times); the device and threads of the probe are stated.
-Files: ``equal_time.csv`` (numbers), ``equal_time_shown.csv`` (the table shown).
+Beside it, the time each variant takes to come within the verdicts' margin of enum + aux's best validation
+accuracy (:func:`bench.analysis.paired.time_to_target`). Files: ``equal_time.csv`` (numbers),
+``equal_time_shown.csv`` (the table shown), ``time_to_target.csv``, ``time_to_target_shown.csv``.
 """
 from __future__ import annotations
 
@@ -35,11 +37,34 @@ def probe_text(ctx: Context) -> str:
             + (f"{', '.join(map(str, threads))} thread{'s' if threads != [1] else ''}" if threads else "threads unknown"))
 
 
-def display(et: pd.DataFrame, res: Results) -> pd.DataFrame:
+def time_to_target_frame(res: Results, margin: float) -> pd.DataFrame:
+    return paired_stats.time_to_target(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"), margin)
+
+
+def _ordered(frame: pd.DataFrame, res: Results) -> pd.DataFrame:
     order = {variant_label(e, a): i for i, (e, a) in enumerate(variants(res))}
-    et = et.assign(_o=et.variant.map(lambda v: order.get(v, len(order))))
-    et = et.sort_values(["labels", "aux", "_o"], ascending=[False, False, True], kind="stable")
-    fmt = lambda x, f: "–" if not np.isfinite(x) else f.format(x)
+    frame = frame.assign(_o=frame.variant.map(lambda v: order.get(v, len(order))))
+    return frame.sort_values(["labels", "aux", "_o"], ascending=[False, False, True], kind="stable")
+
+
+def _fmt(x, f: str) -> str:
+    return "–" if not np.isfinite(x) else f.format(x)
+
+
+def display_time_to_target(tt: pd.DataFrame, res: Results) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "labels": str(r.labels), "variant": r.variant, "reached (of n seeds)": f"{r.reached} of {r.n}",
+        "target (validation)": _fmt(r.target_mean, "{:.4f}"), "epochs": _fmt(r.epochs_median, "{:.0f}"),
+        "seconds": _fmt(r.seconds_median, "{:.0f}"), "enum + aux's seconds": _fmt(r.reference_seconds_median, "{:.0f}"),
+        "time × enum + aux's": _fmt(r.time_ratio_median, "{:.2f}×"), "note": r.note}
+        for r in _ordered(tt, res).itertuples()],
+        columns=["labels", "variant", "reached (of n seeds)", "target (validation)", "epochs", "seconds",
+                 "enum + aux's seconds", "time × enum + aux's", "note"])
+
+
+def display(et: pd.DataFrame, res: Results) -> pd.DataFrame:
+    et = _ordered(et, res)
+    fmt = _fmt
     return pd.DataFrame([{
         "labels": str(r.labels), "variant": r.variant, "n": str(r.n),
         "time per epoch × enum + aux": fmt(r.time_fraction, "{:.2f}×"),
@@ -72,6 +97,20 @@ def build(ctx: Context) -> Optional[Section]:
            f" each." if ctx.env.get("threads") else "")],
         tables=[Table("Test accuracy at equal wall time, per setting", shown, "equal_time",
                       ["equal_time.csv", "equal_time_shown.csv"])])
+    tt = ctx.frame(time_to_target_frame, ctx.margin)
+    if not tt.empty:
+        margin = f"{ctx.margin * 100:g} point{'' if ctx.margin == 0.01 else 's'}"
+        ctx.write_table(tt, "time_to_target", f"Time to come within {margin} of {ENUM_REF}'s best validation "
+                                              f"accuracy (timing probe: {probe_text(ctx)})")
+        tt_shown = display_time_to_target(tt, ctx.res)
+        ctx.write_table(tt_shown, "time_to_target_shown", "Time to the validation target (the table shown)")
+        sec.text.append(
+            f"Time to a validation target: per seed, the target is {ENUM_REF}'s best validation accuracy on that seed "
+            f"minus the verdicts' margin ({margin}); a variant's time is the end of its first epoch at or "
+            f"above it (epochs times its isolated time per epoch, {probe_text(ctx)}), beside {ENUM_REF}'s own time to "
+            f"the same target. Medians over the seeds that got there; the ratio is per seed. Validation only.")
+        sec.tables.append(Table("Time to the validation target, per setting", tt_shown, "time_to_target",
+                                ["time_to_target.csv", "time_to_target_shown.csv"]))
     idle = not_learning(ctx)
     if idle:
         sec.notes.append(f"At {', '.join(map(str, idle))} labels {ENUM_REF} does not beat the supervised-only "
