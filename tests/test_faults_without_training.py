@@ -270,3 +270,23 @@ def test_retime_runs_the_timing_probes_again_and_only_them(tmp_path, monkeypatch
     assert main(args) == 0 and seen["todo"] == []
     assert main([*args, "--retime"]) == 0
     assert seen["todo"] == ["timing_cpu_trace", "timing_cpu_enum"]
+
+
+def test_each_executor_parses_its_own_options_and_refuses_anothers():
+    """`bench run`'s executor flags are the executors' own (``FLAGS``, ``add_arguments``, ``options``): the
+    chosen one turns them into its keyword arguments; a flag of another executor is one clear line."""
+    from bench.cli import build_parser
+    from ssvae.errors import ConfigError
+
+    parse = build_parser(load=["run"]).parse_args
+    local = executors.executor_options(parse(["run", "--task-timeout", "60"]))
+    assert local == {"task_timeout": 60.0, "stall_timeout": executors.STALL_TIMEOUT_S}
+    assert executors.executor_options(parse(["run", "--executor", "dask", "--scheduler", "tcp://h:1"])) == {
+        "scheduler": "tcp://h:1"}
+    for argv, message in ((["run", "--executor", "dask", "--stall-timeout", "5"], "--stall-timeout needs --executor local"),
+                          (["run", "--scheduler", "tcp://h:1"], "--scheduler needs --executor dask"),
+                          (["run", "--executor", "ray"], "unknown executor 'ray': choose from local, dask")):
+        with pytest.raises(ConfigError, match=message):
+            executors.executor_options(parse(argv))
+    for cls in executors.EXECUTORS.values():  # every flag an executor declares is one it adds
+        assert all(hasattr(parse(["run"]), f) for f in cls.FLAGS)

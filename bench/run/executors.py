@@ -14,7 +14,8 @@ collects and a driver crash loses nothing that finished.
   A task that runs longer than ``task_timeout`` seconds, or reports no progress for ``stall_timeout``
   seconds, is killed and recorded ``failed`` with an error starting ``timeout:``; the grid goes on.
 
-An executor is a class with the members of :class:`Executor`, registered in ``EXECUTORS``; it tells
+An executor is a class with the members of :class:`Executor`, registered in ``EXECUTORS``; it adds and parses
+its own command-line options (``add_arguments``, ``options``: :func:`executor_options`); it tells
 the driver how things move through ``on_update(running, record)``: ``running`` maps each task it is
 running to a :class:`TaskState` (its spec and the worker's last progress line), ``record`` is a
 finished task's record or None. The driver reads nothing else of it.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -66,6 +68,18 @@ class Executor(Protocol):
     name: str
     workers: int
     threads: int
+    #: the ``args`` attributes of its command-line options (another executor's given: refused in one line)
+    FLAGS: tuple
+    #: whether it takes the harness's GPU plan (``gpus=``, ``slots=``)
+    PINS_GPUS: bool
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """Add its command-line options to ``bench run``'s parser."""
+
+    @staticmethod
+    def options(args) -> dict:
+        """Its ``**options`` from the parsed command line (one-line ConfigError on a bad value)."""
 
     def connect(self) -> None:
         """Reach what the executor needs; raise ConfigError when it does not answer (nothing is written yet)."""
@@ -97,8 +111,38 @@ class _Running:
     timed_out: Optional[str] = None
 
 
+#: a task with no progress for this many seconds is killed (``--stall-timeout``'s default)
+STALL_TIMEOUT_S = 1800
+
+
+def _seconds(flag: str, value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be a positive number of seconds (got {value})")
+    return value
+
+
 class LocalExecutor:
     name = "local"
+    #: its command-line options (``add_arguments``); ``bench run`` refuses them with another executor
+    FLAGS = ("task_timeout", "stall_timeout")
+    #: it pins cells to GPUs (``gpus``, ``slots``: the harness's GPU plan)
+    PINS_GPUS = True
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--task-timeout", type=float, default=None, metavar="S",
+                       help="local: kill and record as failed (timeout) a task running longer than S seconds "
+                            "(default: none)")
+        p.add_argument("--stall-timeout", type=float, default=None, metavar="S",
+                       help=f"local: kill and record as failed (timeout) a task with no progress for S seconds "
+                            f"(default: {STALL_TIMEOUT_S})")
+
+    @staticmethod
+    def options(args) -> dict:
+        """Its keyword arguments from the command line's (one-line ConfigError on a bad value)."""
+        stall = _seconds("--stall-timeout", args.stall_timeout)
+        return {"task_timeout": _seconds("--task-timeout", args.task_timeout),
+                "stall_timeout": STALL_TIMEOUT_S if stall is None else stall}
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
                  retries: int = 1, gpus: Optional[List[int]] = None, task_timeout: Optional[float] = None,
@@ -291,6 +335,17 @@ class DaskExecutor:
 
     name = "dask"
     connect_timeout_s = 10
+    FLAGS = ("scheduler",)
+    PINS_GPUS = False
+
+    @staticmethod
+    def add_arguments(p) -> None:
+        p.add_argument("--scheduler", default=None,
+                       help="dask: the scheduler's address tcp://HOST:PORT (default: start a LocalCluster)")
+
+    @staticmethod
+    def options(args) -> dict:
+        return {"scheduler": args.scheduler}
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, data_dir: Optional[str] = None,
                  retries: int = 1, scheduler: Optional[str] = None, run_id: Optional[str] = None):
@@ -398,3 +453,15 @@ class DaskExecutor:
 
 
 EXECUTORS: Dict[str, type] = {"local": LocalExecutor, "dask": DaskExecutor}  # each an Executor
+
+
+def executor_options(args) -> dict:
+    """The chosen executor's keyword arguments from the command line; another executor's flag given is refused
+    in one line (``--scheduler needs --executor dask``)."""
+    if args.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {args.executor!r}: choose from {', '.join(EXECUTORS)}")
+    for name, cls in EXECUTORS.items():
+        given = [f for f in cls.FLAGS if name != args.executor and getattr(args, f, None) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --executor {name}")
+    return EXECUTORS[args.executor].options(args)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
-import math
 import os
 import shlex
 import sys
@@ -36,7 +35,7 @@ from ..commands import COMMANDS
 from . import grid as gridmod
 from . import tune as tunemod
 from ..core.errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
-from .executors import EXECUTORS
+from .executors import EXECUTORS, executor_options
 from .gpu_plan import plan_gpus
 from ..core.provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
 from ..core.schema import ENV_FILE, grid_difference
@@ -47,9 +46,6 @@ from ..core.store import (OutputLock, atomic_write_json, conflicts, is_done, nor
 from ..core.tables import write_tables
 
 REPO = Path(__file__).resolve().parents[2]
-
-#: default watchdog: a task that reports no progress for this long is recorded failed (timeout)
-STALL_TIMEOUT_S = 1800
 
 
 def _csv(kind):
@@ -90,15 +86,10 @@ def add_run_parser(sub) -> None:
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads per cell (default: usable CPUs / workers)")
     r.add_argument("--executor", default="local", help="local (a process per cell) or dask (default: %(default)s)")
-    r.add_argument("--scheduler", default=None,
-                   help="dask scheduler address tcp://HOST:PORT (default: start a LocalCluster)")
+    for executor in EXECUTORS.values():  # each executor adds its own options
+        executor.add_arguments(r)
     r.add_argument("--tuned", default=None, metavar="FILE",
                    help="apply the choices of a tuning run (its tuned.json: python -m bench tune OUT)")
-    r.add_argument("--task-timeout", type=float, default=None, metavar="S",
-                   help="kill and record as failed (timeout) a task running longer than S seconds (default: none)")
-    r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
-                   help="kill and record as failed (timeout) a task with no progress for S seconds "
-                        "(default: %(default)s)")
     r.add_argument("--retime", action="store_true",
                    help="run the timing probes again even where done (a measurement that shared the machine)")
     r.add_argument("--force", action="store_true",
@@ -269,17 +260,11 @@ def _plan_line(tasks: List[dict], todo: List[dict], workers: int, est: "estimate
 def cmd_run(args) -> int:
     grid = grid_from_args(args)
     check_device(grid.device)
-    if args.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {args.executor!r}: choose from {', '.join(EXECUTORS)}")
+    executor_kwargs = executor_options(args)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1 (got {args.threads})")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    for flag, value in (("--task-timeout", args.task_timeout), ("--stall-timeout", args.stall_timeout)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag} must be a positive number of seconds (got {value})")
-    if args.scheduler and args.executor != "dask":
-        raise ConfigError("--scheduler needs --executor dask")
     out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
     check_out_dir(out)
     root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download or args.dry_run else None)
@@ -320,11 +305,9 @@ def cmd_run(args) -> int:
                           f"(the other's records stay, outside this grid), or choose another --out")
     if gpu_plan:
         print(f"bench: {gpu_plan.line()}", file=sys.stderr)
-    if args.executor == "dask":
-        kwargs = {"scheduler": args.scheduler}
-    else:
-        kwargs = {"gpus": gpu_plan.gpus if gpu_plan else [], "slots": gpu_plan.slots if gpu_plan else None,
-                  "task_timeout": args.task_timeout, "stall_timeout": args.stall_timeout}
+    kwargs = dict(executor_kwargs)
+    if gpu_plan and EXECUTORS[args.executor].PINS_GPUS:
+        kwargs.update(gpus=gpu_plan.gpus, slots=gpu_plan.slots)
     # the run's id: OUT/.lock names it while this run holds it, and a worker writes only while it does
     executor = EXECUTORS[args.executor](workers=workers, threads=args.threads, data_dir=str(root),
                                         run_id=uuid.uuid4().hex, **kwargs)
