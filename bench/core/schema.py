@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from ssvae.config import PROTOCOLS, SPARSE_FIELDS
@@ -26,6 +27,53 @@ from ssvae.statistics import COLUMNS as STAT_COLUMNS
 
 #: a results folder's run description (grid, versions, machine, estimate), written by ``bench run``
 ENV_FILE = "env.json"
+
+
+@dataclass(frozen=True)
+class Folder:
+    """The files of one results folder, named in this one place: ``env.json`` (:data:`ENV_FILE`), ``runs/`` (a
+    cell's record each, ``<cell>.json``), ``probes/`` (the gradient and timing probes' records), ``cache/`` (a
+    cut-short cell's resume state), ``logs/`` (a task's output), the tables ``<name>.csv`` (:data:`TABLES`),
+    and the report's ``tables/`` and ``plots/``."""
+
+    root: Path
+    RUNS, PROBES, CACHE, LOGS, TABLES, PLOTS = "runs", "probes", "cache", "logs", "tables", "plots"
+
+    @property
+    def env(self) -> Path:
+        return self.root / ENV_FILE
+
+    @property
+    def runs(self) -> Path:
+        return self.root / self.RUNS
+
+    @property
+    def probes(self) -> Path:
+        return self.root / self.PROBES
+
+    @property
+    def cache(self) -> Path:
+        return self.root / self.CACHE
+
+    @property
+    def logs(self) -> Path:
+        return self.root / self.LOGS
+
+    @property
+    def tables(self) -> Path:
+        return self.root / self.TABLES
+
+    @property
+    def plots(self) -> Path:
+        return self.root / self.PLOTS
+
+    def records(self, kind: str) -> Path:
+        """Where a task of ``kind`` writes its record: ``runs/`` for a cell (``train``), ``probes/`` otherwise."""
+        return self.runs if kind == "train" else self.probes
+
+    def table(self, name: str) -> Path:
+        """A table of the folder, ``<name>.csv`` (``runs``, ``curves``, ``timing``, ``grad_variance``)."""
+        return self.root / f"{name}.csv"
 
 # -- tasks and statuses ----------------------------------------------------------------------------
 # task kinds: bench.run.tasks.KINDS (how each runs and what it costs)

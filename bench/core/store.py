@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .errors import ConfigError, StorageError
-from .schema import DONE_STATUSES, record_problem
+from .schema import DONE_STATUSES, Folder, record_problem
 
 
 def result_path(out_dir, spec: dict) -> Path:
-    sub = "runs" if spec["kind"] == "train" else "probes"
-    return Path(out_dir) / sub / f"{spec['id']}.json"
+    return Folder(Path(out_dir)).records(spec["kind"]) / f"{spec['id']}.json"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .provenance import commit_label
-from .schema import CURVES_COLUMNS, DONE_STATUSES, ENV_FILE, TABLES, TIMING_COLUMNS, VARIANCE_COLUMNS
+from .schema import CURVES_COLUMNS, DONE_STATUSES, TABLES, TIMING_COLUMNS, VARIANCE_COLUMNS, Folder
 from .store import atomic_write_bytes, read_result, result_path, stale_reason
 
 #: the metrics of a cell that runs.csv shows (the record's ``metrics`` holds these and more)
@@ -138,7 +138,7 @@ def write_tables(out_dir, tasks: List[dict], ident: Optional[dict] = None) -> Di
     out_dir = Path(out_dir)
     tables = collect(out_dir, tasks, ident)
     for name, columns in TABLES.items():
-        _write_csv(out_dir / f"{name}.csv", columns, tables[name])
+        _write_csv(Folder(out_dir).table(name), columns, tables[name])
     return tables
 
 
@@ -180,7 +180,8 @@ def load_grid(out_dir) -> GridResults:
     (and thread counts) that made the cells and the probes.
     """
     out_dir = Path(out_dir)
-    env, no_grid = _read_env(out_dir / ENV_FILE)
+    folder = Folder(out_dir)
+    env, no_grid = _read_env(folder.env)
     specs = env.get("tasks") if no_grid is None else []
     legacy = not isinstance(specs, list)
     ident = env.get("identity_key") if not legacy else None
@@ -188,7 +189,7 @@ def load_grid(out_dir) -> GridResults:
         ids = list(env.get("expected_cells") or []) + list(env.get("expected_probes") or [])
         specs = []
         for tid in ids:
-            record, _ = read_result(out_dir / ("probes" if tid.startswith(("timing", "common")) else "runs")
+            record, _ = read_result(folder.records("common" if tid.startswith(("timing", "common")) else "train")
                                     / f"{tid}.json")
             spec = (record or {}).get("spec") or {"id": tid, "kind": "train" if not tid.startswith(
                 ("timing", "common")) else tid.split("_", 1)[0]}
@@ -197,8 +198,8 @@ def load_grid(out_dir) -> GridResults:
             specs.append(spec)
     wanted = {s["id"]: s for s in specs}
     records, outside = {}, []
-    for sub in ("runs", "probes"):
-        for path in sorted((out_dir / sub).glob("*.json")):
+    for sub in (folder.runs, folder.probes):
+        for path in sorted(sub.glob("*.json")):
             record, problem = read_result(path)
             tid = path.stem
             if record is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..commands import COMMANDS
 from ..core.errors import EXIT_STORAGE, Parser, UsageError, fail, writable
 from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
-from ..core.schema import ENV_FILE
+from ..core.schema import Folder
 from .page import build_report
 
 
@@ -33,11 +33,12 @@ def cmd_report(args) -> int:
     root = Path(args.results_dir)
     if not root.is_dir():
         raise UsageError(f"results folder {root} does not exist")
-    if not any((root / name).is_file() for name in (ENV_FILE, "runs.csv")) and not any(root.glob("runs/*.json")):
+    folder = Folder(root)
+    if not (folder.env.is_file() or folder.table("runs").is_file() or any(folder.runs.glob("*.json"))):
         raise UsageError(f"results folder {root} holds no results (no env.json, runs.csv or runs/*.json): give "
                          "the --out folder of a bench run")
     for other in args.compare_timing:
-        if not (Path(other) / "timing.csv").is_file():
+        if not Folder(Path(other)).table("timing").is_file():
             raise UsageError(f"--compare-timing {other}: no timing.csv there")
     if not 0 < args.margin < 1:
         raise UsageError(f"--margin {args.margin:g}: give an accuracy difference between 0 and 1 (0.01 = 1 point)")

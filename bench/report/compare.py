@@ -49,7 +49,7 @@ import pandas as pd
 
 
 from ..core.errors import UsageError
-from ..core.schema import grid_difference
+from ..core.schema import Folder, grid_difference
 from ..core.stats import t_quantile
 from .common import estimator_order, variant_label
 from .data import Results, load_results
@@ -103,7 +103,7 @@ def load_folder(folder, role: str) -> Results:
         raise UsageError(f"{role} results folder {root} does not exist")
     if not root.is_dir():
         raise UsageError(f"{role} results folder {root} is not a folder")
-    if not (root / "runs.csv").is_file():
+    if not Folder(root).table("runs").is_file():
         raise UsageError(f"{role} results folder {root} has no runs.csv (not written by `python -m bench run`?)")
     res = load_results(root)
     if not len(res.runs):

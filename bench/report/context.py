@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
+from ..core.schema import Folder
 from .common import provenance
 from .data import Results
 from .render import markdown_table
@@ -68,11 +69,11 @@ class Context:
 
     @property
     def tables_dir(self) -> Path:
-        return self.root / "tables"
+        return Folder(self.root).tables
 
     @property
     def plots_dir(self) -> Path:
-        return self.root / "plots"
+        return Folder(self.root).plots
 
     @property
     def grid(self) -> dict:

@@ -23,7 +23,7 @@ from ssvae.statistics import COLUMNS as STAT_COLUMNS
 from ..core.errors import UsageError
 from ..core.store import read_result
 from ..core.tables import busy_seconds, load_grid
-from ..core.schema import ANALOGY_SUFFIX, ENV_FILE
+from ..core.schema import ANALOGY_SUFFIX, Folder
 from ..core.stats import as_bool
 
 CELL_RE = re.compile(r"^(?P<estimator>.+?)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
@@ -135,7 +135,8 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     """Read a results folder; never raises on a corrupt or missing piece (see ``problems``)."""
     root = Path(results_dir)
     problems: List[str] = []
-    env = _read_json(root / ENV_FILE, problems) if (root / ENV_FILE).exists() else None
+    folder = Folder(root)
+    env = _read_json(folder.env, problems) if folder.env.exists() else None
     if not isinstance(env, dict):
         problems.append("env.json missing or unreadable: provenance unknown")
         env = {}
@@ -149,7 +150,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
         raise UsageError(f"results folder {root}: {grid.problem}, so its {n} record(s) cannot be tied to one grid "
                          "(a table would mix configurations): rerun the python -m bench run command that made "
                          "it (finished cells are reused) to write env.json again")
-    paths = sorted((root / "runs").glob("*.json"))
+    paths = sorted(Folder(root).runs.glob("*.json"))
     if not grid.legacy:
         expected_ids = set(_expected_cells(env))
         paths = [p for p in paths if p.stem in grid.records or (p.stem in expected_ids and read_result(p)[0] is None)]
@@ -173,7 +174,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
                 if isinstance(c, dict):
                     json_curves.append({"cell": cell, **{k: c.get(k) for k in CURVE_COLUMNS[5:]}})
 
-    csv_runs = _read_csv(root / "runs.csv", problems) if grid.legacy else pd.DataFrame()
+    csv_runs = _read_csv(Folder(root).table("runs"), problems) if grid.legacy else pd.DataFrame()
     if not grid.legacy:  # an expected cell whose file holds another configuration's record
         for o in grid.outside:
             if o["id"] in expected_ids and o["id"] not in rows and o["kind"] == "train":
@@ -218,7 +219,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
 
     ok_cells = set(runs.loc[runs.status == "ok", "cell"])
     curves = pd.DataFrame(json_curves, columns=["cell", *CURVE_COLUMNS[5:]])
-    csv_curves = _read_csv(root / "curves.csv", problems) if grid.legacy else pd.DataFrame()
+    csv_curves = _read_csv(Folder(root).table("curves"), problems) if grid.legacy else pd.DataFrame()
     if "cell" in csv_curves and "epoch" in csv_curves:
         extra = csv_curves[~csv_curves["cell"].isin(set(curves["cell"]))]
         extra = extra.reindex(columns=["cell", *CURVE_COLUMNS[5:]])
@@ -232,7 +233,8 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
 
     own_timing = None if grid.legacy else pd.DataFrame(grid.tables["timing"])
     timing, sources = _load_timing(root, env, problems, compare_timing, own_timing)
-    grad = _read_csv(root / "grad_variance.csv", problems) if grid.legacy else pd.DataFrame(grid.tables["grad_variance"])
+    grad = (_read_csv(Folder(root).table("grad_variance"), problems) if grid.legacy
+            else pd.DataFrame(grid.tables["grad_variance"]))
     if len(grad):
         need = {"estimator", "aux", "labels", "seed", "trajectory", "step", "param_group", "step_kind",
                 "variance"}
@@ -258,9 +260,9 @@ def _load_timing(root: Path, env: dict, problems: List[str], compare: Sequence, 
     frames, sources = [], []
     for i, folder in enumerate([root, *[Path(c) for c in compare]]):
         label = "this run" if i == 0 else str(folder)
-        t = own if i == 0 and own is not None else _read_csv(folder / "timing.csv", problems)
-        fenv = env if i == 0 else (_read_json(folder / ENV_FILE, problems)
-                                   if (folder / ENV_FILE).exists() else {}) or {}
+        t = own if i == 0 and own is not None else _read_csv(Folder(folder).table("timing"), problems)
+        fenv = env if i == 0 else (_read_json(Folder(folder).env, problems)
+                                   if Folder(folder).env.exists() else {}) or {}
         need = {"estimator", "aux", "step_kind", "median_ms"}
         if len(t) and not need <= set(t.columns):
             problems.append(f"{folder / 'timing.csv'}: missing columns {sorted(need - set(t.columns))}")

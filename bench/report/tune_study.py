@@ -22,7 +22,7 @@ from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
-from ..core.schema import ENV_FILE
+from ..core.schema import Folder
 from ..core.stats import mean_interval, variant_label
 from ..run.tune import CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, search_rungs, tuned_keys
 from .plotting import plt
@@ -31,7 +31,7 @@ from .plotting import plt
 # -- selection ------------------------------------------------------------------------------------
 def _records(out: Path) -> List[dict]:
     recs = []
-    for path in sorted((out / "runs").glob("*.json")):
+    for path in sorted(Folder(out).runs.glob("*.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -204,7 +204,7 @@ def _cell(v) -> str:
 
 def provenance(out: Path) -> dict:
     try:
-        env = json.loads((out / ENV_FILE).read_text())
+        env = json.loads(Folder(out).env.read_text())
     except (OSError, ValueError):
         env = {}
     grid = env.get("grid") or {}
@@ -238,7 +238,7 @@ def write_report(out: Path) -> dict:
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
                          "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
                          "chosen": "yes" if chosen else ""})
-    _table(out / "tables" / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
+    _table(Folder(out).tables / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
                                          "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
     choice_rows, chosen_doc = [], {}
     for (est, aux, labels), r in sorted(best.items()):
@@ -252,7 +252,7 @@ def write_report(out: Path) -> dict:
                             "not_eligible": sum(1 for o in rows if _same_setting(o, r) and not o["eligible"]),
                             "on_edge": edges(prov, est, r["values"])})
         chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
-    _table(out / "tables" / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
+    _table(Folder(out).tables / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
                                              "default_valid_acc", "chosen_minus_default", "diff_ci95",
                                              "paired_seeds", "beats", "not_eligible", "on_edge"], choice_rows)
     doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
@@ -309,7 +309,7 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.text(0.01, 0.01, _provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = out / "plots" / "tune_sensitivity.png"
+    path = Folder(out).plots / "tune_sensitivity.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -359,9 +359,9 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
         "lower mean; `not_eligible`: those pruned, diverged or failed; `on_edge`: a chosen value at an end "
         "of what was searched (widen the range there, or read the end as the range's limit).", "",
-        "## Choices", "", (out / "tables" / "tune_choices.md").read_text(), "",
+        "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
         "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
-        "## Every combination", "", (out / "tables" / "tune_all.md").read_text(),
+        "## Every combination", "", (Folder(out).tables / "tune_all.md").read_text(),
     ]
     (out / "tune.md").write_text("\n".join(text))
 
@@ -391,7 +391,7 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_tune(args) -> int:
     out = Path(args.out)
-    if not (out / "runs").is_dir():
+    if not Folder(out).runs.is_dir():
         raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
     doc = write_report(out)
     for est, vals in doc["estimators"].items():

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .cost import PART_STEPS, trajectory_cost
 from ..core.provenance import REPO, usable_cpus
+from ..core.schema import Folder
 from ..core.store import read_result
 from ..core.tables import span
 from .tasks import KINDS, PARTS, cost_parts, measured_parts
@@ -63,9 +64,9 @@ def finished_records(roots: Iterable[Path]) -> Iterable[Tuple[Path, dict]]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for path in sorted([*root.rglob("runs/*.json"), *root.rglob("probes/*.json")]):
+        for path in sorted([*root.rglob(f"{Folder.RUNS}/*.json"), *root.rglob(f"{Folder.PROBES}/*.json")]):
             key = path.resolve()
-            if key in seen or "cache" in path.parts:
+            if key in seen or Folder.CACHE in path.parts:
                 continue
             seen.add(key)
             record, _ = read_result(path)

@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, runtime_ch
 from ..core.errors import EXIT_STORAGE, ConfigError, StorageError
 from .launch import (_die_with_parent, _last_line, default_threads, failed_record, new_token, task_threads,
                      worker_command, write_failed)
+from ..core.schema import Folder
 from ..core.store import open_log, read_result, result_path
 
 
@@ -206,7 +207,7 @@ class LocalExecutor:
     def run(self, specs: List[dict], out_dir, on_update: OnUpdate) -> None:
         """Run ``specs``; ``on_update(running, finished_record_or_None)`` is called as things move."""
         out_dir = Path(out_dir)
-        log_dir = out_dir / "logs"
+        log_dir = Folder(out_dir).logs
         queue = list(specs)
         attempts: Dict[str, int] = {}
         trained: set = set()  # trajectories a finished common probe has written to the cache
@@ -302,7 +303,7 @@ def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], thread
     it; an older record of the same task is never taken for this one.
     """
     cmd = worker_command(out_dir, threads, data_dir, token, run_id)
-    log_dir = Path(out_dir) / "logs"
+    log_dir = Folder(Path(out_dir)).logs
     with open_log(log_dir / f"{spec['id']}.log") as log:
         proc = subprocess.run(cmd, input=json.dumps(spec), stdout=subprocess.DEVNULL, stderr=log, text=True,
                               preexec_fn=_die_with_parent)

@@ -38,7 +38,7 @@ from ..core.errors import EXIT_STORAGE, StorageError, add_data_args, fail, writa
 from .executors import EXECUTORS, executor_options
 from .gpu_plan import plan_gpus
 from ..core.provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from ..core.schema import ENV_FILE, grid_difference
+from ..core.schema import Folder, grid_difference
 from . import estimate
 from .progress import Progress
 from ..core.store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
@@ -187,7 +187,7 @@ def check_out_dir(out: Path) -> None:
 def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str]:
     """Why ``out`` holds another grid than ``grid`` (None: it holds none, or this one, or a part of it)."""
     try:
-        prev = json.loads((out / ENV_FILE).read_text()).get("grid")
+        prev = json.loads(Folder(out).env.read_text()).get("grid")
     except (OSError, ValueError, AttributeError):
         prev = None
     why = grid_difference(prev, grid.to_dict()) if isinstance(prev, dict) else None
@@ -325,11 +325,11 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         env["tasks_run"] = [t["id"] for t in todo]
         if getattr(args, "tuned_info", None):
             env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
-        env["earlier_runs"] = _earlier_runs(out / ENV_FILE)
+        env["earlier_runs"] = _earlier_runs(Folder(out).env)
         est = estimate.plan(todo, workers, executor.threads, machine=_machine(grid.device), roots=_roots(out))
         env["estimate"] = {"seconds": est.total, "tasks": len(todo), "workers": workers,
                            "priced_on": est.calibration.describe() if est.calibration else None}
-        atomic_write_json(out / ENV_FILE, env)
+        atomic_write_json(Folder(out).env, env)
         print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
               f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
         if todo:
@@ -375,7 +375,7 @@ def _local_timing() -> Optional[str]:
     found = []
     for t in [*REPO.glob("results/*/timing.csv"), *REPO.glob("results/reference/*/timing.csv")]:
         try:
-            env = json.loads((t.parent / ENV_FILE).read_text())
+            env = json.loads(Folder(t.parent).env.read_text())
         except (OSError, ValueError):
             continue
         if env.get("device") == "cpu" and env.get("preset") != "tune":  # a tuning run's probe is minimal (3 steps)

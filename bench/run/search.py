@@ -56,7 +56,7 @@ from ssvae.train import train
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
 from ..core.provenance import commit_label, cpu_name, device_name, git_commit, usable_cpus, versions
-from ..core.schema import ENV_FILE
+from ..core.schema import Folder
 from ..core.store import atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
@@ -160,7 +160,7 @@ def _objective(grid, est, aux, labels, datasets, dists, out: Path, commit: str, 
             status = "diverged"
         recs = [_record(cfgs[s], trial.number, name, values, status, states[s], commit) for s in grid.seeds]
         for rec in recs:
-            atomic_write_json(out / "runs" / f"{rec['id']}.json", rec)
+            atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)
         epochs = min(r["metrics"]["epochs_run"] for r in recs)
         log(f"search: {name} trial {trial.number}: {status} after {epochs} epoch(s) "
@@ -244,7 +244,7 @@ def cmd_search(args) -> int:
     hashes = ssdata.check_raw(root)
     threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
-    env_path = out / ENV_FILE
+    env_path = Folder(out).env
     earlier = []
     if env_path.is_file():
         prev = json.loads(env_path.read_text())

@@ -37,7 +37,7 @@ from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluatio
 from .faults import _fault_hook
 from .gradient_probe import _probe_batches, _references, _variance_rows, run_common
 from ..core.provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
-from ..core.schema import ANALOGY_SUFFIX
+from ..core.schema import ANALOGY_SUFFIX, Folder
 from ..core.store import _json_default, atomic_write_bytes, owns, read_checksummed, write_checksummed, write_record
 from ..core.tables import span
 from ..core.taskdata import Progress, _load_data
@@ -246,7 +246,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
     try:
         set_seed(0)
-        record.update(KINDS[spec["kind"]].run(spec, data_dir, progress, cache_dir=out_dir / "cache"))
+        record.update(KINDS[spec["kind"]].run(spec, data_dir, progress, cache_dir=Folder(out_dir).cache))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, and the grid goes on

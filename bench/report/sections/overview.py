@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...core.schema import CONTENDED_LOAD, cores
+from ...core.schema import CONTENDED_LOAD, Folder, cores
 from ..context import Context, Section
 from ..frames import protocols, status
 
@@ -128,7 +128,7 @@ def build(ctx: Context) -> Section:
         sec.text.append(beside)
     probes = env.get("expected_probes")
     if isinstance(probes, list) and probes:
-        have = {p.stem for p in (res.root / "probes").glob("*.json")}
+        have = {p.stem for p in Folder(res.root).probes.glob("*.json")}
         absent = [str(p) for p in probes if str(p) not in have]
         sec.text.append(f"Probes (timing, common-checkpoint variance): {len(probes)} expected, "
                         f"{len(probes) - len(absent)} present" + (f"; absent: {', '.join(absent)}." if absent else "."))
