@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.run import executors, launch
+from bench.run import dask_executor, executors, launch
 from bench.core import provenance, store
 from bench.core.errors import EXIT_STORAGE, StorageError
 from bench.core.store import OutputLock, atomic_write_json, read_result, result_path
@@ -22,8 +22,9 @@ SPEC = {"kind": "train", "id": "enum_L100_s0", "config": {"estimator": "enum"}}
 
 
 def _fake_worker(monkeypatch, code: str):
-    monkeypatch.setattr(executors, "worker_command",
-                        lambda out, threads, data_dir, token=None, run_id=None: [sys.executable, "-c", code])
+    for module in (executors, dask_executor):  # each executor starts its workers itself
+        monkeypatch.setattr(module, "worker_command",
+                            lambda out, threads, data_dir, token=None, run_id=None: [sys.executable, "-c", code])
 
 
 def _run(ex, specs, out):
@@ -54,7 +55,7 @@ def test_an_old_record_is_never_taken_for_a_new_result_nor_overwritten_with_fail
     assert read_result(result_path(tmp_path, SPEC))[0] == old  # the finished record is kept as it was
     # dask's task function: the same rule (token), so dask retries instead of returning the old record
     with pytest.raises(RuntimeError, match="exited with status 1"):
-        executors._run_in_subprocess(SPEC, str(tmp_path), None, 1, "this-attempt")
+        dask_executor._run_in_subprocess(SPEC, str(tmp_path), None, 1, "this-attempt")
 
 
 def test_worker_that_cannot_write_stops_the_grid(tmp_path, monkeypatch):
@@ -125,7 +126,7 @@ def test_dask_connect_silences_the_reconnect_messages_of_a_lost_scheduler(monkey
 
     distributed = pytest.importorskip("distributed")
     names = ["distributed.client", "distributed.core", "distributed.comm.tcp", "tornado.application"]
-    loggers = [logging.getLogger(n) for n in [*names, *executors.QUIET_LOGGERS]]
+    loggers = [logging.getLogger(n) for n in [*names, *dask_executor.QUIET_LOGGERS]]
     levels = [lg.level for lg in loggers]
     monkeypatch.setattr(distributed, "Client", lambda *a, **k: object())  # reached without a scheduler
     try:

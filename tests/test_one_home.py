@@ -35,3 +35,10 @@ def test_a_results_folders_file_names_are_written_once():
     assert hits == {}, hits  # schema.py names them as class constants
     names = {str(p.relative_to(REPO)): len(re.findall(r'"env\.json"', p.read_text())) for p in SOURCES}
     assert {k: v for k, v in names.items() if v} == {"bench/core/schema.py": 1}
+
+
+def test_no_module_is_over_450_lines():
+    """Files cut along their seams: a module that grows past 450 lines has two jobs (executors.py did, until the
+    dask executor became a module of its own)."""
+    lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in SOURCES}
+    assert {k: v for k, v in lengths.items() if v > 450} == {}

@@ -4,7 +4,7 @@ An executor runs ``python -m bench.run.worker`` (:func:`worker_command`) for eac
 attempt (:func:`new_token`) and ``threads`` torch threads (:func:`default_threads`, :func:`task_threads`);
 the child dies with its parent (:func:`_die_with_parent`). A worker that wrote no result is recorded
 failed (:func:`write_failed`, through ``bench.core.store.write_record``), with the last line of its log
-(:func:`_last_line`) where that says why.
+(:func:`_last_line`) where that says why. :class:`TaskState` is how an executor tells the driver what runs.
 """
 from __future__ import annotations
 
@@ -12,13 +12,26 @@ import ctypes
 import signal
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Mapping, Optional
 
 from ..core.provenance import usable_cpus
 from ..core.store import write_record
 
 PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A running task as the driver sees it: its spec and the worker's last progress line
+    (``{"epoch": e, "step": s, "steps": n}``; empty before the first)."""
+    spec: dict
+    progress: Mapping = field(default_factory=dict)
+
+
+#: on_update(running task id -> TaskState, the record of a task that just finished or None)
+OnUpdate = Callable[[Mapping[str, TaskState], Optional[dict]], None]
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
