@@ -39,7 +39,7 @@ def _data(cfg, data_dir=None):
     ({"reduction": 1}, "search.reduction must be an integer of at least 2"),
     ({"lr": {"low": 1e-2, "high": 1e-4}}, "search.lr must be {low = A, high = B} with 0 < A < B"),
     ({"lr": []}, "search.lr must be a list of candidates or a range"),
-    ({"rlooo": {"k": [2]}}, "search.rlooo: not one of the grid's estimators"),
+    ({"rlooo": {"k": [2]}}, "search.rlooo: not an estimator (known: "),
     ({"enum": {"k": [2]}}, "search.enum.k: enum has no option 'k'"),
     ({"gumbel": {"tau0": [-1.0]}}, ""),  # a candidate the estimator refuses fails here, with its own message
 ])
@@ -60,6 +60,17 @@ def test_the_space_takes_the_records_candidates_and_the_default_comes_first():
     gumbel = values_of(default_params(spec["space"]["gumbel"], "gumbel", 4.2e-4, 46.0))
     assert gumbel == {"lr": 4.2e-4, "tau0": 1.0, "tau_min": 0.5}
     assert default_params(spec["space"]["enum"], "enum", 1.0, 46.0) is None  # outside the range: no default trial
+
+
+def test_a_grid_narrowed_by_estimators_keeps_the_presets_search_table(capsys, tmp_path):
+    # the search preset has [search.nvil] and [search.rloo]: one setting of it must still run
+    spec = check_search({"lr": {"low": 1e-4, "high": 1e-2}, "nvil": {"baseline_lr": {"low": 1e-4, "high": 1e-1}}},
+                        ["gumbel-st"])
+    assert set(spec["space"]) == {"gumbel-st"}
+    assert main(["search", "--estimators", "gumbel-st", "--aux", "on", "--labels", "3000",
+                 "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path / "none"), "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "search.nvil" not in err and "MNIST" in err  # got past the table, stopped at the missing data
 
 
 def test_run_and_search_refuse_each_others_presets(capsys):
