@@ -107,6 +107,7 @@ CASES = [
     ("an option the estimator does not have", "run --set options.trace.k=3 --out {out}",
      r"estimator 'trace' has no option\(s\) k"),
     ("report's `--level` outside (0, 1)", "report {out} --level 95", r"--level 95"),
+    ("report's `--budget` not positive", "report {out} --budget 0", r"--budget 0: give a positive number of seconds"),
     ("an estimator's lr not finite (`--tuned`)", "run --tuned {inf_tuned} --out {out}",
      r"options.trace.lr must be finite"),
     ("a tuning candidate not finite", "run --preset {inf_tune} --out {out}", r"tune.lr must be finite"),

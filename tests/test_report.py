@@ -568,7 +568,7 @@ def test_html_navigation(built):
     assert "tuning" not in ids
     for i in ids:
         assert f'<a class="anchor" href="#{i}"' in html
-    assert html.count("<figure>") == html.count("<figcaption>") == html.count("<img ") == 14
+    assert html.count("<figure>") == html.count("<figcaption>") == html.count("<img ") == 15
     every_id = re.findall(r' id="([^"]+)"', html)
     assert len(every_id) == len(set(every_id)), sorted(i for i in set(every_id) if every_id.count(i) > 1)
     for csv in set(re.findall(r'<a href="(tables/[^"]+\.csv)"', html)):

@@ -76,6 +76,9 @@ def test_margin_option_is_checked(tmp_path, capsys):
     assert report.main([str(tmp_path), "--no-plots", "--margin", "2"]) == 2
     assert "--margin 2: give an accuracy difference between 0 and 1" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--no-plots", "--level", "0"]) == 2
+    capsys.readouterr()
+    assert report.main([str(tmp_path), "--no-plots", "--budget", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "bench: error: --budget 0: give a positive number of seconds"
 
 
 def test_not_learning_draws_no_verdict(tmp_path):
@@ -333,3 +336,15 @@ def test_decision_table_quotes_no_gradient_multiple_from_step_zero(tmp_path):
     rows = _decision_rows(start)
     assert rows["baseline"] == "– (no latent y)"
     assert all(v == "–" for k, v in rows.items() if k != "baseline"), rows
+
+
+def test_table1_note_says_reproduction_only_for_pyros_loop_at_its_setting():
+    from bench.report.sections.table1 import pyro_note
+
+    table1 = {"lr": 3e-4, "aux_multiplier": 300.0, "epochs": 100}
+    assert "the comparison is a reproduction" in pyro_note(table1, ["pyro"])
+    assert "This folder: multiplier 300, learning rate 3e-4, 100 epochs." in pyro_note(table1, ["pyro"])
+    for grid, protocols in ((table1, ["bench"]), ({**table1, "epochs": 20}, ["pyro"]), (table1, ["bench", "pyro"])):
+        note = pyro_note(grid, protocols)
+        assert "a yardstick, not a replication" in note and "reproduction" not in note
+    assert "not that script's loop" in pyro_note(table1, ["bench"])

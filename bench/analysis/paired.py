@@ -9,11 +9,10 @@ So a variant is compared with a reference seed by seed::
 
 at every setting (labels x aux), against enum + aux and against the supervised baseline (:func:`paired_table`).
 Times come from the isolated timing probe only (``timing.csv``: one task at a time, fixed threads;
-:func:`isolated_epoch_ms`), never the cells' own wall times. :func:`equal_time`: the accuracy each variant
-reaches within enum + aux's whole-run time; :func:`time_to_target`: the time each variant takes to come within
-the margin of enum + aux's best validation accuracy. :func:`plot_paired` and :func:`plot_accuracy_points` draw the
-per-seed points. The verdicts drawn from these tables and the generated summary are
-:mod:`bench.analysis.paired_verdicts`'s.
+:func:`isolated_epoch_ms`), never the cells' own wall times; :mod:`bench.analysis.wall_time` puts them beside
+the learning curves (accuracy at equal and at fixed wall time, time to a validation target).
+:func:`plot_paired` and :func:`plot_accuracy_points` draw the per-seed points. The verdicts drawn from these
+tables and the generated summary are :mod:`bench.analysis.paired_verdicts`'s.
 
 Inputs are the report's tables as pandas DataFrames: ``runs`` (``runs.csv``: cell, estimator, aux,
 labels, seed, status, epochs, best_epoch, test_acc_at_best_valid, ...), ``timing`` (``timing.csv``:
@@ -46,10 +45,6 @@ PAIRED_COLUMNS = ["reference", "labels", "aux", "estimator", "variant", "n", "se
                   "best_at_last_epoch", "cells", "cell_ids", "rising_ids", "unpaired", "note"]
 #: estimators that are no SS-VAE (no ELBO, no timing probe): compared, never candidates of the verdict
 SUPERVISED = ("baseline",)
-EQUAL_TIME_COLUMNS = ["labels", "aux", "variant", "estimator", "n", "time_fraction", "budget_epochs", "budget_used",
-                      "mean_acc", "reference_mean", "mean_diff", "ci_low", "ci_high", "note"]
-TIME_TO_TARGET_COLUMNS = ["labels", "aux", "variant", "estimator", "n", "reached", "margin", "target_mean",
-                          "epochs_median", "seconds_median", "reference_seconds_median", "time_ratio_median", "note"]
 
 
 def reference_label(reference: Tuple[str, Optional[bool]]) -> str:
@@ -174,122 +169,6 @@ def time_fraction(timing: Optional[pd.DataFrame], estimator: str, aux: bool, ref
     if estimator not in mine.index or ref_est not in theirs.index:
         return math.nan
     return float(mine[estimator] / theirs[ref_est])
-
-# -- accuracy at equal wall time -------------------------------------------------------------------
-def _best_within(curve: pd.DataFrame, last_epoch: float) -> Tuple[float, int]:
-    """(test accuracy, epoch) at the best validation epoch among epochs <= last_epoch (the first best wins,
-    as in ``ssvae.train``); (NaN, 0) when no epoch fits."""
-    c = curve[(curve["epoch"] <= last_epoch + 1e-9)].dropna(subset=["valid_acc"]).sort_values("epoch")
-    if c.empty:
-        return math.nan, 0
-    best = c.loc[c["valid_acc"].idxmax()]
-    return float(best["test_acc"]), int(best["epoch"])
-
-
-def equal_time(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.DataFrame], device: str = "cpu",
-               confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per setting (labels, aux) and SS-VAE variant: the test accuracy each seed reaches within the time enum +
-    aux takes for its whole run, paired by seed with enum + aux's own.
-
-    Times are the isolated timing probe's (:func:`isolated_epoch_ms`): a variant's epoch e ends at e times its
-    time per epoch; its budget is enum + aux's epochs times enum + aux's time per epoch, so it may use the
-    epochs up to ``budget_epochs`` = enum + aux's epochs / ``time_fraction``. Among those epochs of its curve
-    (``curves``: epoch, valid_acc, test_acc per cell) the best validation accuracy picks the test accuracy.
-    A run that ended before the last epoch that fits gives a lower bound of what the variant reaches (note).
-    """
-    ok = _ok(runs, METRIC)
-    ref = _reference_cells(ok, ENUM_AUX)
-    rows = []
-    for (labels, aux, est), var in ok.groupby(["labels", "aux", "estimator"], sort=True):
-        if est in SUPERVISED:
-            continue
-        frac = 1.0 if (est, aux) == ENUM_AUX else time_fraction(timing, est, aux, ENUM_AUX, labels, device)
-        merged = var.merge(ref[ref["labels"] == labels], on="seed", suffixes=("", "_ref")).sort_values("seed")
-        accs, diffs, used, budgets, short = [], [], [], [], []
-        for m in merged.itertuples():
-            budget = float(m.epochs_ref) / frac if np.isfinite(frac) and frac > 0 else math.nan
-            curve = curves[curves["cell"] == m.cell] if len(curves) else curves
-            acc, _ = _best_within(curve, budget) if np.isfinite(budget) and len(curve) else (math.nan, 0)
-            if np.isfinite(acc):
-                ran = int(curve["epoch"].max())
-                accs.append(acc)
-                diffs.append(acc - getattr(m, f"{METRIC}_ref"))
-                used.append(min(1.0, ran / budget))
-                budgets.append(budget)
-                if ran < math.floor(budget + 1e-9):  # an epoch more would still have fit
-                    short.append((ran, math.floor(budget + 1e-9)))
-        mean, low, high, note = paired_interval(diffs, confidence)
-        notes = [note] if note else []
-        if not np.isfinite(frac):
-            notes = ["no isolated timing"]
-        elif len(merged) and not accs:
-            notes = ["no epoch within the budget"]
-        elif short:
-            notes.append(f"its run ended at epoch {min(short)[0]} of the {min(short)[1]} that fit: a lower bound")
-        rows.append({"labels": int(labels), "aux": bool(aux), "variant": variant_label(est, aux), "estimator": est,
-                     "n": len(diffs), "time_fraction": frac,
-                     "budget_epochs": float(np.mean(budgets)) if budgets else math.nan,
-                     "budget_used": min(used) if used else math.nan,
-                     "mean_acc": float(np.mean(accs)) if accs else math.nan,
-                     "reference_mean": float(merged[f"{METRIC}_ref"].mean()) if len(merged) else math.nan,
-                     "mean_diff": mean, "ci_low": low, "ci_high": high, "note": "; ".join(notes)})
-    return pd.DataFrame(rows, columns=EQUAL_TIME_COLUMNS)
-
-
-
-def _first_epoch_at(curve: pd.DataFrame, target: float) -> Optional[int]:
-    """The first epoch whose validation accuracy is at least ``target`` (None: none is)."""
-    c = curve.dropna(subset=["valid_acc"]).sort_values("epoch")
-    hit = c[c["valid_acc"] >= target - 1e-12]
-    return int(hit["epoch"].iloc[0]) if len(hit) else None
-
-
-def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.DataFrame], device: str = "cpu",
-                   margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
-    """Per setting (labels, aux) and SS-VAE variant: how long each seed takes to come within ``margin`` of enum +
-    aux's best validation accuracy on the same seed (validation only: the target and the hit are validation
-    accuracies), against the time enum + aux itself takes to get there.
-
-    A variant's epoch e ends at e times its isolated time per epoch (:func:`isolated_epoch_ms`); its time to the
-    target is the end of its first epoch at or above the target. ``reached`` counts the seeds that get there
-    within their run; the medians are over those seeds, the ratio is per seed (variant over enum + aux).
-    """
-    ok = _ok(runs, METRIC)
-    ref = _reference_cells(ok, ENUM_AUX)
-    rows = []
-    for (labels, aux, est), var in ok.groupby(["labels", "aux", "estimator"], sort=True):
-        if est in SUPERVISED:
-            continue
-        mine = isolated_epoch_ms(timing, labels, aux, device) if timing is not None and len(timing) else pd.Series(dtype=float)
-        theirs = isolated_epoch_ms(timing, labels, True, device) if timing is not None and len(timing) else pd.Series(dtype=float)
-        ms, ref_ms = mine.get(est, math.nan), theirs.get(ENUM_AUX[0], math.nan)
-        merged = var.merge(ref[ref["labels"] == labels], on="seed", suffixes=("", "_ref")).sort_values("seed")
-        targets, epochs, secs, ref_secs, ratios = [], [], [], [], []
-        for m in merged.itertuples():
-            curve = curves[curves["cell"] == m.cell] if len(curves) else curves
-            ref_curve = curves[curves["cell"] == m.cell_ref] if len(curves) else curves
-            if not len(curve) or not len(ref_curve):
-                continue
-            target = float(ref_curve["valid_acc"].max()) - margin
-            targets.append(target)
-            e, e_ref = _first_epoch_at(curve, target), _first_epoch_at(ref_curve, target)
-            if e is None:
-                continue
-            epochs.append(e)
-            secs.append(e * ms / 1000)
-            ref_secs.append(e_ref * ref_ms / 1000)
-            ratios.append(e * ms / (e_ref * ref_ms) if ref_ms > 0 else math.nan)
-        note = "no isolated timing" if targets and not np.isfinite(ms) else ""
-        if targets and len(epochs) < len(targets):
-            note = "; ".join(x for x in (note, f"{len(targets) - len(epochs)} of {len(targets)} seeds never got "
-                                                f"there in their run") if x)
-        med = lambda xs: float(np.median(xs)) if xs else math.nan
-        rows.append({"labels": int(labels), "aux": bool(aux), "variant": variant_label(est, aux), "estimator": est,
-                     "n": len(targets), "reached": len(epochs), "margin": margin,
-                     "target_mean": float(np.mean(targets)) if targets else math.nan,
-                     "epochs_median": med(epochs), "seconds_median": med(secs),
-                     "reference_seconds_median": med(ref_secs), "time_ratio_median": med(ratios), "note": note})
-    return pd.DataFrame(rows, columns=TIME_TO_TARGET_COLUMNS)
 
 # -- plots -----------------------------------------------------------------------------------------
 def _plt():

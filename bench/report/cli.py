@@ -8,6 +8,7 @@ from pathlib import Path
 from ..commands import COMMANDS
 from ..core.errors import EXIT_STORAGE, Parser, UsageError, fail, writable
 from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
+from ..analysis.wall_time import DEFAULT_BUDGET
 from ..core.schema import Folder
 from .page import build_report
 
@@ -25,6 +26,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         f"{DEFAULT_MARGIN:g})")
     p.add_argument("--level", type=float, default=CONFIDENCE, metavar="L",
                    help=f"confidence level of the paired intervals (default: {CONFIDENCE:g})")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="S",
+                   help="the fixed time budget of the accuracy-per-second table, in seconds of training per run "
+                        f"on the timing probe's device (default: {DEFAULT_BUDGET:g})")
     p.set_defaults(func=cmd_report)
     return p
 
@@ -44,12 +48,14 @@ def cmd_report(args) -> int:
         raise UsageError(f"--margin {args.margin:g}: give an accuracy difference between 0 and 1 (0.01 = 1 point)")
     if not 0 < args.level < 1:
         raise UsageError(f"--level {args.level:g}: give a confidence level between 0 and 1 (0.95 = 95 %)")
+    if not (0 < args.budget < float("inf")):
+        raise UsageError(f"--budget {args.budget:g}: give a positive number of seconds")
     if not writable(root):
         raise UsageError(f"results folder {root} is not writable (the report is written into it): copy the folder "
                          "somewhere writable and report that copy")
     try:
         out = build_report(root, compare_timing=args.compare_timing, plots=not args.no_plots, margin=args.margin,
-                           level=args.level)
+                           level=args.level, budget=args.budget)
     except OSError as exc:  # the folder stopped taking writes midway (full disk, no inodes)
         return fail(f"cannot write the report into {root} ({exc.strerror or exc}): free space, or copy the "
                     "folder somewhere writable and report that copy", EXIT_STORAGE)

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
+from ..analysis.wall_time import DEFAULT_BUDGET
 from ..core.schema import Folder
 from .common import provenance
 from .data import Results
@@ -57,6 +58,7 @@ class Context:
     plots: bool = True              # False: no PNG is drawn (save_figure returns None)
     margin: float = DEFAULT_MARGIN  # the paired verdict's non-inferiority margin (accuracy; 0.01 = 1 point)
     level: float = CONFIDENCE       # ... and its intervals' confidence level
+    budget: float = DEFAULT_BUDGET  # the fixed time budget of the wall-time section (seconds per run)
     _frames: Dict[Callable, object] = field(default_factory=dict)
 
     @property

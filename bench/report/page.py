@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from ..analysis.paired import CONFIDENCE, DEFAULT_MARGIN
+from ..analysis.wall_time import DEFAULT_BUDGET
 from .common import provenance
 from .context import Context
 from .data import load_results
@@ -24,16 +25,19 @@ SECTIONS = [summary, headline, table1, paired, equal_time, rankings, anchors, cu
 
 
 def build_report(results_dir, compare_timing: Sequence = (), plots: bool = True, margin: float = DEFAULT_MARGIN,
-                 level: float = CONFIDENCE) -> Dict[str, Path]:
+                 level: float = CONFIDENCE, budget: float = DEFAULT_BUDGET) -> Dict[str, Path]:
     """Write report.md, report.html, tables/ and plots/ into ``results_dir``; return their paths.
     ``margin`` and ``level``: the paired verdict's non-inferiority margin and intervals' confidence level
-    (:mod:`bench.analysis.paired`); time per epoch is stated beside each verdict, never inside it."""
+    (:mod:`bench.analysis.paired`); time per epoch is stated beside each verdict, never inside it. ``budget``:
+    the fixed time budget (seconds of training per run) of the accuracy-per-second table
+    (:func:`bench.analysis.wall_time.fixed_budget`)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
     if plots:
         setup()
-    ctx = Context(load_results(root, compare_timing), plots=plots, margin=margin, level=level)
+    ctx = Context(load_results(root, compare_timing), plots=plots, margin=margin, level=level,
+                  budget=budget)
     sections = [s for s in (module.build(ctx) for module in SECTIONS) if s is not None]
     for s in sections:  # a table's caption links to its CSV when one of that name was written
         for t in s.tables:

@@ -1,10 +1,13 @@
 """Accuracy at equal wall time: per setting and variant, the test accuracy (at the best validation epoch
 among the epochs that fit) each variant reaches within the time enum + aux takes for its whole run,
-paired by seed with enum + aux's own (:func:`bench.analysis.paired.equal_time`). Times are the isolated timing
+paired by seed with enum + aux's own (:func:`bench.analysis.wall_time.equal_time`). Times are the isolated timing
 probe's time per epoch (never the cells' wall times); the device and threads of the probe are stated.
 Beside it, the time each variant takes to come within the verdicts' margin of enum + aux's best validation
-accuracy (:func:`bench.analysis.paired.time_to_target`). Files: ``equal_time.csv`` (numbers),
-``equal_time_shown.csv`` (the table shown), ``time_to_target.csv``, ``time_to_target_shown.csv``.
+accuracy (:func:`bench.analysis.wall_time.time_to_target`), and what each reaches within a fixed budget of
+seconds, the same for all (``--budget``; :func:`bench.analysis.wall_time.fixed_budget`), with the figure of
+accuracy against the budget. Files: ``equal_time.csv`` (numbers), ``equal_time_shown.csv`` (the table shown),
+``time_to_target.csv``, ``time_to_target_shown.csv``, ``fixed_budget.csv``, ``fixed_budget_shown.csv``,
+``accuracy_by_budget.csv`` (the figure's points), ``plots/accuracy_by_budget.png``.
 """
 from __future__ import annotations
 
@@ -13,16 +16,17 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ...analysis import paired as paired_stats
-from ..common import variant_label, variants
-from ..context import Context, Section, Table
+from ...analysis import wall_time
+from ..common import AUX_STYLE, variant_label, variants
+from ..context import Context, Figure, Section, Table
+from ..plotting import plain_log_ticks, variant_panels
 from ..data import Results
 from ..frames import this_timing
 from .paired import ENUM_REF, diff_cell, level_text, not_learning, pts
 
 
 def equal_time_frame(res: Results, level: float) -> pd.DataFrame:
-    return paired_stats.equal_time(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"), level)
+    return wall_time.equal_time(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"), level)
 
 
 def probe_text(ctx: Context) -> str:
@@ -38,7 +42,15 @@ def probe_text(ctx: Context) -> str:
 
 
 def time_to_target_frame(res: Results, margin: float) -> pd.DataFrame:
-    return paired_stats.time_to_target(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"), margin)
+    return wall_time.time_to_target(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"), margin)
+
+
+def fixed_budget_frame(res: Results, seconds: float, level: float) -> pd.DataFrame:
+    return wall_time.fixed_budget(res.runs, res.curves, this_timing(res), seconds, res.env.get("device", "cpu"), level)
+
+
+def by_budget_frame(res: Results) -> pd.DataFrame:
+    return wall_time.accuracy_by_budget(res.runs, res.curves, this_timing(res), res.env.get("device", "cpu"))
 
 
 def _ordered(frame: pd.DataFrame, res: Results) -> pd.DataFrame:
@@ -77,6 +89,74 @@ def display(et: pd.DataFrame, res: Results) -> pd.DataFrame:
                                             "enum + aux (whole run)", "difference [CI], points", "note"])
 
 
+def display_fixed_budget(fb: pd.DataFrame, res: Results) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "labels": str(r.labels), "variant": r.variant, "n": str(r.n),
+        "seconds per epoch": _fmt(r.epoch_seconds, "{:.1f}"), "epochs in the budget": _fmt(r.budget_epochs, "{:.1f}"),
+        "test accuracy": _fmt(r.mean_acc, "{:.4f}"), "enum + aux's epochs": _fmt(r.reference_budget_epochs, "{:.1f}"),
+        "enum + aux's test accuracy": _fmt(r.reference_mean, "{:.4f}"), "difference [CI], points": diff_cell(r),
+        "note": r.note} for r in _ordered(fb, res).itertuples()],
+        columns=["labels", "variant", "n", "seconds per epoch", "epochs in the budget", "test accuracy",
+                 "enum + aux's epochs", "enum + aux's test accuracy", "difference [CI], points", "note"])
+
+
+def plot_accuracy_by_budget(ctx: Context, bb: pd.DataFrame):
+    """Mean test accuracy (validation-selected) within each budget, one line per variant, one panel per label
+    count; dotted where a seed's run had ended before the budget (a lower bound); the table's budget marked."""
+    def draw(ax, colour, aux, sub):
+        sub = sub.sort_values("budget_seconds")
+        ax.plot(sub.budget_seconds, sub.mean_acc, color=colour, linewidth=0.9, linestyle=":")
+        full = sub[sub.runs_ended == 0]
+        ax.plot(full.budget_seconds, full.mean_acc, color=colour, markersize=3, **AUX_STYLE[aux])
+
+    fig, panels = variant_panels(ctx.res, bb, draw)
+    for ax, _ in panels:
+        ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
+        ax.axvline(ctx.budget, color="0.5", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("time budget per run (s, log)")
+    for ax, _ in panels[::len({l for _, l in panels})]:
+        ax.set_ylabel("test accuracy")
+    return ctx.save_figure(fig, "accuracy_by_budget", f"Accuracy within a time budget (mean over seeds; "
+                                                      f"{probe_text(ctx)})")
+
+
+def _add_table(ctx: Context, sec: Section, name: str, numbers: pd.DataFrame, caption: str, shown: pd.DataFrame,
+               shown_caption: str, title: str, text: str) -> None:
+    """tables/<name>.csv (numbers) and <name>_shown.csv (the table shown), the paragraph and the table on the page."""
+    ctx.write_table(numbers, name, caption)
+    ctx.write_table(shown, f"{name}_shown", shown_caption)
+    sec.text.append(text)
+    sec.tables.append(Table(title, shown, name, [f"{name}.csv", f"{name}_shown.csv"]))
+
+
+def add_fixed_budget(ctx: Context, sec: Section) -> None:
+    fb = ctx.frame(fixed_budget_frame, ctx.budget, ctx.level)
+    if fb.empty:
+        return
+    budget = f"{ctx.budget:g} s"
+    _add_table(
+        ctx, sec, "fixed_budget", fb, f"Test accuracy within a fixed budget of {budget} of training per run (timing "
+        f"probe: {probe_text(ctx)})", display_fixed_budget(fb, ctx.res), "Test accuracy within a fixed budget (the table "
+        f"shown)", f"Test accuracy within {budget} of training, per setting",
+        f"Within a fixed budget: what each variant and {ENUM_REF} reach in {budget} of training per run (`--budget`; "
+        f"the same for all), each held to the epochs that end within it at its isolated time per epoch "
+        f"({probe_text(ctx)}); the best validation accuracy among those epochs picks the test accuracy, paired by seed "
+        f"({level_text(ctx)} interval). Where no epoch of {ENUM_REF} fits there is no comparison (note).")
+    bb = ctx.frame(by_budget_frame)
+    if bb.empty:
+        return
+    ctx.write_table(bb, "accuracy_by_budget", f"Mean test accuracy within each time budget (timing probe: "
+                                              f"{probe_text(ctx)})")
+    path = plot_accuracy_by_budget(ctx, bb) if ctx.plots else None
+    if path:
+        sec.figures.append(Figure(path, "Accuracy per second: the mean over seeds of the test accuracy at the best "
+                                        "validation epoch among the epochs that fit each budget (log scale), from the "
+                                        "learning curves and the isolated time per epoch; dotted where a seed's run "
+                                        f"had already ended (a lower bound); dashed line: the table's {budget}. "
+                                        "Points: `accuracy_by_budget.csv`."))
+
+
 def build(ctx: Context) -> Optional[Section]:
     et = ctx.frame(equal_time_frame, ctx.level)
     if et.empty:
@@ -100,17 +180,15 @@ def build(ctx: Context) -> Optional[Section]:
     tt = ctx.frame(time_to_target_frame, ctx.margin)
     if not tt.empty:
         margin = f"{ctx.margin * 100:g} point{'' if ctx.margin == 0.01 else 's'}"
-        ctx.write_table(tt, "time_to_target", f"Time to come within {margin} of {ENUM_REF}'s best validation "
-                                              f"accuracy (timing probe: {probe_text(ctx)})")
-        tt_shown = display_time_to_target(tt, ctx.res)
-        ctx.write_table(tt_shown, "time_to_target_shown", "Time to the validation target (the table shown)")
-        sec.text.append(
+        _add_table(
+            ctx, sec, "time_to_target", tt, f"Time to come within {margin} of {ENUM_REF}'s best validation accuracy "
+            f"(timing probe: {probe_text(ctx)})", display_time_to_target(tt, ctx.res), "Time to the validation target "
+            "(the table shown)", "Time to the validation target, per setting",
             f"Time to a validation target: per seed, the target is {ENUM_REF}'s best validation accuracy on that seed "
             f"minus the verdicts' margin ({margin}); a variant's time is the end of its first epoch at or "
             f"above it (epochs times its isolated time per epoch, {probe_text(ctx)}), beside {ENUM_REF}'s own time to "
             f"the same target. Medians over the seeds that got there; the ratio is per seed. Validation only.")
-        sec.tables.append(Table("Time to the validation target, per setting", tt_shown, "time_to_target",
-                                ["time_to_target.csv", "time_to_target_shown.csv"]))
+    add_fixed_budget(ctx, sec)
     idle = not_learning(ctx)
     if idle:
         sec.notes.append(f"At {', '.join(map(str, idle))} labels {ENUM_REF} does not beat the supervised-only "
