@@ -18,7 +18,7 @@ from ssvae.data import split
 from ssvae.errors import ConfigError
 from ssvae.train import train
 
-from .conftest import synthetic_raw
+from .conftest import needs_mnist, synthetic_raw
 
 TINY = dict(labels=[100], seeds=3, epochs=3, batch_size=50, hidden=[16], z_dim=4, steps_per_epoch=3,
             baseline=False, aux=[True])
@@ -172,3 +172,38 @@ def test_the_search_command_continues_its_folder_and_tune_chooses_from_it(tmp_pa
     assert main(["search", "--preset", str(preset), "--out", str(out), "--epochs", "3"]) == 2  # another search
     assert "holds another search or grid" in capsys.readouterr().err
     assert main(["tune", str(out)]) == 0 and (out / "tuned.json").is_file()
+
+
+def test_a_folder_holds_any_settings_of_one_search_and_refuses_another():
+    preset = gridmod.load_preset("search")
+
+    def env(**over):
+        return {"preset": "search", "grid": gridmod.make_grid(preset, over).to_dict()}
+
+    first = env(estimators=["gumbel-st"], aux=[True], labels=[3000])
+    merged = search.merged_grid(first, env(estimators=["enum", "gumbel-st"], aux=[False], labels=[100])["grid"], "out")
+    assert merged["estimators"] == ["gumbel-st", "enum"] and merged["aux"] == [False, True]
+    assert merged["labels"] == [100, 3000] and set(merged["search"]["space"]) == {"gumbel-st", "enum"}
+    again = search.merged_grid({"preset": "search", "grid": merged}, first["grid"], "out")
+    assert again == json.loads(json.dumps(merged))  # searching a setting again changes nothing
+    for other in (env(estimators=["enum"], epochs=10), env(estimators=["enum"], seeds=4), env(estimators=["enum"], lr=1e-3)):
+        with pytest.raises(ConfigError, match="out holds another search or grid"):
+            search.merged_grid(first, other["grid"], "out")
+    with pytest.raises(ConfigError, match="holds another search or grid"):  # a grid's folder
+        search.merged_grid({"preset": "quick", "grid": gridmod.make_grid(gridmod.load_preset("quick")).to_dict()},
+                           first["grid"], "out")
+    narrow = gridmod.make_grid({**preset, "search": {**preset["search"], "gumbel-st": {"lr": {"low": 1e-4, "high": 1e-3}}}},
+                               {"estimators": ["gumbel-st"], "aux": [True], "labels": [3000]})
+    with pytest.raises(ConfigError, match="searched gumbel-st over another space"):
+        search.merged_grid(first, narrow.to_dict(), "out")
+
+
+@needs_mnist
+def test_a_folder_in_use_is_refused_before_anything_is_written(tmp_path, capsys):
+    from bench.core.store import OutputLock
+
+    with OutputLock(tmp_path / "s"):
+        assert main(["search", "--estimators", "gumbel-st", "--aux", "on", "--labels", "3000",
+                     "--out", str(tmp_path / "s")]) == 2
+    assert "is in use by another" in capsys.readouterr().err
+    assert not (tmp_path / "s" / ENV_FILE).exists() and not (tmp_path / "s" / search.JOURNAL).exists()

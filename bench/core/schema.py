@@ -39,33 +39,13 @@ class Folder:
     root: Path
     RUNS, PROBES, CACHE, LOGS, TABLES, PLOTS = "runs", "probes", "cache", "logs", "tables", "plots"
 
-    @property
-    def env(self) -> Path:
-        return self.root / ENV_FILE
-
-    @property
-    def runs(self) -> Path:
-        return self.root / self.RUNS
-
-    @property
-    def probes(self) -> Path:
-        return self.root / self.PROBES
-
-    @property
-    def cache(self) -> Path:
-        return self.root / self.CACHE
-
-    @property
-    def logs(self) -> Path:
-        return self.root / self.LOGS
-
-    @property
-    def tables(self) -> Path:
-        return self.root / self.TABLES
-
-    @property
-    def plots(self) -> Path:
-        return self.root / self.PLOTS
+    env = property(lambda self: self.root / ENV_FILE)
+    runs = property(lambda self: self.root / self.RUNS)
+    probes = property(lambda self: self.root / self.PROBES)
+    cache = property(lambda self: self.root / self.CACHE)
+    logs = property(lambda self: self.root / self.LOGS)
+    tables = property(lambda self: self.root / self.TABLES)
+    plots = property(lambda self: self.root / self.PLOTS)
 
     def records(self, kind: str) -> Path:
         """Where a task of ``kind`` writes its record: ``runs/`` for a cell (``train``), ``probes/`` otherwise."""

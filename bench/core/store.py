@@ -230,7 +230,7 @@ class OutputLock:
             holder = self.fh.read().strip() or "another process"
             self.fh.close()
             self.fh = None
-            raise ConfigError(f"{self.path.parent} is in use by another `python -m bench run` ({holder}): "
+            raise ConfigError(f"{self.path.parent} is in use by another `python -m bench run` or `search` ({holder}): "
                               f"wait for it, or use another --out") from None
         except OSError as exc:
             self.fh.close()

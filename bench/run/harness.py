@@ -199,25 +199,31 @@ def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str
     return None
 
 
-def environment(grid: gridmod.Grid, tasks: List[dict], ident: dict, hashes: dict, workers: int, threads: int,
-                executor: str) -> dict:
+def folder_provenance(grid: gridmod.Grid, hashes: dict, threads: int) -> dict:
+    """What env.json says of every command that writes a results folder (a grid's run, a search): versions,
+    machine, threads, commit, data, the command and its date, the grid; ``identity`` as every record has it."""
     info = identity(grid.device, threads, hashes)
     return {
         **versions(), "platform": info["platform"],
         "device": grid.device, "device_name": device_name(grid.device), "cpu_name": cpu_name(),
-        "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "threads": threads, "workers": workers,
-        "executor": executor, "git_commit": commit_label(info["git"]),
-        "data_sha256": hashes[ssdata.TRAIN_IMAGES], "preset": grid.name,
+        "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "threads": threads,
+        "git_commit": commit_label(info["git"]), "data_sha256": hashes[ssdata.TRAIN_IMAGES], "preset": grid.name,
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "bench"] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "grid": grid.to_dict(), "identity": info, "identity_key": ident,
+        "grid": grid.to_dict(), "identity": info}
+
+
+def environment(grid: gridmod.Grid, tasks: List[dict], ident: dict, hashes: dict, workers: int, threads: int,
+                executor: str) -> dict:
+    return {
+        **folder_provenance(grid, hashes, threads), "workers": workers, "executor": executor, "identity_key": ident,
         "tasks": [normalise(t) for t in tasks],
         "expected_cells": [t["id"] for t in tasks if t["kind"] == "train"],
         "expected_probes": [t["id"] for t in tasks if t["kind"] != "train"],
     }
 
 
-def _earlier_runs(path: Path) -> List[dict]:
+def earlier_runs(path: Path) -> List[dict]:
     """What earlier commands on this folder ran (a resumed grid keeps the provenance of every part)."""
     try:
         prev = json.loads(path.read_text())
@@ -325,7 +331,7 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         env["tasks_run"] = [t["id"] for t in todo]
         if getattr(args, "tuned_info", None):
             env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
-        env["earlier_runs"] = _earlier_runs(Folder(out).env)
+        env["earlier_runs"] = earlier_runs(Folder(out).env)
         est = estimate.plan(todo, workers, executor.threads, machine=_machine(grid.device), roots=_roots(out))
         env["estimate"] = {"seconds": est.total, "tasks": len(todo), "workers": workers,
                            "priced_on": est.calibration.describe() if est.calibration else None}

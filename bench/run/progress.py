@@ -9,7 +9,7 @@ from typing import Dict, List, Mapping, Optional
 
 from tqdm import tqdm
 
-from .executors import TaskState
+from .launch import TaskState
 from ..core.schema import CONTENDED_LOAD, cores
 from .tasks import KINDS
 

@@ -30,12 +30,8 @@ Seeds advance one epoch at a time, each resumed from its state (:func:`ssvae.tra
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as _dt
 import json
-import math
-import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -55,12 +51,12 @@ from ssvae.train import train
 
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
-from ..core.provenance import commit_label, cpu_name, device_name, git_commit, usable_cpus, versions
+from ..core.provenance import commit_label, git_commit, usable_cpus
 from ..core.schema import Folder
-from ..core.store import atomic_write_json
+from ..core.store import OutputLock, atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
-from .harness import add_grid_args, grid_from_args
+from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
 JOURNAL = "search.journal"
@@ -223,6 +219,30 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -
 
 
 # -- the command ---------------------------------------------------------------------------------
+#: the grid fields that choose a search's settings: a folder holds any settings of one search
+SETTING_FIELDS = ("estimators", "aux", "labels")
+
+
+def merged_grid(prev_env: dict, grid: dict, out: Path) -> dict:
+    """The grid env.json keeps when ``grid`` searches more settings of the search already in ``out``: the union of
+    their settings and search spaces. Any other difference (seeds, epochs, the search table, a run field) is
+    another search: refused in one line."""
+    prev, grid = json.loads(json.dumps(prev_env.get("grid") or {})), json.loads(json.dumps(grid))  # as env.json has them
+
+    def rest(g: dict) -> dict:
+        return {k: ({**v, "space": None} if k == "search" else v) for k, v in g.items() if k not in SETTING_FIELDS}
+
+    if not prev.get("search") or rest(prev) != rest(grid):
+        raise ConfigError(f"{out} holds another search or grid ({prev_env.get('preset')}): choose another --out")
+    space = dict(prev["search"]["space"])
+    for est, dims in grid["search"]["space"].items():
+        if space.setdefault(est, dims) != dims:
+            raise ConfigError(f"{out} searched {est} over another space: choose another --out")
+    return {**grid, "estimators": prev["estimators"] + [e for e in grid["estimators"] if e not in prev["estimators"]],
+            "aux": sorted(set(prev["aux"]) | set(grid["aux"])), "labels": sorted(set(prev["labels"]) | set(grid["labels"])),
+            "search": {**grid["search"], "space": space}}
+
+
 def add_search_parser(sub) -> None:
     p = sub.add_parser("search", help=COMMANDS["search"].help)
     add_grid_args(p, default_preset="search")
@@ -245,21 +265,13 @@ def cmd_search(args) -> int:
     threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
     env_path = Folder(out).env
-    earlier = []
-    if env_path.is_file():
-        prev = json.loads(env_path.read_text())
-        if prev.get("grid") != json.loads(json.dumps(grid.to_dict())):
-            raise ConfigError(f"{out} holds another search or grid ({prev.get('preset')}): choose another --out")
-        earlier = prev.get("earlier_runs", []) + [{k: prev.get(k) for k in ("git_commit", "date", "command", "threads")}]
-    env = {**versions(), "device": grid.device, "device_name": device_name(grid.device), "cpu_name": cpu_name(),
-           "threads": threads, "git_commit": commit_label(git_commit()), "preset": grid.name,
-           "data_sha256": hashes[ssdata.TRAIN_IMAGES],
-           "command": " ".join(shlex.quote(a) for a in ["python", "-m", "bench"] + sys.argv[1:]),
-           "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-           "grid": grid.to_dict(), "earlier_runs": earlier}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(env_path, env)
-    ran = run_search(grid, grid.search, out, str(root), log=lambda m: print(m, file=sys.stderr))
+    with OutputLock(out):  # one search at a time in a folder (its settings one after another)
+        env = folder_provenance(grid, hashes, threads)
+        if env_path.is_file():
+            env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
+            env["earlier_runs"] = earlier_runs(env_path)
+        atomic_write_json(env_path, env)
+        ran = run_search(grid, grid.search, out, str(root), log=lambda m: print(m, file=sys.stderr))
     print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
           file=sys.stderr)
     return 0
