@@ -118,6 +118,35 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     assert "successive-halving pruner" in (tmp_path / "tune.md").read_text()
 
 
+def test_a_setting_another_command_is_searching_is_skipped(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = _grid()
+    messages = []
+    ctx = multiprocessing.get_context("spawn")  # the other command: a process that holds enum + aux's lock
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold, args=(str(tmp_path / ".search-enum+aux_L100.lock"), ready, done))
+    child.start()
+    try:
+        assert ready.wait(60)
+        assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 4  # gumbel's only
+    finally:
+        done.set()
+        child.join(60)
+    assert "search: enum+aux_L100: another command is searching it: skipped" in messages
+    assert not list((tmp_path / "runs").glob("enum*")) and len(list((tmp_path / "runs").glob("gumbel*"))) == 12
+    assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 4  # now enum's
+
+
+def _hold(path, ready, done):
+    from filelock import FileLock
+
+    with FileLock(path):
+        ready.set()
+        done.wait(60)
+
+
 def test_a_trial_advanced_epoch_by_epoch_has_the_numbers_of_one_uninterrupted_run(tmp_path):
     grid = _grid()
     cfg = search.trial_config(grid, "gumbel", True, 100, 1, {"lr": 3e-3, "tau0": 0.5, "tau_min": 0.5})

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import optuna
+from filelock import FileLock, Timeout
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
@@ -190,31 +191,47 @@ def _resume(study: optuna.Study) -> int:
                or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged"))
 
 
+def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
+                 commit: str, log) -> int:
+    name = study_name(est, aux, labels)
+    study = _study(storage, name, spec)
+    done = _resume(study)
+    space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
+    if not study.get_trials(deepcopy=False):
+        first = default_params(space, est, grid.lr, grid.aux_multiplier)
+        if first is not None:
+            study.enqueue_trial(first)
+    todo = spec["trials"] - done
+    if todo <= 0:
+        log(f"search: {name}: {done} of {spec['trials']} trials done")
+        return 0
+    datasets = {s: _load_data(trial_config(grid, est, aux, labels, s, {}), data_dir) for s in grid.seeds}
+    log(f"search: {name}: {todo} trial(s) to run ({done} done), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
+    study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), out, commit, log),
+                   n_trials=todo, catch=())
+    return todo
+
+
 def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -> int:
-    """Run (or continue) every setting's study; returns how many trials ran."""
+    """Run (or continue) every setting's study; returns how many trials ran. A setting another command is
+    searching (its lock ``OUT/.search-<setting>.lock`` held) is skipped: two commands on one folder share out
+    its settings, and a trial still running in the other is never taken for one cut short by a kill."""
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     commit = commit_label(git_commit())
     ran = 0
     for est, aux, labels in settings(grid):
-        name = study_name(est, aux, labels)
-        study = _study(storage, name, spec)
-        done = _resume(study)
-        space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
-        if not study.get_trials(deepcopy=False):
-            first = default_params(space, est, grid.lr, grid.aux_multiplier)
-            if first is not None:
-                study.enqueue_trial(first)
-        todo = spec["trials"] - done
-        if todo <= 0:
-            log(f"search: {name}: {done} of {spec['trials']} trials done")
+        lock = FileLock(str(out / f".search-{study_name(est, aux, labels)}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"search: {study_name(est, aux, labels)}: another command is searching it: skipped")
             continue
-        datasets = {s: _load_data(trial_config(grid, est, aux, labels, s, {}), data_dir) for s in grid.seeds}
-        log(f"search: {name}: {todo} trial(s) to run ({done} done), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
-        study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), out, commit, log),
-                       n_trials=todo, catch=())
-        ran += todo
+        try:
+            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log)
+        finally:
+            lock.release()
     return ran
 
 
@@ -265,13 +282,13 @@ def cmd_search(args) -> int:
     threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
     env_path = Folder(out).env
-    with OutputLock(out):  # one search at a time in a folder (its settings one after another)
+    with OutputLock(out):  # env.json read, merged and written by one command at a time
         env = folder_provenance(grid, hashes, threads)
         if env_path.is_file():
             env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
             env["earlier_runs"] = earlier_runs(env_path)
         atomic_write_json(env_path, env)
-        ran = run_search(grid, grid.search, out, str(root), log=lambda m: print(m, file=sys.stderr))
+    ran = run_search(grid, grid.search, out, str(root), log=lambda m: print(m, file=sys.stderr))
     print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
           file=sys.stderr)
     return 0
