@@ -236,3 +236,20 @@ def test_a_folder_in_use_is_refused_before_anything_is_written(tmp_path, capsys)
                      "--out", str(tmp_path / "s")]) == 2
     assert "is in use by another" in capsys.readouterr().err
     assert not (tmp_path / "s" / ENV_FILE).exists() and not (tmp_path / "s" / search.JOURNAL).exists()
+
+
+def test_a_search_made_by_several_commands_names_each_and_the_records_commits(tmp_path):
+    grid = _grid()
+    env = {"preset": "test", "grid": grid.to_dict(), "git_commit": "b" * 40, "command": "python -m bench search B",
+           "date": "d2", "threads": 1, "earlier_runs": [{"git_commit": "a" * 40, "command": "python -m bench search A",
+                                                          "date": "d1", "threads": 1, "tasks_run": None}]}
+    (tmp_path / ENV_FILE).write_text(json.dumps(env))
+    (tmp_path / "runs").mkdir()
+    for i, commit in enumerate(["a" * 40, "a" * 40, "b" * 40]):
+        (tmp_path / "runs" / f"r{i}.json").write_text(json.dumps({"git_commit": commit}))
+    prov = tune_study.provenance(tmp_path)
+    assert tune_study._commits(prov) == f"commits {'a' * 10} (2 records), {'b' * 10} (1 records)"
+    lines = tune_study._parts_lines(prov)
+    assert lines[0].startswith("Made in 2 parts (each command searched the settings it names")
+    assert "`python -m bench search A`: commit aaaaaaaaaa" in lines[2] and "search B" in lines[3]
+    assert "x all steps" not in tune_study._provenance_line({**prov, "steps_per_epoch": 3})

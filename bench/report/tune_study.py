@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -208,7 +209,9 @@ def provenance(out: Path) -> dict:
     except (OSError, ValueError):
         env = {}
     grid = env.get("grid") or {}
-    return {"preset": env.get("preset"), "commit": env.get("git_commit"), "date": env.get("date"),
+    # a search's commands each add settings (no task list): its records name the commit they ran on
+    commits = Counter(_record_commit(p) for p in Folder(out).runs.glob("*.json")) if grid.get("search") else {}
+    return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)), "commit": env.get("git_commit"), "date": env.get("date"),
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
@@ -216,6 +219,13 @@ def provenance(out: Path) -> dict:
             # a folder resumed or extended by later commands: every part, oldest first
             "parts": [*(env.get("earlier_runs") or []),
                       {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
+
+
+def _record_commit(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text()).get("git_commit") or "?")
+    except (OSError, ValueError):
+        return "?"
 
 
 def write_report(out: Path) -> dict:
@@ -318,13 +328,17 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
 
 def _provenance_line(prov: dict) -> str:
     return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
-            f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch')} steps | {prov.get('device')} "
+            f"{prov.get('epochs')} epochs x {prov.get('steps_per_epoch') or 'all'} steps | {prov.get('device')} "
             f"({prov.get('cpu')}) | torch {prov.get('torch')}, pyro {prov.get('pyro')} | "
             f"{_commits(prov)} | {prov.get('date')} | selected on validation accuracy only")
 
 
 def _commits(prov: dict) -> str:
-    """'commit X', or for a folder made in parts 'commits X (n tasks), Y (m tasks)'."""
+    """'commit X', or for a folder made in parts 'commits X (n tasks), Y (m tasks)' ('records' for a search)."""
+    if len(prov.get("record_commits") or {}) > 1:
+        return "commits " + ", ".join(f"{c[:10]} ({n} records)" for c, n in prov["record_commits"].items())
+    if prov.get("record_commits"):
+        return f"commit {next(iter(prov['record_commits']))}"
     parts = [p for p in prov.get("parts") or [] if p.get("tasks_run")]
     if len(parts) < 2:
         return f"commit {prov.get('commit')}"
@@ -334,14 +348,16 @@ def _commits(prov: dict) -> str:
 
 def _parts_lines(prov: dict) -> List[str]:
     """The commands that made the folder, when more than one did (each with its commit and threads)."""
-    parts = [p for p in prov.get("parts") or [] if p.get("tasks_run") or p is prov["parts"][-1]]
+    search = bool(prov.get("search"))  # every command of a search adds or continues settings
+    parts = [p for p in prov.get("parts") or [] if search or p.get("tasks_run") or p is prov["parts"][-1]]
     if len(parts) < 2:
         return []
-    lines = [f"Made in {len(parts)} parts (a later part ran only what was missing; the cells record their own "
-             "commit):", ""]
+    lines = [f"Made in {len(parts)} parts (" + ("each command searched the settings it names; " if search else
+                                               "a later part ran only what was missing; ")
+             + "the cells record their own commit):", ""]
     for p in parts:
         n = len(p.get("tasks_run") or [])
-        lines.append(f"- `{p.get('command')}`: {n} task{'s' if n != 1 else ''}, commit "
+        lines.append(f"- `{p.get('command')}`: " + ("" if search else f"{n} task{'s' if n != 1 else ''}, ") + "commit "
                      f"{str(p.get('git_commit') or '?')[:10]}, {p.get('threads')} thread(s) per task, {p.get('date')}")
     return lines + [""]
 
