@@ -110,12 +110,20 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     doc = tune_study.write_report(tmp_path)
     assert set(doc["estimators"]) == {"enum", "gumbel"} and "lr" in doc["estimators"]["enum"]
     choices = (tmp_path / "tables" / "tune_choices.csv").read_text().splitlines()
-    assert choices[0].endswith("beats,not_eligible,on_edge") and len(choices) == 3
+    assert choices[0].endswith("beats,not_eligible,on_edge,trials") and len(choices) == 3
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
     # the default trial (never pruned: it has no rival at its rungs) is found, though gumbel's schedule
     # options (rate, every) are set from the budget, not the record's defaults
     assert [r["paired_seeds"] for r in rows] == ["3", "3"] and all(r["default_valid_acc"] for r in rows)
     assert "successive-halving pruner" in (tmp_path / "tune.md").read_text()
+    assert [r["trials"] for r in rows] == ["4 of 4", "4 of 4"]
+    # a setting whose search has not finished is shown, not chosen
+    last = max(int(p.stem[-3:]) for p in (tmp_path / "runs").glob("gumbel+aux_L100_s0_t*.json"))
+    for p in (tmp_path / "runs").glob(f"gumbel+aux_L100_s*_t{last:03d}.json"):
+        p.unlink()
+    doc = tune_study.write_report(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
+    assert set(doc["estimators"]) == {"enum"} and [r["trials"] for r in rows] == ["4 of 4", "3 of 4"]
 
 
 def test_a_setting_another_command_is_searching_is_skipped(tmp_path, monkeypatch):

@@ -251,7 +251,9 @@ def write_report(out: Path) -> dict:
     _table(Folder(out).tables / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
                                          "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
     choice_rows, chosen_doc = [], {}
+    planned = (prov.get("search") or {}).get("trials")  # a search: a setting is done when all its trials are
     for (est, aux, labels), r in sorted(best.items()):
+        ran = 1 + sum(1 for o in rows if _same_setting(o, r))
         d = _default_row(rows, est, aux, labels)
         diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
         choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
@@ -260,11 +262,15 @@ def write_report(out: Path) -> dict:
                             "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n,
                             "beats": sum(1 for o in rows if _same_setting(o, r) and o["eligible"] and o["mean"] < r["mean"]),
                             "not_eligible": sum(1 for o in rows if _same_setting(o, r) and not o["eligible"]),
-                            "on_edge": edges(prov, est, r["values"])})
+                            "on_edge": edges(prov, est, r["values"]),
+                            "trials": f"{ran} of {planned}" if planned else ran})
+        if planned and ran < planned:
+            continue  # an unfinished search chooses nothing yet (its table row says how far it is)
         chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
     _table(Folder(out).tables / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
                                              "default_valid_acc", "chosen_minus_default", "diff_ci95",
-                                             "paired_seeds", "beats", "not_eligible", "on_edge"], choice_rows)
+                                             "paired_seeds", "beats", "not_eligible", "on_edge", "trials"],
+           choice_rows)
     doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
            "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
                    f"diverged seed is not eligible; ties: nearest Pyro's lr {sci(PYRO_LR)}, then the preset's order. "
@@ -373,7 +379,8 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
         "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
-        "lower mean; `not_eligible`: those pruned, diverged or failed; `on_edge`: a chosen value at an end "
+        "lower mean; `not_eligible`: those pruned, diverged or failed; `trials`: the combinations run (in a search: of "
+        "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a chosen value at an end "
         "of what was searched (widen the range there, or read the end as the range's limit).", "",
         "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
         "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",

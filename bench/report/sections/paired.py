@@ -112,7 +112,7 @@ def elsewhere_line(ctx: Context) -> Optional[str]:
     learn = learning(ctx)
     ok = learn[pd.Series([paired_verdicts.learns(learn, l) is True for l in learn.labels], index=learn.index,
                          dtype=bool)].sort_values("labels", ascending=False)
-    if len(ok):
+    if len(ok) and choice is not None:  # without a headline setting the verdict line has said it already
         parts.append(f"{ENUM_REF} minus the supervised-only baseline is "
                      + "; ".join(f"{ci_text(r, ctx.level)} at {r.labels} labels" for r in ok.itertuples()))
     return ("Elsewhere: " + "; ".join(parts) + ".") if parts else None
