@@ -114,6 +114,21 @@ def test_accuracy_at_equal_wall_time_section(modern):
     section = text.split("## Accuracy at equal wall time", 1)[1].split("\n## ", 1)[0]
     assert "isolated timing probe on cpu (Intel Xeon (fake)), 2 threads" in section
     assert "| 3000 | enum-seq + aux | 2 | 3.91× | 1.0 |" in section
+    # within a fixed budget (the default 60 s): the table, its files and the accuracy-per-second figure
+    assert "**Test accuracy within 60 s of training, per setting**" in section and "(`--budget`;" in section
+    fb = pd.read_csv(root / "tables/fixed_budget.csv", keep_default_na=False)
+    assert (fb.budget_seconds == 60).all() and "baseline" not in set(fb.variant)
+    assert (fb[fb.variant == "enum + aux"].mean_diff == 0).all()
+    assert "plots/accuracy_by_budget.png" in section and (root / "plots/accuracy_by_budget.png").is_file()
+    assert set(pd.read_csv(root / "tables/accuracy_by_budget.csv").variant) == set(fb.variant)
+
+
+def test_the_fixed_budget_is_an_option(tmp_path):
+    fabricate_results(tmp_path)
+    report.build_report(tmp_path, plots=False, budget=5)
+    fb = pd.read_csv(tmp_path / "tables/fixed_budget.csv", keep_default_na=False)
+    assert (fb.budget_seconds == 5).all()
+    assert "Test accuracy within 5 s of training" in (tmp_path / "report.md").read_text()
 
 
 # -- gradient error ----------------------------------------------------------------------------------
