@@ -211,7 +211,8 @@ def provenance(out: Path) -> dict:
     grid = env.get("grid") or {}
     # a search's commands each add settings (no task list): its records name the commit they ran on
     commits = Counter(_record_commit(p) for p in Folder(out).runs.glob("*.json")) if grid.get("search") else {}
-    return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)), "commit": env.get("git_commit"), "date": env.get("date"),
+    return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)),
+            "commit": env.get("git_commit"), "date": env.get("date"),
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import optuna
-from filelock import FileLock, Timeout
 import torch
+from filelock import FileLock, Timeout
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
