@@ -172,7 +172,7 @@ def test_a_trial_cut_short_is_tried_again(tmp_path):
     study = search._study(storage, "enum+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
     study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
     cut = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})  # a kill leaves it RUNNING
-    assert search._resume(study) == 2
+    assert search._resume(study, {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}) == 2
     trials = study.get_trials()
     assert trials[cut.number].state == optuna.trial.TrialState.FAIL
     assert trials[-1].state == optuna.trial.TrialState.WAITING and trials[-1].system_attrs["fixed_params"] == cut.params
@@ -261,3 +261,48 @@ def test_a_search_made_by_several_commands_names_each_and_the_records_commits(tm
     assert lines[0].startswith("Made in 2 parts (each command searched the settings it names")
     assert "`python -m bench search A`: commit aaaaaaaaaa" in lines[2] and "search B" in lines[3]
     assert "x all steps" not in tune_study._provenance_line({**prov, "steps_per_epoch": 3})
+
+
+def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path, monkeypatch):
+    """A space that contains the folder's widens it: env.json keeps the earlier one, the setting's study runs
+    `trials` more trials from the wider space (its sampler seeing the earlier ones), and the tuning study plans
+    both spaces' trials and judges edges against the wider range. A space that does not contain it is refused."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    narrow = _grid(enum={"lr": {"low": 1e-4, "high": 2e-4}})
+    wide = _grid(enum={"lr": {"low": 1e-4, "high": 1e-2}})
+    assert search.widens(wide.search["space"]["enum"], narrow.search["space"]["enum"])
+    assert not search.widens(narrow.search["space"]["enum"], wide.search["space"]["enum"])
+    assert not search.widens(_grid(enum={"lr": {"low": 1.5e-4, "high": 1e-2}}).search["space"]["enum"],
+                             narrow.search["space"]["enum"])  # wider at the top, narrower at the bottom
+    one = {"preset": "test", "grid": narrow.to_dict()}
+    merged = search.merged_grid(one, wide.to_dict(), tmp_path)
+    assert merged["search"]["space"]["enum"]["lr"] == ["range", 1e-4, 1e-2]
+    assert merged["search"]["widened"] == {"enum": [{"lr": ["range", 1e-4, 2e-4]}]}
+    assert "widened" not in search.merged_grid(one, narrow.to_dict(), tmp_path)["search"]  # the same space
+    with pytest.raises(ConfigError, match="searched enum over another space, one this space does not contain"):
+        search.merged_grid({"preset": "test", "grid": merged}, narrow.to_dict(), tmp_path)
+
+    assert search.run_search(narrow, narrow.search, tmp_path, None, log=lambda m: None) == 8
+    assert search.run_search(wide, wide.search, tmp_path, None, log=lambda m: None) == 4  # enum: 4 more; gumbel: done
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / search.JOURNAL)))
+    trials = optuna.load_study(study_name="enum+aux_L100", storage=storage).get_trials()
+    assert len(trials) == 8 and all(t.distributions["lr"].high == 2e-4 for t in trials[:4])
+    assert all(t.distributions["lr"].high == 1e-2 for t in trials[4:])
+    assert search.run_search(wide, wide.search, tmp_path, None, log=lambda m: None) == 0  # nothing left
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("enum+aux_L100_s0_t*.json")]
+    assert sorted(r["search"]["space"]["lr"][2] for r in records) == [2e-4] * 4 + [1e-2] * 4
+    for r in records[:2]:  # records written before spaces were recorded count as the first space
+        del r["search"]["space"]
+    (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": merged}))
+    tune_study.write_report(tmp_path)
+    rows = {r["estimator"]: r for r in csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv"))}
+    assert rows["enum + aux"]["trials"] == "8 of 8" and rows["gumbel + aux"]["trials"] == "4 of 4"
+    assert "Widened after a choice sat on an edge" in (tmp_path / "tune.md").read_text()
+    assert "enum: lr 1e-4..2e-4 -> 1e-4..1e-2" in (tmp_path / "tune.md").read_text()
+    # with the wider space's trials missing, the setting is unfinished: shown, not chosen
+    for p in (tmp_path / "runs").glob("enum+aux_L100_s*_t*.json"):
+        if json.loads(p.read_text())["search"]["trial"] >= 4:
+            p.unlink()
+    doc = tune_study.write_report(tmp_path)
+    rows = {r["estimator"]: r for r in csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv"))}
+    assert rows["enum + aux"]["trials"] == "4 of 8" and "enum" not in doc["estimators"]

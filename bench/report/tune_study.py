@@ -63,7 +63,9 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
         key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True))
         row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
                                     "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
-                                    "statuses": {}})
+                                    "statuses": {}, "spaces": []})
+        if rec.get("search", {}).get("space") not in row["spaces"]:
+            row["spaces"].append(rec.get("search", {}).get("space"))
         row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
         row["statuses"][cfg["seed"]] = rec.get("status")
         if rec.get("status") == "ok":
@@ -142,6 +144,19 @@ def tuned_space(prov: dict) -> Dict:
     space = (prov.get("search") or {}).get("space") or {}
     return {est: {k: (list(rest) if kind == "range" else rest[0]) for k, (kind, *rest) in keys.items()}
             for est, keys in space.items()}
+
+
+def planned_trials(prov: dict, setting_rows: List[dict]) -> Optional[int]:
+    """How many trials a search plans for one setting (None: not a search): ``trials`` per space it was searched
+    over, from the first space its records were drawn from to the estimator's current one (a widening adds
+    ``trials``). A record that names no space (written before spaces were recorded) counts as the first."""
+    search = prov.get("search") or {}
+    if not search.get("trials"):
+        return None
+    est = setting_rows[0]["estimator"]
+    history = (search.get("widened") or {}).get(est, []) + [search["space"][est]]
+    first = min((history.index(sp) if sp in history else 0) for r in setting_rows for sp in r["spaces"])
+    return search["trials"] * (len(history) - first)
 
 
 def _same_setting(a: dict, b: dict) -> bool:
@@ -252,9 +267,9 @@ def write_report(out: Path) -> dict:
     _table(Folder(out).tables / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
                                          "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
     choice_rows, chosen_doc = [], {}
-    planned = (prov.get("search") or {}).get("trials")  # a search: a setting is done when all its trials are
     for (est, aux, labels), r in sorted(best.items()):
         ran = 1 + sum(1 for o in rows if _same_setting(o, r))
+        planned = planned_trials(prov, [r] + [o for o in rows if _same_setting(o, r)])  # a search: done when all ran
         d = _default_row(rows, est, aux, labels)
         diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
         choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
@@ -399,7 +414,23 @@ def _how(prov: dict) -> str:
             f"(the first the default, then Optuna's TPE sampler, seed {search['seed']}), each trained on every "
             f"seed for up to {prov.get('epochs')} epochs; after each epoch the mean validation accuracy over seeds "
             f"goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
-            f"the best 1/{search['reduction']}). A pruned trial is not eligible.")
+            f"the best 1/{search['reduction']}). A pruned trial is not eligible." + _widened(search))
+
+
+def _widened(search: dict) -> str:
+    """The ranges widened after a choice sat on an edge ("gumbel: lr 4.2e-05..0.0042 -> 4.2e-05..0.042")."""
+    parts = []
+    for est, earlier in sorted((search.get("widened") or {}).items()):
+        for old, new in zip(earlier, earlier[1:] + [search["space"][est]]):
+            changed = [f"{k} {_span(old[k])} -> {_span(v)}" for k, v in new.items() if old.get(k) != v]
+            parts.append(f"{est}: {', '.join(changed)}")
+    return (" Widened after a choice sat on an edge (the study went on with `trials` more trials from the wider "
+            f"space, its sampler seeing every earlier trial): {'; '.join(parts)}.") if parts else ""
+
+
+def _span(dim) -> str:
+    kind, *rest = dim
+    return f"{sci(rest[0])}..{sci(rest[1])}" if kind == "range" else "[" + ", ".join(map(str, rest[0])) + "]"
 
 
 def add_tune_parser(subparsers) -> argparse.ArgumentParser:

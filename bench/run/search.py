@@ -27,6 +27,12 @@ search as it does a tuning grid. Optuna's journal, ``OUT/search.journal``, is th
 of the same command continues it (a trial cut short by a kill is tried again from its first epoch).
 Seeds advance one epoch at a time, each resumed from its state (:func:`ssvae.train.train`'s
 ``resume``), so a trial's numbers are those of uninterrupted runs.
+
+A choice on an edge of its range asks for a wider range: give the estimator its own wider table
+(``[search.gumbel] lr = {low = 4.2e-5, high = 4.2e-2}``) and rerun the same command on the same folder. A
+space that contains the folder's is a widening (env.json keeps the earlier spaces under ``widened``): the
+setting's study goes on with ``trials`` more trials drawn from the wider space, its sampler seeing every
+earlier trial. Any other change of space is another search, refused.
 """
 from __future__ import annotations
 
@@ -123,7 +129,7 @@ def trial_config(grid: gridmod.Grid, est: str, aux: bool, labels: int, seed: int
 _CURVE_KEYS = ("epoch", "valid_acc", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds", "global_step")
 
 
-def _record(cfg, trial_number: int, name: str, values: Dict, status: str, state: Optional[dict],
+def _record(cfg, trial_number: int, name: str, values: Dict, space: Dict, status: str, state: Optional[dict],
             commit: str) -> dict:
     curves = [{k: row[k] for k in _CURVE_KEYS} for row in (state or {}).get("curves", [])]
     valid = [row["valid_acc"] for row in curves]
@@ -132,10 +138,11 @@ def _record(cfg, trial_number: int, name: str, values: Dict, status: str, state:
                "epochs_run": len(curves), "final_valid_acc": valid[-1] if valid else None}
     return {"id": f"{gridmod.cell_id(cfg)}_t{trial_number:03d}", "kind": "train", "status": status,
             "config": cfg.to_dict(), "metrics": metrics, "curves": curves,
-            "search": {"study": name, "trial": trial_number, "values": values}, "git_commit": commit}
+            "search": {"study": name, "trial": trial_number, "values": values, "space": space},
+            "git_commit": commit}
 
 
-def _objective(grid, est, aux, labels, datasets, dists, out: Path, commit: str, log):
+def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, commit: str, log):
     name = study_name(est, aux, labels)
 
     def objective(trial: optuna.Trial) -> float:
@@ -155,7 +162,7 @@ def _objective(grid, est, aux, labels, datasets, dists, out: Path, commit: str, 
                     break
         except DivergedError:
             status = "diverged"
-        recs = [_record(cfgs[s], trial.number, name, values, status, states[s], commit) for s in grid.seeds]
+        recs = [_record(cfgs[s], trial.number, name, values, space, status, states[s], commit) for s in grid.seeds]
         for rec in recs:
             atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)
@@ -179,24 +186,26 @@ def _study(storage, name: str, spec: Dict) -> optuna.Study:
                                                       reduction_factor=spec["reduction"]))
 
 
-def _resume(study: optuna.Study) -> int:
+def _resume(study: optuna.Study, dists: Dict) -> int:
     """Trials cut short by a kill (still RUNNING) are marked failed and queued again; returns how many
-    trials are done (complete, pruned or diverged)."""
+    trials drawn from ``dists`` (the current space: a widened one starts again at 0) are done (complete,
+    pruned or diverged)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, skip_if_exists=False)
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged"))
+               if (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged"))
+               and t.distributions == dists)
 
 
 def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
                  commit: str, log) -> int:
     name = study_name(est, aux, labels)
     study = _study(storage, name, spec)
-    done = _resume(study)
     space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
+    done = _resume(study, distributions(space))
     if not study.get_trials(deepcopy=False):
         first = default_params(space, est, grid.lr, grid.aux_multiplier)
         if first is not None:
@@ -207,8 +216,8 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
         return 0
     datasets = {s: _load_data(trial_config(grid, est, aux, labels, s, {}), data_dir) for s in grid.seeds}
     log(f"search: {name}: {todo} trial(s) to run ({done} done), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
-    study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), out, commit, log),
-                   n_trials=todo, catch=())
+    study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), spec["space"][est], out,
+                              commit, log), n_trials=todo, catch=())
     return todo
 
 
@@ -240,24 +249,43 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -
 SETTING_FIELDS = ("estimators", "aux", "labels")
 
 
+def widens(new: Dict, old: Dict) -> bool:
+    """Whether the space ``new`` contains ``old``: the same keys, each range reaching at least as far both ways,
+    each candidate list holding every earlier candidate."""
+    if set(new) != set(old):
+        return False
+    for key, (kind, *rest) in new.items():
+        old_kind, *old_rest = old[key]
+        if kind != old_kind or (kind == "range" and not rest[0] <= old_rest[0] <= old_rest[1] <= rest[1]) or (
+                kind == "choices" and any(c not in rest[0] for c in old_rest[0])):
+            return False
+    return True
+
+
 def merged_grid(prev_env: dict, grid: dict, out: Path) -> dict:
     """The grid env.json keeps when ``grid`` searches more settings of the search already in ``out``: the union of
-    their settings and search spaces. Any other difference (seeds, epochs, the search table, a run field) is
-    another search: refused in one line."""
+    their settings and search spaces; an estimator's space that contains the folder's replaces it (a widening:
+    the earlier one is kept under ``search.widened``). Any other difference (seeds, epochs, the search table, a
+    run field, a space that does not contain the folder's) is another search: refused in one line."""
     prev, grid = json.loads(json.dumps(prev_env.get("grid") or {})), json.loads(json.dumps(grid))  # as env.json has them
 
     def rest(g: dict) -> dict:
-        return {k: ({**v, "space": None} if k == "search" else v) for k, v in g.items() if k not in SETTING_FIELDS}
+        return {k: ({**v, "space": None, "widened": None} if k == "search" else v) for k, v in g.items()
+                if k not in SETTING_FIELDS}
 
     if not prev.get("search") or rest(prev) != rest(grid):
         raise ConfigError(f"{out} holds another search or grid ({prev_env.get('preset')}): choose another --out")
-    space = dict(prev["search"]["space"])
+    space, widened = dict(prev["search"]["space"]), dict(prev["search"].get("widened") or {})
     for est, dims in grid["search"]["space"].items():
-        if space.setdefault(est, dims) != dims:
-            raise ConfigError(f"{out} searched {est} over another space: choose another --out")
+        old = space.setdefault(est, dims)
+        if old != dims:
+            if not widens(dims, old):
+                raise ConfigError(f"{out} searched {est} over another space, one this space does not contain: "
+                                  f"choose another --out")
+            widened[est], space[est] = widened.get(est, []) + [old], dims
     return {**grid, "estimators": prev["estimators"] + [e for e in grid["estimators"] if e not in prev["estimators"]],
             "aux": sorted(set(prev["aux"]) | set(grid["aux"])), "labels": sorted(set(prev["labels"]) | set(grid["labels"])),
-            "search": {**grid["search"], "space": space}}
+            "search": {**grid["search"], "space": space, **({"widened": widened} if widened else {})}}
 
 
 def add_search_parser(sub) -> None:
