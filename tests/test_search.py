@@ -108,7 +108,7 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     # the tuning study chooses from the search's records, as from a grid's
     (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
     doc = tune_study.write_report(tmp_path)
-    assert set(doc["estimators"]) == {"enum", "gumbel"} and "lr" in doc["estimators"]["enum"]
+    assert set(doc["settings"]) == {"enum+aux_L100", "gumbel+aux_L100"} and "lr" in doc["settings"]["enum+aux_L100"]
     choices = (tmp_path / "tables" / "tune_choices.csv").read_text().splitlines()
     assert choices[0].endswith("beats,not_eligible,on_edge,trials") and len(choices) == 3
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
@@ -123,7 +123,7 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
         p.unlink()
     doc = tune_study.write_report(tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
-    assert set(doc["estimators"]) == {"enum"} and [r["trials"] for r in rows] == ["4 of 4", "3 of 4"]
+    assert set(doc["settings"]) == {"enum+aux_L100"} and [r["trials"] for r in rows] == ["4 of 4", "3 of 4"]
 
 
 def test_a_setting_another_command_is_searching_is_skipped(tmp_path, monkeypatch):
@@ -305,4 +305,4 @@ def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path
             p.unlink()
     doc = tune_study.write_report(tmp_path)
     rows = {r["estimator"]: r for r in csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv"))}
-    assert rows["enum + aux"]["trials"] == "4 of 8" and "enum" not in doc["estimators"]
+    assert rows["enum + aux"]["trials"] == "4 of 8" and "enum+aux_L100" not in doc["settings"]

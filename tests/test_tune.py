@@ -111,14 +111,14 @@ def tuning_run(tmp_path):
 
 def test_selection_reads_validation_accuracy_only(tuning_run):
     doc = tune_report.write_report(tuning_run)
-    ests = doc["estimators"]
-    assert ests["rloo"] == {"lr": 1.4e-4}
-    assert ests["enum"] == {"lr": 4.2e-4}  # 1.26e-3 had a diverged seed
-    assert ests["trace"] == {"lr": 4.2e-4}
-    assert ests["nvil"] == {"lr": 4.2e-4, "baseline_lr": 4.2e-3}
+    ests = doc["settings"]  # a choice per setting: these were tuned with aux at 3000 labels
+    assert ests["rloo+aux_L3000"] == {"lr": 1.4e-4}
+    assert ests["enum+aux_L3000"] == {"lr": 4.2e-4}  # 1.26e-3 had a diverged seed
+    assert ests["trace+aux_L3000"] == {"lr": 4.2e-4}
+    assert ests["nvil+aux_L3000"] == {"lr": 4.2e-4, "baseline_lr": 4.2e-3}
     assert doc["selected_on"] == "best_valid_acc"
     saved = json.loads((tuning_run / "tuned.json").read_text())
-    assert saved["estimators"] == ests and saved["source"]["preset"] == "tune"
+    assert saved["settings"] == ests and saved["source"]["preset"] == "tune"
     choices = (tuning_run / "tables" / "tune_choices.csv").read_text()
     assert "rloo + aux" in choices and "0.05" in choices  # chosen minus Pyro's default, paired
     assert "diverged" in (tuning_run / "tables" / "tune_all.md").read_text()
@@ -127,34 +127,54 @@ def test_selection_reads_validation_accuracy_only(tuning_run):
 
 
 def test_selection_does_not_change_when_test_accuracy_does(tuning_run):
-    first = tune_report.write_report(tuning_run)["estimators"]
+    first = tune_report.write_report(tuning_run)["settings"]
     for path in (tuning_run / "runs").glob("*.json"):
         rec = json.loads(path.read_text())
         if rec["metrics"]:
             rec["metrics"]["test_acc_at_best_valid"] = 1.0 - rec["metrics"]["test_acc_at_best_valid"]
             path.write_text(json.dumps(rec))
-    assert tune_report.write_report(tuning_run)["estimators"] == first
+    assert tune_report.write_report(tuning_run)["settings"] == first
 
 
-def test_tuned_file_applies_to_any_preset_and_set_still_overrides(tuning_run):
+def test_tuned_file_applies_to_its_settings_only_and_set_still_overrides(tuning_run, capsys):
     tune_report.write_report(tuning_run)
     path = str(tuning_run / "tuned.json")
     args = run_args("--preset", "quick", "--tuned", path, "--estimators", "rloo,nvil,trace-avg",
                     "--set", "options.nvil.lr=0.002")
     grid = grid_from_args(args)
     cfgs = {(c.estimator, c.aux, c.labels, c.seed): c for c in gridmod.train_configs(grid)}
-    assert cfgs[("rloo", True, 100, 0)].lr == 1.4e-4
+    assert cfgs[("rloo", True, 3000, 0)].lr == 1.4e-4  # the setting it was tuned at
+    assert cfgs[("rloo", True, 100, 0)].lr == 0.00042 and cfgs[("rloo", False, 3000, 0)].lr == 0.00042  # others: not
+    assert cfgs[("nvil", True, 3000, 1)].lr == 4.2e-4  # the setting's choice is nearer the cell than --set's estimator
     assert cfgs[("nvil", False, 3000, 1)].lr == 0.002
-    assert cfgs[("nvil", False, 3000, 1)].option_dict == {"baseline_lr": 4.2e-3}
+    assert cfgs[("nvil", True, 3000, 1)].option_dict == {"baseline_lr": 4.2e-3}
+    assert cfgs[("nvil", False, 3000, 1)].option_dict == {}
     assert cfgs[("trace-avg", True, 100, 0)].lr == 0.00042  # not in the file: untouched
     assert args.tuned_info["file"] == path and len(args.tuned_info["sha256"]) == 64
-    assert args.tuned_info["chosen"]["rloo"] == {"lr": 1.4e-4}
+    assert args.tuned_info["chosen"]["rloo+aux_L3000"] == {"lr": 1.4e-4}
+    assert "rloo_L100" in args.tuned_info["without_choice"] and "rloo+aux_L3000" not in args.tuned_info["without_choice"]
+    err = capsys.readouterr().err
+    assert "chooses nothing for rloo_L100, rloo+aux_L100, nvil_L100, nvil+aux_L100" in err and "rloo+aux_L3000" not in err
+
+
+def test_an_estimators_choice_file_still_applies_to_every_setting_and_aux_multiplier_sets_the_run(tmp_path):
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"estimators": {"gumbel": {"lr": 3e-3, "aux_multiplier": 89.0, "tau0": 0.5}}}))
+    grid = grid_from_args(run_args("--preset", "quick", "--tuned", str(path), "--estimators", "gumbel,enum"))
+    for c in gridmod.train_configs(grid):
+        if c.estimator == "gumbel":
+            assert (c.lr, c.aux_multiplier, c.option_dict["tau0"]) == (3e-3, 89.0, 0.5)
+            assert "aux_multiplier" not in c.option_dict and "lr" not in c.option_dict
+        elif c.estimator == "enum":
+            assert (c.lr, c.aux_multiplier) == (4.2e-4, 46.0)
+    with pytest.raises(ConfigError, match="options.gumbel.aux_multiplier must be a positive number"):
+        grid_from_args(run_args("--preset", "quick", "--set", "options.gumbel.aux_multiplier=-1"))
 
 
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read it"),
     ("not json", "not a JSON file"),
-    ('{"x": 1}', "no 'estimators' table"),
+    ('{"x": 1}', "no 'settings' or 'estimators' table"),
 ])
 def test_a_bad_choice_file_is_a_one_line_usage_error(tmp_path, content, message):
     path = tmp_path / "tuned.json"

@@ -1,6 +1,7 @@
 """The names the harness writes, said once (a leaf module: it imports nothing from ``bench``).
 
-* the cell id, ``<estimator>[+aux]_L<labels>_s<seed>``: :func:`cell_id`, :func:`parse_cell_id`;
+* the cell id, ``<estimator>[+aux]_L<labels>_s<seed>``: :func:`cell_id`, :func:`parse_cell_id`; a setting's,
+  ``<estimator>[+aux]_L<labels>``: :func:`setting_id`;
 * the task kinds and the id of each probe task (one per estimator, so a run of a subset of
   estimators never touches another estimator's probe);
 * the statuses a result can have and those that count as finished;
@@ -67,10 +68,21 @@ STEP_KINDS = ("sup", "unsup", "aux")
 ANALOGY_SUFFIX = ".analogy.npy"
 
 CELL_RE = re.compile(r"^(?P<estimator>[a-z0-9-]+)(?P<aux>\+aux)?_L(?P<labels>\d+)_s(?P<seed>\d+)$")
+SETTING_RE = re.compile(r"^(?P<estimator>[a-z0-9-]+)(?P<aux>\+aux)?_L(?P<labels>\d+)$")
+
+
+def setting_id(estimator: str, aux: bool, labels: int) -> str:
+    """A setting, the cells of one variant at one label count: ``<estimator>[+aux]_L<labels>``."""
+    return f"{estimator}{'+aux' if aux else ''}_L{int(labels)}"
+
+
+def parse_setting_id(text: str) -> Optional[dict]:
+    m = SETTING_RE.match(text)
+    return {"estimator": m["estimator"], "aux": bool(m["aux"]), "labels": int(m["labels"])} if m else None
 
 
 def cell_id(estimator: str, aux: bool, labels: int, seed: int) -> str:
-    return f"{estimator}{'+aux' if aux else ''}_L{int(labels)}_s{int(seed)}"
+    return f"{setting_id(estimator, aux, labels)}_s{int(seed)}"
 
 
 def parse_cell_id(text: str) -> Optional[dict]:
@@ -290,10 +302,12 @@ def grid_difference(old: dict, new: dict) -> Optional[str]:
             a, b = (old.get("probe") or {}).get(key), (new["probe"] or {}).get(key)
             if a is not None and a != b:
                 return f"probe.{key} {a}, not {b}"
-    for est in sorted(set(old.get("estimators") or []) & set(new.get("estimators") or [])):
-        a, b = (old.get("options") or {}).get(est, {}), (new.get("options") or {}).get(est, {})
+    shared = set(old.get("estimators") or []) & set(new.get("estimators") or [])
+    keys = set(old.get("options") or {}) | set(new.get("options") or {})  # an estimator's, or one setting's
+    for key in sorted(k for k in keys if (parse_setting_id(k) or {}).get("estimator", k) in shared):
+        a, b = (old.get("options") or {}).get(key, {}), (new.get("options") or {}).get(key, {})
         if a != b:
-            return f"options of {est} {a}, not {b}"
+            return f"options of {key} {a}, not {b}"
     return None
 
 

@@ -23,9 +23,10 @@ from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
-from ..core.schema import Folder
+from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
-from ..run.tune import CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, search_rungs, tuned_keys
+from ..run.tune import (CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, search_rungs,
+                        tuned_keys, widenings)
 from .plotting import plt
 
 
@@ -146,19 +147,6 @@ def tuned_space(prov: dict) -> Dict:
             for est, keys in space.items()}
 
 
-def planned_trials(prov: dict, setting_rows: List[dict]) -> Optional[int]:
-    """How many trials a search plans for one setting (None: not a search): ``trials`` per space it was searched
-    over, from the first space its records were drawn from to the estimator's current one (a widening adds
-    ``trials``). A record that names no space (written before spaces were recorded) counts as the first."""
-    search = prov.get("search") or {}
-    if not search.get("trials"):
-        return None
-    est = setting_rows[0]["estimator"]
-    history = (search.get("widened") or {}).get(est, []) + [search["space"][est]]
-    first = min((history.index(sp) if sp in history else 0) for r in setting_rows for sp in r["spaces"])
-    return search["trials"] * (len(history) - first)
-
-
 def _same_setting(a: dict, b: dict) -> bool:
     return a is not b and (a["estimator"], a["aux"], a["labels"]) == (b["estimator"], b["aux"], b["labels"])
 
@@ -269,7 +257,8 @@ def write_report(out: Path) -> dict:
     choice_rows, chosen_doc = [], {}
     for (est, aux, labels), r in sorted(best.items()):
         ran = 1 + sum(1 for o in rows if _same_setting(o, r))
-        planned = planned_trials(prov, [r] + [o for o in rows if _same_setting(o, r)])  # a search: done when all ran
+        planned = planned_trials(prov.get("search"), est, [sp for o in rows if o is r or _same_setting(o, r)
+                                                          for sp in o["spaces"]])  # a search: done when all ran
         d = _default_row(rows, est, aux, labels)
         diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
         choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
@@ -282,21 +271,19 @@ def write_report(out: Path) -> dict:
                             "trials": f"{ran} of {planned}" if planned else ran})
         if planned and ran < planned:
             continue  # an unfinished search chooses nothing yet (its table row says how far it is)
-        chosen_doc.setdefault(est, {}).update({k: v for k, v in r["values"].items()})
+        chosen_doc[setting_id(est, aux, labels)] = dict(r["values"])
     _table(Folder(out).tables / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
                                              "default_valid_acc", "chosen_minus_default", "diff_ci95",
                                              "paired_seeds", "beats", "not_eligible", "on_edge", "trials"],
            choice_rows)
-    doc = {"estimators": {e: chosen_doc[e] for e in sorted(chosen_doc)}, "selected_on": SELECT_ON,
+    doc = {"settings": {k: chosen_doc[k] for k in sorted(chosen_doc)}, "selected_on": SELECT_ON,
            "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
                    f"diverged seed is not eligible; ties: nearest Pyro's lr {sci(PYRO_LR)}, then the preset's order. "
                    "Test accuracy is not read.",
            "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
                                                "seeds", "epochs", "steps_per_epoch")},
-           "aux": sorted({aux for (_, aux, _) in best})}
-    if len({(e, l) for (e, _, l) in best}) != len(best):
-        doc["note"] = ("the grid has several aux settings or label counts per estimator: the file keeps, per "
-                       "estimator, the choice of the last (aux on, largest label count)")
+           "applies": "per setting (estimator, aux, label count): `bench run --tuned` sets each setting's values "
+                      "and leaves a setting the file does not name at the preset's"}
     (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     plot_sensitivity(out, rows, best, prov)
     write_markdown(out, all_rows, choice_rows, prov)
@@ -414,23 +401,9 @@ def _how(prov: dict) -> str:
             f"(the first the default, then Optuna's TPE sampler, seed {search['seed']}), each trained on every "
             f"seed for up to {prov.get('epochs')} epochs; after each epoch the mean validation accuracy over seeds "
             f"goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
-            f"the best 1/{search['reduction']}). A pruned trial is not eligible." + _widened(search))
-
-
-def _widened(search: dict) -> str:
-    """The ranges widened after a choice sat on an edge ("gumbel: lr 4.2e-05..0.0042 -> 4.2e-05..0.042")."""
-    parts = []
-    for est, earlier in sorted((search.get("widened") or {}).items()):
-        for old, new in zip(earlier, earlier[1:] + [search["space"][est]]):
-            changed = [f"{k} {_span(old[k])} -> {_span(v)}" for k, v in new.items() if old.get(k) != v]
-            parts.append(f"{est}: {', '.join(changed)}")
-    return (" Widened after a choice sat on an edge (the study went on with `trials` more trials from the wider "
-            f"space, its sampler seeing every earlier trial): {'; '.join(parts)}.") if parts else ""
-
-
-def _span(dim) -> str:
-    kind, *rest = dim
-    return f"{sci(rest[0])}..{sci(rest[1])}" if kind == "range" else "[" + ", ".join(map(str, rest[0])) + "]"
+            f"the best 1/{search['reduction']}). A pruned trial is not eligible." + (
+                " Widened after a choice sat on an edge (the study went on with `trials` more trials from the wider "
+                f"space, its sampler seeing every earlier trial): {'; '.join(widenings(search))}." if widenings(search) else ""))
 
 
 def add_tune_parser(subparsers) -> argparse.ArgumentParser:
@@ -449,7 +422,7 @@ def cmd_tune(args) -> int:
     if not Folder(out).runs.is_dir():
         raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
     doc = write_report(out)
-    for est, vals in doc["estimators"].items():
-        print(f"{est:14s} {_cell(vals)}")
+    for est, vals in doc["settings"].items():
+        print(f"{est:22s} {_cell(vals)}")
     print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")
     return 0

@@ -18,7 +18,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ssvae import RunConfig, resolve_labels
 from ssvae.config import DEFAULT_RUN, SPARSE_FIELDS, TRAIN_SIZE
@@ -29,7 +29,8 @@ from ssvae.relax import TemperatureSchedule
 from ssvae.train import epoch_schedule
 
 from ..core.schema import (GRID_FIELDS, GRID_SCHEMA, PROBE_DEFAULTS, PROBE_FIELDS, PROBE_SCHEMA, REQUIRED_FIELDS,
-                     SchemaError, cell_id as _cell_id, check_field, common_id, finite_values, timing_id)
+                     SchemaError, cell_id as _cell_id, check_field, common_id, finite_values, parse_setting_id,
+                     setting_id, timing_id)
 
 from . import tune as tunemod
 
@@ -160,9 +161,11 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
         raise ConfigError("options must map an estimator to its options, e.g. options.rb-topk.k=3")
     if options:  # unknown or bad options fail here, in one line, not in every cell
         tiny = SSVAE(input_size=4, z_dim=1, hidden=(2,))
-        for e, o in options.items():
-            get_estimator(e).build(tiny, _estimator_options(o))
-            _lr(e, o, 1.0)
+        for key, o in options.items():
+            est = (parse_setting_id(key) or {}).get("estimator", key)  # an estimator, or one setting of it
+            get_estimator(est).build(tiny, _estimator_options(o))
+            _run_field(key, o, "lr", 1.0)
+            _run_field(key, o, "aux_multiplier", 1.0)
     grid = Grid(name=spec.get("name", "custom"), estimators=list(ests), aux=list(spec.get("aux", [False, True])),
                 baseline=bool(spec.get("baseline", True)), labels=labels, seeds=seeds, epochs=int(spec["epochs"]),
                 device=spec.get("device", "cpu"), steps_per_epoch=spec.get("steps_per_epoch"),
@@ -181,30 +184,47 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
     return grid
 
 
+def settings(grid: Grid) -> List[Tuple[str, bool, int]]:
+    """The grid's (estimator, aux, labels) settings, the supervised baseline aside."""
+    return [(est, aux, labels) for labels in grid.labels for est in grid.estimators for aux in grid.aux]
+
+
+def without_choice(grid: Grid, chosen: Dict[str, Dict]) -> List[str]:
+    """The settings of ``grid`` a choice file (estimator or setting -> values) chooses nothing for."""
+    return [setting_id(e, a, l) for e, a, l in settings(grid) if e not in chosen and setting_id(e, a, l) not in chosen]
+
+
 def cell_id(cfg: RunConfig) -> str:
     return _cell_id(cfg.estimator, cfg.aux and get_estimator(cfg.estimator).kind == "ssvae", cfg.labels, cfg.seed)
 
 
 def _estimator_options(options: dict) -> dict:
-    """An estimator's options without ``lr`` (a per-estimator learning rate sets the run's ``lr``)."""
-    return {k: v for k, v in options.items() if k != "lr"}
+    """An estimator's options without the run's fields (a per-estimator ``lr`` or ``aux_multiplier`` sets the
+    run's)."""
+    return {k: v for k, v in options.items() if k not in tunemod.RUN_FIELDS}
 
 
-def _lr(estimator: str, options: dict, default: float) -> float:
-    """An estimator's learning rate (its ``lr`` option, else the grid's): a positive finite number."""
-    lr = options.get("lr", default)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"options.{estimator}.lr must be a positive number (got {lr!r})")
-    if not math.isfinite(lr):
-        raise ConfigError(f"options.{estimator}.lr must be finite (got {lr!r})")
-    return float(lr)
+def _run_field(where: str, options: dict, key: str, default: float) -> float:
+    """A run field an estimator's (or a setting's) options may set, ``lr`` or ``aux_multiplier`` (else the
+    grid's): a positive finite number."""
+    v = options.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ConfigError(f"options.{where}.{key} must be a positive number (got {v!r})")
+    if not math.isfinite(v):
+        raise ConfigError(f"options.{where}.{key} must be finite (got {v!r})")
+    return float(v)
 
 
 def _config(grid: Grid, extra: Optional[dict] = None, **kw) -> RunConfig:
-    options = {**grid.options.get(kw["estimator"], {}), **(extra or {})}
+    """One run: the grid's fields, then its options for the estimator, then for the setting (``[options.
+    "gumbel+aux_L3000"]``: a tuning choice per setting), then ``extra`` (a tuning grid's candidate)."""
+    est = kw["estimator"]
+    options = {**grid.options.get(est, {}),
+               **grid.options.get(setting_id(est, kw.get("aux", False), kw["labels"]), {}), **(extra or {})}
     cfg = RunConfig(epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch, batch_size=grid.batch_size,
-                    lr=_lr(kw["estimator"], options, grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
-                    aux_multiplier=grid.aux_multiplier, device=grid.device, protocol=grid.protocol,
+                    lr=_run_field(est, options, "lr", grid.lr), z_dim=grid.z_dim, hidden=tuple(grid.hidden),
+                    aux_multiplier=_run_field(est, options, "aux_multiplier", grid.aux_multiplier),
+                    device=grid.device, protocol=grid.protocol,
                     **{k: getattr(grid, k) for k in SPARSE_FIELDS},
                     options=_estimator_options(options), **kw)
     return dataclasses.replace(cfg, options=_budget_options(cfg))

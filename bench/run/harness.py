@@ -23,7 +23,7 @@ import time
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from ssvae import data as ssdata
 from ssvae import resolve_labels
@@ -174,7 +174,13 @@ def grid_from_args(args, search: bool = False) -> gridmod.Grid:
             {"label_fractions": args.label_fraction})["label_fractions"]]
         overrides["label_fractions"] = None
         preset.pop("label_fractions", None)
-    return gridmod.make_grid(preset, overrides)
+    grid = gridmod.make_grid(preset, overrides)
+    if getattr(args, "tuned", None):
+        missing = args.tuned_info["without_choice"] = gridmod.without_choice(grid, args.tuned_info["chosen"])
+        if missing:
+            print(f"bench: {args.tuned} chooses nothing for {', '.join(missing)}: the preset's values there",
+                  file=sys.stderr)
+    return grid
 
 
 def check_out_dir(out: Path) -> None:

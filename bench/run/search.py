@@ -40,7 +40,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import optuna
 import torch
@@ -52,14 +52,13 @@ from optuna.trial import TrialState
 
 from ssvae import data as ssdata
 from ssvae.errors import ConfigError, DivergedError
-from ssvae.estimators import REGISTRY
 from ssvae.evaluate import EvalPlan
 from ssvae.train import train
 
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
 from ..core.provenance import commit_label, git_commit, usable_cpus
-from ..core.schema import Folder
+from ..core.schema import Folder, setting_id
 from ..core.store import OutputLock, atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
@@ -110,12 +109,8 @@ def _one_epoch(cfg, data, state: Optional[dict]) -> dict:
     raise RuntimeError(f"{cfg.estimator}: training ended without finishing an epoch")
 
 
-def settings(grid: gridmod.Grid) -> List[Tuple[str, bool, int]]:
-    return [(est, aux, labels) for labels in grid.labels for est in grid.estimators for aux in grid.aux]
-
-
 def study_name(est: str, aux: bool, labels: int) -> str:
-    return f"{est}{'+aux' if aux else ''}_L{labels}"
+    return setting_id(est, aux, labels)  # a setting's study is named by the setting
 
 
 def trial_config(grid: gridmod.Grid, est: str, aux: bool, labels: int, seed: int, values: Dict):
@@ -230,7 +225,7 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     commit = commit_label(git_commit())
     ran = 0
-    for est, aux, labels in settings(grid):
+    for est, aux, labels in gridmod.settings(grid):
         lock = FileLock(str(out / f".search-{study_name(est, aux, labels)}.lock"))
         try:
             lock.acquire(timeout=0)

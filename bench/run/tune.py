@@ -44,7 +44,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ssvae.config import DEFAULT_RUN
+from ssvae.config import DEFAULT_RUN, sci
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 from ssvae.model import SSVAE
@@ -220,6 +220,31 @@ def search_share(spec: Dict, epochs: int) -> float:
     return sum((bounds[k + 1] - bounds[k]) / spec["reduction"] ** k for k in range(len(bounds) - 1)) / epochs
 
 
+def planned_trials(search: Optional[Dict], est: str, spaces: List) -> Optional[int]:
+    """How many trials a search (its env.json ``search`` table; None: not a search) plans for one setting of
+    ``est`` whose records were drawn from ``spaces``: ``trials`` per space, from the first its records name to
+    the estimator's current one (a widening adds ``trials``). A record that names no space (written before
+    spaces were recorded) counts as the first."""
+    if not (search or {}).get("trials"):
+        return None
+    history = (search.get("widened") or {}).get(est, []) + [search["space"][est]]
+    first = min([history.index(sp) if sp in history else 0 for sp in spaces] or [len(history) - 1])
+    return search["trials"] * (len(history) - first)
+
+
+def widenings(search: Dict) -> List[str]:
+    """Each widening of a search's ranges, as ``gumbel: lr 4.2e-5..4.2e-3 -> 4.2e-5..4.2e-2``."""
+    def span(dim) -> str:
+        kind, *rest = dim
+        return f"{sci(rest[0])}..{sci(rest[1])}" if kind == "range" else "[" + ", ".join(map(str, rest[0])) + "]"
+
+    out = []
+    for est, earlier in sorted((search.get("widened") or {}).items()):
+        for old, new in zip(earlier, earlier[1:] + [search["space"][est]]):
+            out.append(f"{est}: " + ", ".join(f"{k} {span(old[k])} -> {span(v)}" for k, v in new.items() if old.get(k) != v))
+    return out
+
+
 def encode(v):
     return json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
 
@@ -259,7 +284,9 @@ def default_params(space: Dict, est: str, lr: float, aux_multiplier: float) -> O
 
 # -- applying a choice file -------------------------------------------------------------------
 def load_choices(path) -> Tuple[Dict[str, Dict], dict]:
-    """(estimator -> chosen values, provenance) from a choice file; one-line ConfigError if unusable."""
+    """(estimator or setting -> chosen values, provenance) from a choice file; one-line ConfigError if
+    unusable. A file with a ``settings`` table (a search's: ``"gumbel+aux_L3000": {...}``) chooses per setting,
+    one with only ``estimators`` (a tuning grid's) per estimator."""
     p = Path(path)
     try:
         blob = p.read_bytes()
@@ -268,17 +295,17 @@ def load_choices(path) -> Tuple[Dict[str, Dict], dict]:
         raise ConfigError(f"--tuned {path}: cannot read it ({e.strerror or e})") from None
     except ValueError:
         raise ConfigError(f"--tuned {path}: not a JSON file (write one with python -m bench tune OUT)") from None
-    ests = doc.get("estimators") if isinstance(doc, dict) else None
+    ests = (doc.get("settings") or doc.get("estimators")) if isinstance(doc, dict) else None
     if not isinstance(ests, dict) or not all(isinstance(v, dict) for v in ests.values()):
-        raise ConfigError(f"--tuned {path}: no 'estimators' table of chosen values (not a choice file)")
+        raise ConfigError(f"--tuned {path}: no 'settings' or 'estimators' table of chosen values (not a choice file)")
     info = {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(),
             "selected_on": doc.get("selected_on"), "source": doc.get("source"), "chosen": ests}
     return ests, info
 
 
 def apply_choices(preset: dict, choices: Dict[str, Dict]) -> dict:
-    """The preset with the chosen values as per-estimator options (the preset's own options kept
-    where the file says nothing)."""
+    """The preset with the chosen values as per-estimator (or per-setting) options (the preset's own options
+    kept where the file says nothing)."""
     options = {e: dict(o) for e, o in (preset.get("options") or {}).items()}
     for est, values in choices.items():
         options.setdefault(est, {}).update(values)

@@ -14,7 +14,8 @@ from ..context import Context, Section, Table
 
 
 def frame(tuned: dict) -> pd.DataFrame:
-    """One row per (estimator, setting): the chosen value."""
+    """One row per (estimator, setting): the chosen value (``estimator``: an estimator, or one setting of it,
+    ``gumbel+aux_L3000``, for a file that chooses per setting)."""
     rows = []
     for est, values in sorted((tuned.get("chosen") or {}).items()):
         for key, value in sorted((values or {}).items()):
@@ -36,6 +37,9 @@ def build(ctx: Context) -> Optional[Section]:
         "data only, never test accuracy; `bench/run/tune.py`)"
         + (f", from `{tuned['source']}`" if tuned.get("source") else "") + ". The chosen values below override the "
         "preset's per-estimator options; `--set` still overrides them.")
+    if tuned.get("without_choice"):
+        sec.text.append(f"The file chooses nothing for {', '.join(tuned['without_choice'])}: those cells ran with the "
+                        "preset's values.")
     if len(df):
         sec.tables.append(Table("Chosen values", df.astype({"value": str}), "tuned"))
     else:
