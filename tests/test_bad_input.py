@@ -67,6 +67,7 @@ CASES = [
      r"--scheduler needs --executor dask"),
     ("a local executor's option with `--executor dask`", "run --executor dask --task-timeout 60 --out {out}",
      r"--task-timeout needs --executor local"),
+    ("`--only` not a task kind", "run --only probes --out {out}", r"--only probes: give task kinds among train, common, timing"),
     ("`--stall-timeout` not positive", "run --stall-timeout 0 --out {out}",
      r"--stall-timeout must be a positive number of seconds \(got 0.0\)"),
     ("dask scheduler that does not answer (10 s)",

@@ -117,6 +117,29 @@ def test_smoke_rerun_skips_everything(smoke_run):
     assert {p: p.read_bytes() for p in (out / "runs").glob("*.json")} == before
 
 
+@needs_mnist
+def test_only_runs_the_kinds_asked_and_leaves_the_rest_for_a_later_run(tmp_path):
+    """`--only timing`: the timing probe runs, the cells and common probes stay to run (listed as left, never
+    as done), and a rerun without --only would run exactly those."""
+    out = tmp_path / "out"
+    args = ("run", "--preset", "smoke", "--estimators", "trace", "--labels", "100", "--seeds", "1", "--no-baseline",
+            "--out", str(out))
+    dry = bench(*args, "--only", "timing", "--dry-run", timeout=300)
+    assert dry.returncode == 0 and "0 done, 1 to run on" in dry.stdout and "left for later (--only)" in dry.stdout
+    states = {line.split()[-1]: line.split()[0] for line in dry.stdout.splitlines()[1:] if line.strip()}
+    assert states["timing_cpu_trace"] == "todo" and states["trace_L100_s0"] == "left"
+    assert states["common_L100_s0_trace"] == "left"
+    r = bench(*args, "--only", "timing", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "the timing tasks done" in r.stderr and "other task(s) left for later (rerun without --only)" in r.stderr
+    assert sorted(p.name for p in (out / "probes").glob("*.json")) == ["timing_cpu_trace.json"]
+    assert not list((out / "runs").glob("*.json"))
+    again = bench(*args, "--dry-run", timeout=300)
+    states = {line.split()[-1]: line.split()[0] for line in again.stdout.splitlines()[1:] if line.strip()}
+    assert states == {"timing_cpu_trace": "done", "common_L100_s0_trace": "todo", "trace_L100_s0": "todo",
+                      "trace+aux_L100_s0": "todo"}
+
+
 def test_one_cell_per_gpu_pinned_with_cuda_visible_devices(tmp_path, monkeypatch):
     """With GPUs, the local executor runs one cell per GPU, each seeing only its own."""
     import io

@@ -41,6 +41,7 @@ from ..core.provenance import commit_label, cpu_name, device_name, identity, usa
 from ..core.schema import Folder, grid_difference
 from . import estimate
 from .progress import Progress
+from .tasks import KINDS
 from ..core.store import (OutputLock, atomic_write_json, conflicts, is_done, normalise, read_result, result_path,
                     run_identity, stale_reason)
 from ..core.tables import write_tables
@@ -90,6 +91,9 @@ def add_run_parser(sub) -> None:
         executor.add_arguments(r)
     r.add_argument("--tuned", default=None, metavar="FILE",
                    help="apply the choices of a tuning run (its tuned.json: python -m bench tune OUT)")
+    r.add_argument("--only", type=_csv(str), default=None, metavar="KINDS",
+                   help=f"run only the tasks of these kinds ({', '.join(KINDS)}), e.g. the probes of an estimator "
+                        "without training its cells; the rest stay to run (a later run without --only runs them)")
     r.add_argument("--retime", action="store_true",
                    help="run the timing probes again even where done (a measurement that shared the machine)")
     r.add_argument("--force", action="store_true",
@@ -259,9 +263,10 @@ def _roots(out: Path) -> List[Path]:
     return [REPO / "results", out]
 
 
-def _plan_line(tasks: List[dict], todo: List[dict], workers: int, est: "estimate.Plan") -> str:
-    line = (f"{len(tasks)} tasks, {len(tasks) - len(todo)} done, {len(todo)} to run on {workers} worker(s); "
-            f"estimated {estimate.duration(est.total)}")
+def _plan_line(tasks: List[dict], todo: List[dict], workers: int, est: "estimate.Plan", held: int = 0) -> str:
+    """``N tasks, D done, T to run on W worker(s)[, H left for later (--only)]; estimated ...``."""
+    line = (f"{len(tasks)} tasks, {len(tasks) - len(todo) - held} done, {len(todo)} to run on {workers} worker(s)"
+            + (f", {held} left for later (--only)" if held else "") + f"; estimated {estimate.duration(est.total)}")
     if est.probe_share is not None and est.probe_share > 0:
         line += f", of which the gradient probe {100 * est.probe_share:.0f}%"
     if est.calibration is not None:
@@ -277,6 +282,8 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--threads must be at least 1 (got {args.threads})")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+    if args.only is not None and (not args.only or set(args.only) - set(KINDS)):
+        raise ConfigError(f"--only {','.join(args.only)}: give task kinds among {', '.join(KINDS)}")
     out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
     check_out_dir(out)
     root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download or args.dry_run else None)
@@ -287,6 +294,8 @@ def cmd_run(args) -> int:
     tasks = gridmod.expand(grid)
     ident = run_identity(hashes, versions())
     todo = [t for t in tasks if not is_done(out, t, ident) or (args.retime and t["kind"] == "timing")]
+    held = [t for t in todo if args.only and t["kind"] not in args.only]  # not asked for this time
+    todo = [t for t in todo if t not in held]
     stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
     clash = other_grid(out, grid, tasks)
     workers = args.workers or grid.workers
@@ -301,11 +310,11 @@ def cmd_run(args) -> int:
         est = estimate.plan(todo, workers, args.threads or 1, machine=_machine(grid.device), roots=_roots(out))
         if gpu_plan and (est.calibration is None or est.calibration.machine is None):  # no task timed on this GPU
             est = estimate.Plan(None, {}, None, None)
-        print(_plan_line(tasks, todo, workers, est))
+        print(_plan_line(tasks, todo, workers, est, len(held)))
         if gpu_plan:
             print(gpu_plan.line())
         for t in tasks:
-            state = "todo" if t in todo else "done"
+            state = "todo" if t in todo else "left" if t in held else "done"
             secs = f"{est.per_task[t['id']]:8.0f} s" if t["id"] in est.per_task else " " * 10
             note = f"  (stale: {stale[t['id']]})" if t["id"] in stale else ""
             print(f"{state}  {t['kind']:7s} {secs}  {t['id']}{note}")
@@ -325,13 +334,13 @@ def cmd_run(args) -> int:
                                         run_id=uuid.uuid4().hex, **kwargs)
     executor.connect()  # a scheduler that does not answer fails here, before anything is written
     try:
-        return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor)
+        return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, len(held))
     except StorageError as exc:
         executor.shutdown()
         return fail(str(exc), EXIT_STORAGE)
 
 
-def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor) -> int:
+def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, held: int = 0) -> int:
     with OutputLock(out, executor.run_id):
         env = environment(grid, tasks, ident, hashes, workers, executor.threads, args.executor)
         env["tasks_run"] = [t["id"] for t in todo]
@@ -342,8 +351,9 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         env["estimate"] = {"seconds": est.total, "tasks": len(todo), "workers": workers,
                            "priced_on": est.calibration.describe() if est.calibration else None}
         atomic_write_json(Folder(out).env, env)
-        print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo)} already done, "
-              f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "") + f" -> {out}", file=sys.stderr)
+        print(f"bench: {grid.name} on {grid.device}: {len(tasks)} tasks, {len(tasks) - len(todo) - held} already done, "
+              f"{len(todo)} to run" + (f" ({len(stale)} stale)" if stale else "")
+              + (f", {held} left for later (--only)" if held else "") + f" -> {out}", file=sys.stderr)
         if todo:
             print(f"bench: {_plan_line(tasks, todo, workers, est).split('; ', 1)[1]}", file=sys.stderr)
         progress = Progress(tasks, todo, seconds=est.per_task, wall=est.total)
@@ -372,8 +382,10 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
     took = time.time() - progress.start
     against = f" (estimated {estimate.duration(est.total).replace('about ', '')})" if todo and est.total else ""
-    print(f"bench: grid complete ({summary}) in {estimate.duration(took).replace('about ', '')}{against}; "
-          f"tables in {out}", file=sys.stderr)
+    head = (f"the {','.join(args.only)} tasks done, {held} other task(s) left for later (rerun without --only)"
+            if held else "grid complete")
+    print(f"bench: {head} ({summary}) in {estimate.duration(took).replace('about ', '')}{against}; tables in {out}",
+          file=sys.stderr)
     if failed:
         print(f"bench: {len(failed)} task(s) failed: {', '.join(failed[:10])}; rerun to retry them",
               file=sys.stderr)
