@@ -225,3 +225,22 @@ def test_timing_probes_run_alone_unless_the_preset_says_otherwise():
     assert smoke and not any(t["exclusive"] for t in smoke)
     alone = timing("smoke", timing_alone=True)
     assert all(t["exclusive"] for t in alone) and {t["id"] for t in alone} == {t["id"] for t in smoke}
+
+
+def test_a_probed_only_estimator_gets_probes_and_no_cells():
+    quick = gridmod.load_preset("quick")
+    narrow = {"estimators": ["trace"], "labels": [100], "seeds": 1}
+    tasks = gridmod.expand(gridmod.make_grid(quick, narrow))
+    ids = {t["id"] for t in tasks}
+    assert {"timing_cpu_enum-k10", "common_L100_s0_enum-k10", "common_L100_s0_trace"} <= ids
+    assert not [t for t in tasks if t["kind"] == "train" and t["config"]["estimator"] == "enum-k10"]
+    probe = next(t for t in tasks if t["id"] == "common_L100_s0_enum-k10")
+    assert probe["config"] == next(t for t in tasks if t["id"] == "common_L100_s0_trace")["config"]  # one trajectory
+    without = {**quick, "probe": {k: v for k, v in quick["probe"].items() if k != "probed_only"}}
+    plain = gridmod.expand(gridmod.make_grid(without, narrow))
+    assert "common_L100_s0_enum-k10" not in {t["id"] for t in plain}
+    assert [t for t in tasks if t["kind"] == "train"] == [t for t in plain if t["kind"] == "train"]  # cells unmoved
+    with pytest.raises(ConfigError, match="unknown estimator 'nope'"):
+        gridmod.make_grid({**quick, "probe": {"probed_only": ["nope"]}})
+    with pytest.raises(ConfigError, match="'baseline' is not a semi-supervised estimator"):
+        gridmod.make_grid({**quick, "probe": {"probed_only": ["baseline"]}})

@@ -207,6 +207,9 @@ PROBE_SCHEMA: Dict[str, Field] = {
     #: how the gradient draws are taken: "loop" (one loss_and_grads call each) or "batched" (vectorised
     #: particles, one forward and one backward per chunk: ssvae.particles; the loop where it does not apply)
     "draws": Field(str, choices=("loop", "batched")),
+    #: estimators probed along the common trajectory and timed, but not trained as cells (absent: none): e.g.
+    #: enum-k10, enum's exact sum over y with 10 z draws, which tells an estimator's z noise from its y noise
+    "probed_only": Field(str, many=True, optional=True),
 }
 PROBE_FIELDS = set(PROBE_SCHEMA)
 PROBE_DEFAULTS = {"checkpoints": [0], "variance_samples": 20, "timing_warmup": 5, "timing_steps": 30,
