@@ -17,7 +17,7 @@ class Command(NamedTuple):
 COMMANDS: Dict[str, Command] = {
     "train": Command("bench.run.train_cmd", "add_train_parser", "train one configuration and print one JSON line"),
     "run": Command("bench.run.harness", "add_run_parser", "run a grid (a preset plus overrides) into an output folder"),
-    "list": Command("bench.run.harness", "add_list_parser", "list estimators and presets"),
+    "list": Command("bench.run.listing", "add_list_parser", "list estimators and presets"),
     "report": Command("bench.report.cli", "add_report_parser",
                       "write tables, plots, report.md and report.html into a results folder"),
     "compare": Command("bench.report.compare_cli", "add_compare_parser",

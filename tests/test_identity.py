@@ -116,6 +116,26 @@ def test_load_grid_reads_its_own_grid_and_lists_the_rest(tmp_path):
     assert (tmp_path / "runs.csv").read_text().count("\n") == 2
 
 
+def test_a_run_of_a_part_of_the_folders_grid_keeps_the_rest_listed(tmp_path, monkeypatch):
+    """Rerunning one estimator (or label count, or seed) in a folder never narrows it: env.json keeps the other
+    tasks and the union of the grids, and the report reads every finished record; a grid with other cell
+    settings (run with --force) still replaces it."""
+    monkeypatch.setattr(harness, "folder_provenance", lambda grid, hashes, threads: {"grid": grid.to_dict()})
+    whole = _grid(seeds=2)
+    _finish(tmp_path, gridmod.expand(whole))
+    part = _grid(estimators=["enum"], seeds=[1])
+    prev = harness.environment(whole, gridmod.expand(whole), IDENT, HASHES, 1, 1, "local")
+    env = harness.environment(part, gridmod.expand(part), IDENT, HASHES, 1, 1, "local", part_of=prev)
+    assert env["grid"]["estimators"] == ["enum", "rb-topk"] and env["grid"]["seeds"] == [0, 1]
+    assert sorted(env["expected_cells"]) == sorted(prev["expected_cells"])
+    assert sorted(t["id"] for t in env["tasks"]) == sorted(t["id"] for t in prev["tasks"])
+    atomic_write_json(tmp_path / "env.json", env)
+    g = load_grid(tmp_path)
+    assert not g.outside and {r["cell"] for r in g.tables["runs"]} == set(prev["expected_cells"])
+    alone = harness.environment(part, gridmod.expand(part), IDENT, HASHES, 1, 1, "local")  # no folder to join
+    assert alone["expected_cells"] == ["enum_L100_s1"] and alone["grid"]["estimators"] == ["enum"]
+
+
 def test_csv_writer_refuses_unknown_or_missing_columns(tmp_path):
     _write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1, "b": None}])
     assert (tmp_path / "t.csv").read_text() == "a,b\n1,\n"

@@ -314,6 +314,27 @@ def grid_difference(old: dict, new: dict) -> Optional[str]:
     return None
 
 
+def grid_union(old: dict, new: dict) -> dict:
+    """The grid a folder holds after ``new`` ran where ``old`` had (two parts of one grid: ``grid_difference``
+    found none): ``new``'s fields with the union of their estimators (``old``'s first), aux settings, label
+    counts, seeds, probed-only estimators and options, and a baseline if either had one."""
+    out = dict(new)
+    out["estimators"] = list(old.get("estimators") or []) + [e for e in new.get("estimators") or []
+                                                               if e not in (old.get("estimators") or [])]
+    for key in ("aux", "labels", "seeds"):
+        if key in old or key in new:
+            out[key] = sorted(set(old.get(key) or []) | set(new.get(key) or []))
+    if "baseline" in old or "baseline" in new:
+        out["baseline"] = bool(old.get("baseline")) or bool(new.get("baseline"))
+    if old.get("options") or new.get("options"):
+        out["options"] = {**(old.get("options") or {}), **(new.get("options") or {})}
+    probed = [*((old.get("probe") or {}).get("probed_only") or [])]
+    probed += [e for e in (new.get("probe") or {}).get("probed_only") or [] if e not in probed]
+    if probed:
+        out["probe"] = {**(new.get("probe") or {}), "probed_only": probed}
+    return out
+
+
 # -- the typed shape of a record -------------------------------------------------------------------
 #: statuses a result file can hold
 RECORD_STATUSES = ("ok", "diverged", "failed")

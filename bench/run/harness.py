@@ -13,7 +13,6 @@ estimators, labels or seeds) is not another grid: it reuses what is done.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -29,7 +28,6 @@ from ssvae import data as ssdata
 from ssvae import resolve_labels
 from ssvae.config import check_device
 from ssvae.errors import ConfigError
-from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
 from . import grid as gridmod
@@ -38,7 +36,7 @@ from ..core.errors import EXIT_STORAGE, StorageError, add_data_args, fail, writa
 from .executors import EXECUTORS, executor_options
 from .gpu_plan import plan_gpus
 from ..core.provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
-from ..core.schema import Folder, grid_difference
+from ..core.schema import Folder, grid_difference, grid_union
 from . import estimate
 from .progress import Progress
 from .tasks import KINDS
@@ -102,12 +100,6 @@ def add_run_parser(sub) -> None:
                    help="print the tasks, whether each is done, and the estimated time; write nothing")
     add_data_args(r)
     r.set_defaults(func=cmd_run)
-
-
-def add_list_parser(sub) -> None:
-    ls = sub.add_parser("list", help=COMMANDS["list"].help)
-    ls.add_argument("--timing", default=None, help="a timing.csv to take costs relative to trace from")
-    ls.set_defaults(func=cmd_list)
 
 
 def _value(text: str):
@@ -194,12 +186,17 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"output folder {out} is not writable: choose another --out")
 
 
+def _read_env(out: Path) -> Optional[dict]:
+    try:
+        env = json.loads(Folder(out).env.read_text())
+    except (OSError, ValueError):
+        return None
+    return env if isinstance(env, dict) else None
+
+
 def other_grid(out: Path, grid: gridmod.Grid, tasks: List[dict]) -> Optional[str]:
     """Why ``out`` holds another grid than ``grid`` (None: it holds none, or this one, or a part of it)."""
-    try:
-        prev = json.loads(Folder(out).env.read_text()).get("grid")
-    except (OSError, ValueError, AttributeError):
-        prev = None
+    prev = (_read_env(out) or {}).get("grid")
     why = grid_difference(prev, grid.to_dict()) if isinstance(prev, dict) else None
     if why:
         return why
@@ -224,13 +221,18 @@ def folder_provenance(grid: gridmod.Grid, hashes: dict, threads: int) -> dict:
 
 
 def environment(grid: gridmod.Grid, tasks: List[dict], ident: dict, hashes: dict, workers: int, threads: int,
-                executor: str) -> dict:
-    return {
-        **folder_provenance(grid, hashes, threads), "workers": workers, "executor": executor, "identity_key": ident,
-        "tasks": [normalise(t) for t in tasks],
-        "expected_cells": [t["id"] for t in tasks if t["kind"] == "train"],
-        "expected_probes": [t["id"] for t in tasks if t["kind"] != "train"],
-    }
+                executor: str, part_of: Optional[dict] = None) -> dict:
+    """env.json of a run. ``part_of``: the folder's env.json where this grid and the one there are parts of one
+    grid (other estimators, label counts, seeds or probes): the folder keeps listing the other's tasks and its
+    grid is the union (:func:`bench.core.schema.grid_union`), so a run of a part never narrows the folder."""
+    env = {**folder_provenance(grid, hashes, threads), "workers": workers, "executor": executor, "identity_key": ident}
+    specs = [normalise(t) for t in tasks]
+    if part_of and isinstance(part_of.get("grid"), dict):
+        ids = {t["id"] for t in specs}
+        specs += [t for t in part_of.get("tasks") or [] if t.get("id") not in ids]
+        env["grid"] = grid_union(part_of["grid"], env["grid"])
+    return {**env, "tasks": specs, "expected_cells": [t["id"] for t in specs if t["kind"] == "train"],
+            "expected_probes": [t["id"] for t in specs if t["kind"] != "train"]}
 
 
 def earlier_runs(path: Path) -> List[dict]:
@@ -250,7 +252,7 @@ def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:
     return stale_reason(record, spec, ident)
 
 
-def _machine(device: str) -> Optional[str]:
+def device_machine(device: str) -> Optional[str]:
     """The device name records are matched by: this CPU's, or the GPU's (None where there is none)."""
     try:
         return device_name(device)
@@ -307,7 +309,7 @@ def cmd_run(args) -> int:
     elif grid.device.startswith("cuda"):  # cuda:N names one GPU
         workers = 1
     if args.dry_run:
-        est = estimate.plan(todo, workers, args.threads or 1, machine=_machine(grid.device), roots=_roots(out))
+        est = estimate.plan(todo, workers, args.threads or 1, machine=device_machine(grid.device), roots=_roots(out))
         if gpu_plan and (est.calibration is None or est.calibration.machine is None):  # no task timed on this GPU
             est = estimate.Plan(None, {}, None, None)
         print(_plan_line(tasks, todo, workers, est, len(held)))
@@ -334,20 +336,23 @@ def cmd_run(args) -> int:
                                         run_id=uuid.uuid4().hex, **kwargs)
     executor.connect()  # a scheduler that does not answer fails here, before anything is written
     try:
-        return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, len(held))
+        return _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, len(held),
+                           part_of=None if clash else _read_env(out))
     except StorageError as exc:
         executor.shutdown()
         return fail(str(exc), EXIT_STORAGE)
 
 
-def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, held: int = 0) -> int:
+def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, executor, held: int = 0,
+                part_of: Optional[dict] = None) -> int:
     with OutputLock(out, executor.run_id):
-        env = environment(grid, tasks, ident, hashes, workers, executor.threads, args.executor)
+        env = environment(grid, tasks, ident, hashes, workers, executor.threads, args.executor, part_of)
+        folder_tasks = env["tasks"]  # this grid's and, where it is a part, the folder's other tasks
         env["tasks_run"] = [t["id"] for t in todo]
         if getattr(args, "tuned_info", None):
             env["tuned"] = args.tuned_info  # the choice file, its sha256 and the values it set
         env["earlier_runs"] = earlier_runs(Folder(out).env)
-        est = estimate.plan(todo, workers, executor.threads, machine=_machine(grid.device), roots=_roots(out))
+        est = estimate.plan(todo, workers, executor.threads, machine=device_machine(grid.device), roots=_roots(out))
         env["estimate"] = {"seconds": est.total, "tasks": len(todo), "workers": workers,
                            "priced_on": est.calibration.describe() if est.calibration else None}
         atomic_write_json(Folder(out).env, env)
@@ -364,19 +369,19 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
             if record is not None and record.get("status") == "failed":
                 attempts_failed.add(record["id"])
             if record is not None:
-                write_tables(out, tasks, ident)
+                write_tables(out, folder_tasks, ident)
 
         try:
             executor.run(todo, out, on_update)
         except KeyboardInterrupt:
             progress.close()
-            write_tables(out, tasks, ident)
+            write_tables(out, folder_tasks, ident)
             done = sum(is_done(out, t, ident) for t in tasks)
             print(f"\nbench: interrupted; {done}/{len(tasks)} tasks are done and kept in {out}. "
                   f"Rerun the same command to resume.", file=sys.stderr)
             return 130
         progress.close()
-        write_tables(out, tasks, ident)
+        write_tables(out, folder_tasks, ident)
     failed = [t["id"] for t in tasks if t["id"] in attempts_failed
               or (read_result(result_path(out, t))[0] or {}).get("status") == "failed"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(progress.counts.items())) or "nothing to run"
@@ -390,59 +395,4 @@ def _run_locked(args, grid, out, tasks, todo, stale, ident, hashes, workers, exe
         print(f"bench: {len(failed)} task(s) failed: {', '.join(failed[:10])}; rerun to retry them",
               file=sys.stderr)
         return 1
-    return 0
-
-
-def _local_timing() -> Optional[str]:
-    """The newest CPU timing.csv under results/ (the committed reference included) measured on a CPU
-    of this machine's model; else the newest CPU one."""
-    found = []
-    for t in [*REPO.glob("results/*/timing.csv"), *REPO.glob("results/reference/*/timing.csv")]:
-        try:
-            env = json.loads(Folder(t.parent).env.read_text())
-        except (OSError, ValueError):
-            continue
-        if env.get("device") == "cpu" and env.get("preset") != "tune":  # a tuning run's probe is minimal (3 steps)
-            found.append((env.get("cpu_name") == cpu_name(), t.stat().st_mtime, str(t)))
-    return max(found)[2] if found else None
-
-
-def cmd_list(args) -> int:
-    cost = {}
-    path = args.timing
-    if path is None:
-        path = _local_timing()
-    if path and Path(path).is_file():
-        by = {}  # the unlabeled step is one measurement per estimator, repeated on its aux and no-aux rows
-        for r in csv.DictReader(open(path)):
-            if r["step_kind"] == "unsup":
-                by.setdefault(r["estimator"], float(r["median_ms"]))
-        if "trace" in by:
-            cost = {e: ms / by["trace"] for e, ms in by.items()}
-    width = max(10, *(len(n) for n in REGISTRY))
-    print(f"{'estimator':{width}s} {'cost/trace':>10s}  description")
-    for name, est in REGISTRY.items():
-        c = f"{cost[name]:.1f}x" if name in cost else "-"
-        print(f"{name:{width}s} {c:>10s}  {est.description}")
-    if cost:
-        print(f"(unsupervised step cost relative to trace, from {path})")
-    cal = estimate.calibrate([REPO / "results"], _machine("cpu"))
-    print(f"\n{'preset':8s} {'tasks':>5s} {'workers':>7s} {'wall time':>10s} {'probe':>5s}  description")
-    for name in gridmod.preset_names():
-        grid = gridmod.make_grid(gridmod.load_preset(name))
-        tasks = gridmod.expand(grid)
-        scale = 1.0
-        if grid.search:  # a search trains each cell once per trial, mostly cut short by its pruner
-            tasks = [t for t in tasks if t["kind"] == "train"]
-            scale = grid.search["trials"] * tunemod.search_share(grid.search, grid.epochs)
-        est = estimate.plan(tasks, grid.workers, cal=cal) if cal else None
-        wall = estimate.duration(est.total * scale).replace("about ", "") if est else "?"
-        share = f"{100 * est.probe_share:.0f}%" if est and est.probe_share is not None else "?"
-        share = "-" if grid.search else share  # a search's trials probe nothing
-        n = len(tasks) * (grid.search["trials"] if grid.search else 1)
-        print(f"{name:8s} {n:5d} {grid.workers:7d} {wall:>10s} {share:>5s}  {grid.description}")
-    if cal:
-        print(f"(CPU wall time with the preset's workers, each task at the measured rate of its kind and part, the "
-              f"schedule played out (bench/run/estimate.py); {cal.describe()}; probe: the gradient probe's share; "
-              f"a search: its cells x trials, each trial cut at the rate its halving keeps)")
     return 0

@@ -58,7 +58,7 @@ from ssvae.train import train
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
 from ..core.provenance import commit_label, git_commit, usable_cpus
-from ..core.schema import Folder, setting_id
+from ..core.schema import Folder, grid_union, setting_id
 from ..core.store import OutputLock, atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
@@ -278,9 +278,7 @@ def merged_grid(prev_env: dict, grid: dict, out: Path) -> dict:
                 raise ConfigError(f"{out} searched {est} over another space, one this space does not contain: "
                                   f"choose another --out")
             widened[est], space[est] = widened.get(est, []) + [old], dims
-    return {**grid, "estimators": prev["estimators"] + [e for e in grid["estimators"] if e not in prev["estimators"]],
-            "aux": sorted(set(prev["aux"]) | set(grid["aux"])), "labels": sorted(set(prev["labels"]) | set(grid["labels"])),
-            "search": {**grid["search"], "space": space, **({"widened": widened} if widened else {})}}
+    return {**grid_union(prev, grid), "search": {**grid["search"], "space": space, **({"widened": widened} if widened else {})}}
 
 
 def add_search_parser(sub) -> None:
