@@ -211,6 +211,24 @@ def test_list_names_every_estimator_with_its_cost_relative_to_trace(tmp_path, ca
     assert re_line(capsys.readouterr().out, "enum") == "3.4x"
 
 
+def test_list_takes_its_costs_from_the_newest_table_that_times_trace(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from bench.core.provenance import cpu_name
+    from bench.run import listing
+
+    for i, (name, rows) in enumerate((("old", "trace,True,unsup,10\nenum,True,unsup,50\n"),
+                                      ("new", "enum,True,unsup,50\nbaseline,False,sup,1\n"))):  # new: no trace
+        folder = tmp_path / "results" / name
+        folder.mkdir(parents=True)
+        (folder / "env.json").write_text(json.dumps({"device": "cpu", "cpu_name": cpu_name(), "preset": name}))
+        (folder / "timing.csv").write_text("estimator,aux,step_kind,median_ms\n" + rows)
+        os.utime(folder / "timing.csv", (1e9 + i, 1e9 + i))
+    monkeypatch.setattr(listing, "REPO", tmp_path)
+    assert listing._local_timing() == str(tmp_path / "results" / "old" / "timing.csv")
+
+
 def re_line(out, name):
     return next(line.split()[1] for line in out.splitlines() if line.startswith(name + " "))
 

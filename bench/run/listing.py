@@ -24,16 +24,27 @@ def add_list_parser(sub) -> None:
     ls.set_defaults(func=cmd_list)
 
 
+def _unsup_ms(path) -> dict:
+    """Each estimator's unlabeled step (ms) in a timing.csv: one measurement, repeated on its aux rows."""
+    by = {}
+    for r in csv.DictReader(open(path)):
+        if r["step_kind"] == "unsup":
+            by.setdefault(r["estimator"], float(r["median_ms"]))
+    return by
+
+
 def _local_timing() -> Optional[str]:
-    """The newest CPU timing.csv under results/ (the committed reference included) measured on a CPU
-    of this machine's model; else the newest CPU one."""
+    """The newest CPU timing.csv under results/ (the committed references included) that times trace, measured
+    on a CPU of this machine's model; else the newest CPU one that times trace."""
     found = []
     for t in [*REPO.glob("results/*/timing.csv"), *REPO.glob("results/reference/*/timing.csv")]:
         try:
             env = json.loads(Folder(t.parent).env.read_text())
-        except (OSError, ValueError):
+            times_trace = "trace" in _unsup_ms(t)
+        except (OSError, ValueError, KeyError):
             continue
-        if env.get("device") == "cpu" and env.get("preset") != "tune":  # a tuning run's probe is minimal (3 steps)
+        # a tuning run's probe is minimal (3 steps); a grid without trace gives no cost relative to it
+        if env.get("device") == "cpu" and env.get("preset") != "tune" and times_trace:
             found.append((env.get("cpu_name") == cpu_name(), t.stat().st_mtime, str(t)))
     return max(found)[2] if found else None
 
@@ -44,10 +55,7 @@ def cmd_list(args) -> int:
     if path is None:
         path = _local_timing()
     if path and Path(path).is_file():
-        by = {}  # the unlabeled step is one measurement per estimator, repeated on its aux and no-aux rows
-        for r in csv.DictReader(open(path)):
-            if r["step_kind"] == "unsup":
-                by.setdefault(r["estimator"], float(r["median_ms"]))
+        by = _unsup_ms(path)
         if "trace" in by:
             cost = {e: ms / by["trace"] for e, ms in by.items()}
     width = max(10, *(len(n) for n in REGISTRY))
