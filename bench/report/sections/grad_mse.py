@@ -102,7 +102,8 @@ def _num(x: float) -> str:
 def summary_lines(ctx: Context) -> List[str]:
     """The summary's gradient lines at 3000 labels (else the largest count): the MSE order with the
     relaxations' place in it, the work-normalised order, and the trained baselines against trace. A run that
-    probed only step 0 gets one line saying so, and no order (issue 25: no claim from the initial parameters)."""
+    probed only step 0 gets none (issue 25: no summary line from the initial parameters; its numbers stay in the
+    report's gradient section)."""
     if not has_error(ctx):
         return []
     eff = ctx.frame(efficiency)
@@ -114,11 +115,8 @@ def summary_lines(ctx: Context) -> List[str]:
     d = eff[eff.labels == labels].sort_values(["rank_mse", "estimator"])
     n, steps = sorted(set(int(x) for x in d.n_seeds)), sorted(set(int(x) for x in d.step))
     draws = sorted(set(int(x) for x in ctx.res.grad.n_samples.dropna())) if "n_samples" in ctx.res.grad else []
-    if steps == [0]:  # the initial parameters only: no summary claim about the gradients of training
-        return [f"Gradient error: this run probed the common trajectory only at step 0 (the initial parameters"
-                + (f", {', '.join(map(str, draws))} draws" if draws else "") + "), which says little about the "
-                "gradients of training; its numbers are in the report's gradient section, and the default and "
-                "quick references probe along training."]
+    if steps == [0]:  # the initial parameters only: no summary line about the gradients of training
+        return []
     head = (f"Gradient error at {chosen}, {GROUP}, unlabeled step, at the last checkpoint of the common trajectory "
             f"(step {', '.join(map(str, steps))}; mean over n = {', '.join(map(str, n))} seed{'s' if n != [1] else ''}"
             + (f", {', '.join(map(str, draws))} draws" if draws else "") + ")")
