@@ -172,7 +172,7 @@ def test_a_trial_cut_short_is_tried_again(tmp_path):
     study = search._study(storage, "enum+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
     study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
     cut = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})  # a kill leaves it RUNNING
-    assert search._resume(study, {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}) == 2
+    assert search._resume(study, {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}) == (2, 0)
     trials = study.get_trials()
     assert trials[cut.number].state == optuna.trial.TrialState.FAIL
     assert trials[-1].state == optuna.trial.TrialState.WAITING and trials[-1].system_attrs["fixed_params"] == cut.params
@@ -283,7 +283,9 @@ def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path
         search.merged_grid({"preset": "test", "grid": merged}, narrow.to_dict(), tmp_path)
 
     assert search.run_search(narrow, narrow.search, tmp_path, None, log=lambda m: None) == 8
-    assert search.run_search(wide, wide.search, tmp_path, None, log=lambda m: None) == 4  # enum: 4 more; gumbel: done
+    said = []
+    assert search.run_search(wide, wide.search, tmp_path, None, log=said.append) == 4  # enum: 4 more; gumbel: done
+    assert "enum+aux_L100: 4 trial(s) to run (0 done; 4 over an earlier, narrower space)" in said[0]
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / search.JOURNAL)))
     trials = optuna.load_study(study_name="enum+aux_L100", storage=storage).get_trials()
     assert len(trials) == 8 and all(t.distributions["lr"].high == 2e-4 for t in trials[:4])

@@ -40,7 +40,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import optuna
 import torch
@@ -181,18 +181,18 @@ def _study(storage, name: str, spec: Dict) -> optuna.Study:
                                                       reduction_factor=spec["reduction"]))
 
 
-def _resume(study: optuna.Study, dists: Dict) -> int:
-    """Trials cut short by a kill (still RUNNING) are marked failed and queued again; returns how many
-    trials drawn from ``dists`` (the current space: a widened one starts again at 0) are done (complete,
-    pruned or diverged)."""
+def _resume(study: optuna.Study, dists: Dict) -> Tuple[int, int]:
+    """Trials cut short by a kill (still RUNNING) are marked failed and queued again; returns how many trials
+    are done (complete, pruned or diverged): drawn from ``dists`` (the current space: a widened one starts again
+    at 0), and from earlier spaces."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, skip_if_exists=False)
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged"))
-               and t.distributions == dists)
+    done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")]
+    return sum(done), len(done) - sum(done)
 
 
 def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
@@ -200,7 +200,7 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
     name = study_name(est, aux, labels)
     study = _study(storage, name, spec)
     space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
-    done = _resume(study, distributions(space))
+    done, earlier = _resume(study, distributions(space))
     if not study.get_trials(deepcopy=False):
         first = default_params(space, est, grid.lr, grid.aux_multiplier)
         if first is not None:
@@ -210,7 +210,9 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
         log(f"search: {name}: {done} of {spec['trials']} trials done")
         return 0
     datasets = {s: _load_data(trial_config(grid, est, aux, labels, s, {}), data_dir) for s in grid.seeds}
-    log(f"search: {name}: {todo} trial(s) to run ({done} done), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
+    log(f"search: {name}: {todo} trial(s) to run ({done} done" + (f"; {earlier} over an earlier, narrower space"
+                                                                     if earlier else "")
+        + f"), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
     study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), spec["space"][est], out,
                               commit, log), n_trials=todo, catch=())
     return todo
