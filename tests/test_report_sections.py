@@ -365,3 +365,19 @@ def test_table1_note_says_reproduction_only_for_pyros_loop_at_its_setting():
         note = pyro_note(grid, protocols)
         assert "a yardstick, not a replication" in note and "reproduction" not in note
     assert "not that script's loop" in pyro_note(table1, ["bench"])
+
+
+def test_enum_k10_says_how_much_of_enums_gradient_error_is_z_noise():
+    """Issue 25: enum sums y out exactly, so its gradient error is z noise; enum-k10 (the same sum, 10 z draws)
+    shows it, and an unbiased estimator below enum is read as less z noise, not a better gradient through y."""
+    from bench.report.sections.grad_mse import z_noise
+
+    d = pd.DataFrame({"estimator": ["enum-k10", "rloo", "enum", "gumbel", "trace"],
+                      "mse": [0.0095, 0.070, 0.094, 0.05, 0.9]})
+    text = z_noise(d)
+    assert text.startswith("; enum-k10 (the same exact sum over y, averaged over 10 z draws per label) 0.0095, 0.1× "
+                           "enum's: enum's error is z noise")
+    assert "so rloo's lower MSE than enum's is less z noise, not a better gradient through y (enum's is exact)" in text
+    assert "gumbel" not in text  # biased: ranked by its error, not read as z noise
+    assert z_noise(d[d.estimator != "enum-k10"]) == ""  # not probed: no sentence
+    assert ", so " not in z_noise(d[d.estimator.isin(["enum", "enum-k10", "trace"])])

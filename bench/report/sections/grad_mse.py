@@ -30,6 +30,9 @@ from ..frames import this_timing
 GROUP = "encoder_y"
 #: what an estimator with a trained baseline is checked against: the same score function without one
 AGAINST = "trace"
+#: the exact sum over y with one z draw per label, and with k: enum has no y noise, so its error is z noise,
+#: and enum-k10's against it says how much of it averaging z draws removes
+Z_NOISE = ("enum", "enum-k10")
 
 
 def has_error(ctx: Context) -> bool:
@@ -133,6 +136,7 @@ def summary_lines(ctx: Context) -> List[str]:
     if len(biased):
         text += "; " + ", ".join(f"{label(r.estimator)} {_num(r.mse)} (rank {int(r.rank_mse)} of {len(d)}, "
                                  f"{_num(r.mse / best.mse)}× {best.estimator}'s)" for r in biased.itertuples())
+    text += z_noise(d)
     w = d.dropna(subset=[EFFICIENCY]).sort_values([EFFICIENCY, "estimator"])
     if len(w):
         text += ("; lowest work-normalised MSE (MSE × seconds per unlabeled step, timing probe) "
@@ -150,6 +154,24 @@ def summary_lines(ctx: Context) -> List[str]:
                      + "; ".join(parts) + ("." if held else
                                            " — not at every checkpoint: see the Gradient error section."))
     return lines
+
+
+def z_noise(d: pd.DataFrame) -> str:
+    """Where enum and enum-k10 were both probed: enum-k10's MSE against enum's (enum sums y out exactly, so its
+    error is z noise), and the estimators below enum, whose lead is then less z noise, not a better y gradient."""
+    mse = dict(zip(d.estimator, d.mse))
+    one, many = Z_NOISE
+    if one not in mse or many not in mse or not mse[one] > 0:
+        return ""
+    k = REGISTRY[many].defaults.get("k")
+    text = (f"; {many} (the same exact sum over y, averaged over {k} z draws per label) {_num(mse[many])}, "
+            f"{_num(mse[many] / mse[one])}× {one}'s: {one}'s error is z noise")
+    below = [e for e in d.estimator if e not in Z_NOISE and not is_biased(e) and mse[e] < mse[one]]
+    if below:
+        who = f"{below[0]}'s" if len(below) == 1 else f"the {', '.join(below)}"
+        text += (f", so {who} lower MSE than {one}'s is less z noise, not a better gradient through y "
+                 f"({one}'s is exact)")
+    return text
 
 
 def build(ctx: Context) -> Section:
