@@ -308,3 +308,40 @@ def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path
     doc = tune_study.write_report(tmp_path)
     rows = {r["estimator"]: r for r in csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv"))}
     assert rows["enum + aux"]["trials"] == "4 of 8" and "enum+aux_L100" not in doc["settings"]
+
+
+def test_a_continued_study_draws_new_values_and_a_diverged_trial_is_the_worst_value(tmp_path, monkeypatch):
+    """A search continued by a new command (a new sampler) does not propose its first values again, and a
+    trial that diverges reports the worst value, so that the sampler learns to avoid its region (a failed
+    trial taught it nothing: a widened gumbel range drew 14 diverging learning rates in 16 trials)."""
+    from ssvae.errors import DivergedError
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    spec = {"seed": 0, "first_rung": 1, "reduction": 2}
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    search._study(storage, "s", spec).optimize(lambda t: t._suggest("lr", dist), n_trials=3)
+    search._study(storage, "s", spec).optimize(lambda t: t._suggest("lr", dist), n_trials=3)  # a later command
+    values = [t.params["lr"] for t in optuna.load_study(study_name="s", storage=storage).get_trials()]
+    assert len(set(values)) == 6, values
+
+    real = search._one_epoch
+
+    def diverge_fast(cfg, data, state):
+        if cfg.lr > 3e-3:
+            raise DivergedError(0, 1, float("nan"), "unsup")
+        return real(cfg, data, state)
+
+    monkeypatch.setattr(search, "_one_epoch", diverge_fast)
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = _grid(lr={"low": 1e-4, "high": 1e-2}, trials=6)
+    search.run_search(grid, grid.search, tmp_path / "out", None, log=lambda m: None)
+    trials = optuna.load_study(study_name="gumbel+aux_L100", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / search.JOURNAL)))).get_trials()
+    diverged = [t for t in trials if t.user_attrs.get("status") == "diverged"]
+    assert diverged and all(t.state == optuna.trial.TrialState.COMPLETE and t.value == search.DIVERGED_VALUE
+                            for t in diverged)
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("gumbel+aux_L100_s0_t*.json")]
+    assert {r["status"] for r in recs if r["config"]["lr"] > 3e-3} == {"diverged"}
+    assert search._resume(optuna.load_study(study_name="gumbel+aux_L100", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / search.JOURNAL)))),
+        search.distributions({k: v for k, v in grid.search["space"]["gumbel"].items()}))[0] == 6

@@ -66,6 +66,8 @@ from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_a
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
 JOURNAL = "search.journal"
+#: what a diverged trial reports to the sampler: below any accuracy (its records say diverged: not eligible)
+DIVERGED_VALUE = 0.0
 #: the per-epoch evaluation of a trial: validation (and test) accuracy only, no ELBO, no final bound
 EVALUATION = EvalPlan(elbo_images=0, iwae_images=0)
 
@@ -167,18 +169,27 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
         if status == "pruned":
             raise optuna.TrialPruned()
         if status == "diverged":
-            return float("nan")  # Optuna records it as failed; the study counts it as run
+            # the worst value, not a failure: the sampler learns the region diverges (a failed trial teaches it
+            # nothing, and it kept proposing learning rates that diverge); its records stay not eligible
+            return DIVERGED_VALUE
         return sum(r["metrics"]["best_valid_acc"] for r in recs) / len(recs)
 
     return objective
 
 
 def _study(storage, name: str, spec: Dict) -> optuna.Study:
-    return optuna.create_study(
+    """The setting's study, created or continued. Its sampler is seeded by the search's seed plus the trials the
+    study already holds: a continued search draws on from there (a sampler seeded as at the start would propose
+    its first values again: a search cut by the end of a session repeated its early trials)."""
+    study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=spec["seed"]),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=spec["first_rung"],
                                                       reduction_factor=spec["reduction"]))
+    held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + held)
+    return study
 
 
 def _resume(study: optuna.Study, dists: Dict) -> Tuple[int, int]:
@@ -191,7 +202,7 @@ def _resume(study: optuna.Study, dists: Dict) -> Tuple[int, int]:
         study.enqueue_trial(t.params, skip_if_exists=False)
     done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")]
+            or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")]  # diverged, before 0.0
     return sum(done), len(done) - sum(done)
 
 
