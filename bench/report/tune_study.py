@@ -55,13 +55,15 @@ def _interval(xs: List[float]) -> Tuple[float, float]:
 
 
 def combinations(out: Path, tune: Dict) -> List[dict]:
-    """One row per (estimator, aux, labels, combination): its seeds' validation accuracies."""
+    """One row per (estimator, aux, labels, combination; in a search, per trial): its seeds' validation accuracies."""
     rows: Dict[tuple, dict] = {}
     for rec in _records(out):
         cfg = rec["config"]
         keys = tuned_keys(tune, cfg["estimator"])
         values = _values(cfg, keys)
-        key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True))
+        # a search's row is one trial (a continued search could propose the same values twice: two rows)
+        key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True),
+               (rec.get("search") or {}).get("trial"))
         row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
                                     "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
                                     "statuses": {}, "spaces": []})
