@@ -345,3 +345,21 @@ def test_a_continued_study_draws_new_values_and_a_diverged_trial_is_the_worst_va
     assert search._resume(optuna.load_study(study_name="gumbel+aux_L100", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / search.JOURNAL)))),
         search.distributions({k: v for k, v in grid.search["space"]["gumbel"].items()}))[0] == 6
+
+
+def test_two_trials_of_the_same_values_are_two_trials_of_the_study(tmp_path):
+    grid = _grid(trials=2)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": {**grid.to_dict(), "estimators": ["enum"]}}))
+    values = {"lr": 1e-3, "aux_multiplier": 46.0}
+    for trial, status in ((0, "pruned"), (1, "ok")):
+        for seed in (0, 1, 2):
+            cfg = search.trial_config(grid, "enum", True, 100, seed, values)
+            state = {"curves": [{"epoch": e, "valid_acc": 0.5 + 0.1 * e, "loss_sup": 0, "loss_unsup": 0, "loss_aux": 0,
+                                 "elapsed_seconds": e, "global_step": e} for e in range(1, 2 if status == "pruned" else 4)]}
+            rec = search._record(cfg, trial, "enum+aux_L100", values, grid.search["space"]["enum"], status, state, "c")
+            (tmp_path / "runs" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    doc = tune_study.write_report(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
+    assert [r["trials"] for r in rows] == ["2 of 2"] and doc["settings"]["enum+aux_L100"]["lr"] == 1e-3
+    assert rows[0]["valid_acc_mean"].startswith("0.8") and rows[0]["not_eligible"] == "1"  # the ok trial, not mixed
