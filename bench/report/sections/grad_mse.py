@@ -30,9 +30,9 @@ from ..frames import this_timing
 GROUP = "encoder_y"
 #: what an estimator with a trained baseline is checked against: the same score function without one
 AGAINST = "trace"
-#: the exact sum over y with one z draw per label, and with k: enum has no y noise, so its error is z noise,
-#: and enum-k10's against it says how much of it averaging z draws removes
-Z_NOISE = ("enum", "enum-k10")
+#: the exact sum over y with one z draw per label: it has no y noise, so its error is z noise, and an
+#: enumeration that averages k z draws (enum-k10: the registry's family and ``k``) says how much averaging removes
+EXACT_Y = "enum"
 
 
 def has_error(ctx: Context) -> bool:
@@ -157,16 +157,20 @@ def summary_lines(ctx: Context) -> List[str]:
 
 
 def z_noise(d: pd.DataFrame) -> str:
-    """Where enum and enum-k10 were both probed: enum-k10's MSE against enum's (enum sums y out exactly, so its
-    error is z noise), and the estimators below enum, whose lead is then less z noise, not a better y gradient."""
+    """Where enum and an enumeration averaging k z draws (enum-k10) were both probed: the latter's MSE against
+    enum's (enum sums y out exactly, so its error is z noise), and the unbiased estimators below enum, whose lead
+    is then less z noise, not a better gradient through y."""
     mse = dict(zip(d.estimator, d.mse))
-    one, many = Z_NOISE
-    if one not in mse or many not in mse or not mse[one] > 0:
+    one = EXACT_Y
+    averaged = [e for e in mse if e in REGISTRY and REGISTRY[e].family == REGISTRY[one].family
+                and REGISTRY[e].defaults.get("k", 1) > 1]
+    if one not in mse or not averaged or not mse[one] > 0:
         return ""
-    k = REGISTRY[many].defaults.get("k")
+    many = averaged[0]
+    k = REGISTRY[many].defaults["k"]
     text = (f"; {many} (the same exact sum over y, averaged over {k} z draws per label) {_num(mse[many])}, "
             f"{_num(mse[many] / mse[one])}× {one}'s: {one}'s error is z noise")
-    below = [e for e in d.estimator if e not in Z_NOISE and not is_biased(e) and mse[e] < mse[one]]
+    below = [e for e in d.estimator if e not in (one, many) and not is_biased(e) and mse[e] < mse[one]]
     if below:
         who = f"{below[0]}'s" if len(below) == 1 else f"the {', '.join(below)}"
         text += (f", so {who} lower MSE than {one}'s is less z noise, not a better gradient through y "
