@@ -374,10 +374,11 @@ def test_enum_k10_says_how_much_of_enums_gradient_error_is_z_noise():
 
     d = pd.DataFrame({"estimator": ["enum-k10", "rloo", "enum", "gumbel", "trace"],
                       "mse": [0.0095, 0.070, 0.094, 0.05, 0.9]})
-    text = z_noise(d)
+    text = z_noise(d, {})
     assert text.startswith("; enum-k10 (the same exact sum over y, averaged over 10 z draws per label) 0.0095, 0.1× "
-                           "enum's: enum's error is z noise")
+                           "enum's (enum sums y out exactly: its error is z noise, which the 10 draws average)")
+    assert "averaged over 2 z draws" in z_noise(d, {"enum-k10": {"k": 2}})  # the run's own k
     assert "so rloo's lower MSE than enum's is less z noise, not a better gradient through y (enum's is exact)" in text
     assert "gumbel" not in text  # biased: ranked by its error, not read as z noise
-    assert z_noise(d[d.estimator != "enum-k10"]) == ""  # not probed: no sentence
-    assert ", so " not in z_noise(d[d.estimator.isin(["enum", "enum-k10", "trace"])])
+    assert z_noise(d[d.estimator != "enum-k10"], {}) == ""  # not probed: no sentence
+    assert ", so " not in z_noise(d[d.estimator.isin(["enum", "enum-k10", "trace"])], {})

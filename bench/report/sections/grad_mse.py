@@ -136,7 +136,7 @@ def summary_lines(ctx: Context) -> List[str]:
     if len(biased):
         text += "; " + ", ".join(f"{label(r.estimator)} {_num(r.mse)} (rank {int(r.rank_mse)} of {len(d)}, "
                                  f"{_num(r.mse / best.mse)}× {best.estimator}'s)" for r in biased.itertuples())
-    text += z_noise(d)
+    text += z_noise(d, ctx.grid.get("options") or {})
     w = d.dropna(subset=[EFFICIENCY]).sort_values([EFFICIENCY, "estimator"])
     if len(w):
         text += ("; lowest work-normalised MSE (MSE × seconds per unlabeled step, timing probe) "
@@ -156,7 +156,7 @@ def summary_lines(ctx: Context) -> List[str]:
     return lines
 
 
-def z_noise(d: pd.DataFrame) -> str:
+def z_noise(d: pd.DataFrame, options: dict) -> str:
     """Where enum and an enumeration averaging k z draws (enum-k10) were both probed: the latter's MSE against
     enum's (enum sums y out exactly, so its error is z noise), and the unbiased estimators below enum, whose lead
     is then less z noise, not a better gradient through y."""
@@ -167,9 +167,10 @@ def z_noise(d: pd.DataFrame) -> str:
     if one not in mse or not averaged or not mse[one] > 0:
         return ""
     many = averaged[0]
-    k = REGISTRY[many].defaults["k"]
+    k = (options.get(many) or {}).get("k", REGISTRY[many].defaults["k"])  # the run's k (the smoke preset's is 2)
     text = (f"; {many} (the same exact sum over y, averaged over {k} z draws per label) {_num(mse[many])}, "
-            f"{_num(mse[many] / mse[one])}× {one}'s: {one}'s error is z noise")
+            f"{_num(mse[many] / mse[one])}× {one}'s ({one} sums y out exactly: its error is z noise, which the "
+            f"{k} draws average)")
     below = [e for e in d.estimator if e not in (one, many) and not is_biased(e) and mse[e] < mse[one]]
     if below:
         who = f"{below[0]}'s" if len(below) == 1 else f"the {', '.join(below)}"
