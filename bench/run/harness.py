@@ -297,7 +297,7 @@ def cmd_run(args) -> int:
     ident = run_identity(hashes, versions())
     todo = [t for t in tasks if not is_done(out, t, ident) or (args.retime and t["kind"] == "timing")]
     held = [t for t in todo if args.only and t["kind"] not in args.only]  # not asked for this time
-    todo = [t for t in todo if t not in held]
+    todo = [t for t in todo if not (args.only and t["kind"] not in args.only)]
     stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
     clash = other_grid(out, grid, tasks)
     workers = args.workers or grid.workers

@@ -111,10 +111,6 @@ def _one_epoch(cfg, data, state: Optional[dict]) -> dict:
     raise RuntimeError(f"{cfg.estimator}: training ended without finishing an epoch")
 
 
-def study_name(est: str, aux: bool, labels: int) -> str:
-    return setting_id(est, aux, labels)  # a setting's study is named by the setting
-
-
 def trial_config(grid: gridmod.Grid, est: str, aux: bool, labels: int, seed: int, values: Dict):
     extra = {k: v for k, v in values.items() if k != "aux_multiplier"}
     cfg = gridmod._config(grid, extra, estimator=est, aux=aux, labels=labels, seed=seed)
@@ -140,7 +136,7 @@ def _record(cfg, trial_number: int, name: str, values: Dict, space: Dict, status
 
 
 def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, commit: str, log):
-    name = study_name(est, aux, labels)
+    name = setting_id(est, aux, labels)
 
     def objective(trial: optuna.Trial) -> float:
         params = {k: _suggest(trial, k, d) for k, d in dists.items()}
@@ -208,7 +204,7 @@ def _resume(study: optuna.Study, dists: Dict) -> Tuple[int, int]:
 
 def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
                  commit: str, log) -> int:
-    name = study_name(est, aux, labels)
+    name = setting_id(est, aux, labels)
     study = _study(storage, name, spec)
     space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
     done, earlier = _resume(study, distributions(space))
@@ -239,11 +235,11 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -
     commit = commit_label(git_commit())
     ran = 0
     for est, aux, labels in gridmod.settings(grid):
-        lock = FileLock(str(out / f".search-{study_name(est, aux, labels)}.lock"))
+        lock = FileLock(str(out / f".search-{setting_id(est, aux, labels)}.lock"))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            log(f"search: {study_name(est, aux, labels)}: another command is searching it: skipped")
+            log(f"search: {setting_id(est, aux, labels)}: another command is searching it: skipped")
             continue
         try:
             ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log)
