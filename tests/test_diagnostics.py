@@ -292,3 +292,24 @@ def test_sibling_common_probes_wait_for_the_one_that_trains_their_trajectory():
     assert ex._next(queue, {key}) == 0  # once the trajectory is cached, the siblings may run side by side
     timing = next(t for t in tasks if t.get("exclusive"))
     assert ex._next([common[1], timing, *cells], set()) is None  # blocked sibling, then an exclusive task
+
+
+def test_times_are_compared_only_when_measured_alone_on_one_machine():
+    """Issue 25: a probe added later on another CPU, or run beside other work, has no place in a product or a
+    ratio of times: the work-normalised MSE and the time per epoch read the majority machine's isolated rows."""
+    from bench.analysis.paired import isolated_epoch_ms
+
+    rows = TIMING.assign(device="cpu", device_name="Intel", other_cpu_load=0.0)
+    other = pd.DataFrame([{"estimator": "rb-topk", "aux": a, "step_kind": k, "median_ms": 1.0, "device": "cpu",
+                           "device_name": "AMD", "other_cpu_load": 0.0} for a in (False, True) for k in ("unsup", "sup")])
+    busy = rows[rows.estimator == "gumbel"].assign(median_ms=1.0, other_cpu_load=1.0)
+    mixed = pd.concat([rows[rows.estimator != "rb-topk"], other, busy, rows[rows.estimator == "gumbel"]])
+    assert set(D.isolated_timing(mixed).device_name) == {"Intel"}
+    sec = D.seconds_per_step(mixed)
+    assert "rb-topk" not in sec and sec["gumbel"] == pytest.approx(0.010)  # the contended 1 ms row is not read
+    t = D.efficiency_table(GRAD, mixed).set_index("estimator")
+    assert pd.isna(t.loc["rb-topk", D.EFFICIENCY]) and t.loc["enum", D.EFFICIENCY] == pytest.approx(2.0 * 0.1)
+    ms = isolated_epoch_ms(mixed.assign(batch_size=100), labels=3000, aux=False)
+    assert set(ms.index) == {"trace", "enum", "gumbel"}
+    # the same rows with rb-topk timed on the majority's machine: it is back
+    assert "rb-topk" in D.seconds_per_step(rows)

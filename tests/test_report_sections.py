@@ -1,5 +1,6 @@
 """The report's sections built on bench.analysis.paired and bench.analysis.diagnostics, the test ELBO figures, the peak memory, the
 protocol and the tuning record: on a folder with the newer columns and on an older one without them."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -382,3 +383,32 @@ def test_enum_k10_says_how_much_of_enums_gradient_error_is_z_noise():
     assert "gumbel" not in text  # biased: ranked by its error, not read as z noise
     assert z_noise(d[d.estimator != "enum-k10"], {}) == ""  # not probed: no sentence
     assert ", so " not in z_noise(d[d.estimator.isin(["enum", "enum-k10", "trace"])], {})
+
+
+def test_a_folder_made_on_two_machines_names_each_with_its_tasks(tmp_path):
+    """A folder a later command added probes to on another CPU: the provenance line (every table and figure
+    carries it) names both machines with the tasks each last ran (a task rerun counts once, for the later
+    command), and the Run section lists each command with its machine."""
+    from bench.core.provenance import tasks_by
+    from bench.report.common import provenance
+
+    fabricate_results(tmp_path)
+    env = json.loads((tmp_path / "env.json").read_text())
+    first = {"command": "python -m bench run --preset fabricated", "git_commit": "a" * 40, "date": "d1", "threads": 1,
+             "torch": "2.4.0", "pyro": "1.9.1", "device_name": "Intel Xeon (fake)",
+             "tasks_run": ["trace_L100_s0", "enum_L100_s0", "timing_cpu_enum"]}
+    env.update(earlier_runs=[first], device_name="AMD EPYC (fake)", git_commit="b" * 40,
+               command="python -m bench run --preset fabricated --only timing", tasks_run=["timing_cpu_enum"])
+    (tmp_path / "env.json").write_text(json.dumps(env))
+    assert tasks_by(env, "device_name") == {"Intel Xeon (fake)": 2, "AMD EPYC (fake)": 1}
+    line = provenance(env)
+    assert "cpu: Intel Xeon (fake) (2 tasks) + AMD EPYC (fake) (1 task)" in line
+    assert "commit bbbbbbbbbb + 1 earlier (Run lists each part)" in line and "torch 2.4.0," in line  # one torch
+    report.build_report(tmp_path, plots=False)
+    run = _section(tmp_path, "Run")
+    assert "Made in 2 parts" in run
+    assert "- `python -m bench run --preset fabricated`: 3 tasks, commit aaaaaaaaaa, Intel Xeon (fake), 1 thread" in run
+    assert "--only timing`: 1 task, commit bbbbbbbbbb, AMD EPYC (fake), " in run
+    # one command: the line is as before, no list
+    one = {k: v for k, v in env.items() if k != "earlier_runs"}
+    assert "cpu: AMD EPYC (fake) · " in provenance(one) and "earlier" not in provenance(one)

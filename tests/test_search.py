@@ -11,6 +11,7 @@ import pytest
 from bench.cli import main
 from bench.core.schema import ENV_FILE
 from bench.report import tune_study
+from bench.report.common import parts_lines
 from bench.run import grid as gridmod
 from bench.run import search
 from bench.run.tune import check_search, default_params, values_of
@@ -257,7 +258,7 @@ def test_a_search_made_by_several_commands_names_each_and_the_records_commits(tm
         (tmp_path / "runs" / f"r{i}.json").write_text(json.dumps({"git_commit": commit}))
     prov = tune_study.provenance(tmp_path)
     assert tune_study._commits(prov) == f"commits {'a' * 10} (2 records), {'b' * 10} (1 records)"
-    lines = tune_study._parts_lines(prov)
+    lines = parts_lines(prov["parts"], search=True)
     assert lines[0].startswith("Made in 2 parts (each command searched the settings it names")
     assert "`python -m bench search A`: commit aaaaaaaaaa" in lines[2] and "search B" in lines[3]
     assert "x all steps" not in tune_study._provenance_line({**prov, "steps_per_epoch": 3})

@@ -195,13 +195,13 @@ def test_tune_command_on_a_folder_that_is_not_a_tuning_run(tmp_path):
 
 
 def test_a_folder_made_in_parts_lists_every_command():
-    from bench.report.tune_study import _parts_lines
+    from bench.report.common import parts_lines
 
     one = {"parts": [{"command": "run a", "git_commit": "abc", "threads": 1, "date": "d1", "tasks_run": ["x"]}]}
-    assert _parts_lines(one) == []
+    assert parts_lines(one["parts"]) == []
     two = {"parts": [*one["parts"], {"command": "run b", "git_commit": "def", "threads": 2, "date": "d2",
                                      "tasks_run": ["y", "z"]}]}
-    lines = _parts_lines(two)
+    lines = parts_lines(two["parts"])
     assert lines[0].startswith("Made in 2 parts")
     assert "- `run a`: 1 task, commit abc, 1 thread(s) per task, d1" in lines
     assert "- `run b`: 2 tasks, commit def, 2 thread(s) per task, d2" in lines

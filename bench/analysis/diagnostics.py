@@ -42,6 +42,8 @@ import pandas as pd
 from ssvae.estimators import REGISTRY
 from ssvae.statistics import TABLE_STATS
 
+from ..core.schema import CONTENDED_LOAD
+
 EFFICIENCY = "work_normalised_mse"
 EFFICIENCY_LABEL = "work-normalised MSE (MSE x seconds per unlabeled step)"
 #: the statistics tabulated with their intervals (their records' ``table`` order)
@@ -95,9 +97,27 @@ def mse_table(grad: pd.DataFrame, trajectory: str = "common", step_kind: str = "
     return agg.sort_values(["labels", "param_group", "rank_mse"]).reset_index(drop=True)
 
 
+def isolated_timing(timing: pd.DataFrame, device: Optional[str] = None) -> pd.DataFrame:
+    """The timing rows a comparison of times may use: measured alone (``other_cpu_load`` below
+    ``bench.core.schema.CONTENDED_LOAD`` cores; unknown: kept) and on one machine, the (device, device_name)
+    that timed the most estimators alone (the first in the table on a tie), so that no ratio or product mixes two
+    machines' seconds. ``device``: that device kind only (cpu, cuda). A folder whose probes ran in parts on two
+    CPUs keeps the majority's rows; the other's estimators have no isolated time here."""
+    t = timing if device is None else timing[timing["device"] == device]
+    if "other_cpu_load" in t:
+        t = t[~(pd.to_numeric(t["other_cpu_load"], errors="coerce") >= CONTENDED_LOAD)]
+    if t.empty or "device_name" not in t:
+        return t
+    key = (t["device"].astype(str) if "device" in t else "") + "\x00" + t["device_name"].astype(str)
+    counts = t.groupby(key, sort=False)["estimator"].nunique()
+    return t[key == counts.idxmax()]
+
+
 def seconds_per_step(timing: pd.DataFrame, step_kind: str = "unsup") -> pd.Series:
-    """estimator -> seconds per step of ``step_kind`` (median of the timing probe; one value per
-    estimator: the timing probe times the step once for both auxiliary-loss flags)."""
+    """estimator -> seconds per step of ``step_kind`` (median of the timing probe, rows of
+    :func:`isolated_timing` only; one value per estimator: the timing probe times the step once for both
+    auxiliary-loss flags)."""
+    timing = isolated_timing(timing)
     t = timing[timing["step_kind"] == step_kind]
     return t.groupby("estimator")["median_ms"].median() / 1e3
 

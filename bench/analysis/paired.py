@@ -29,8 +29,8 @@ import pandas as pd
 
 from ssvae.train import epoch_schedule
 
-from ..core.schema import CONTENDED_LOAD
 from ..core.stats import CONFIDENCE, as_bool, paired_interval, variant_label
+from .diagnostics import isolated_timing
 
 METRIC = "test_acc_at_best_valid"
 #: the non-inferiority margin (accuracy, 0.01 = 1 point): an option
@@ -134,16 +134,14 @@ def isolated_epoch_ms(timing: pd.DataFrame, labels: int, aux: bool, device: str 
 
     An epoch of the SS-VAE (``ssvae.train.epoch_schedule``) has S labeled and U unlabeled batches;
     its estimate is ``S (sup + aux if aux) + U unsup`` median ms. Estimators the probe did not time
-    (the supervised baseline) and probes that shared the machine (``other_cpu_load`` at least
-    ``bench.core.schema.CONTENDED_LOAD`` cores) are absent. ``batch_size`` defaults to the probe's. Under the ``pyro``
+    (the supervised baseline), probes that shared the machine and another machine's probes are absent
+    (:func:`bench.analysis.diagnostics.isolated_timing`). ``batch_size`` defaults to the probe's. Under the ``pyro``
     protocol an epoch also takes U empty auxiliary steps (an Adam update with zero gradients), which the
     probe does not time: the estimate leaves them out.
     """
-    t = timing.copy()
+    t = isolated_timing(timing, device).copy()  # alone, on one machine
     t["aux"] = t["aux"].map(as_bool)
-    t = t[(t["device"] == device) & (t["aux"] == bool(aux))]
-    if "other_cpu_load" in t:  # a probe that shared the machine is no isolated measurement (unknown: kept)
-        t = t[~(pd.to_numeric(t["other_cpu_load"], errors="coerce") >= CONTENDED_LOAD)]
+    t = t[t["aux"] == bool(aux)]
     if t.empty:
         return pd.Series(dtype=float)
     bs = int(batch_size or t["batch_size"].iloc[0])

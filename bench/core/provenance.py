@@ -128,6 +128,30 @@ def identity(device: str, threads: int, data_sha256: Dict[str, str],
             "platform": platform.platform()}
 
 
+#: what env.json keeps of each command that wrote to a folder (its ``earlier_runs``, and its own top level)
+PART_KEYS = ("git_commit", "date", "command", "torch", "pyro", "device_name", "threads", "tasks_run")
+
+
+def run_parts(env: dict) -> List[dict]:
+    """Every command that made a folder, oldest first: env.json's ``earlier_runs`` and the last command."""
+    return [*(env.get("earlier_runs") or []), {k: env.get(k) for k in PART_KEYS}]
+
+
+def tasks_by(env: dict, key: str) -> Dict[str, int]:
+    """Per value of ``key`` (a :data:`PART_KEYS` field: the machine, the commit, torch), how many of the folder's
+    tasks were last run by a command with that value (a task a later command reran counts once, for the later),
+    in the order of those last runs; commands that ran no task are left out."""
+    last: Dict[str, str] = {}
+    for part in run_parts(env):
+        for task in part.get("tasks_run") or []:
+            last.pop(str(task), None)  # re-inserted: the order is the order of the last runs
+            last[str(task)] = str(part.get(key) or "?")
+    counts: Dict[str, int] = {}
+    for value in last.values():
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (never os.cpu_count())."""
     try:

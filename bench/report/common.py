@@ -28,6 +28,7 @@ from matplotlib import colormaps
 
 from ssvae.estimators import REGISTRY
 
+from ..core.provenance import run_parts, tasks_by
 from ..core.stats import as_bool, variant_label  # noqa: F401  (variant_label: the report's name for it)
 from .data import BASELINES, Results
 
@@ -137,18 +138,55 @@ def palette(res: Results) -> Dict[str, tuple]:
 
 # -- provenance ----------------------------------------------------------------------------------
 
+def _short_commit(commit) -> str:
+    commit = str(commit or "?")
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _each_part(env: dict, key: str, last: str) -> str:
+    """``last`` where every command that ran tasks in the folder had the same ``key``; else each value with the
+    tasks run under it ("Intel(R) Xeon(R) Processor (600 tasks) + AMD EPYC (4 tasks)")."""
+    counts = tasks_by(env, key)
+    if len(counts) < 2:
+        return last
+    return " + ".join(f"{value} ({n} task{'s' if n != 1 else ''})" for value, n in counts.items())
+
+
 def provenance(env: dict) -> str:
-    """One line: preset, seeds, epochs, device, library versions, data sha256, commit, date."""
+    """One line: preset, seeds, epochs, device, library versions, data sha256, commit, date. A folder made by
+    several commands names every machine and library version its tasks ran on, and how many commits."""
     grid = env.get("grid") or {}
     seeds = ",".join(str(s) for s in grid.get("seeds", [])) or "?"
     device = env.get("device", "?")
-    name = env.get("device_name") or env.get("cpu_name") or "?"
+    name = _each_part(env, "device_name", env.get("device_name") or env.get("cpu_name") or "?")
     sha = str(env.get("data_sha256") or "?")[:12]
-    commit = str(env.get("git_commit") or "?")
-    commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    commits = len(tasks_by(env, "git_commit"))
+    commit = (f"commit {_short_commit(env.get('git_commit'))}"
+              + (f" + {commits - 1} earlier (Run lists each part)" if commits > 1 else ""))
     return (f"preset {env.get('preset', '?')} · seeds {seeds} · {grid.get('epochs', '?')} epochs · "
-            f"{device}: {name} · torch {env.get('torch', '?')}, pyro {env.get('pyro', '?')}, "
-            f"python {env.get('python', '?')} · data sha256 {sha} · commit {commit} · {env.get('date', '?')}")
+            f"{device}: {name} · torch {_each_part(env, 'torch', str(env.get('torch', '?')))}, "
+            f"pyro {_each_part(env, 'pyro', str(env.get('pyro', '?')))}, "
+            f"python {env.get('python', '?')} · data sha256 {sha} · {commit} · {env.get('date', '?')}")
+
+
+def parts_lines(parts: List[dict], search: bool = False) -> List[str]:
+    """The commands that made a folder (:func:`bench.core.provenance.run_parts`), when more than one did: each
+    with its task count, commit and threads, and its machine and torch where the commands differ in them.
+    ``search``: every command of a search adds or continues settings (it lists no tasks)."""
+    parts = [p for p in parts if search or p.get("tasks_run") or p is parts[-1]]
+    if len(parts) < 2:
+        return []
+    differ = [k for k in ("device_name", "torch") if len({str(p.get(k)) for p in parts if p.get(k)}) > 1]
+    lines = [f"Made in {len(parts)} parts (" + ("each command searched the settings it names; " if search else
+                                               "a later part ran only what was missing; ")
+             + "the cells record their own commit):", ""]
+    for p in parts:
+        n = len(p.get("tasks_run") or [])
+        lines.append(f"- `{p.get('command')}`: " + ("" if search else f"{n} task{'s' if n != 1 else ''}, ")
+                     + f"commit {_short_commit(p.get('git_commit'))}, "
+                     + "".join(f"{'torch ' if k == 'torch' else ''}{p.get(k) or '?'}, " for k in differ)
+                     + f"{p.get('threads')} thread(s) per task, {p.get('date')}")
+    return lines + [""]
 
 
 # -- numbers -------------------------------------------------------------------------------------

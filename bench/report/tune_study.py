@@ -23,10 +23,12 @@ from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
+from ..core.provenance import run_parts
 from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
 from ..run.tune import (CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, search_rungs,
                         tuned_keys, widenings)
+from .common import parts_lines
 from .plotting import plt
 
 
@@ -223,8 +225,7 @@ def provenance(out: Path) -> dict:
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
             "command": env.get("command"), "tune": grid.get("tune"), "search": grid.get("search"),
             # a folder resumed or extended by later commands: every part, oldest first
-            "parts": [*(env.get("earlier_runs") or []),
-                      {k: env.get(k) for k in ("git_commit", "date", "command", "threads", "tasks_run")}]}
+            "parts": run_parts(env)}
 
 
 def _record_commit(path: Path) -> str:
@@ -357,28 +358,12 @@ def _commits(prov: dict) -> str:
                                   for p in parts)
 
 
-def _parts_lines(prov: dict) -> List[str]:
-    """The commands that made the folder, when more than one did (each with its commit and threads)."""
-    search = bool(prov.get("search"))  # every command of a search adds or continues settings
-    parts = [p for p in prov.get("parts") or [] if search or p.get("tasks_run") or p is prov["parts"][-1]]
-    if len(parts) < 2:
-        return []
-    lines = [f"Made in {len(parts)} parts (" + ("each command searched the settings it names; " if search else
-                                               "a later part ran only what was missing; ")
-             + "the cells record their own commit):", ""]
-    for p in parts:
-        n = len(p.get("tasks_run") or [])
-        lines.append(f"- `{p.get('command')}`: " + ("" if search else f"{n} task{'s' if n != 1 else ''}, ") + "commit "
-                     f"{str(p.get('git_commit') or '?')[:10]}, {p.get('threads')} thread(s) per task, {p.get('date')}")
-    return lines + [""]
-
-
 def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
     text = [
         "# Tuning on validation data", "",
         f"Provenance: {_provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench tune {out.name}` "
-        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *_parts_lines(prov),
+        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
         _how(prov), "",
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "

@@ -35,7 +35,7 @@ from . import tune as tunemod
 from ..core.errors import EXIT_STORAGE, StorageError, add_data_args, fail, writable
 from .executors import EXECUTORS, executor_options
 from .gpu_plan import plan_gpus
-from ..core.provenance import commit_label, cpu_name, device_name, identity, usable_cpus, versions
+from ..core.provenance import commit_label, cpu_name, device_name, identity, run_parts, usable_cpus, versions
 from ..core.schema import Folder, grid_difference, grid_union
 from . import estimate
 from .progress import Progress
@@ -241,8 +241,7 @@ def earlier_runs(path: Path) -> List[dict]:
         prev = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    keep = ("git_commit", "date", "command", "torch", "pyro", "device_name", "threads", "tasks_run")
-    return prev.get("earlier_runs", []) + [{k: prev.get(k) for k in keep}]
+    return run_parts(prev)
 
 
 def _stale(out: Path, spec: dict, ident: dict) -> Optional[str]:

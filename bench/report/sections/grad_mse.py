@@ -141,6 +141,10 @@ def summary_lines(ctx: Context) -> List[str]:
     if len(w):
         text += ("; lowest work-normalised MSE (MSE × seconds per unlabeled step, timing probe) "
                  + ", ".join(label(e) for e in w.estimator.head(3)))
+        untimed = sorted(set(d.estimator) - set(w.estimator))
+        if untimed:
+            text += (f" ({', '.join(map(label, untimed))}: no time per step measured alone on the machine of the "
+                     "others' probes, so not in that order)")
     lines = [text + "."]
     b = ctx.frame(baseline_check)
     b = b[b.labels == labels]

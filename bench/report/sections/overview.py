@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ...core.provenance import run_parts
 from ...core.schema import CONTENDED_LOAD, Folder, cores
+from ..common import parts_lines
 from ..context import Context, Section
 from ..frames import protocols, status
 
@@ -132,4 +134,8 @@ def build(ctx: Context) -> Section:
         absent = [str(p) for p in probes if str(p) not in have]
         sec.text.append(f"Probes (timing, common-checkpoint variance): {len(probes)} expected, "
                         f"{len(probes) - len(absent)} present" + (f"; absent: {', '.join(absent)}." if absent else "."))
+    parts = [line for line in parts_lines(run_parts(env)) if line]
+    if parts:  # the commands that made the folder, last in the section: its list follows
+        sec.text.append(parts[0])
+        sec.bullets = [line[2:] for line in parts[1:]]
     return sec
