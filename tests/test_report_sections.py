@@ -412,3 +412,13 @@ def test_a_folder_made_on_two_machines_names_each_with_its_tasks(tmp_path):
     # one command: the line is as before, no list
     one = {k: v for k, v in env.items() if k != "earlier_runs"}
     assert "cpu: AMD EPYC (fake) · " in provenance(one) and "earlier" not in provenance(one)
+
+
+def test_a_short_runs_pointer_to_the_long_reference_says_what_that_folder_holds(tmp_path):
+    """The budget line's "N epochs, K paired seeds" is read from the committed long reference's env.json, not
+    written in the code (it said 20 epochs after the preset moved on)."""
+    from bench.report.sections.summary import _grid_words
+
+    (tmp_path / "env.json").write_text(json.dumps({"grid": {"epochs": 50, "seeds": [5, 6, 7, 8, 9]}}))
+    assert _grid_words(tmp_path) == ": 50 epochs, 5 paired seeds"
+    assert _grid_words(tmp_path / "absent") == ""

@@ -16,6 +16,8 @@ Pareto front and the supervised baseline as a line.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -23,6 +25,8 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ...core.provenance import REPO
+from ...core.schema import Folder
 from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import BASELINES
@@ -81,8 +85,24 @@ def budget_line(ctx: Context) -> Optional[str]:
             "error and variance and the time per step, which are measured at fixed parameters and do not wait "
             "for convergence; accuracy verdicts only where the paired interval already separates the variants "
             "(the caveats count the cells still improving at their last epoch). For accuracy at convergence read "
-            "the committed long reference (results/reference/long-cpu: 20 epochs, 5 paired seeds), and Pyro's "
+            f"the committed long reference ({LONG_REFERENCE}{_grid_words(REPO / LONG_REFERENCE)}), and Pyro's "
             "Table 1 setting in results/reference/table1-cpu.")
+
+
+#: the committed converged reference the short runs' summaries point to
+LONG_REFERENCE = "results/reference/long-cpu"
+
+
+def _grid_words(folder: Path) -> str:
+    """': 50 epochs, 5 paired seeds' from the folder's env.json (the committed folder says what it holds), or ''."""
+    try:
+        grid = json.loads(Folder(folder).env.read_text()).get("grid") or {}
+    except (OSError, ValueError):
+        return ""
+    seeds = grid.get("seeds")
+    if not isinstance(grid.get("epochs"), int) or not isinstance(seeds, list):
+        return ""
+    return f": {grid['epochs']} epochs, {len(seeds)} paired seeds"
 
 
 def banner(ctx: Context) -> Optional[str]:
