@@ -89,6 +89,7 @@ CASES = [
      r"probe.draws must be one of loop, batched"),
     ("no estimator", 'run --estimators "" --out {out}', r"--estimators is empty"),
     ("negative thread count", "run --threads -1 --out {out}", r"--threads must be at least 1"),
+    ("search with no worker", "search --workers 0 --out {out}", r"--workers must be at least 1"),
     ("GPU index not a number", "run --device cuda:x --out {out}", r"the GPU index must be a number"),
     ("preset file with a TOML syntax error", "run --preset {bad_toml} --out {out}", r"TOML syntax error"),
     ("label count above what a class-balanced subset holds", "run --labels 45070 --out {out}",

@@ -127,10 +127,13 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     assert set(doc["settings"]) == {"enum+aux_L100"} and [r["trials"] for r in rows] == ["4 of 4", "3 of 4"]
 
 
-def test_a_setting_another_command_is_searching_is_skipped(tmp_path, monkeypatch):
+def test_a_setting_whose_lock_another_command_keeps_is_skipped(tmp_path, monkeypatch):
+    """A command takes a setting's lock for moments (to take its next trial); one that keeps it (a search from
+    before --workers held it for its whole run) makes the others skip the setting after GATE_TIMEOUT."""
     import multiprocessing
 
     monkeypatch.setattr(search, "_load_data", _data)
+    monkeypatch.setattr(search, "GATE_TIMEOUT", 0.5)
     grid = _grid()
     messages = []
     ctx = multiprocessing.get_context("spawn")  # the other command: a process that holds enum + aux's lock
@@ -143,7 +146,7 @@ def test_a_setting_another_command_is_searching_is_skipped(tmp_path, monkeypatch
     finally:
         done.set()
         child.join(60)
-    assert "search: enum+aux_L100: another command is searching it: skipped" in messages
+    assert "search: enum+aux_L100: another command holds its lock: skipped" in messages
     assert not list((tmp_path / "runs").glob("enum*")) and len(list((tmp_path / "runs").glob("gumbel*"))) == 12
     assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 4  # now enum's
 
@@ -173,10 +176,72 @@ def test_a_trial_cut_short_is_tried_again(tmp_path):
     study = search._study(storage, "enum+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
     study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
     cut = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})  # a kill leaves it RUNNING
-    assert search._resume(study, {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}) == (2, 0)
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    live = study.ask(lr)  # another command's trial, running: its lock is held
+    assert search._resume(study, lr, alive=lambda number: number == live.number) == (2, 0, 1)
     trials = study.get_trials()
     assert trials[cut.number].state == optuna.trial.TrialState.FAIL
+    assert trials[live.number].state == optuna.trial.TrialState.RUNNING  # not taken for one cut short
     assert trials[-1].state == optuna.trial.TrialState.WAITING and trials[-1].system_attrs["fixed_params"] == cut.params
+
+
+def test_a_trial_is_alive_while_a_process_holds_its_lock(tmp_path):
+    alive = search._alive(tmp_path, "enum+aux_L100")
+    assert not alive(3)
+    with search._trial_lock(tmp_path, "enum+aux_L100", 3):
+        assert _held_elsewhere(str(tmp_path / ".search-enum+aux_L100-t003.lock"))
+    assert not alive(3)
+
+
+def _held_elsewhere(path):
+    """Whether another process finds the lock at ``path`` taken (a flock is per process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from filelock import FileLock, Timeout\n"
+            "try:\n    FileLock(sys.argv[1]).acquire(timeout=0)\nexcept Timeout:\n    sys.exit(3)\n")
+    return subprocess.run([sys.executable, "-c", code, path]).returncode == 3
+
+
+def test_workers_share_a_settings_trials_without_running_more(tmp_path, monkeypatch):
+    """Two processes searching one setting run its trials between them, each trial once and no more than
+    ``trials`` in all; each trial's records are its own; a later command finds the setting done."""
+    import multiprocessing
+
+    monkeypatch.setattr(search, "_load_data", _data)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_search_worker, args=(str(tmp_path), w, results)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    ran = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(isinstance(n, int) for n in ran), ran
+    assert sum(ran) == 5 and all(p.exitcode == 0 for p in procs)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / search.JOURNAL)))
+    trials = optuna.load_study(study_name="gumbel+aux_L100", storage=storage).get_trials()
+    assert len(trials) == 5 and {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE,
+                                                              optuna.trial.TrialState.PRUNED}
+    assert trials[0].params["lr"] == pytest.approx(_grid().lr)  # the default first, whoever took it
+    assert len(list(tmp_path.glob("runs/gumbel+aux_L100_s*_t*.json"))) == 15
+    grid = _grid(trials=5)
+    assert search._run_setting(storage, grid, grid.search, "gumbel", True, 100, tmp_path, None, "c",
+                               lambda m: None) == 0
+
+
+def _search_worker(out, worker, results):
+    """One of the processes of the test above: the setting gumbel + aux at 100 labels, 5 trials, synthetic data."""
+    from pathlib import Path
+
+    search._load_data = _data
+    grid = _grid(trials=5)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(out) / search.JOURNAL)))
+    try:
+        results.put(search._run_setting(storage, grid, grid.search, "gumbel", True, 100, Path(out), None, "c",
+                                        lambda m: None, worker=worker, parallel=True))
+    except Exception as e:  # noqa: BLE001 -- reported to the test
+        results.put(repr(e))
 
 
 @pytest.mark.parametrize("space, values, expected", [

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import optuna
 import torch
@@ -70,6 +72,10 @@ JOURNAL = "search.journal"
 DIVERGED_VALUE = 0.0
 #: the per-epoch evaluation of a trial: validation (and test) accuracy only, no ELBO, no final bound
 EVALUATION = EvalPlan(elbo_images=0, iwae_images=0)
+#: how long a command waits for a setting's lock (held for moments by a command taking its next trial)
+GATE_TIMEOUT = 120.0
+#: apart the sampler seeds of the processes searching one setting at once
+WORKER_SEED_STRIDE = 10_007
 
 
 def distributions(space: Dict) -> Dict[str, optuna.distributions.BaseDistribution]:
@@ -173,78 +179,160 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
     return objective
 
 
-def _study(storage, name: str, spec: Dict) -> optuna.Study:
+def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = False) -> optuna.Study:
     """The setting's study, created or continued. Its sampler is seeded by the search's seed plus the trials the
     study already holds: a continued search draws on from there (a sampler seeded as at the start would propose
-    its first values again: a search cut by the end of a session repeated its early trials)."""
+    its first values again: a search cut by the end of a session repeated its early trials). ``worker``: the
+    index of one of several processes searching the setting at once (each its own seed); ``parallel``: the
+    sampler then treats the others' running trials as done at a poor value (TPE's constant liar), so that they
+    do not propose the same region."""
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=spec["seed"]),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=spec["first_rung"],
                                                       reduction_factor=spec["reduction"]))
     held = len(study.get_trials(deepcopy=False))
-    if held:
-        study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + held)
+    if held or worker or parallel:
+        study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + held + WORKER_SEED_STRIDE * worker,
+                                                   constant_liar=parallel)
     return study
 
 
-def _resume(study: optuna.Study, dists: Dict) -> Tuple[int, int]:
-    """Trials cut short by a kill (still RUNNING) are marked failed and queued again; returns how many trials
-    are done (complete, pruned or diverged): drawn from ``dists`` (the current space: a widened one starts again
-    at 0), and from earlier spaces."""
+def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lambda number: False
+            ) -> Tuple[int, int, int]:
+    """Trials cut short by a kill (RUNNING, and not ``alive``: no process holds their lock) are marked failed and
+    queued again; returns how many trials are done (complete, pruned or diverged) drawn from ``dists`` (the
+    current space: a widened one starts again at 0), how many from earlier spaces, and how many of the current
+    space are running in another process."""
+    running = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if alive(t.number):
+            running += t.distributions == dists or not t.distributions
+            continue
         study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, skip_if_exists=False)
     done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")]  # diverged, before 0.0
-    return sum(done), len(done) - sum(done)
+    return sum(done), len(done) - sum(done), running
+
+
+def _trial_lock(out: Path, name: str, number: int) -> FileLock:
+    """Held by the process running trial ``number`` of setting ``name``: a RUNNING trial whose lock is free was
+    cut short by a kill (the lock goes with the process)."""
+    return FileLock(str(out / f".search-{name}-t{number:03d}.lock"))
+
+
+def _alive(out: Path, name: str) -> Callable[[int], bool]:
+    def alive(number: int) -> bool:
+        lock = _trial_lock(out, name, number)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    return alive
 
 
 def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
-                 commit: str, log) -> int:
+                 commit: str, log, worker: int = 0, parallel: bool = False) -> int:
+    """Run the setting's trials until ``trials`` are done or running: one process of ``workers`` (``worker``: its
+    index). Counting the trials, queueing again those cut short and taking the next happen under the setting's
+    lock, ``OUT/.search-<setting>.lock`` (held for moments); a trial runs under its own lock."""
     name = setting_id(est, aux, labels)
-    study = _study(storage, name, spec)
     space = {k: v for k, v in spec["space"][est].items() if aux or k != "aux_multiplier"}
-    done, earlier = _resume(study, distributions(space))
-    if not study.get_trials(deepcopy=False):
-        first = default_params(space, est, grid.lr, grid.aux_multiplier)
-        if first is not None:
-            study.enqueue_trial(first)
-    todo = spec["trials"] - done
+    dists = distributions(space)
+    gate = FileLock(str(out / f".search-{name}.lock"))
+    try:
+        gate.acquire(timeout=GATE_TIMEOUT)
+    except Timeout:
+        log(f"search: {name}: another command holds its lock: skipped")
+        return 0
+    try:
+        study = _study(storage, name, spec, worker, parallel)
+        done, earlier, running = _resume(study, dists, _alive(out, name))
+        if not study.get_trials(deepcopy=False):
+            first = default_params(space, est, grid.lr, grid.aux_multiplier)
+            if first is not None:
+                study.enqueue_trial(first)
+    finally:
+        gate.release()
+    todo = spec["trials"] - done - running
     if todo <= 0:
-        log(f"search: {name}: {done} of {spec['trials']} trials done")
+        if worker == 0:
+            log(f"search: {name}: {done} of {spec['trials']} trials done" + (f", {running} running" if running else ""))
         return 0
     datasets = {s: _load_data(trial_config(grid, est, aux, labels, s, {}), data_dir) for s in grid.seeds}
-    log(f"search: {name}: {todo} trial(s) to run ({done} done" + (f"; {earlier} over an earlier, narrower space"
-                                                                     if earlier else "")
-        + f"), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
-    study.optimize(_objective(grid, est, aux, labels, datasets, distributions(space), spec["space"][est], out,
-                              commit, log), n_trials=todo, catch=())
-    return todo
+    if worker == 0:
+        log(f"search: {name}: {todo} trial(s) to run ({done} done" + (f"; {earlier} over an earlier, narrower space"
+                                                                         if earlier else "")
+            + (f"; {running} running in another command" if running else "")
+            + f"), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
+    objective = _objective(grid, est, aux, labels, datasets, dists, spec["space"][est], out, commit, log)
+    ran = 0
+    while True:
+        with gate:
+            done, _, running = _resume(study, dists, _alive(out, name))
+            if done + running >= spec["trials"]:
+                return ran
+            trial = study.ask()  # a trial queued again (or the default) first
+            lock = _trial_lock(out, name, trial.number)
+            lock.acquire(timeout=0)
+        try:
+            _tell(study, trial, objective)
+        finally:
+            lock.release()
+        ran += 1
 
 
-def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print) -> int:
-    """Run (or continue) every setting's study; returns how many trials ran. A setting another command is
-    searching (its lock ``OUT/.search-<setting>.lock`` held) is skipped: two commands on one folder share out
-    its settings, and a trial still running in the other is never taken for one cut short by a kill."""
+def _tell(study: optuna.Study, trial: optuna.Trial, objective) -> None:
+    """Run one trial and tell the study how it ended (an error: failed, and raised)."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _setting_worker(grid, spec, est, aux, labels, out, data_dir, commit, worker, threads) -> int:
+    """One more process searching a setting (``--workers``): its own storage handle, torch threads and log."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, _log_stderr, worker, True)
+
+
+def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, workers: int = 1,
+               threads: Optional[int] = None) -> int:
+    """Run (or continue) every setting's study; returns how many trials ran. ``workers``: processes running a
+    setting's trials at once (this one and ``workers - 1`` more, each with ``threads`` torch threads). Two
+    commands on one folder share its settings' trials the same way: a trial running in one is never taken for
+    one cut short by a kill."""
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     commit = commit_label(git_commit())
     ran = 0
     for est, aux, labels in gridmod.settings(grid):
-        lock = FileLock(str(out / f".search-{setting_id(est, aux, labels)}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log(f"search: {setting_id(est, aux, labels)}: another command is searching it: skipped")
-            continue
-        try:
+        if workers <= 1:
             ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log)
-        finally:
-            lock.release()
+            continue
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
+            others = [pool.submit(_setting_worker, grid, spec, est, aux, labels, out, data_dir, commit, w,
+                                  threads or torch.get_num_threads()) for w in range(1, workers)]
+            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, 0, True)
+            ran += sum(f.result() for f in others)
     return ran
 
 
@@ -293,7 +381,10 @@ def merged_grid(prev_env: dict, grid: dict, out: Path) -> dict:
 def add_search_parser(sub) -> None:
     p = sub.add_parser("search", help=COMMANDS["search"].help)
     add_grid_args(p, default_preset="search")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable CPUs)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes running one setting's trials at once (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the usable CPUs / workers)")
     add_data_args(p)
     p.set_defaults(func=cmd_search)
 
@@ -306,10 +397,12 @@ def cmd_search(args) -> int:
         raise ConfigError(f"a search needs at least 3 seeds per trial (got {len(grid.seeds)}): --seeds 3")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1 (got {args.threads})")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
     out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
     root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download else None)
     hashes = ssdata.check_raw(root)
-    threads = args.threads or usable_cpus()
+    threads = args.threads or max(1, usable_cpus() // args.workers)
     torch.set_num_threads(threads)
     env_path = Folder(out).env
     with OutputLock(out):  # env.json read, merged and written by one command at a time
@@ -318,7 +411,7 @@ def cmd_search(args) -> int:
             env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
             env["earlier_runs"] = earlier_runs(env_path)
         atomic_write_json(env_path, env)
-    ran = run_search(grid, grid.search, out, str(root), log=lambda m: print(m, file=sys.stderr))
+    ran = run_search(grid, grid.search, out, str(root), log=_log_stderr, workers=args.workers, threads=threads)
     print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
           file=sys.stderr)
     return 0
