@@ -422,3 +422,18 @@ def test_a_short_runs_pointer_to_the_long_reference_says_what_that_folder_holds(
     (tmp_path / "env.json").write_text(json.dumps({"grid": {"epochs": 50, "seeds": [5, 6, 7, 8, 9]}}))
     assert _grid_words(tmp_path) == ": 50 epochs, 5 paired seeds"
     assert _grid_words(tmp_path / "absent") == ""
+
+
+def test_equal_time_names_the_machine_its_times_come_from():
+    """A probe added on another CPU (or beside other work) is not among the rows the times come from, nor named."""
+    from types import SimpleNamespace
+
+    from bench.report.sections.equal_time import probe_text
+
+    rows = [{"estimator": e, "device": "cpu", "device_name": name, "threads": 1, "other_cpu_load": load,
+             "source": "this run", "step_kind": "unsup", "median_ms": 1.0}
+            for e, name, load in (("trace", "Intel", 0.0), ("enum", "Intel", 0.0), ("enum-k10", "AMD", 0.0),
+                                  ("gumbel", "Intel", 1.0))]
+    res = SimpleNamespace(timing=pd.DataFrame(rows))
+    ctx = SimpleNamespace(res=res, env={"device": "cpu", "threads": 2})
+    assert probe_text(ctx) == "cpu (Intel), 1 thread"

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ...analysis import wall_time
+from ...analysis.diagnostics import isolated_timing
 from ..common import AUX_STYLE, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..plotting import plain_log_ticks, variant_panels
@@ -30,10 +31,11 @@ def equal_time_frame(res: Results, level: float) -> pd.DataFrame:
 
 
 def probe_text(ctx: Context) -> str:
-    """'cpu (Intel Xeon), 2 threads': the timing probe's device and threads (else env.json's)."""
+    """'cpu (Intel Xeon), 2 threads': the device and threads of the timing rows the times come from
+    (:func:`bench.analysis.diagnostics.isolated_timing`; else env.json's)."""
     t = this_timing(ctx.res)
     dev = ctx.env.get("device", "cpu")
-    t = t[t.device == dev] if len(t) and "device" in t else t
+    t = isolated_timing(t, dev) if len(t) and "device" in t else t
     names = sorted(set(t["device_name"].dropna().astype(str))) if "device_name" in t else []
     threads = sorted(set(pd.to_numeric(t["threads"], errors="coerce").dropna().astype(int))) if "threads" in t else []
     threads = threads or ([int(ctx.env["threads"])] if ctx.env.get("threads") else [])
