@@ -262,3 +262,11 @@ def test_a_probed_only_estimator_gets_probes_and_no_cells():
         gridmod.make_grid({**quick, "probe": {"probed_only": ["nope"]}})
     with pytest.raises(ConfigError, match="'baseline' is not a semi-supervised estimator"):
         gridmod.make_grid({**quick, "probe": {"probed_only": ["baseline"]}})
+
+
+def test_the_long_reference_trains_on_seeds_the_search_and_the_quick_reference_did_not():
+    """Issue 25: the long reference is evidence on its own: no cell shares a seed (and so its data split and
+    initialisation) with the search that chose its settings or with the quick reference quoted beside it."""
+    seeds = {name: set(gridmod.make_grid(gridmod.load_preset(name)).seeds) for name in ("long", "quick", "search")}
+    assert len(seeds["long"]) >= 5
+    assert not seeds["long"] & seeds["quick"] and not seeds["long"] & seeds["search"], seeds
