@@ -110,6 +110,9 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
     doc = tune_study.write_report(tmp_path)
     assert set(doc["settings"]) == {"enum+aux_L100", "gumbel+aux_L100"} and "lr" in doc["settings"]["enum+aux_L100"]
+    # each choice names the records behind it by commit (4 trials x 3 seeds), not only the folder's last command
+    assert {k: sum(v.values()) for k, v in doc["records_by_commit"].items()} == {"enum+aux_L100": 12,
+                                                                              "gumbel+aux_L100": 12}
     choices = (tmp_path / "tables" / "tune_choices.csv").read_text().splitlines()
     assert choices[0].endswith("beats,not_eligible,on_edge,trials") and len(choices) == 3
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))

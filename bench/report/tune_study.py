@@ -68,7 +68,8 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
                (rec.get("search") or {}).get("trial"))
         row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
                                     "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
-                                    "statuses": {}, "spaces": []})
+                                    "statuses": {}, "spaces": [], "commits": Counter()})
+        row["commits"][str(rec.get("git_commit") or "?")] += 1
         if rec.get("search", {}).get("space") not in row["spaces"]:
             row["spaces"].append(rec.get("search", {}).get("space"))
         row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
@@ -257,7 +258,7 @@ def write_report(out: Path) -> dict:
                          "chosen": "yes" if chosen else ""})
     _table(Folder(out).tables / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
                                          "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
-    choice_rows, chosen_doc = [], {}
+    choice_rows, chosen_doc, made_by = [], {}, {}
     for (est, aux, labels), r in sorted(best.items()):
         ran = 1 + sum(1 for o in rows if _same_setting(o, r))
         planned = planned_trials(prov.get("search"), est, [sp for o in rows if o is r or _same_setting(o, r)
@@ -275,6 +276,8 @@ def write_report(out: Path) -> dict:
         if planned and ran < planned:
             continue  # an unfinished search chooses nothing yet (its table row says how far it is)
         chosen_doc[setting_id(est, aux, labels)] = dict(r["values"])
+        made_by[setting_id(est, aux, labels)] = dict(sorted(sum((o["commits"] for o in rows if o is r
+                                                                 or _same_setting(o, r)), Counter()).items()))
     _table(Folder(out).tables / "tune_choices", ["estimator", "labels", "chosen", "valid_acc_mean", "valid_acc_ci95",
                                              "default_valid_acc", "chosen_minus_default", "diff_ci95",
                                              "paired_seeds", "beats", "not_eligible", "on_edge", "trials"],
@@ -285,6 +288,8 @@ def write_report(out: Path) -> dict:
                    "Test accuracy is not read.",
            "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
                                                "seeds", "epochs", "steps_per_epoch")},
+           # the folder's last command above; each choice's own records, by the commit they ran on
+           "records_by_commit": {k: made_by[k] for k in sorted(made_by)},
            "applies": "per setting (estimator, aux, label count): `bench run --tuned` sets each setting's values "
                       "and leaves a setting the file does not name at the preset's"}
     (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")

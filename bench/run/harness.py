@@ -295,8 +295,9 @@ def cmd_run(args) -> int:
     tasks = gridmod.expand(grid)
     ident = run_identity(hashes, versions())
     todo = [t for t in tasks if not is_done(out, t, ident) or (args.retime and t["kind"] == "timing")]
-    held = [t for t in todo if args.only and t["kind"] not in args.only]  # not asked for this time
-    todo = [t for t in todo if not (args.only and t["kind"] not in args.only)]
+    asked = [not args.only or t["kind"] in args.only for t in todo]
+    held = [t for t, a in zip(todo, asked) if not a]  # not asked for this time
+    todo = [t for t, a in zip(todo, asked) if a]
     stale = {t["id"]: why for t in todo if (why := _stale(out, t, ident))}
     clash = other_grid(out, grid, tasks)
     workers = args.workers or grid.workers
