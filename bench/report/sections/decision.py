@@ -119,11 +119,17 @@ def display(ctx: Context, d: pd.DataFrame) -> pd.DataFrame:
     threads = ctx.env.get("threads")
     out[f"time per epoch × enum + aux ({ctx.env.get('device', '?')}, {threads} thread{'s' if threads != 1 else ''} a cell)"] = [
         "–" if t is None or pd.isna(t) else f"{t:.2f}×" for t in d.time_x_enum_aux]
-    out["encoder_y gradient MSE × enum's"] = [
-        "– (no latent y)" if b is None and pd.isna(m) else ("–" if pd.isna(m) else
-                                                             f"{m:.3g}×" + (" (biased)" if b else ""))
-        for m, b in zip(d.grad_mse_x_enum, d.biased)]
+    if probed_along(d):  # else a column of dashes: the run probed its initial parameters only (or nothing)
+        out["encoder_y gradient MSE × enum's"] = [
+            "– (no latent y)" if b is None and pd.isna(m) else ("–" if pd.isna(m) else
+                                                                 f"{m:.3g}×" + (" (biased)" if b else ""))
+            for m, b in zip(d.grad_mse_x_enum, d.biased)]
     return out
+
+
+def probed_along(d: pd.DataFrame) -> bool:
+    """Whether any variant has a gradient multiple from checkpoints along training (not step 0 alone)."""
+    return bool(len(d)) and bool(d.grad_mse_x_enum.notna().any())
 
 
 def caption(ctx: Context, d: pd.DataFrame) -> str:
@@ -132,7 +138,11 @@ def caption(ctx: Context, d: pd.DataFrame) -> str:
             f"{', '.join(protocols(ctx.res)) or 'bench'} protocol; test accuracy at the best "
             "validation epoch). The verdict against enum + aux is paired by seed; \"setting not learning\": enum + "
             "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: the cells' own "
-            "seconds per epoch. Gradient MSE: one draw of encoder_y's gradient on an unlabeled batch against the "
-            "exact gradient, as a multiple of enum's (biased estimators are ranked by it, not by their variance), "
-            "at the probe's checkpoints after step 0: \"–\" where the run probed only its initial parameters.")
+            "seconds per epoch. "
+            + ("Gradient MSE: one draw of encoder_y's gradient on an unlabeled batch against the exact gradient, "
+               "as a multiple of enum's (biased estimators are ranked by it, not by their variance), at the "
+               "probe's checkpoints after step 0: \"–\" where the run probed only its initial parameters."
+               if probed_along(d) else
+               "No gradient column: this run probed its gradients at the initial parameters only, which say "
+               "little about the gradients of training (the quick preset probes along training)."))
 
