@@ -247,3 +247,24 @@ def test_a_report_into_a_folder_that_takes_no_write_is_one_line(tmp_path, monkey
     assert main(["report", str(tmp_path), "--no-plots"]) == EXIT_STORAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write the report" in err[0] and "Read-only file system" in err[0], err
+
+
+def test_a_task_runs_with_subnormal_floats_flushed_and_records_it(tmp_path, monkeypatch):
+    """bench.core.numerics: a subnormal product inside a task is zero (an enum + aux cell at a high learning rate
+    slowed 4x on subnormals), and the record says the task ran so."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    seen = {}
+
+    def run(spec, data_dir, progress=None, cache_dir=None):
+        seen["product"] = (torch.tensor([1e-39]) * 1.0).item()
+        return {"status": "ok"}
+
+    monkeypatch.setitem(tasks.KINDS, "train", tasks.TaskKind(run, lambda spec: 1.0))
+    assert (torch.tensor([1e-39]) * 1.0).item() > 0  # not flushed before the task
+    try:
+        record = tasks.run_task(dict(SPEC), tmp_path, data_dir=tmp_path / "gone")
+    finally:
+        torch.set_flush_denormal(False)
+    assert seen["product"] == 0.0 and record["flush_denormal"] is True
+    assert read_result(result_path(tmp_path, SPEC))[0]["flush_denormal"] is True

@@ -104,6 +104,8 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
             assert all(r["metrics"]["epochs_run"] == (len(t.intermediate_values) if pruned else 3) for r in recs)
     assert any("pruned" in m for m in messages), messages  # 4 trials, keep the best half at epochs 1 and 2
     assert not any("test" in p.read_text() for p in (tmp_path / "runs").glob("*.json"))
+    # trained with subnormal floats flushed, as every task (bench.core.numerics)
+    assert all(json.loads(p.read_text())["flush_denormal"] is True for p in (tmp_path / "runs").glob("*.json"))
     # a rerun continues the journal: nothing left to run
     assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 0
     # the tuning study chooses from the search's records, as from a grid's

@@ -59,6 +59,7 @@ from ssvae.train import train
 
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
+from ..core.numerics import flush_denormals
 from ..core.provenance import commit_label, git_commit, usable_cpus
 from ..core.schema import Folder, grid_union, setting_id
 from ..core.store import OutputLock, atomic_write_json
@@ -145,6 +146,7 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
     name = setting_id(est, aux, labels)
 
     def objective(trial: optuna.Trial) -> float:
+        flushed = flush_denormals()  # as every task: see bench.core.numerics
         params = {k: _suggest(trial, k, d) for k, d in dists.items()}
         values = values_of(params)
         cfgs = {s: trial_config(grid, est, aux, labels, s, values) for s in grid.seeds}
@@ -161,7 +163,8 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
                     break
         except DivergedError:
             status = "diverged"
-        recs = [_record(cfgs[s], trial.number, name, values, space, status, states[s], commit) for s in grid.seeds]
+        recs = [{**_record(cfgs[s], trial.number, name, values, space, status, states[s], commit),
+                 "flush_denormal": flushed} for s in grid.seeds]
         for rec in recs:
             atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)

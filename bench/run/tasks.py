@@ -36,6 +36,7 @@ from .cost import (EVAL_STEPS, PART_STEPS, common_cost, config_epochs, evaluatio
                    train_cost)
 from .faults import _fault_hook
 from .gradient_probe import _probe_batches, _references, _variance_rows, run_common
+from ..core.numerics import flush_denormals
 from ..core.provenance import cpu_times, device_name, git_commit, host, identity, other_cpu_load, versions
 from ..core.schema import ANALOGY_SUFFIX, Folder
 from ..core.store import _json_default, atomic_write_bytes, owns, read_checksummed, write_checksummed, write_record
@@ -241,6 +242,7 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     """
     if threads:
         torch.set_num_threads(threads)
+    flushed = flush_denormals()
     out_dir = Path(out_dir)
     started, cpu_start, git = time.time(), cpu_times(), git_commit()  # the code this task runs is loaded now
     record = {"id": spec["id"], "kind": spec["kind"], "spec": spec, "config": spec.get("config")}
@@ -261,7 +263,8 @@ def run_task(spec: dict, out_dir, data_dir=None, progress: Progress = None, thre
     finished = time.time()  # started/finished (epoch seconds): bench.core.tables.ran_beside finds overlapping tasks
     record.update(seconds=finished - started, started=started, finished=finished,
                   other_cpu_load=other_cpu_load(cpu_start, cpu_times(), finished - started), versions=versions(),
-                  threads=torch.get_num_threads(), device_name=device_name(device), host=host(), pid=os.getpid(), token=token,
+                  threads=torch.get_num_threads(), flush_denormal=flushed, device_name=device_name(device), host=host(),
+                  pid=os.getpid(), token=token,
                   identity=identity(device, torch.get_num_threads(), hashes, git=git))
     if run_id is not None and not owns(out_dir, run_id):  # its run was stopped: write nothing at all
         return {**record, "not_written": f"{out_dir / '.lock'} no longer names run {run_id}"}
