@@ -79,3 +79,13 @@ def test_both_ways_run_in_their_own_process_on_mnist():
     assert all(len(rows) == 1 for rows in result["rows"].values())
     assert result["config"]["epochs"] == 1 and json.dumps(result)
     assert "| 1 |" in db.markdown(result)
+
+
+@needs_mnist
+def test_bench_train_flushes_subnormals_as_a_grid_task_does(capsys):
+    from bench.cli import main
+    assert main(["train", "--estimator", "trace", "--aux", "--labels", "100", "--epochs", "1", "--steps-per-epoch",
+                 "2", "--hidden", "16", "--z-dim", "4", "--no-progress", "--data-dir", str(mnist_dir())]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["flush_denormal"] is True and summary["estimator"] == "trace"
+    assert torch.tensor(1e-39).item() == 0.0  # this process now flushes them

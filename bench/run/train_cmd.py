@@ -1,4 +1,5 @@
-"""``python -m bench train``: train one configuration and print its summary as one JSON line."""
+"""``python -m bench train``: train one configuration and print its summary as one JSON line (with
+``flush_denormal``: whether subnormal floats were flushed to zero, as in every task of a grid)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from ssvae.train import train
 
 from ..commands import COMMANDS
 from ..core.errors import add_data_args, int_list
+from ..core.numerics import flush_denormals
 
 
 def add_train_parser(sub) -> None:
@@ -49,6 +51,7 @@ def cmd_train(args) -> int:
                              steps_per_epoch=args.steps_per_epoch, device=args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    flushed = flush_denormals()
     data = ssdata.load(cfg.labels, cfg.seed, cfg.device, args.data_dir,
                        download=False if args.no_download else None)
     bar = None
@@ -70,5 +73,5 @@ def cmd_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(json.dumps(result.summary()))
+    print(json.dumps({**result.summary(), "flush_denormal": flushed}))
     return 0
