@@ -1,5 +1,6 @@
 """The diagnostics tables rank by the named definitions; the relaxations' schedules fit every preset."""
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -158,6 +159,7 @@ def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
     rate = {"train": 0.1, "eval": 3.0, "probe": 0.02, "timing": 0.5}
     tasks = expand(make_grid(load_preset("quick"), {"labels": [100, 3000], "seeds": [0]}))
     _fake_records(tmp_path / "quick-cpu", tasks, rate, load=1.0)
+    shutil.copytree(tmp_path / "quick-cpu", tmp_path / "zz-copy")  # the same runs copied (results/pending)
     cal = estimate.calibrate([tmp_path], "AMD EPYC", cpus=2)
     assert cal.machine == "AMD EPYC" and cal.sources == {str(tmp_path / "quick-cpu"): len(tasks)}
     for part in ("train", "eval", "probe"):

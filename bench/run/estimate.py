@@ -58,8 +58,9 @@ def plan_contention(workers: int, threads: int = 1, cpus: Optional[int] = None) 
 
 def finished_records(roots: Iterable[Path]) -> Iterable[Tuple[Path, dict]]:
     """(folder, record) of every readable finished task record under ``roots`` (``runs/`` and
-    ``probes/`` of any result folder, at any depth)."""
-    seen = set()
+    ``probes/`` of any result folder, at any depth), each run once: a record copied into another folder
+    (``results/pending/`` beside the reference it becomes) is the same run, known by its id, host and start."""
+    seen, runs = set(), set()
     for root in roots:
         root = Path(root)
         if not root.is_dir():
@@ -73,7 +74,10 @@ def finished_records(roots: Iterable[Path]) -> Iterable[Tuple[Path, dict]]:
             spec = (record or {}).get("spec")
             if (record and record.get("status") == "ok" and span(record) and isinstance(spec, dict)
                     and spec.get("kind") in KINDS):
-                yield path.parent.parent, record
+                run = (record.get("id"), record.get("host"), record.get("started"))
+                if run not in runs:
+                    runs.add(run)
+                    yield path.parent.parent, record
 
 
 @dataclass
