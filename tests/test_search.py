@@ -419,11 +419,11 @@ def test_a_continued_study_draws_new_values_and_a_diverged_trial_is_the_worst_va
 
 
 def test_two_trials_of_the_same_values_are_two_trials_of_the_study(tmp_path):
-    grid = _grid(trials=2)
+    grid = _grid(trials=4)
     (tmp_path / "runs").mkdir()
     (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": {**grid.to_dict(), "estimators": ["enum"]}}))
-    values = {"lr": 1e-3, "aux_multiplier": 46.0}
-    for trial, status in ((0, "pruned"), (1, "ok")):
+    chosen, lower = {"lr": 1e-3, "aux_multiplier": 46.0}, {"lr": 5e-4, "aux_multiplier": 46.0}
+    for trial, status, values in ((0, "pruned", chosen), (1, "ok", chosen), (2, "pruned", lower), (3, "pruned", lower)):
         for seed in (0, 1, 2):
             cfg = search.trial_config(grid, "enum", True, 100, seed, values)
             state = {"curves": [{"epoch": e, "valid_acc": 0.5 + 0.1 * e, "loss_sup": 0, "loss_unsup": 0, "loss_aux": 0,
@@ -432,5 +432,27 @@ def test_two_trials_of_the_same_values_are_two_trials_of_the_study(tmp_path):
             (tmp_path / "runs" / f"{rec['id']}.json").write_text(json.dumps(rec))
     doc = tune_study.write_report(tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
-    assert [r["trials"] for r in rows] == ["2 of 2"] and doc["settings"]["enum+aux_L100"]["lr"] == 1e-3
-    assert rows[0]["valid_acc_mean"].startswith("0.8") and rows[0]["not_eligible"] == "1"  # the ok trial, not mixed
+    assert [r["trials"] for r in rows] == ["4 of 4"] and doc["settings"]["enum+aux_L100"]["lr"] == 1e-3
+    assert rows[0]["valid_acc_mean"].startswith("0.8")  # the ok trial, not mixed with its pruned twin
+    # not eligible: two distinct combinations (the chosen values' pruned trial, and lr 5e-4 pruned twice)
+    assert rows[0]["not_eligible"] == "2"
+    every = list(csv.DictReader(open(tmp_path / "tables" / "tune_all.csv")))
+    assert sorted(r["trial"] for r in every) == ["0", "1", "2", "3"]  # every trial its row, named
+    assert "selection: `python -m bench tune " in (tmp_path / "tune.md").read_text()
+
+
+def test_beats_counts_a_combination_two_trials_shared_once(tmp_path):
+    grid = _grid(trials=3)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": {**grid.to_dict(), "estimators": ["enum"]}}))
+    for trial, lr, top in ((0, 1e-3, 0.9), (1, 5e-4, 0.7), (2, 5e-4, 0.7)):  # trials 1 and 2: the same values
+        values = {"lr": lr, "aux_multiplier": 46.0}
+        for seed in (0, 1, 2):
+            cfg = search.trial_config(grid, "enum", True, 100, seed, values)
+            state = {"curves": [{"epoch": 1, "valid_acc": top + 0.01 * seed, "loss_sup": 0, "loss_unsup": 0,
+                                 "loss_aux": 0, "elapsed_seconds": 1, "global_step": 1}]}
+            rec = search._record(cfg, trial, "enum+aux_L100", values, grid.search["space"]["enum"], "ok", state, "c")
+            (tmp_path / "runs" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    tune_study.write_report(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
+    assert rows[0]["beats"] == "1" and rows[0]["trials"] == "3 of 3"

@@ -14,7 +14,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import seaborn as sns
 
@@ -23,7 +23,7 @@ from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
 from ..commands import COMMANDS
-from ..core.provenance import run_parts
+from ..core.provenance import REPO, run_parts
 from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
 from ..run.tune import (CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, search_rungs,
@@ -67,7 +67,7 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
         key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True),
                (rec.get("search") or {}).get("trial"))
         row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
-                                    "labels": cfg["labels"], "values": values, "options": {}, "seeds": {},
+                                    "labels": cfg["labels"], "values": values, "trial": key[-1], "options": {}, "seeds": {},
                                     "statuses": {}, "spaces": [], "commits": Counter()})
         row["commits"][str(rec.get("git_commit") or "?")] += 1
         if rec.get("search", {}).get("space") not in row["spaces"]:
@@ -150,6 +150,11 @@ def tuned_space(prov: dict) -> Dict:
     space = (prov.get("search") or {}).get("space") or {}
     return {est: {k: (list(rest) if kind == "range" else rest[0]) for k, (kind, *rest) in keys.items()}
             for est, keys in space.items()}
+
+
+def _distinct(rows: Iterable[dict]) -> int:
+    """How many distinct combinations ``rows`` hold: two trials a search gave the same values count once."""
+    return len({json.dumps(r["values"], sort_keys=True) for r in rows})
 
 
 def _same_setting(a: dict, b: dict) -> bool:
@@ -251,12 +256,12 @@ def write_report(out: Path) -> dict:
     for r in rows:
         chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
         all_rows.append({"estimator": variant_label(r["estimator"], r["aux"]), "labels": r["labels"],
-                         "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
+                         "trial": "" if r["trial"] is None else r["trial"], "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
                          "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
                          "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
                          "chosen": "yes" if chosen else ""})
-    _table(Folder(out).tables / "tune_all", ["estimator", "labels", "values", "n_seeds", "valid_acc_mean",
+    _table(Folder(out).tables / "tune_all", ["estimator", "labels", "trial", "values", "n_seeds", "valid_acc_mean",
                                          "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
     choice_rows, chosen_doc, made_by = [], {}, {}
     for (est, aux, labels), r in sorted(best.items()):
@@ -269,8 +274,9 @@ def write_report(out: Path) -> dict:
                             "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                             "default_valid_acc": d["mean"] if d else None,
                             "chosen_minus_default": diff, "diff_ci95": hw, "paired_seeds": n,
-                            "beats": sum(1 for o in rows if _same_setting(o, r) and o["eligible"] and o["mean"] < r["mean"]),
-                            "not_eligible": sum(1 for o in rows if _same_setting(o, r) and not o["eligible"]),
+                            "beats": _distinct(o for o in rows if _same_setting(o, r) and o["eligible"]
+                                               and o["mean"] < r["mean"]),
+                            "not_eligible": _distinct(o for o in rows if _same_setting(o, r) and not o["eligible"]),
                             "on_edge": edges(prov, est, r["values"]),
                             "trials": f"{ran} of {planned}" if planned else ran})
         if planned and ran < planned:
@@ -363,18 +369,27 @@ def _commits(prov: dict) -> str:
                                   for p in parts)
 
 
+def _shown(out: Path) -> str:
+    """``out`` as a command typed at the repository's root names it (as given where it lies outside)."""
+    try:
+        return str(Path(out).resolve().relative_to(REPO))
+    except ValueError:
+        return str(out)
+
+
 def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
     text = [
         "# Tuning on validation data", "",
         f"Provenance: {_provenance_line(prov)}.", "",
-        f"Command: `{prov.get('command')}`; selection: `python -m bench tune {out.name}` "
+        f"Command: `{prov.get('command')}`; selection: `python -m bench tune {_shown(out)}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
         _how(prov), "",
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
         "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
-        "lower mean; `not_eligible`: those pruned, diverged or failed; `trials`: the combinations run (in a search: of "
+        "lower mean; `not_eligible`: those pruned, diverged or failed (each a distinct combination: values two "
+        "trials shared count once; every trial is a row below); `trials`: the combinations run (in a search: of "
         "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a chosen value at an end "
         "of what was searched (widen the range there, or read the end as the range's limit).", "",
         "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
