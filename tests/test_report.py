@@ -673,3 +673,18 @@ def test_a_run_too_short_for_verdicts_says_so(tmp_path, built):
     summary = (tmp_path / "report.md").read_text().split("## Summary", 1)[1]
     assert summary.lstrip().startswith("**A pipeline check, not a result** (one seed (no interval))")
     assert "pipeline check" not in (built[0] / "report.md").read_text()
+
+
+def test_the_run_section_counts_the_cells_that_flushed_subnormals():
+    from types import SimpleNamespace
+
+    from bench.report.sections.overview import flush_line
+
+    runs = pd.DataFrame({"status": ["ok", "ok", "diverged", "missing"], "flush_denormal": [True, None, True, None]})
+    line = flush_line(SimpleNamespace(res=SimpleNamespace(runs=runs)))
+    assert line.startswith("Subnormal floats: flushed to zero in 2 of 3 finished cells")
+    assert "the other 1 ran without it" in line
+    every = flush_line(SimpleNamespace(res=SimpleNamespace(runs=runs.assign(flush_denormal=True))))
+    assert "in 3 of 3 finished cells" in every and "without it" not in every
+    assert flush_line(SimpleNamespace(res=SimpleNamespace(runs=runs.assign(flush_denormal=None)))) is None
+    assert flush_line(SimpleNamespace(res=SimpleNamespace(runs=runs.drop(columns="flush_denormal")))) is None

@@ -103,7 +103,7 @@ def timing_id(device: str, estimator: str) -> str:
 # -- the CSV tables --------------------------------------------------------------------------------
 RUNS_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "status", "test_acc_at_best_valid",
                 "best_valid_acc", "best_epoch", "final_test_acc", "final_valid_acc", "epochs", "steps",
-                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "beside", "other_cpu_load", "protocol", "final_test_elbo",
+                "steps_per_epoch", "train_seconds", "seconds_per_epoch", "eval_seconds", "beside", "other_cpu_load", "flush_denormal", "protocol", "final_test_elbo",
                 "elbo_images", "test_iwae", "iwae_k", "iwae_images", "data_sha256", "git_commit", "error"]
 CURVES_COLUMNS = ["cell", "estimator", "aux", "labels", "seed", "device", "epoch", "global_step", "valid_acc",
                   "test_acc", "test_elbo", "loss_sup", "loss_unsup", "loss_aux", "elapsed_seconds"]

@@ -64,6 +64,7 @@ def _cell_rows(spec: dict, record: Optional[dict], status: str) -> Tuple[dict, L
     row = {**keys, "status": status, **{k: metrics.get(k) for k in RUN_METRICS}, "epochs": cfg["epochs"],
            "data_sha256": (record or {}).get("data_sha256"), "git_commit": _commit(record or {}),
            "beside": None, "other_cpu_load": (record or {}).get("other_cpu_load"),
+           "flush_denormal": (record or {}).get("flush_denormal"),
            "error": (record or {}).get("error")}
     curves = []
     if status in DONE_STATUSES:

@@ -215,6 +215,7 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     side = {} if grid.legacy else {r["cell"]: r for r in grid.tables.get("runs", [])}
     for key in ("beside", "other_cpu_load"):
         runs[key] = pd.to_numeric(runs["cell"].map(lambda c: side.get(c, {}).get(key)), errors="coerce")
+    runs["flush_denormal"] = runs["cell"].map(lambda c: side.get(c, {}).get("flush_denormal"))
     runs = runs.sort_values(["labels", "estimator", "aux", "seed", "cell"]).reset_index(drop=True)
 
     ok_cells = set(runs.loc[runs.status == "ok", "cell"])

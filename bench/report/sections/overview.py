@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...core.provenance import run_parts
-from ...core.schema import CONTENDED_LOAD, Folder, cores
+from ...core.schema import CONTENDED_LOAD, DONE_STATUSES, Folder, cores
 from ..common import parts_lines
 from ..context import Context, Section
 from ..frames import protocols, status
@@ -99,6 +99,21 @@ def beside_line(ctx: Context):
                "probe." if shared else ". The verdicts' times come from the timing probe all the same."))
 
 
+def flush_line(ctx: Context):
+    """In how many finished cells subnormal floats were flushed to zero (runs.csv ``flush_denormal``); None for a
+    folder none of whose records says (all written before the project flushed them)."""
+    r = ctx.res.runs
+    if "flush_denormal" not in r or not r["flush_denormal"].notna().any():
+        return None
+    done = r[r["status"].isin(DONE_STATUSES)]
+    flushed = int((done["flush_denormal"] == True).sum())  # noqa: E712 (a column of True, False and NaN)
+    rest = len(done) - flushed
+    return (f"Subnormal floats: flushed to zero in {flushed} of {len(done)} finished cells (runs.csv "
+            f"`flush_denormal`)" + (f"; the other {rest} ran without it (written before the project flushed them, "
+                                    "or on a CPU that cannot), so a cell whose arithmetic met subnormals may have "
+                                    "slowed: docs/results.md, \"Subnormal floats\"" if rest else "") + ".")
+
+
 def build(ctx: Context) -> Section:
     env, grid, res = ctx.env, ctx.grid, ctx.res
     s = ctx.frame(status)[0].iloc[0]
@@ -125,9 +140,9 @@ def build(ctx: Context) -> Section:
     cost = run_cost_line(ctx)
     if cost:
         sec.text.append(f"Compute: {cost}")
-    beside = beside_line(ctx)
-    if beside:
-        sec.text.append(beside)
+    for line in (beside_line(ctx), flush_line(ctx)):
+        if line:
+            sec.text.append(line)
     probes = env.get("expected_probes")
     if isinstance(probes, list) and probes:
         have = {p.stem for p in Folder(res.root).probes.glob("*.json")}
