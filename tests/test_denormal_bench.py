@@ -40,11 +40,12 @@ def test_a_run_gives_a_row_per_epoch_and_flushing_changes_no_accuracy(synthetic_
     flushed = db.epoch_rows(cfg, synthetic_data, flush=True)
     assert [r["valid_acc"] for r in flushed] == [r["valid_acc"] for r in kept]
     assert all(r["subnormal_params"] == r["subnormal_optimiser"] == 0 for r in flushed)
+    assert {r["flushing"] for r in kept} == {False} and {r["flushing"] for r in flushed} == {True}
 
 
 def _result(contended=False):
     row = lambda e, s: {"epoch": e, "seconds": s, "elapsed_seconds": s, "valid_acc": 0.9, "subnormal_params": 0,
-                        "subnormal_optimiser": 7 * e}
+                        "subnormal_optimiser": 7 * e, "flushing": False}
     return {"rows": {"default": [row(1, 24.4), row(2, 31.6)], "flushed": [row(1, 25.3), row(2, 25.4)]},
             "config": _tiny().to_dict(), "side_by_side": True, "threads": 1, "cpu": "Intel(R) Xeon(R) Processor",
             "torch": "2.14.1", "pyro": "1.9.1", "python": "3.11", "commit": "abc1234", "seconds": 60.0,
@@ -73,10 +74,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
 
 
 @needs_mnist
-def test_both_ways_run_in_their_own_process_on_mnist():
+@pytest.mark.parametrize("cpus", [2, 1])
+def test_both_ways_run_in_their_own_process_on_mnist(cpus, monkeypatch):
+    monkeypatch.setattr(db, "usable_cpus", lambda: cpus)  # one CPU: one after the other, each in a fresh process
     result = db.run(_tiny(epochs=1, labels=100), str(mnist_dir()))
-    assert set(result["rows"]) == {"default", "flushed"}
+    assert set(result["rows"]) == {"default", "flushed"} and result["side_by_side"] is (cpus == 2)
     assert all(len(rows) == 1 for rows in result["rows"].values())
+    assert [r["flushing"] for r in result["rows"]["default"]] == [False]  # the flushed run's mode never leaks
+    assert [r["flushing"] for r in result["rows"]["flushed"]] == [True]
     assert result["config"]["epochs"] == 1 and json.dumps(result)
     assert "| 1 |" in db.markdown(result)
 

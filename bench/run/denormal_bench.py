@@ -10,8 +10,9 @@ load falls on both; on one CPU, one after the other. The defaults are the config
 3000 labels with the search's choice after its first 16 trials (trial 19, lr 4.07e-3, aux multiplier 17.2).
 
 Per epoch it keeps the training seconds (``elapsed_seconds`` differences: evaluation excluded), the validation
-accuracy and how many values of the run's state are subnormal (nonzero, below 1.2e-38 in magnitude), counted
-apart for the parameters and for the optimiser's state. Writes ``denormal-epochs.json`` (every row, what it ran
+accuracy, how many values of the run's state are subnormal (nonzero, below 1.2e-38 in magnitude), counted
+apart for the parameters and for the optimiser's state, and whether the process was flushing them then
+(``flushing``: a subnormal product came out 0). Writes ``denormal-epochs.json`` (every row, what it ran
 on) and ``denormal-epochs.md`` (the table), and prints the table. A run beside other processes
 (``bench.core.provenance.other_cpu_load`` at least ``bench.core.schema.CONTENDED_LOAD`` cores beyond its own two)
 is marked "contended": both runs shared that load."""
@@ -61,6 +62,11 @@ def subnormals(tree) -> int:
     return 0
 
 
+def flushing() -> bool:
+    """Whether this process flushes subnormal floats now: a subnormal product comes out 0."""
+    return (torch.tensor([TINY]) * 0.5).item() == 0.0
+
+
 def epoch_rows(cfg, data, flush: bool) -> List[Dict]:
     """Train ``cfg`` on ``data`` in this process (flushing subnormals first if ``flush``); a row per epoch."""
     if flush:
@@ -73,7 +79,7 @@ def epoch_rows(cfg, data, flush: bool) -> List[Dict]:
         rows.append({"epoch": row["epoch"], "seconds": round(row["elapsed_seconds"] - before, 2),
                      "elapsed_seconds": row["elapsed_seconds"], "valid_acc": row["valid_acc"],
                      "subnormal_params": subnormals(trainer["param_store"]),
-                     "subnormal_optimiser": subnormals(trainer["optimizer"])})
+                     "subnormal_optimiser": subnormals(trainer["optimizer"]), "flushing": flushing()})
     train(cfg, data, evaluation=EVALUATION, on_epoch_end=hook)
     return rows
 
@@ -96,7 +102,8 @@ def run(cfg, root: str) -> dict:
     side_by_side = usable_cpus() >= 2
     start, t0, load0 = cpu_times(), time.perf_counter(), os.getloadavg()
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2 if side_by_side else 1, mp_context=ctx) as pool:
+    # a fresh process for each way: the flushed run's setting never reaches the other
+    with ProcessPoolExecutor(max_workers=2 if side_by_side else 1, mp_context=ctx, max_tasks_per_child=1) as pool:
         futures = {way: pool.submit(_child, cfg.to_dict(), root, way == "flushed") for way in WAYS}
         rows = {way: f.result() for way, f in futures.items()}
     seconds = time.perf_counter() - t0
