@@ -456,3 +456,30 @@ def test_beats_counts_a_combination_two_trials_shared_once(tmp_path):
     tune_study.write_report(tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
     assert rows[0]["beats"] == "1" and rows[0]["trials"] == "3 of 3"
+
+
+def test_the_search_figure_shows_every_trial_finished_pruned_or_diverged(tmp_path):
+    grid = _grid(trials=3)
+    (tmp_path / "runs").mkdir()
+    env = {"preset": "test", "grid": {**grid.to_dict(), "estimators": ["enum"]}}
+    (tmp_path / ENV_FILE).write_text(json.dumps(env))
+    for trial, status, lr in ((0, "ok", 1e-3), (1, "pruned", 5e-4), (2, "diverged", 9e-3)):
+        values = {"lr": lr, "aux_multiplier": 46.0 + trial}
+        for seed in (0, 1, 2):
+            cfg = search.trial_config(grid, "enum", True, 100, seed, values)
+            epochs = {"ok": 3, "pruned": 1, "diverged": 0}[status]
+            state = {"curves": [{"epoch": e, "valid_acc": 0.5 + 0.1 * e, "loss_sup": 0, "loss_unsup": 0, "loss_aux": 0,
+                                 "elapsed_seconds": e, "global_step": e} for e in range(1, epochs + 1)]}
+            rec = search._record(cfg, trial, "enum+aux_L100", values, grid.search["space"]["enum"], status, state, "c")
+            (tmp_path / "runs" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    tune_study.write_report(tmp_path)
+    assert (tmp_path / "plots" / "tune_sensitivity.png").stat().st_size > 10_000
+    prov = tune_study.provenance(tmp_path)
+    rows = tune_study.combinations(tmp_path, tune_study.tuned_space(prov))
+    fig = tune_study.search_figure(rows, tune_study.select(rows, tune_study.tuned_space(prov)), prov)
+    ax = fig.axes[0]
+    assert ax.get_title() == "enum + aux, 100 labels: 1 finished, 1 pruned, 1 diverged"
+    drawn = {tuple(o) for c in ax.collections for o in c.get_offsets()}
+    assert any(x == pytest.approx(9e-3) for x, _ in drawn)  # the diverged trial, on the floor
+    assert any(x == pytest.approx(5e-4) and y == pytest.approx(0.6) for x, y in drawn)  # pruned after epoch 1
+    assert any(x == pytest.approx(1e-3) and y == pytest.approx(0.8) for x, y in drawn)  # finished: best of 3 epochs
