@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.core.schema import ENV_FILE
-from bench.report import tune_study
+from bench.report import tune_plots, tune_study
 from bench.report.common import parts_lines
 from bench.run import grid as gridmod
 from bench.run import search
@@ -327,11 +327,11 @@ def test_a_search_made_by_several_commands_names_each_and_the_records_commits(tm
     for i, commit in enumerate(["a" * 40, "a" * 40, "b" * 40]):
         (tmp_path / "runs" / f"r{i}.json").write_text(json.dumps({"git_commit": commit}))
     prov = tune_study.provenance(tmp_path)
-    assert tune_study._commits(prov) == f"commits {'a' * 10} (2 records), {'b' * 10} (1 records)"
+    assert tune_plots._commits(prov) == f"commits {'a' * 10} (2 records), {'b' * 10} (1 records)"
     lines = parts_lines(prov["parts"], search=True)
     assert lines[0].startswith("Made in 2 parts (each command searched the settings it names")
     assert "`python -m bench search A`: commit aaaaaaaaaa" in lines[2] and "search B" in lines[3]
-    assert "x all steps" not in tune_study._provenance_line({**prov, "steps_per_epoch": 3})
+    assert "x all steps" not in tune_plots.provenance_line({**prov, "steps_per_epoch": 3})
 
 
 def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path, monkeypatch):
@@ -476,7 +476,7 @@ def test_the_search_figure_shows_every_trial_finished_pruned_or_diverged(tmp_pat
     assert (tmp_path / "plots" / "tune_sensitivity.png").stat().st_size > 10_000
     prov = tune_study.provenance(tmp_path)
     rows = tune_study.combinations(tmp_path, tune_study.tuned_space(prov))
-    fig = tune_study.search_figure(rows, tune_study.select(rows, tune_study.tuned_space(prov)), prov)
+    fig = tune_plots.search_figure(rows, tune_study.select(rows, tune_study.tuned_space(prov)), prov)
     ax = fig.axes[0]
     assert ax.get_title() == "enum + aux, 100 labels: 1 finished, 1 pruned, 1 diverged"
     drawn = {tuple(o) for c in ax.collections for o in c.get_offsets()}

@@ -18,7 +18,7 @@ matplotlib's version/date metadata, so the plots and report.html are reproducibl
 
 The same package holds what else is drawn from results folders: ``compare`` of two folders
 (:mod:`.compare`, :mod:`.compare_render`, :mod:`.compare_cli`), the tuning study behind ``tune``
-(:mod:`.tune_study`) and the README's generated blocks (:mod:`.readme`).
+(:mod:`.tune_study`, its plot in :mod:`.tune_plots`) and the README's generated blocks (:mod:`.readme`).
 
 Layout (no module imports one that imports it back):
 
