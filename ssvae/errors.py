@@ -14,14 +14,14 @@ class DataError(RuntimeError):
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite.
+    """The training loss became NaN or infinite, or (``reason``) a distribution's parameter left its support.
 
     ``step`` is the global optimisation step (0-based) at which it happened and
     ``epoch`` the epoch (1-based).
     """
 
-    def __init__(self, step: int, epoch: int, loss: float, kind: str):
-        super().__init__(f"loss became {loss} at step {step} (epoch {epoch}, {kind} batch)")
+    def __init__(self, step: int, epoch: int, loss: float, kind: str, reason: str = ""):
+        super().__init__(f"{reason or f'loss became {loss}'} at step {step} (epoch {epoch}, {kind} batch)")
         self.step = step
         self.epoch = epoch
         self.loss = loss

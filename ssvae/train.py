@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -320,6 +321,18 @@ class RunResult:
                 "device": c["device"], **self.metrics, "data_sha256": self.data_sha256}
 
 
+_LEFT_SUPPORT = re.compile(r"Expected parameter (\w+) .*?of distribution (\w+).*?to satisfy the constraint "
+                           r"(.+?), but found invalid values", re.S)
+
+
+def left_support(exc: ValueError) -> str:
+    """"parameter scale of Normal left its support GreaterThan(lower_bound=0.0)" when ``exc`` is torch's check of
+    a distribution's argument (e.g. a scale ``exp(...)`` that underflowed to 0 after a step too large, the
+    parameters still finite), else ""."""
+    m = _LEFT_SUPPORT.search(str(exc))
+    return f"parameter {m.group(1)} of {m.group(2)} left its support {m.group(3)}" if m else ""
+
+
 def train(cfg: RunConfig, data: SSData,
           callback: Optional[Callable[[dict], None]] = None,
           on_step: Optional[Callable[[Trainer, int], None]] = None,
@@ -340,7 +353,8 @@ def train(cfg: RunConfig, data: SSData,
     ``torch.load(weights_only=True)`` reads. ``resume=state`` continues from the epoch after that state's,
     with the very numbers of the run that was not interrupted (timings aside); a state of another
     config, data or evaluation plan raises ``ValueError`` (:func:`check_resume`).
-    Raises :class:`DivergedError` if a loss becomes NaN or infinite.
+    Raises :class:`DivergedError` if a loss becomes NaN or infinite, a parameter does, or (after the first step)
+    a distribution's argument leaves its support (:func:`left_support`).
     """
     validate(cfg)
     if resume is not None:
@@ -383,6 +397,9 @@ def train(cfg: RunConfig, data: SSData,
             except ValueError as exc:  # Pyro's argument checks see a NaN/inf parameter before the loss does
                 if not trainer.parameters_finite():
                     raise DivergedError(trainer.global_step, epoch, float("nan"), kind) from exc
+                left = left_support(exc) if trainer.global_step > 0 else ""
+                if left:  # finite parameters whose outputs overflowed or underflowed out of a support
+                    raise DivergedError(trainer.global_step, epoch, float("nan"), kind, left) from exc
                 raise
             for k, v in losses.items():
                 if not math.isfinite(v):

@@ -312,3 +312,28 @@ def test_nan_parameter_is_a_divergence_not_a_crash(synthetic_data, name):
     with pytest.raises(DivergedError) as info:
         train(cfg, synthetic_data, on_step=poison)
     assert info.value.step == 2 and "nan" in str(info.value)
+
+
+def test_an_argument_out_of_its_support_after_a_step_is_a_divergence(synthetic_data):
+    """Finite parameters whose outputs leave a distribution's support (a scale exp(...) that underflowed to 0
+    after a step too large: enum + aux at lr 4e-2 in the search) diverge, as a NaN does; at step 0, before any
+    step, the same error is a bug and is raised as it is."""
+    from ssvae.errors import DivergedError
+
+    cfg = RunConfig(estimator="enum", labels=100, epochs=1, batch_size=32, hidden=(8,), z_dim=3, steps_per_epoch=5)
+
+    def zero_scale(at):
+        def hook(trainer, step):
+            if step == at:
+                with torch.no_grad():  # the encoder's log-scale head: exp(-1e4) underflows to 0, finitely
+                    head = [p for n, p in trainer.ss.named_parameters() if "encoder_z" in n][-1]
+                    head.fill_(-1e4)
+        return hook
+
+    with pytest.raises(DivergedError) as info:
+        train(cfg, synthetic_data, on_step=zero_scale(2))
+    assert info.value.step == 2
+    assert "parameter scale of Normal left its support GreaterThan(lower_bound=0.0) at step 2" in str(info.value)
+    with pytest.raises(ValueError) as first:
+        train(cfg, synthetic_data, on_step=zero_scale(0))
+    assert not isinstance(first.value, DivergedError)

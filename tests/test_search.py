@@ -483,3 +483,30 @@ def test_the_search_figure_shows_every_trial_finished_pruned_or_diverged(tmp_pat
     assert any(x == pytest.approx(9e-3) for x, _ in drawn)  # the diverged trial, on the floor
     assert any(x == pytest.approx(5e-4) and y == pytest.approx(0.6) for x, y in drawn)  # pruned after epoch 1
     assert any(x == pytest.approx(1e-3) and y == pytest.approx(0.8) for x, y in drawn)  # finished: best of 3 epochs
+
+
+def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path, monkeypatch):
+    """One trial's error (here: the default trial's learning rate meets a fault) is the trial's record `failed`
+    with the error's line, a log line, and a failed trial of the study that counts as run; the other trials run
+    (before: the process searching stopped taking trials, silently in a worker)."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = gridmod.make_grid({**TINY, "estimators": ["enum"], "search": {"trials": 4, "first_rung": 1, "reduction": 2,
+                                                                        "lr": {"low": 1e-4, "high": 1e-2}}})
+    real = search._one_epoch
+
+    def faulty(cfg, data, state):
+        if cfg.lr == grid.lr:
+            raise RuntimeError("boom\nsecond line")
+        return real(cfg, data, state)
+
+    monkeypatch.setattr(search, "_one_epoch", faulty)
+    messages = []
+    assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 4
+    assert any("trial 0: failed after 0 epoch(s)" in m and m.endswith(": RuntimeError: boom") for m in messages)
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("enum+aux_L100_s*_t000.json"))]
+    assert [r["status"] for r in recs] == ["failed"] * 3 and recs[0]["error"] == "RuntimeError: boom"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / search.JOURNAL)))
+    trials = optuna.load_study(study_name="enum+aux_L100", storage=storage).get_trials()
+    assert len(trials) == 4 and trials[0].state == optuna.trial.TrialState.FAIL
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials[1:])
+    assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 0  # the failed one counts

@@ -54,7 +54,7 @@ def _commits(prov: dict) -> str:
 def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     """A search's sensitivity: one panel per setting, every trial at its learning rate: a finished trial's mean
     validation accuracy over seeds (its seeds as dots), coloured by its aux multiplier where it has one; a pruned
-    trial hollow, at the mean where it stopped; a diverged trial a red cross on the panel's floor; the choice
+    trial hollow, at the mean where it stopped; a diverged (or failed) trial a red cross on the panel's floor; the choice
     circled; the learning-rate range searched (and any narrower earlier one) as dotted lines."""
     settings = sorted({(r["estimator"], r["aux"], r["labels"]) for r in rows})
     ncol = min(2, len(settings))
@@ -67,9 +67,9 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     for ax, (est, aux, labels) in zip(axes.flat, settings):
         mine = [r for r in rows if (r["estimator"], r["aux"], r["labels"]) == (est, aux, labels)]
         done = [r for r in mine if r["eligible"]]
-        pruned = [r for r in mine if not r["eligible"] and "diverged" not in r["statuses"].values()
-                  and r.get("reached")]
-        diverged = [r for r in mine if "diverged" in r["statuses"].values()]
+        stopped = [r for r in mine if {"diverged", "failed"} & set(r["statuses"].values())]
+        failed = [r for r in stopped if "failed" in r["statuses"].values()]
+        pruned = [r for r in mine if not r["eligible"] and r not in stopped and r.get("reached")]
         colour = lambda r: cmap(norm(r["values"]["aux_multiplier"])) if norm and r["values"].get("aux_multiplier") \
             else "tab:blue"
         for r in done:
@@ -85,11 +85,11 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
         pad = max(0.01, 0.08 * (hi - lo))
         floor = lo - 2 * pad
         ax.set_ylim(floor - pad, hi + pad)
-        if diverged:
-            ax.scatter([r["options"]["lr"] for r in diverged], [floor] * len(diverged), marker="x", color="red",
+        if stopped:
+            ax.scatter([r["options"]["lr"] for r in stopped], [floor] * len(stopped), marker="x", color="red",
                        s=40, zorder=3)
-            ax.text(0.01, floor, " diverged (x)", transform=ax.get_yaxis_transform(), va="center", fontsize=7,
-                    color="red")
+            ax.text(0.01, floor, " diverged" + (" or failed" if failed else "") + " (x)",
+                    transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="red")
         chosen = best.get((est, aux, labels))
         if chosen is not None:
             ax.scatter([chosen["options"]["lr"]], [chosen["mean"]], s=170, facecolor="none", edgecolor="black",
@@ -104,7 +104,7 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
         ax.text(PYRO_LR, 0.99, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="grey")
         ax.set_xscale("log")
         ax.set_title(f"{variant_label(est, aux)}, {labels} labels: {len(done)} finished, {len(pruned)} pruned, "
-                     f"{len(diverged)} diverged", fontsize=9)
+                     f"{len(stopped) - len(failed)} diverged" + (f", {len(failed)} failed" if failed else ""), fontsize=9)
         ax.set_xlabel("learning rate (dotted: the range searched)", fontsize=8)
         ax.set_ylabel(f"validation accuracy ({SELECT_ON})", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -99,6 +99,11 @@ class _Pause(Exception):
         self.state = state
 
 
+class _TrialFailed(Exception):
+    """A trial that raised (a fault, or a bug one set of values meets): recorded ``failed``, logged, and told to
+    the study as failed; the search goes on with its next trial."""
+
+
 def _suggest(trial: optuna.Trial, key: str, dist):
     if isinstance(dist, CategoricalDistribution):
         return trial.suggest_categorical(key, dist.choices)
@@ -151,7 +156,7 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
         values = values_of(params)
         cfgs = {s: trial_config(grid, est, aux, labels, s, values) for s in grid.seeds}
         states: Dict[int, Optional[dict]] = {s: None for s in grid.seeds}
-        status = "ok"
+        status, error = "ok", None
         try:
             for epoch in range(1, grid.epochs + 1):
                 for s in grid.seeds:
@@ -163,14 +168,19 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
                     break
         except DivergedError:
             status = "diverged"
+        except Exception as exc:  # noqa: BLE001 (one trial's fault: recorded, and the search goes on)
+            status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         recs = [{**_record(cfgs[s], trial.number, name, values, space, status, states[s], commit),
-                 "flush_denormal": flushed} for s in grid.seeds]
+                 "flush_denormal": flushed, **({"error": error} if error else {})} for s in grid.seeds]
         for rec in recs:
             atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)
         epochs = min(r["metrics"]["epochs_run"] for r in recs)
         log(f"search: {name} trial {trial.number}: {status} after {epochs} epoch(s) "
-            f"({', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items())})")
+            f"({', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items())})"
+            + (f": {error}" if error else ""))
+        if status == "failed":
+            raise _TrialFailed(error)
         if status == "pruned":
             raise optuna.TrialPruned()
         if status == "diverged":
@@ -204,7 +214,7 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
 def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lambda number: False
             ) -> Tuple[int, int, int]:
     """Trials cut short by a kill (RUNNING, and not ``alive``: no process holds their lock) are marked failed and
-    queued again; returns how many trials are done (complete, pruned or diverged) drawn from ``dists`` (the
+    queued again; returns how many trials are done (complete, pruned, diverged or failed with a record) drawn from ``dists`` (the
     current space: a widened one starts again at 0), how many from earlier spaces, and how many of the current
     space are running in another process."""
     running = 0
@@ -217,7 +227,9 @@ def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lam
         study.enqueue_trial(t.params, skip_if_exists=False)
     done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")]  # diverged, before 0.0
+            # diverged (told as failed before diverged trials returned the worst value), or failed with a record:
+            # a trial that raised counts, so that an error every trial meets cannot run trials for ever
+            or (t.state == TrialState.FAIL and t.user_attrs.get("status") in ("diverged", "failed"))]
     return sum(done), len(done) - sum(done), running
 
 
@@ -291,11 +303,14 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, objective) -> None:
-    """Run one trial and tell the study how it ended (an error: failed, and raised)."""
+    """Run one trial and tell the study how it ended: a trial's own error (recorded ``failed`` by the objective)
+    as failed, and the search goes on; anything else (an interrupt) as failed, and raised."""
     try:
         value = objective(trial)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
+    except _TrialFailed:  # recorded and logged by the objective: not a reason to stop the search
+        study.tell(trial, state=TrialState.FAIL)
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
