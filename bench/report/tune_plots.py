@@ -54,8 +54,8 @@ def _commits(prov: dict) -> str:
 def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     """A search's sensitivity: one panel per setting, every trial at its learning rate: a finished trial's mean
     validation accuracy over seeds (its seeds as dots), coloured by its aux multiplier where it has one; a pruned
-    trial hollow, at the mean where it stopped; a diverged (or failed) trial a red cross on the panel's floor; the choice
-    circled; the learning-rate range searched (and any narrower earlier one) as dotted lines."""
+    trial hollow, at the mean where it stopped; a diverged (or failed) trial a red cross on the panel's floor; the
+    choice circled; the learning-rate range searched (and any narrower earlier one) as dotted lines."""
     settings = sorted({(r["estimator"], r["aux"], r["labels"]) for r in rows})
     ncol = min(2, len(settings))
     nrow = math.ceil(len(settings) / ncol)
@@ -104,7 +104,8 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
         ax.text(PYRO_LR, 0.99, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="grey")
         ax.set_xscale("log")
         ax.set_title(f"{variant_label(est, aux)}, {labels} labels: {len(done)} finished, {len(pruned)} pruned, "
-                     f"{len(stopped) - len(failed)} diverged" + (f", {len(failed)} failed" if failed else ""), fontsize=9)
+                     f"{len(stopped) - len(failed)} diverged" + (f", {len(failed)} failed" if failed else ""),
+                     fontsize=9)
         ax.set_xlabel("learning rate (dotted: the range searched)", fontsize=8)
         ax.set_ylabel(f"validation accuracy ({SELECT_ON})", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -65,8 +65,8 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
         key = (cfg["estimator"], bool(cfg["aux"]), cfg["labels"], json.dumps(values, sort_keys=True),
                (rec.get("search") or {}).get("trial"))
         row = rows.setdefault(key, {"estimator": cfg["estimator"], "aux": bool(cfg["aux"]),
-                                    "labels": cfg["labels"], "values": values, "trial": key[-1], "options": {}, "seeds": {},
-                                    "statuses": {}, "spaces": [], "commits": Counter()})
+                                    "labels": cfg["labels"], "values": values, "trial": key[-1], "options": {},
+                                    "seeds": {}, "statuses": {}, "spaces": [], "commits": Counter()})
         row["commits"][str(rec.get("git_commit") or "?")] += 1
         if rec.get("search", {}).get("space") not in row["spaces"]:
             row["spaces"].append(rec.get("search", {}).get("space"))

@@ -214,9 +214,9 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
 def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lambda number: False
             ) -> Tuple[int, int, int]:
     """Trials cut short by a kill (RUNNING, and not ``alive``: no process holds their lock) are marked failed and
-    queued again; returns how many trials are done (complete, pruned, diverged or failed with a record) drawn from ``dists`` (the
-    current space: a widened one starts again at 0), how many from earlier spaces, and how many of the current
-    space are running in another process."""
+    queued again; returns how many trials are done (complete, pruned, diverged or failed with a record) drawn
+    from ``dists`` (the current space: a widened one starts again at 0), how many from earlier spaces, and how
+    many of the current space are running in another process."""
     running = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if alive(t.number):
