@@ -94,3 +94,10 @@ def test_bench_train_flushes_subnormals_as_a_grid_task_does(capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["flush_denormal"] is True and summary["estimator"] == "trace"
     assert torch.tensor(1e-39).item() == 0.0  # this process now flushes them
+
+
+def test_a_measurement_writes_its_numbers_and_its_table(tmp_path):
+    from bench.core.store import write_measurement
+    write_measurement(tmp_path / "out", "denormal-epochs", _result(), db.markdown(_result()))
+    assert json.loads((tmp_path / "out" / "denormal-epochs.json").read_text()) == _result()
+    assert (tmp_path / "out" / "denormal-epochs.md").read_text() == db.markdown(_result())

@@ -92,6 +92,15 @@ def atomic_write_json(path, obj) -> None:
     _atomic_write_bytes(Path(path), (json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n").encode())
 
 
+def write_measurement(out, stem: str, result: dict, table: str) -> None:
+    """A one-off measurement's two files (``python -m bench.run.probe_bench``, ``.denormal_bench``):
+    ``OUT/<stem>.json`` (every number) and ``OUT/<stem>.md`` (its table), each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write_bytes(out / f"{stem}.md", table.encode())
+
+
 def _json_default(o):
     if hasattr(o, "item"):
         return o.item()

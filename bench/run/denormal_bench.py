@@ -40,6 +40,7 @@ from ..core.errors import DataError, Parser, UsageError, add_data_args, fail, wr
 from ..core.numerics import flush_denormals
 from ..core.provenance import commit_label, cpu_name, cpu_times, git_commit, other_cpu_load, usable_cpus
 from ..core.schema import CONTENDED_LOAD
+from ..core.store import write_measurement
 from . import grid as gridmod
 from .search import EVALUATION, trial_config
 
@@ -168,9 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (UsageError, ValueError, DataError) as exc:
         return fail(str(exc))
     result = run(cfg, str(root))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "denormal-epochs.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "denormal-epochs.md").write_text(markdown(result))
+    write_measurement(args.out, "denormal-epochs", result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -34,6 +34,7 @@ from ssvae.model import SSVAE
 from ..core.errors import Parser, UsageError, fail, writable
 from ..core.provenance import commit_label, cpu_name, cpu_times, git_commit, other_cpu_load
 from ..core.schema import CONTENDED_LOAD
+from ..core.store import write_measurement
 
 REPO = Path(__file__).resolve().parents[2]
 ESTIMATORS = ("trace", "enum")
@@ -139,9 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as exc:
         return fail(str(exc))
     result = run(args.draws, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "probe-draws.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "probe-draws.md").write_text(markdown(result))
+    write_measurement(args.out, "probe-draws", result, markdown(result))
     print(markdown(result))
     return 0
 
