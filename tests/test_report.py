@@ -396,7 +396,7 @@ def test_verdict_groups_the_variants(built):
     assert head.level == 0.95 and head.learning
     assert head.verdict.startswith("**At 3000 labels with the auxiliary loss, against enum + aux: enum-seq + aux and "
                                    "trace + aux are inconclusive**: enum-seq + aux +")
-    assert "time per epoch 3.91× enum + aux's" in head.verdict and "closest" not in head.verdict
+    assert "isolated time per epoch 3.91× enum + aux's" in head.verdict and "closest" not in head.verdict
     cands = pd.read_csv(root / "tables/headline_candidates.csv")
     assert set(cands.variant) == {"trace + aux", "enum-seq + aux"} and (cands.reference == "enum + aux").all()
     assert (cands.labels == 3000).all() and cands.aux.all() and set(cands.accuracy) == {"inconclusive"}
@@ -417,7 +417,7 @@ def test_verdict_names_who_can_replace_enum_aux(tmp_path):
     assert head.as_good == "enum-seq + aux;trace + aux" and head.better == ""
     assert head.verdict.startswith("**At 3000 labels with the auxiliary loss, against enum + aux: enum-seq + aux and "
                                    "trace + aux are as good (at most 1 point worse)**")
-    assert "trace + aux +0.0 points (95 % CI +0.0 to +0.0, n = 2), time per epoch 0.43× enum + aux's" in head.verdict
+    assert "trace + aux +0.0 points (95 % CI +0.0 to +0.0, n = 2), isolated time per epoch 0.43× enum + aux's" in head.verdict
     cands = pd.read_csv(tmp_path / "tables/headline_candidates.csv").set_index("variant")
     assert cands.loc["trace + aux", "time_fraction"] == pytest.approx(0.43, abs=0.03)
     assert cands.loc["enum-seq + aux", "time_fraction"] > 1 and cands.loc["enum-seq + aux", "accuracy"] == "non-inferior"

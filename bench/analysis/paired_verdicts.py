@@ -172,8 +172,9 @@ def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: boo
                                                           kind="stable")
     groups = [f"{_list(list(sub['variant']))} {'is' if len(sub) == 1 else 'are'} {word(ORDER[o], margin)}"
               for o, sub in g.groupby("_o", sort=True)]
-    details = [f"{r.variant} {ci_text(r, confidence)}, " + (f"time per epoch {r.time_fraction:.2f}× {enum_ref}'s"
-                                                           if np.isfinite(r.time_fraction) else "no isolated timing")
+    details = [f"{r.variant} {ci_text(r, confidence)}, "
+               + (f"isolated time per epoch {r.time_fraction:.2f}× {enum_ref}'s" if np.isfinite(r.time_fraction)
+                  else "no isolated timing")
                for r in g.itertuples()]
     epochs = sorted(set(e for es in g["epochs"] for e in str(es).split(",") if e), key=int)
     unchecked = "" if ok else "; no supervised-only baseline to check that it learns"

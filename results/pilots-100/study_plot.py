@@ -2,7 +2,8 @@
 committed results only -> study.png.
 
 Panels: Pyro's Table 1 setting through the suite (results/reference/table1-cpu: protocol pyro, aux 300, lr 3e-4,
-batch 100, 100 epochs), the long reference (results/reference/long-cpu: protocol bench, 20 epochs), and the
+batch 100, 100 epochs), the earlier long reference (results/reference/long-cpu-20ep: protocol bench, 20 epochs, with 100 labels; the
+current long reference, results/reference/long-cpu, has 3000 labels only), and the
 joint-protocol pilots (pilots.csv: seed 0, 10 epochs). Validation accuracy, which selects; each seed thin, the
 mean over seeds thick; the supervised-only baseline of the same folder dashed. Usage, from the repository root:
 ``python results/pilots-100/study_plot.py``.
@@ -42,7 +43,7 @@ def main() -> None:
     notes = [
         _folder_panel(axes[0], "table1-cpu", "Pyro's Table 1 setting (protocol pyro: 1 labeled batch per ~500\n"
                                              "unlabeled; aux 300, lr 3e-4, batch 100), 100 epochs"),
-        _folder_panel(axes[1], "long-cpu", "long reference (protocol bench: labeled batches spread over the\n"
+        _folder_panel(axes[1], "long-cpu-20ep", "earlier long reference (protocol bench: labeled batches spread over the\n"
                                            "epoch; tuned lr, aux 46, batch 200), 20 epochs"),
     ]
     pilots = pd.read_csv(HERE / "pilots.csv")
