@@ -149,7 +149,8 @@ def plot_hero(ctx: Context):
     if not panels:
         return None
     pal, marks = readable_palette(ctx.res)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.4, 4.4), squeeze=False,
+    # one panel alone is drawn wider: the provenance line at the foot sets the image's width anyway
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0 * len(panels) + 2.4, 9.5), 4.4), squeeze=False,
                              layout="constrained")
     for ax, (labels, pts, base) in zip(axes[0], panels):
         if base:
