@@ -505,21 +505,46 @@ def test_grad_error_heatmap_table(built):
 def test_summary_lines_from_the_paired_verdicts(built):
     root, _ = built
     lines = summary_bullets(root)
-    assert len(lines) == 6  # 4 epochs: a budget line; no stateful baseline: no 7th line
-    assert lines[3].startswith("- What this budget supports (4 epochs per cell): the gradient error")
-    assert lines[5].startswith("- Gradient error at 3000 labels, encoder_y, unlabeled step")
+    assert len(lines) == 7  # 4 epochs: a budget line; no stateful baseline: no 8th line
+    assert lines[4].startswith("- What this budget supports (4 epochs per cell): the gradient error")
+    assert lines[6].startswith("- Gradient error at 3000 labels, encoder_y, unlabeled step")
     head = pd.read_csv(root / "tables/headline.csv", keep_default_na=False).iloc[0]
     assert lines[0][2:] == head.verdict  # the same verdict as the Headline
     assert lines[1].startswith("- Elsewhere: at 100 labels with the auxiliary loss, against enum + aux:")
     assert "enum + aux minus the supervised-only baseline is" in lines[1]
-    assert lines[2].startswith("- Caveats: n = 1, 2 paired seeds per comparison (with n = 2 the 95 % interval spans "
+    # the headline setting against the clock, from the wall-time section's own tables
+    clock = lines[2]
+    assert clock.startswith("- Against the clock at 3000 labels with the auxiliary loss (times from the isolated "
+                            "timing probe, cpu (Intel Xeon (fake)), 2 threads): in 60 s of training per run, ")
+    fb = pd.read_csv(root / "tables/fixed_budget.csv")
+    fb = fb[(fb.labels == 3000) & fb.aux & (fb.variant != "enum + aux")].sort_values("mean_diff", ascending=False)
+    said = [clock.index(f"{r.variant} {round(r.mean_diff * 100, 1) + 0.0:+.1f} points") for r in fb.itertuples()]
+    assert len(said) == 2 and said == sorted(said)  # every variant, best first
+    assert "(n = 1, no interval) (n = 1" not in clock  # the interval's note is said once
+    tt = pd.read_csv(root / "tables/time_to_target.csv")
+    tt = tt[(tt.labels == 3000) & tt.aux & (tt.variant != "enum + aux") & (tt.reached > 0)]
+    for r in tt.itertuples():
+        assert (f"{r.variant} takes {r.time_ratio_median:.2f}× enum + aux's time (median over the {r.reached} of "
+                f"{r.n} seeds that get there)") in clock
+    assert len(tt) and "to come within 1 point of enum + aux's best validation accuracy (per seed)" in clock
+    assert lines[3].startswith("- Caveats: n = 1, 2 paired seeds per comparison (with n = 2 the 95 % interval spans "
                                "±12.7 standard errors")
-    assert "4 epochs per cell, bench protocol" in lines[2] and "left out seeds" in lines[2]
+    assert "4 epochs per cell, bench protocol" in lines[3] and "left out seeds" in lines[3]
     assert "unpaired means" not in "".join(lines)
     rel = pd.read_csv(root / "tables/timing_relative.csv").set_index("estimator")
-    assert f"{rel.loc['enum', 'relative_to_trace']:.1f}× trace's" in lines[4]
+    assert f"{rel.loc['enum', 'relative_to_trace']:.1f}× trace's" in lines[5]
     text = (root / "report.md").read_text()
     assert text.index("## Summary") < text.index("## Headline") and lines[0][2:] in text
+
+
+def test_no_clock_line_where_enum_aux_does_not_learn(tmp_path):
+    """Where enum + aux does not beat the supervised-only baseline, no estimator verdict is drawn, and the summary
+    says nothing against the clock either (the wall-time section keeps its tables)."""
+    fabricate_results(tmp_path, acc={("enum", True): 0.50, ("enum-seq", True): 0.50, ("trace", True): 0.45})
+    report.build_report(tmp_path, plots=False)
+    lines = summary_bullets(tmp_path)
+    assert any("not learning" in l for l in lines) and not any("Against the clock" in l for l in lines)
+    assert len(pd.read_csv(tmp_path / "tables/fixed_budget.csv"))
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

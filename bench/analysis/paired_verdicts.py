@@ -170,7 +170,7 @@ def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: boo
     rank = {a: i for i, a in enumerate(ORDER)}
     g = g.assign(_o=g["accuracy"].map(rank)).sort_values(["_o", "mean_diff"], ascending=[True, False],
                                                           kind="stable")
-    groups = [f"{_list(list(sub['variant']))} {'is' if len(sub) == 1 else 'are'} {word(ORDER[o], margin)}"
+    groups = [f"{and_list(list(sub['variant']))} {'is' if len(sub) == 1 else 'are'} {word(ORDER[o], margin)}"
               for o, sub in g.groupby("_o", sort=True)]
     details = [f"{r.variant} {ci_text(r, confidence)}, "
                + (f"isolated time per epoch {r.time_fraction:.2f}× {enum_ref}'s" if np.isfinite(r.time_fraction)
@@ -179,7 +179,7 @@ def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: boo
     epochs = sorted(set(e for es in g["epochs"] for e in str(es).split(",") if e), key=int)
     unchecked = "" if ok else "; no supervised-only baseline to check that it learns"
     return (f"{mark}{where}, against {enum_ref}: {'; '.join(groups)}{mark}: {'; '.join(details)} "
-            f"({_list(epochs)} epoch{'s' if epochs != ['1'] else ''}{unchecked}).")
+            f"({and_list(epochs)} epoch{'s' if epochs != ['1'] else ''}{unchecked}).")
 
 
 def settings_sentences(v: pd.DataFrame, learn: pd.DataFrame, margin: float = DEFAULT_MARGIN,
@@ -214,8 +214,8 @@ def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: floa
     ns = sorted(set(int(n) for n in v["n"]))
     epochs = sorted(set(e for es in v["epochs"] for e in str(es).split(",") if e))
     out = [f"Test accuracy at the best validation epoch, paired by seed (same labeled subset, initial weights and "
-           f"batch order), {confidence * 100:g} % t-intervals on the per-seed differences; n = {_list(ns)} seed"
-           f"{'s' if ns != [1] else ''} per comparison, {_list(epochs)} epoch{'s' if epochs != ['1'] else ''}"
+           f"batch order), {confidence * 100:g} % t-intervals on the per-seed differences; n = {and_list(ns)} seed"
+           f"{'s' if ns != [1] else ''} per comparison, {and_list(epochs)} epoch{'s' if epochs != ['1'] else ''}"
            + (f", {protocol} protocol" if protocol else "") + ". " + rule_text(margin)]
     out += settings_sentences(v, learn, margin, confidence)
     for r in learn.itertuples():
@@ -223,7 +223,7 @@ def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: floa
             out.append(f"At {r.labels} labels {enum_ref} minus the supervised-only baseline is {ci_text(r, confidence)}.")
     ids = lambda col: {c for x in paired[col] for c in str(x).split(";") if c}
     rising, cells = len(ids("rising_ids")), len(ids("cell_ids"))
-    caveats = [f"n = {_list(ns)} seeds"]
+    caveats = [f"n = {and_list(ns)} seeds"]
     if rising:
         caveats.append(f"{rising} of {cells} paired cells had their best validation epoch at their last one "
                        f"(still improving: longer runs may change the ordering)")
@@ -245,7 +245,8 @@ def rule_text(margin: float = DEFAULT_MARGIN) -> str:
             f"timing probe, is stated beside the verdict, never in it.")
 
 
-def _list(items: list) -> str:
+def and_list(items: list) -> str:
+    """'a', 'a and b', 'a, b and c'; 'none' for no item."""
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
 

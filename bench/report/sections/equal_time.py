@@ -7,7 +7,8 @@ accuracy (:func:`bench.analysis.wall_time.time_to_target`), and what each reache
 seconds, the same for all (``--budget``; :func:`bench.analysis.wall_time.fixed_budget`), with the figure of
 accuracy against the budget. Files: ``equal_time.csv`` (numbers), ``equal_time_shown.csv`` (the table shown),
 ``time_to_target.csv``, ``time_to_target_shown.csv``, ``fixed_budget.csv``, ``fixed_budget_shown.csv``,
-``accuracy_by_budget.csv`` (the figure's points), ``plots/accuracy_by_budget.png``.
+``accuracy_by_budget.csv`` (the figure's points), ``plots/accuracy_by_budget.png``. :func:`clock_line` puts the
+headline setting's budget and target in one line of the summary.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from ..context import Context, Figure, Section, Table
 from ..plotting import plain_log_ticks, variant_panels
 from ..data import Results
 from ..frames import this_timing
-from .paired import ENUM_REF, diff_cell, level_text, not_learning, pts
+from ...analysis.paired_verdicts import and_list, ci_text
+from .paired import ENUM_REF, diff_cell, headline_setting, level_text, not_learning, pts
 
 
 def equal_time_frame(res: Results, level: float) -> pd.DataFrame:
@@ -157,6 +159,38 @@ def add_fixed_budget(ctx: Context, sec: Section) -> None:
                                         "learning curves and the isolated time per epoch; dotted where a seed's run "
                                         f"had already ended (a lower bound); dashed line: the table's {budget}. "
                                         "Points: `accuracy_by_budget.csv`."))
+
+
+def clock_line(ctx: Context) -> Optional[str]:
+    """The headline setting against the clock, for the summary: what each variant reaches within the fixed
+    budget, paired with enum + aux within the same seconds, and how long it takes to come within the margin of
+    enum + aux's best validation accuracy, as a multiple of enum + aux's own time. None where the setting does
+    not learn (no estimator verdict there) or has no isolated timing."""
+    choice = headline_setting(ctx)
+    if choice is None or choice[0] in not_learning(ctx):
+        return None
+    labels = choice[0]
+    mine = lambda f: f[(f["labels"] == labels) & f["aux"].astype(bool) & (f["variant"] != ENUM_REF)]
+    fb = mine(ctx.frame(fixed_budget_frame, ctx.budget, ctx.level)).sort_values("mean_diff", ascending=False)
+    tt = mine(ctx.frame(time_to_target_frame, ctx.margin))
+    notes = lambda note: "; ".join(x for x in str(note or "").split("; ") if x and not x.startswith("n = "))
+    budget = [f"{r.variant} {ci_text(r, ctx.level)}" + (f" ({notes(r.note)})" if notes(r.note) else "")
+              for r in fb.itertuples() if r.n > 0]
+    if not budget:
+        return None
+    margin = f"{ctx.margin * 100:g} point{'' if ctx.margin == 0.01 else 's'}"
+    got = tt[tt["reached"] > 0].sort_values("time_ratio_median")
+    target = [f"{r.variant} takes {r.time_ratio_median:.2f}× {ENUM_REF}'s time (median over the {r.reached} of {r.n}"
+              f" seeds that get there)" for r in got.itertuples() if np.isfinite(r.time_ratio_median)]
+    never = tt[(tt["reached"] == 0) & (tt["n"] > 0)]
+    if len(never):
+        target.append(f"{and_list(list(never['variant']))} do{'es' if len(never) == 1 else ''} not get there within "
+                      f"{'its run' if len(never) == 1 else 'their runs'} (no seed)")
+    return (f"Against the clock at {labels} labels with the auxiliary loss (times from the isolated timing probe, "
+            f"{probe_text(ctx)}): in {ctx.budget:g} s of training per run, {and_list(budget)} against {ENUM_REF} in "
+            f"the same {ctx.budget:g} s"
+            + (f"; to come within {margin} of {ENUM_REF}'s best validation accuracy (per seed), {'; '.join(target)}"
+               if target else "") + ".")
 
 
 def build(ctx: Context) -> Optional[Section]:
