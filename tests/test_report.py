@@ -547,6 +547,23 @@ def test_no_clock_line_where_enum_aux_does_not_learn(tmp_path):
     assert len(pd.read_csv(tmp_path / "tables/fixed_budget.csv"))
 
 
+def test_no_step_ratio_across_two_machines(tmp_path):
+    """A folder whose timing probes ran in parts on two CPUs (enum's on one, the others' on another, as a grid
+    extended in a later session on another machine) says no "enum takes ... × trace's" line: that ratio would
+    divide one CPU's milliseconds by another's."""
+    fabricate_results(tmp_path)
+    t = pd.read_csv(tmp_path / "timing.csv")
+    t.loc[t.estimator == "enum", "device_name"] = "AMD EPYC (fake)"
+    t.to_csv(tmp_path / "timing.csv", index=False)
+    report.build_report(tmp_path, plots=False)
+    assert not any("× trace's" in l for l in summary_bullets(tmp_path))
+    t.loc[t.estimator == "trace", "device_name"] = "AMD EPYC (fake)"  # enum and trace timed on one machine again
+    t.to_csv(tmp_path / "timing.csv", index=False)
+    report.build_report(tmp_path, plots=False)
+    assert any(l.startswith("- Per unlabeled step (cpu, timing probe") and "× trace's" in l
+               for l in summary_bullets(tmp_path))
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
 

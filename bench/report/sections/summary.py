@@ -26,6 +26,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ...analysis.diagnostics import isolated_timing
 from ...core.provenance import REPO
 from ...core.schema import Folder
 from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
@@ -47,10 +48,11 @@ def cost_line(ctx: Context) -> Optional[str]:
     t = ctx.frame(timing)
     if not len(t):
         return None
-    t = t[(t.source == "this run") & (t.step_kind == "unsup")]
+    t = t[t.source == "this run"]
     if "device" in t and ctx.env.get("device") in set(t.device):  # a folder timed on two devices: the run's own
         t = t[t.device == ctx.env.get("device")]
-    t = t.drop_duplicates("estimator").set_index("estimator")
+    t = isolated_timing(t)  # measured alone, on one machine: no ratio of two CPUs' milliseconds
+    t = t[t.step_kind == "unsup"].drop_duplicates("estimator").set_index("estimator")
     if not {"enum", "trace"} <= set(t.index):
         return None
     e, tr = float(t.loc["enum", "median_ms"]), float(t.loc["trace", "median_ms"])
