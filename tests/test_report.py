@@ -355,6 +355,9 @@ def test_rank_label_counts_fall_back_to_largest_and_smallest():
     assert (big, small) == (1000, 600)
     assert "largest" in big_note and "3000 absent" in big_note and "smallest" in small_note
     assert report.rank_label_counts([3000]) == [(3000, "3000 labels")]
+    assert report.rank_label_counts([100]) == [(100, "100 labels")]  # not "the largest label count here"
+    assert report.rank_label_counts([100, 600]) == [(600, "600 labels (the largest label count here; 3000 absent)"),
+                                                  (100, "100 labels")]
     assert report.rank_label_counts([]) == []
 
 

@@ -263,13 +263,15 @@ def t1_mean(t1: pd.DataFrame, estimator: str, aux: bool, labels: int) -> Tuple[O
 
 
 def rank_label_counts(labels: Sequence[int]) -> List[Tuple[int, str]]:
-    """[(label count, how it was chosen)]: 3000 and 100 where present, else the largest and the smallest."""
+    """[(label count, how it was chosen)]: 3000 and 100 where present, else the largest and the smallest (a
+    folder holding one of them only names it plainly, once)."""
     have = sorted({int(l) for l in labels if l is not None and int(l) > 0})
     if not have:
         return []
     out = []
     for want, pick, word in ((RANK_LABELS[0], have[-1], "largest"), (RANK_LABELS[1], have[0], "smallest")):
-        if want in have:
+        if want in have or pick in RANK_LABELS:  # a folder of 100 labels only: "100 labels", not "the largest"
+            want = want if want in have else pick
             choice = (want, f"{want} labels")
         else:
             choice = (pick, f"{pick} labels (the {word} label count here; {want} absent)")
