@@ -130,7 +130,8 @@ def variant_panels(res: Results, c: pd.DataFrame, draw):
     pals = group_palette(res, groups)
     labels = sorted(c.labels.unique())
     fig, axes = plt.subplots(len(groups), len(labels), sharey=True, squeeze=False, layout="constrained",
-                             figsize=(4.2 * len(labels) + 2, 4.2 if len(groups) == 1 else 3.0 * len(groups)))
+                             # one label count alone is drawn wider: the provenance line at the foot sets the width
+                             figsize=(max(4.2 * len(labels) + 2, 9.5), 4.2 if len(groups) == 1 else 3.0 * len(groups)))
     for row, (name, pairs), pal in zip(axes, groups, pals):
         shown = []
         for ax, l in zip(row, labels):

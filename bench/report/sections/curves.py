@@ -21,7 +21,8 @@ def plot_learning_curves(ctx: Context):
             ax.plot(s.epoch, s.valid_acc, color=colour, linewidth=0.7, alpha=0.35,
                     linestyle=AUX_STYLE[aux]["linestyle"])
         mean = sub.groupby("epoch")["valid_acc"].mean()
-        ax.plot(mean.index, mean.values, color=colour, markersize=3.5, linewidth=1.6, **AUX_STYLE[aux])
+        ax.plot(mean.index, mean.values, color=colour, markersize=3.5, linewidth=1.6,
+                markevery=max(1, len(mean) // 20), **AUX_STYLE[aux])  # 100 epochs: a marker every 5th, not a band
 
     fig, panels = variant_panels(ctx.res, c, draw)
     for ax, _ in panels:
