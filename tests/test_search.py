@@ -132,6 +132,24 @@ def test_a_search_prunes_on_validation_records_no_test_number_and_resumes(tmp_pa
     assert set(doc["settings"]) == {"enum+aux_L100"} and [r["trials"] for r in rows] == ["4 of 4", "3 of 4"]
 
 
+def test_a_search_from_its_own_setting_compares_the_choice_with_that_setting(tmp_path, monkeypatch):
+    """The search-table1 preset starts from Pyro's Table 1 setting (lr 3e-4, aux multiplier 300), not the
+    defaults: its first trial is that setting, and the study's "default" (chosen_minus_default, the tie rule,
+    the sensitivity plot's line) is the grid's learning rate and multiplier."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = gridmod.make_grid({**TINY, "estimators": ["gumbel"], "lr": 3e-4, "aux_multiplier": 300.0, "search": {
+        "trials": 3, "first_rung": 1, "reduction": 2, "lr": {"low": 3e-5, "high": 3e-3},
+        "aux_multiplier": {"low": 30.0, "high": 3000.0}}})
+    assert search.run_search(grid, grid.search, tmp_path, None, log=lambda m: None) == 3
+    (tmp_path / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
+    doc = tune_study.write_report(tmp_path)
+    row = next(csv.DictReader(open(tmp_path / "tables" / "tune_choices.csv")))
+    assert row["default_valid_acc"] and row["paired_seeds"] == "3"  # the first trial, found as the default
+    assert "minus the grid's learning rate 3e-4 and aux multiplier 300 with the estimator's default options" in (
+        tmp_path / "tune.md").read_text()
+    assert "ties: nearest the grid's lr 3e-4" in doc["rule"]
+
+
 def test_a_setting_whose_lock_another_command_keeps_is_skipped(tmp_path, monkeypatch):
     """A command takes a setting's lock for moments (to take its next trial); one that keeps it (a search from
     before --workers held it for its whole run) makes the others skip the setting after GATE_TIMEOUT."""

@@ -30,6 +30,11 @@ def cell(v) -> str:
     return str(v)
 
 
+def lr_name(lr: float) -> str:
+    """The words for the learning rate a search or grid starts from: "Pyro's lr" (4.2e-4), else "the grid's lr"."""
+    return "Pyro's lr" if math.isclose(lr, PYRO_LR, rel_tol=1e-9) else "the grid's lr"
+
+
 def provenance_line(prov: dict) -> str:
     """What made the study, in one line (the figure's footer and tune.md's first line)."""
     return (f"preset {prov.get('preset')} | labels {prov.get('labels')} | seeds {prov.get('seeds')} | "
@@ -63,7 +68,7 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     mults = [r["values"]["aux_multiplier"] for r in rows if r["values"].get("aux_multiplier")]
     norm = LogNorm(min(mults), max(mults)) if len(set(mults)) > 1 else None
     cmap = plt.get_cmap("viridis")
-    search = prov.get("search") or {}
+    search, base_lr = prov.get("search") or {}, prov.get("lr") or PYRO_LR
     for ax, (est, aux, labels) in zip(axes.flat, settings):
         mine = [r for r in rows if (r["estimator"], r["aux"], r["labels"]) == (est, aux, labels)]
         done = [r for r in mine if r["eligible"]]
@@ -100,8 +105,9 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
             if kind == "range":
                 for bound in rest:
                     ax.axvline(bound, color="grey", lw=0.8, ls=":" if i == len(spaces) - 1 else (0, (1, 4)))
-        ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
-        ax.text(PYRO_LR, 0.99, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="grey")
+        ax.axvline(base_lr, color="grey", lw=0.8, ls="--")
+        ax.text(base_lr, 0.99, f" {lr_name(base_lr)}", transform=ax.get_xaxis_transform(), va="top", fontsize=7,
+                color="grey")
         ax.set_xscale("log")
         ax.set_title(f"{variant_label(est, aux)}, {labels} labels: {len(done)} finished, {len(pruned)} pruned, "
                      f"{len(stopped) - len(failed)} diverged" + (f", {len(failed)} failed" if failed else ""),
@@ -154,8 +160,10 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
                     ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
                 if best.get((r["estimator"], r["aux"], r["labels"])) is r:
                     ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
-    ax.axvline(PYRO_LR, color="grey", lw=0.8, ls="--")
-    ax.text(PYRO_LR, 1.0, " Pyro's lr", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    base_lr = prov.get("lr") or PYRO_LR
+    ax.axvline(base_lr, color="grey", lw=0.8, ls="--")
+    ax.text(base_lr, 1.0, f" {lr_name(base_lr)}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
+            color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (estimators drawn a few percent apart at each tried value, for legibility)")
     ax.set_ylabel(f"validation accuracy ({SELECT_ON}, mean over seeds)")

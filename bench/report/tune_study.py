@@ -27,7 +27,7 @@ from ..core.stats import mean_interval, variant_label
 from ..run.tune import (CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, search_rungs,
                         tuned_keys, widenings)
 from .common import parts_lines
-from .tune_plots import cell, plot_sensitivity, provenance_line
+from .tune_plots import cell, lr_name, plot_sensitivity, provenance_line
 
 
 # -- selection ------------------------------------------------------------------------------------
@@ -96,8 +96,9 @@ def _order(tune: Dict, est: str, values: Dict) -> int:
     return 10 ** 6
 
 
-def select(rows: List[dict], tune: Dict) -> Dict[tuple, dict]:
-    """(estimator, aux, labels) -> the chosen row (eligible rows only)."""
+def select(rows: List[dict], tune: Dict, lr: float = PYRO_LR) -> Dict[tuple, dict]:
+    """(estimator, aux, labels) -> the chosen row (eligible rows only); ties go to the learning rate nearest
+    ``lr`` (the grid's: Pyro's), then the preset's order."""
     best: Dict[tuple, dict] = {}
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
@@ -105,32 +106,36 @@ def select(rows: List[dict], tune: Dict) -> Dict[tuple, dict]:
             groups.setdefault((r["estimator"], r["aux"], r["labels"]), []).append(r)
     for key, rs in groups.items():
         best[key] = max(rs, key=lambda r: (round(r["mean"], 10),
-                                           -abs(math.log(r["options"]["lr"] / PYRO_LR)),
+                                           -abs(math.log(r["options"]["lr"] / lr)),
                                            -_order(tune, key[0], r["values"])))
     return best
 
 
-def _default_row(rows: List[dict], est: str, aux: bool, labels: int) -> Optional[dict]:
-    """The combination at Pyro's learning rate and the estimator's default options, if it was run."""
+def _default_row(rows: List[dict], est: str, aux: bool, labels: int, lr: float = PYRO_LR,
+                 aux_multiplier: float = DEFAULT_RUN.aux_multiplier) -> Optional[dict]:
+    """The combination at the grid's learning rate and aux multiplier (Pyro's, unless the preset sets its own:
+    the search-table1 preset's are Pyro's Table 1 setting) with the estimator's default options, if it was run."""
     for r in rows:
         if (r["estimator"], r["aux"], r["labels"]) != (est, aux, labels):
             continue
-        if not math.isclose(r["options"]["lr"], PYRO_LR, rel_tol=1e-9):
+        if not math.isclose(r["options"]["lr"], lr, rel_tol=1e-9):
             continue
-        if all(_is_default(est, k, v) for k, v in r["values"].items() if k != "lr"):
+        if all(_is_default(est, k, v, lr, aux_multiplier) for k, v in r["values"].items() if k != "lr"):
             return r  # only what was tuned is compared: options set from the run's budget (a schedule's rate) vary
     return None
 
 
-def _is_default(est: str, key: str, value) -> bool:
-    """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``)."""
+def _is_default(est: str, key: str, value, lr: float = PYRO_LR,
+                aux_multiplier: float = DEFAULT_RUN.aux_multiplier) -> bool:
+    """Whether option ``key`` = ``value`` is ``est``'s default (its registry record's ``defaults``; the learning
+    rate and the aux multiplier: the grid's, ``lr`` and ``aux_multiplier``)."""
     if key == "aux_multiplier":
-        return math.isclose(value, DEFAULT_RUN.aux_multiplier, rel_tol=1e-9)
+        return math.isclose(value, aux_multiplier, rel_tol=1e-9)
     d = REGISTRY[est].defaults if est in REGISTRY else {}
     if key not in d:
         return True  # options that are not tuned keep their defaults
     if key == "baseline_lr" and value is not None:
-        return math.isclose(value, PYRO_LR, rel_tol=1e-9)  # the run's lr, i.e. Pyro's at the default
+        return math.isclose(value, lr, rel_tol=1e-9)  # the run's lr, i.e. Pyro's at the default
     return d[key] == value
 
 
@@ -221,6 +226,8 @@ def provenance(out: Path) -> dict:
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
             "seeds": grid.get("seeds"), "epochs": grid.get("epochs"), "steps_per_epoch": grid.get("steps_per_epoch"),
             "command": env.get("command"), "tune": grid.get("tune"), "search": grid.get("search"),
+            # the default a choice is compared with: the grid's learning rate and aux multiplier
+            "lr": grid.get("lr") or PYRO_LR, "aux_multiplier": grid.get("aux_multiplier") or DEFAULT_RUN.aux_multiplier,
             # a folder resumed or extended by later commands: every part, oldest first
             "parts": run_parts(env)}
 
@@ -242,7 +249,7 @@ def write_report(out: Path) -> dict:
     rows = combinations(out, tune)
     if not rows:
         raise ConfigError(f"{out}: no finished cells under runs/")
-    best = select(rows, tune)
+    best = select(rows, tune, prov["lr"])
     all_rows = []
     for r in rows:
         chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
@@ -259,7 +266,7 @@ def write_report(out: Path) -> dict:
         ran = 1 + sum(1 for o in rows if _same_setting(o, r))
         planned = planned_trials(prov.get("search"), est, [sp for o in rows if o is r or _same_setting(o, r)
                                                           for sp in o["spaces"]])  # a search: done when all ran
-        d = _default_row(rows, est, aux, labels)
+        d = _default_row(rows, est, aux, labels, prov["lr"], prov["aux_multiplier"])
         diff, hw, n = _paired_diff(r, d) if d is not None else (float("nan"), float("nan"), 0)
         choice_rows.append({"estimator": variant_label(est, aux), "labels": labels, "chosen": r["values"],
                             "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
@@ -281,7 +288,7 @@ def write_report(out: Path) -> dict:
            choice_rows)
     doc = {"settings": {k: chosen_doc[k] for k in sorted(chosen_doc)}, "selected_on": SELECT_ON,
            "rule": "highest mean over seeds of the best validation accuracy; a combination with a failed or "
-                   f"diverged seed is not eligible; ties: nearest Pyro's lr {sci(PYRO_LR)}, then the preset's order. "
+                   f"diverged seed is not eligible; ties: nearest {lr_name(prov['lr'])} {sci(prov['lr'])}, then the preset's order. "
                    "Test accuracy is not read.",
            "source": {k: prov.get(k) for k in ("preset", "commit", "date", "device", "command", "labels",
                                                "seeds", "epochs", "steps_per_epoch")},
@@ -303,6 +310,16 @@ def _shown(out: Path) -> str:
         return str(out)
 
 
+def default_words(prov: dict) -> str:
+    """What a choice is compared with: "Pyro's learning rate with the estimator's default options", or the
+    grid's own learning rate and aux multiplier where the preset sets them (search-table1: Pyro's Table 1)."""
+    if math.isclose(prov["lr"], PYRO_LR, rel_tol=1e-9) and math.isclose(
+            prov["aux_multiplier"], DEFAULT_RUN.aux_multiplier, rel_tol=1e-9):
+        return "Pyro's learning rate with the estimator's default options"
+    return (f"the grid's learning rate {sci(prov['lr'])} and aux multiplier {prov['aux_multiplier']:g} with the "
+            "estimator's default options")
+
+
 def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
     text = [
         "# Tuning on validation data", "",
@@ -312,7 +329,7 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         _how(prov), "",
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
-        "combination minus Pyro's learning rate with the estimator's default options, paired over seeds, "
+        f"combination minus {default_words(prov)}, paired over seeds, "
         "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
         "lower mean; `not_eligible`: those pruned, diverged or failed (each a distinct combination: values two "
         "trials shared count once; every trial is a row below); `trials`: the combinations run (in a search: of "
