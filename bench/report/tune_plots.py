@@ -68,7 +68,7 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     mults = [r["values"]["aux_multiplier"] for r in rows if r["values"].get("aux_multiplier")]
     norm = LogNorm(min(mults), max(mults)) if len(set(mults)) > 1 else None
     cmap = plt.get_cmap("viridis")
-    search, base_lr = prov.get("search") or {}, prov.get("lr") or PYRO_LR
+    search, base_lr = prov.get("search") or {}, prov["lr"]  # the grid's (tune_study.provenance: Pyro's if unset)
     for ax, (est, aux, labels) in zip(axes.flat, settings):
         mine = [r for r in rows if (r["estimator"], r["aux"], r["labels"]) == (est, aux, labels)]
         done = [r for r in mine if r["eligible"]]
@@ -160,7 +160,7 @@ def plot_sensitivity(out: Path, rows: List[dict], best: Dict[tuple, dict], prov:
                     ax.plot([x], [a], ".", color=colours[est], alpha=0.5, ms=4)
                 if best.get((r["estimator"], r["aux"], r["labels"])) is r:
                     ax.plot([x], [r["mean"]], "o", mfc="none", mec="black", ms=12, mew=1.5)
-    base_lr = prov.get("lr") or PYRO_LR
+    base_lr = prov["lr"]
     ax.axvline(base_lr, color="grey", lw=0.8, ls="--")
     ax.text(base_lr, 1.0, f" {lr_name(base_lr)}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
             color="grey")
