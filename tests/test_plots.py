@@ -98,3 +98,19 @@ def test_paired_panels_list_only_the_variants_compared_there(monkeypatch, tmp_pa
     shown = {ax.get_title().split("\n")[0]: [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes}
     assert shown == {"100 labels, no aux": ["baseline"], "100 labels, aux": ["gumbel + aux", "trace + aux"]}
     assert figure_problems(fig) == []
+
+
+@pytest.mark.parametrize("lo, hi, want", [(5.8, 16.0, {6, 10, 15}), (0.5, 300.0, {1, 2, 5, 10, 20, 50, 100, 200})])
+def test_a_log_axis_labels_numbers_inside_its_view(lo, hi, want):
+    """A time axis from 5.8 to 16 s (the table1 hero) carried one label, 10: under a decade the ticks step
+    through 1, 1.5, 2, 3, ..., 9 x 10^k; over a decade they stay 1, 2, 5."""
+    from bench.report.plotting import plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
+    ax.set_xlim(lo, hi)
+    fig.canvas.draw()
+    shown = {float(t.get_text()) for t in ax.get_xticklabels() if t.get_text()}
+    assert want <= shown and (hi / lo >= 10) == (not {3, 4, 7} & shown)
+    plt.close(fig)

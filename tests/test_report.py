@@ -567,6 +567,41 @@ def test_no_step_ratio_across_two_machines(tmp_path):
                for l in summary_bullets(tmp_path))
 
 
+def test_no_time_per_epoch_ratio_across_two_machines(tmp_path):
+    """The committed table1 folder's enum + aux cells trained on AMD EPYC and the other cells on an Intel Xeon: the
+    decision table, the time ranking and the hero take every time per epoch from the isolated timing probe (one
+    machine) instead of dividing one CPU's seconds by another's (trace + aux was "0.14×" enum + aux's that way, the
+    probe says 0.37×). With every cell on one machine, the cells' own seconds come back."""
+
+    from bench.analysis.paired import time_fraction
+    from bench.report.data import load_results
+
+    root = tmp_path / "table1"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results/reference/table1-cpu", root,
+                    ignore=shutil.ignore_patterns("plots", "report.*", "tables", "samples"))
+    res = load_results(root)
+    assert len(set(res.runs.device_name)) == 2
+    probe = time_fraction(res.timing, "trace", True, ("enum", True), 100)
+    report.build_report(root, plots=False)
+    d = pd.read_csv(root / "tables/decision.csv").set_index("variant")
+    assert d.loc["trace + aux", "time_x_enum_aux"] == pytest.approx(probe) and 0.3 < probe < 0.5
+    assert pd.isna(d.loc["baseline", "time_x_enum_aux"])  # no probe for it: no time, not another CPU's
+    tm = pd.read_csv(root / "tables/rank_time.csv")
+    assert set(tm.time_source) == {"probe"} and "baseline" not in set(tm.estimator)
+    assert "isolated timing probe" in (root / "tables/decision.md").read_text()
+
+    for path in (root / "runs").glob("*.json"):  # every cell on one machine: the cells' own seconds again
+        record = json.loads(path.read_text())
+        record["device_name"] = "Intel(R) Xeon(R) Processor"
+        path.write_text(json.dumps(record))
+    report.build_report(root, plots=False)
+    runs = load_results(root).runs
+    med = runs.groupby("estimator").seconds_per_epoch.median()
+    d = pd.read_csv(root / "tables/decision.csv").set_index("variant")
+    assert d.loc["trace + aux", "time_x_enum_aux"] == pytest.approx(med["trace"] / med["enum"])
+    assert set(pd.read_csv(root / "tables/rank_time.csv").time_source) == {"cells"}
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "quick-cpu"
 

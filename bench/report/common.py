@@ -28,6 +28,8 @@ from matplotlib import colormaps
 
 from ssvae.estimators import REGISTRY
 
+from ..analysis.diagnostics import isolated_timing
+from ..analysis.paired import isolated_epoch_ms
 from ..core.provenance import run_parts, tasks_by
 from ..core.stats import as_bool, variant_label  # noqa: F401  (variant_label: the report's name for it)
 from .data import BASELINES, Results
@@ -248,6 +250,51 @@ def median_seconds_per_epoch(res: Results, estimator: str, aux: bool, labels: in
     r = ok_runs(res)
     v = r[(r.estimator == estimator) & (r.aux == aux) & (r.labels == labels)]["seconds_per_epoch"].dropna()
     return (float(v.median()), len(v)) if len(v) else (None, 0)
+
+
+def cell_machines(res: Results) -> List[str]:
+    """The CPUs or GPUs (device_name of the records) that trained the folder's ok cells; a folder written before
+    records named theirs counts as one machine (env.json's)."""
+    names = ok_runs(res)["device_name"].dropna().astype(str) if "device_name" in res.runs else pd.Series(dtype=str)
+    return sorted(set(names) - {""})
+
+
+def epoch_time_source(res: Results) -> str:
+    """Where a comparison of time per epoch comes from (one home for the choice): ``"cells"``, the cells' own
+    seconds per epoch, where every ok cell trained on one machine; else ``"probe"``, the isolated timing probe's
+    estimate (:func:`bench.analysis.paired.isolated_epoch_ms`: alone, on one machine), so that no ratio or axis
+    divides one CPU's seconds by another's."""
+    return "cells" if len(cell_machines(res)) <= 1 else "probe"
+
+
+def epoch_seconds(res: Results, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int]:
+    """(seconds per epoch, ok seeds) of a variant at a label count from :func:`epoch_time_source`: the median of
+    its cells' own, or the probe's estimate (None where the probe did not time it, e.g. the baseline)."""
+    sec, n = median_seconds_per_epoch(res, estimator, aux, labels)
+    if epoch_time_source(res) == "cells" or sec is None:
+        return sec, n
+    ms = isolated_epoch_ms(res.timing, labels, aux, res.env.get("device", "cpu")) if len(res.timing) else {}
+    return (float(ms[estimator]) / 1000, n) if estimator in ms else (None, n)
+
+
+def epoch_time_words(res: Results, short: bool = False) -> str:
+    """What :func:`epoch_seconds` measured, in words for a caption or an axis (``short``: for a column header)."""
+    def threads_text(values) -> str:
+        ts = sorted({int(t) for t in values if t is not None and not pd.isna(t)})
+        return f"{'/'.join(map(str, ts)) or '?'} thread{'' if ts == [1] else 's'}"
+
+    dev = res.env.get("device", "?")
+    if epoch_time_source(res) == "cells":
+        threads = list(res.part_provenance.get("cells", {}).get("threads") or {}) or [res.env.get("threads")]
+        head = f"{dev}, {threads_text(threads)} a cell"
+        return head if short else f"the cells' own seconds per epoch ({head}, median over seeds)"
+    t = isolated_timing(res.timing, dev) if len(res.timing) else res.timing
+    name = ", ".join(sorted(set(t["device_name"].astype(str)))) if len(t) else "?"
+    where = f"{dev} {name}, {threads_text(t['threads'] if 'threads' in t else [])}"
+    machines = cell_machines(res)
+    return f"isolated timing probe, {where}" if short else (
+        f"the isolated timing probe's estimate ({where}; the cells trained on {len(machines)} machines, "
+        f"{' and '.join(machines)}, so their own times are not compared)")
 
 
 def t1_mean(t1: pd.DataFrame, estimator: str, aux: bool, labels: int) -> Tuple[Optional[float], int, Optional[float]]:

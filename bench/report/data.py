@@ -216,6 +216,8 @@ def load_results(results_dir, compare_timing: Sequence = ()) -> Results:
     for key in ("beside", "other_cpu_load"):
         runs[key] = pd.to_numeric(runs["cell"].map(lambda c: side.get(c, {}).get(key)), errors="coerce")
     runs["flush_denormal"] = runs["cell"].map(lambda c: side.get(c, {}).get("flush_denormal"))
+    # the machine that trained each cell (its record's; a time per epoch is compared on one machine only)
+    runs["device_name"] = runs["cell"].map(lambda c: (grid.records.get(c) or {}).get("device_name"))
     runs = runs.sort_values(["labels", "estimator", "aux", "seed", "cell"]).reset_index(drop=True)
 
     ok_cells = set(runs.loc[runs.status == "ok", "cell"])

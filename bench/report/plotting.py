@@ -43,10 +43,21 @@ def legend_handles(pal: Dict[str, tuple], pairs: Iterable[Tuple[str, bool]],
                    **{**AUX_STYLE[a], **({"marker": markers[e]} if e in markers else {})}) for e, a in pairs]
 
 
+class _PlainLogLocator(LogLocator):
+    """Major ticks at 1, 2, 5 x 10^k; at 1, 1.5, 2, 3, ..., 9 x 10^k where the view spans under a decade (5.8 to 16
+    would otherwise carry the one label 10)."""
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((abs(vmin) or 1e-300, abs(vmax) or 1e-300))
+        self.set_params(subs=(1, 2, 5) if hi / lo >= 10 else (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))
+        return super().tick_values(vmin, vmax)
+
+
 def plain_log_ticks(axis) -> None:
-    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers, minor ticks unlabelled (matplotlib's default
-    labels minor ticks as "2x10^0" on an axis spanning about a decade, and they overlap)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers (every integer multiple on an axis spanning
+    under a decade), minor ticks unlabelled (matplotlib's default labels minor ticks as "2x10^0" on an axis
+    spanning about a decade, and they overlap)."""
+    axis.set_major_locator(_PlainLogLocator(base=10, subs=(1, 2, 5)))
     axis.set_major_formatter(FormatStrFormatter("%g"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from ..common import (PUBLISHED_ANCHORS, median_seconds_per_epoch, num, ok_runs, rnd, t1_mean, variant_label)
+from ..common import (PUBLISHED_ANCHORS, epoch_seconds, epoch_time_source, num, ok_runs, rnd, t1_mean, variant_label)
 from ..context import Context, Section, Table
 from ..data import Results
 from ..frames import table1
@@ -72,15 +72,16 @@ def table_anchors(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
                         ours, n, _ = t1_mean(t1, r.our_estimator, aux, labels)
                         ref, _, _ = t1_mean(t1, "enum", aux, labels)
                     else:
-                        ours, n = median_seconds_per_epoch(res, r.our_estimator, aux, labels)
-                        ref, _ = median_seconds_per_epoch(res, "enum", aux, labels)
+                        ours, n = epoch_seconds(res, r.our_estimator, aux, labels)
+                        ref, _ = epoch_seconds(res, "enum", aux, labels)
                     if ours is not None:
                         row.update(our_variant=variant_label(r.our_estimator, aux), our_labels=labels,
                                    our_value=rnd(ours))
                         if ref is not None:
                             row["our_vs_enum"] = rnd(ours - ref if r.unit == "test_acc" else ours / ref, 4)
                         row["our_setting"] = (f"{labels} labels, {epochs} epochs, {n} seed(s)"
-                                              + (", median s/epoch" if r.unit == "seconds_per_epoch" else ""))
+                                              + ((", median s/epoch" if epoch_time_source(res) == "cells" else
+                                                  ", isolated probe's s/epoch") if r.unit == "seconds_per_epoch" else ""))
                         break
         elif r.unit == "speedup_vs_marginalisation":
             row["vs_marginalisation"] = rnd(r.value, 4)

@@ -5,8 +5,9 @@ Per label count: the variant's test accuracy (mean over seeds at the best valida
 paired difference from enum + aux with the interval (Paired differences) and the verdict in a user's words:
 better, as good, worse, inconclusive, or "setting not learning" where enum + aux does not beat the
 supervised-only baseline (no verdict is drawn there); the baseline's own row reads "the bar (supervised only)". Then the time per epoch as a multiple of enum + aux's
-(median over seeds of the cells' own seconds per epoch, median over label counts; device and threads
-named in the header) and the gradient error: the MSE of one draw of encoder_y's gradient on an unlabeled
+(``bench.report.common.epoch_seconds``: the median over seeds of the cells' own seconds per epoch where every
+cell trained on one machine, else the isolated timing probe's estimate; median over label counts; device and
+threads named in the header) and the gradient error: the MSE of one draw of encoder_y's gradient on an unlabeled
 batch against the exact gradient, as a multiple of enum's at the same checkpoint (median over label counts
 and checkpoints); "biased" marks an estimator whose expectation is not the ELBO's gradient, which is
 why it is ranked by this error and not by its variance.
@@ -19,7 +20,7 @@ from typing import List, Optional
 import numpy as np
 import pandas as pd
 
-from ..common import median_seconds_per_epoch, variant_label, variants
+from ..common import epoch_seconds, epoch_time_words, variant_label, variants
 from ..context import Context
 from ..data import BASELINES
 from ..frames import protocols, table1
@@ -36,8 +37,8 @@ BAR = "the bar (supervised only)"
 def _time_multiple(ctx: Context, est: str, aux: bool, labels: List[int]) -> Optional[float]:
     ratios = []
     for L in labels:
-        mine, _ = median_seconds_per_epoch(ctx.res, est, aux, L)
-        ref, _ = median_seconds_per_epoch(ctx.res, "enum", True, L)
+        mine, _ = epoch_seconds(ctx.res, est, aux, L)
+        ref, _ = epoch_seconds(ctx.res, "enum", True, L)
         if mine and ref:
             ratios.append(mine / ref)
     return float(np.median(ratios)) if ratios else None
@@ -116,8 +117,7 @@ def display(ctx: Context, d: pd.DataFrame) -> pd.DataFrame:
         out[f"{L} labels: accuracy (vs enum + aux, points [95% CI])"] = d.apply(acc, axis=1)
         out[f"{L} labels: verdict (n)"] = [f"{w} (n = {n})" if w not in ("reference", "not compared") else w
                                             for w, n in zip(d[f"verdict_{L}"], d[f"n_{L}"])]
-    threads = ctx.env.get("threads")
-    out[f"time per epoch × enum + aux ({ctx.env.get('device', '?')}, {threads} thread{'s' if threads != 1 else ''} a cell)"] = [
+    out[f"time per epoch × enum + aux ({epoch_time_words(ctx.res, short=True)})"] = [
         "–" if t is None or pd.isna(t) else f"{t:.2f}×" for t in d.time_x_enum_aux]
     if probed_along(d):  # else a column of dashes: the run probed its initial parameters only (or nothing)
         out["encoder_y gradient MSE × enum's"] = [
@@ -137,8 +137,8 @@ def caption(ctx: Context, d: pd.DataFrame) -> str:
     return (f"**Which estimator?** One row per variant (n paired seeds, {epochs} epochs, "
             f"{', '.join(protocols(ctx.res)) or 'bench'} protocol; test accuracy at the best "
             "validation epoch). The verdict against enum + aux is paired by seed; \"setting not learning\": enum + "
-            "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: the cells' own "
-            "seconds per epoch. "
+            "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: "
+            f"{epoch_time_words(ctx.res)}. "
             + ("Gradient MSE: one draw of encoder_y's gradient on an unlabeled batch against the exact gradient, "
                "as a multiple of enum's (biased estimators are ranked by it, not by their variance), at the "
                "probe's checkpoints after step 0: \"–\" where the run probed only its initial parameters."

@@ -16,8 +16,8 @@ from typing import List, Sequence
 import pandas as pd
 
 from ...analysis.diagnostics import is_biased
-from ..common import (fmt_sig, median_seconds_per_epoch, ok_runs, rank_label_counts, rnd, sig, t1_mean,
-                      variant_label, variants)
+from ..common import (epoch_seconds, epoch_time_source, epoch_time_words, fmt_sig, ok_runs, rank_label_counts, rnd,
+                      sig, t1_mean, variant_label, variants)
 from ..context import Context, Section, Table
 from ..data import Results
 from ..frames import grad_variance, table1
@@ -96,21 +96,24 @@ def rank_grad_variance(res: Results, grad_per: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_time(res: Results) -> pd.DataFrame:
-    """Median seconds per epoch (ok cells) per variant, ranked fast first, with the ratio to enum + aux."""
+    """Seconds per epoch per variant (:func:`bench.report.common.epoch_seconds`: the ok cells' median, or the
+    isolated timing probe's estimate where the cells trained on several machines), ranked fast first, with the
+    ratio to enum + aux. The column keeps its name; ``time_source`` says which of the two it holds."""
     cols = ["labels", "chosen", "rank", "variant", "estimator", "aux", "n_ok", "median_seconds_per_epoch",
-            "ratio_to_enum_aux"]
+            "ratio_to_enum_aux", "time_source"]
     r = ok_runs(res).dropna(subset=["seconds_per_epoch"])
     out = []
     for labels, chosen in rank_label_counts(r["labels"]):
-        ref, _ = median_seconds_per_epoch(res, "enum", True, labels)
+        ref, _ = epoch_seconds(res, "enum", True, labels)
         rows = []
         for i, (est, aux) in enumerate(variants(res)):
-            sec, n = median_seconds_per_epoch(res, est, aux, labels)
-            if not n:
+            sec, n = epoch_seconds(res, est, aux, labels)
+            if not n or sec is None:
                 continue
             rows.append({"labels": labels, "chosen": chosen, "variant": variant_label(est, aux), "estimator": est,
                          "aux": aux, "n_ok": n, "median_seconds_per_epoch": rnd(sec),
-                         "ratio_to_enum_aux": rnd(sec / ref, 4) if ref else None, "_o": i})
+                         "ratio_to_enum_aux": rnd(sec / ref, 4) if ref else None,
+                         "time_source": epoch_time_source(res), "_o": i})
         out += _ranked(rows, "median_seconds_per_epoch", ascending=True)
     return pd.DataFrame(out, columns=cols)
 
@@ -152,14 +155,14 @@ def build(ctx: Context) -> Section:
     ctx.write_table(var, "rank_grad_variance",
                     f"Estimators ranked by encoder_y gradient {'MSE against the exact gradient' if by_mse else 'variance'}"
                     f" at the common checkpoints (median){'' if by_mse else '; biased estimators unranked'}")
-    ctx.write_table(tm, "rank_time", "Variants ranked by median seconds per epoch (ok cells)")
+    ctx.write_table(tm, "rank_time", f"Variants ranked by seconds per epoch: {epoch_time_words(res)}")
     sec = Section("rankings", "Estimators ranked", side_by_side=True)
     sec.text.append(
         "Three rankings of the variants (`+ aux`: with the auxiliary loss): by mean test accuracy at the best "
         "validation epoch; by the gradient error of q(y|x)'s parameters (encoder_y) on the unlabeled step at the "
         "common checkpoints (every estimator at the same parameters, the ELBO gradient alone; median over "
-        "checkpoints after the first, ratio to enum's median per checkpoint); by the median seconds per training "
-        "epoch of the ok cells, with the ratio to enum + aux at the same label count. Ties keep the report's "
+        "checkpoints after the first, ratio to enum's median per checkpoint); by the seconds per training epoch "
+        f"({epoch_time_words(res)}), with the ratio to enum + aux at the same label count. Ties keep the report's "
         "order; variants with no number are listed last, unranked.")
     sec.text.append(
         "The gradient error is the mean squared error against the exact gradient (variance plus squared bias)."

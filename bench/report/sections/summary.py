@@ -29,7 +29,7 @@ import numpy as np
 from ...analysis.diagnostics import isolated_timing
 from ...core.provenance import REPO
 from ...core.schema import Folder
-from ..common import AUX_STYLE, median_seconds_per_epoch, num, variant_label, variants
+from ..common import AUX_STYLE, epoch_seconds, epoch_time_source, epoch_time_words, num, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import BASELINES
 from ..frames import table1, timing
@@ -130,7 +130,7 @@ def hero_points(ctx: Context):
             if est in BASELINES:
                 base = (mean, half)
                 continue
-            sec, _ = median_seconds_per_epoch(ctx.res, est, aux, int(labels))
+            sec, _ = epoch_seconds(ctx.res, est, aux, int(labels))
             if sec:
                 pts.append((est, aux, sec, mean, half))
         if pts:
@@ -171,7 +171,8 @@ def plot_hero(ctx: Context):
         ax.set_xscale("log")
         plain_log_ticks(ax.xaxis)
         ax.set_title(f"{labels} labels", fontsize=10)
-        ax.set_xlabel(f"seconds per epoch ({ctx.env.get('device', '?')}, median over seeds, log)")
+        ax.set_xlabel(f"seconds per epoch, log scale\n({epoch_time_words(ctx.res, short=True)}"
+                      f"{', median over seeds' if epoch_time_source(ctx.res) == 'cells' else ''})", fontsize=9)
         ax.set_ylabel("test accuracy at best validation epoch")
     handles = [plt.Line2D([], [], color=pal[e], marker={**AUX_STYLE[a], **({"marker": marks[e]} if e in marks else {})}
                           ["marker"], linestyle="none", label=variant_label(e, a))
@@ -203,8 +204,8 @@ def build(ctx: Context) -> Section:
     path = plot_hero(ctx) if ctx.plots else None
     if path:
         sec.figures.append(Figure(path, "The answer at a glance: each variant's test accuracy (mean over seeds, 95% "
-                                        "t-interval) against its median seconds per epoch, one panel per label "
-                                        "count; filled markers lie on the Pareto front (no other variant is both "
+                                        f"t-interval) against its seconds per epoch ({epoch_time_words(ctx.res)}), "
+                                        "one panel per label count; filled markers lie on the Pareto front (no other variant is both "
                                         "faster and more accurate); the dash-dot line and band: the supervised-only "
                                         "baseline."))
     return sec
