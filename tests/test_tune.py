@@ -194,6 +194,16 @@ def test_tune_command_on_a_folder_that_is_not_a_tuning_run(tmp_path):
     assert cli.main(["tune", str(tmp_path)]) == 2
 
 
+def test_tune_command_on_a_search_with_no_finished_trial_says_so(tmp_path, capsys):
+    """A search's folder before its first trial ends has a journal and no runs/: say that, not "run the tune
+    preset first" (the advice for a grid)."""
+    (tmp_path / "env.json").write_text(json.dumps({"grid": {}}))
+    (tmp_path / "search.journal").write_text("")
+    assert cli.main(["tune", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trial of this search has finished yet" in err and "--preset tune" not in err and err.count("\n") == 1
+
+
 def test_a_folder_made_in_parts_lists_every_command():
     from bench.report.common import parts_lines
 

@@ -35,10 +35,11 @@ class Folder:
     """The files of one results folder, named in this one place: ``env.json`` (:data:`ENV_FILE`), ``runs/`` (a
     cell's record each, ``<cell>.json``), ``probes/`` (the gradient and timing probes' records), ``cache/`` (a
     cut-short cell's resume state), ``logs/`` (a task's output), the tables ``<name>.csv`` (:data:`TABLES`),
-    and the report's ``tables/`` and ``plots/``."""
+    and the report's ``tables/`` and ``plots/``; a search's state, Optuna's journal ``search.journal``."""
 
     root: Path
     RUNS, PROBES, CACHE, LOGS, TABLES, PLOTS = "runs", "probes", "cache", "logs", "tables", "plots"
+    JOURNAL = "search.journal"
 
     env = property(lambda self: self.root / ENV_FILE)
     runs = property(lambda self: self.root / self.RUNS)
@@ -47,6 +48,7 @@ class Folder:
     logs = property(lambda self: self.root / self.LOGS)
     tables = property(lambda self: self.root / self.TABLES)
     plots = property(lambda self: self.root / self.PLOTS)
+    journal = property(lambda self: self.root / self.JOURNAL)
 
     def records(self, kind: str) -> Path:
         """Where a task of ``kind`` writes its record: ``runs/`` for a cell (``train``), ``probes/`` otherwise."""

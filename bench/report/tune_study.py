@@ -369,6 +369,9 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_tune(args) -> int:
     out = Path(args.out)
+    if not Folder(out).runs.is_dir() and Folder(out).journal.is_file():
+        raise ConfigError(f"{out}: no trial of this search has finished yet ({Folder.JOURNAL} holds its state): "
+                          "rerun the python -m bench search command that made it to go on")
     if not Folder(out).runs.is_dir():
         raise ConfigError(f"{out}: no runs/ folder (run python -m bench run --preset tune --out {out} first)")
     doc = write_report(out)

@@ -68,7 +68,7 @@ from . import grid as gridmod
 from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
-JOURNAL = "search.journal"
+JOURNAL = Folder.JOURNAL
 #: what a diverged trial reports to the sampler: below any accuracy (its records say diverged: not eligible)
 DIVERGED_VALUE = 0.0
 #: the per-epoch evaluation of a trial: validation (and test) accuracy only, no ELBO, no final bound
