@@ -24,8 +24,8 @@ from ..commands import COMMANDS
 from ..core.provenance import REPO, run_parts
 from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
-from ..run.tune import (CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, search_rungs,
-                        tuned_keys, widenings)
+from ..run.tune import (CHOICE_FILE, PRUNE_ON, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials,
+                        search_rungs, tuned_keys, widenings)
 from .common import parts_lines
 from .tune_plots import cell, lr_name, plot_sensitivity, provenance_line
 
@@ -349,8 +349,12 @@ def _how(prov: dict) -> str:
     rungs = search_rungs(search, prov.get("epochs") or 0)
     return (f"A search at the reporting budget (`python -m bench search`): per setting {search['trials']} trials "
             f"(the first the default, then Optuna's TPE sampler, seed {search['seed']}), each trained on every "
-            f"seed for up to {prov.get('epochs')} epochs; after each epoch the mean validation accuracy over seeds "
-            f"goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
+            f"seed for up to {prov.get('epochs')} epochs; after each epoch "
+            + ("the mean over seeds of each seed's best validation accuracy so far (the number a trial is chosen "
+               "by)" if search.get("prune_on") == PRUNE_ON else
+               "the mean validation accuracy over seeds at that epoch (the rule before the pruner saw the best so "
+               "far: a trial whose accuracy peaked early could be pruned on its fall)")
+            + f" goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
             f"the best 1/{search['reduction']}). A pruned trial is not eligible." + (
                 " Widened after a choice sat on an edge (the study went on with `trials` more trials from the wider "
                 f"space, its sampler seeing every earlier trial): {'; '.join(widenings(search))}." if widenings(search) else ""))

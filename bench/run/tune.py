@@ -58,6 +58,10 @@ CHOICE_FILE = "tuned.json"
 #: the run fields a search may vary (beside the estimator's options)
 RUN_FIELDS = ("lr", "aux_multiplier")
 _TOP_KEYS = {"trials", "first_rung", "reduction", "seed"}
+#: what a search's pruner sees after each epoch (bench.run.search.objective_so_far), recorded with the search so
+#: that a study says which rule pruned it: searches made before this key existed saw the last epoch's mean
+#: validation accuracy (a trial that peaked early could be pruned on its fall)
+PRUNE_ON = "best_valid_so_far"
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -155,7 +159,8 @@ def cell_tag(tune: Dict, cfg) -> str:
 def check_search(search, estimators: List[str]) -> Dict:
     """Validate a ``[search]`` table (one-line :class:`ConfigError`); returns it normalised:
     ``{"trials", "first_rung", "reduction", "seed", "space": {estimator: {key: ("range", lo, hi) |
-    ("choices", [...])}}}`` with each estimator's record's candidates where the table gives none."""
+    ("choices", [...])}}, "prune_on": PRUNE_ON}`` with each estimator's record's candidates where the table gives
+    none."""
     if not isinstance(search, dict):
         raise ConfigError("search must be a table: [search] trials = 16, lr = {low = 3e-5, high = 3e-3}")
     out = {"trials": search.get("trials", 16), "first_rung": search.get("first_rung", 1),
@@ -185,6 +190,7 @@ def check_search(search, estimators: List[str]) -> Dict:
                 for v in (rest if kind == "range" else rest[0]):
                     record.build(tiny, v if isinstance(v, dict) else {k: v})
     out["space"] = space
+    out["prune_on"] = PRUNE_ON
     return out
 
 
