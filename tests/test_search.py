@@ -267,6 +267,34 @@ def test_workers_share_a_settings_trials_without_running_more(tmp_path, monkeypa
                                lambda m: None) == 0
 
 
+def test_a_search_stopped_with_sigterm_leaves_no_worker_running(tmp_path):
+    """``--workers 2``: the second process trains in a pool; SIGTERM to the command must not leave it training
+    on alone (it did, for the rest of its trial, holding a core the next command wanted)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = ("import os, time\nfrom bench.run import search\n"
+            "pool = search.worker_pool(1)\nprint(pool.submit(os.getpid).result(), flush=True)\n"
+            "pool.submit(time.sleep, 600)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(search.Path(search.__file__).resolve().parents[2])})
+    child = int(proc.stdout.readline())
+    assert psutil.pid_exists(child)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    deadline = time.time() + 20
+    while time.time() < deadline and psutil.pid_exists(child) and psutil.Process(child).status() != "zombie":
+        time.sleep(0.2)
+    alive = psutil.pid_exists(child) and psutil.Process(child).status() != "zombie"
+    if alive:
+        psutil.Process(child).kill()
+    assert not alive
+
+
 def _search_worker(out, worker, results):
     """One of the processes of the test above: the setting gumbel + aux at 100 labels, 5 trials, synthetic data."""
     from pathlib import Path

@@ -16,7 +16,7 @@ from typing import List, Optional
 from ..core.errors import EXIT_STORAGE, ConfigError, StorageError
 from ..core.schema import Folder
 from ..core.store import open_log, read_result, result_path
-from .launch import (OnUpdate, TaskState, _die_with_parent, _last_line, default_threads, failed_record, new_token,
+from .launch import (OnUpdate, TaskState, _last_line, default_threads, die_with_parent, failed_record, new_token,
                      task_threads, worker_command, write_failed)
 
 
@@ -31,7 +31,7 @@ def _run_in_subprocess(spec: dict, out_dir: str, data_dir: Optional[str], thread
     log_dir = Folder(Path(out_dir)).logs
     with open_log(log_dir / f"{spec['id']}.log") as log:
         proc = subprocess.run(cmd, input=json.dumps(spec), stdout=subprocess.DEVNULL, stderr=log, text=True,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent)
     record, _ = read_result(result_path(out_dir, spec))
     if record is None or record.get("token") != token:
         code = proc.returncode

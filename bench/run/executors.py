@@ -45,7 +45,7 @@ from typing import Dict, List, Mapping, Optional, Protocol, runtime_checkable
 
 from ..core.errors import EXIT_STORAGE, ConfigError, StorageError
 from .dask_executor import DaskExecutor, SchedulerLost  # noqa: F401 (registered below; tests reach it here)
-from .launch import (OnUpdate, TaskState, _die_with_parent, _last_line, default_threads, new_token,
+from .launch import (OnUpdate, TaskState, _last_line, default_threads, die_with_parent, new_token,
                      task_threads, worker_command, write_failed)
 from ..core.schema import Folder
 from ..core.store import open_log, read_result, result_path
@@ -174,7 +174,7 @@ class LocalExecutor:
         if gpu is not None:  # the cell sees one GPU, as cuda:0
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                preexec_fn=_die_with_parent, env=env)
+                                preexec_fn=die_with_parent, env=env)
         proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
         run = _Running(spec, proc, time.time(), gpu=gpu, token=token, last_progress=time.time())

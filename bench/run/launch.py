@@ -2,13 +2,14 @@
 
 An executor runs ``python -m bench.run.worker`` (:func:`worker_command`) for each spec, with a fresh token per
 attempt (:func:`new_token`) and ``threads`` torch threads (:func:`default_threads`, :func:`task_threads`);
-the child dies with its parent (:func:`_die_with_parent`). A worker that wrote no result is recorded
+the child dies with its parent (:func:`die_with_parent`). A worker that wrote no result is recorded
 failed (:func:`write_failed`, through ``bench.core.store.write_record``), with the last line of its log
 (:func:`_last_line`) where that says why. :class:`TaskState` is how an executor tells the driver what runs.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 import uuid
@@ -34,11 +35,16 @@ class TaskState:
 OnUpdate = Callable[[Mapping[str, TaskState], Optional[dict]], None]
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
+def die_with_parent(parent: Optional[int] = None) -> None:
+    """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing): a worker's
+    ``preexec_fn`` (before exec) or a process pool's ``initializer``. ``parent``: the pid the caller expects as
+    its parent; a child whose parent died before it got here exits at once."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 

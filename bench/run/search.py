@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -67,6 +68,7 @@ from ..core.store import OutputLock, atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
 from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
+from .launch import die_with_parent
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
 JOURNAL = Folder.JOURNAL
@@ -149,11 +151,9 @@ def _record(cfg, trial_number: int, name: str, values: Dict, space: Dict, status
 
 
 def objective_so_far(curves) -> float:
-    """The trial's objective at the epoch its seeds have reached: the mean over seeds of each seed's best
-    validation accuracy so far (``curves``: one list of epoch rows per seed). What the pruner sees at every rung
-    and, at the last epoch, the value the trial returns, so that a trial is pruned on the number it would be
-    chosen by: a run whose validation accuracy peaks early and then falls (the relaxations at 100 labels in
-    Pyro's setting) keeps its peak, as the test accuracy at the best validation epoch does."""
+    """The trial's value so far: the mean over seeds of each seed's best validation accuracy (``curves``: a list
+    of epoch rows per seed). The pruner sees it after each epoch and the trial returns it at the end, so a run
+    that peaks early and then falls (the relaxations at 100 labels in Pyro's setting) keeps its peak."""
     return sum(max(row["valid_acc"] for row in c) for c in curves) / len(curves)
 
 
@@ -339,6 +339,13 @@ def _setting_worker(grid, spec, est, aux, labels, out, data_dir, commit, worker,
     return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, _log_stderr, worker, True)
 
 
+def worker_pool(n: int) -> ProcessPoolExecutor:
+    """``n`` more processes for a setting's trials (spawned), killed when this one dies, as the harness's workers
+    are (a search stopped with SIGTERM left its second worker training on, alone)."""
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, workers: int = 1,
                threads: Optional[int] = None) -> int:
     """Run (or continue) every setting's study; returns how many trials ran. ``workers``: processes running a
@@ -354,8 +361,7 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, w
         if workers <= 1:
             ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log)
             continue
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
+        with worker_pool(workers - 1) as pool:
             others = [pool.submit(_setting_worker, grid, spec, est, aux, labels, out, data_dir, commit, w,
                                   threads or torch.get_num_threads()) for w in range(1, workers)]
             ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, 0, True)
