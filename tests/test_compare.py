@@ -144,6 +144,27 @@ def test_other_machine_compares_ratios_to_trace(pair, capsys):
     assert rc == 1 and len(lines) == 1 and lines[0].split()[2:4] == ["enum", "unsup"]
 
 
+def test_probes_timed_on_another_machine_within_a_folder_are_not_compared_as_absolute_times(pair, capsys,
+                                                                                               tmp_path):
+    """Both env.json files name one machine, but the new folder's enum probe ran on another (a grid extended in a
+    later session elsewhere, as the table1 reference was): its 2x is the machine, not a slowdown, and its ratio to
+    trace would divide one machine's time by another's; the other rows compare as usual."""
+    old, new = pair
+    t = pd.read_csv(new / "timing.csv")
+    enum = t.estimator == "enum"
+    t.loc[enum, ["median_ms", "q1_ms", "q3_ms"]] *= 2.0
+    t.loc[enum, "device_name"] = "AMD EPYC (other)"
+    t.to_csv(new / "timing.csv", index=False)
+    rc, out, _ = run(capsys, old, new, "--csv", tmp_path / "cmp.csv")
+    assert rc == 0 and flagged_lines(out) == [] and "device_name of some probes" in out
+    rows = [r for r in csv.DictReader(open(tmp_path / "cmp.csv")) if r["measure"] == "time"]
+    assert all("not compared" in r["note"] for r in rows if r["estimator"] == "enum")
+    assert not any("not compared" in r["note"] for r in rows if r["estimator"] != "enum")
+    _scale_timing(new, 2.0, "trace", False, "unsup")  # a real slowdown on the machine both folders share
+    rc, out, _ = run(capsys, old, new)
+    assert rc == 1 and [l.split()[2:4] for l in flagged_lines(out)] == [["trace", "unsup"]]
+
+
 def test_variance_tenfold_is_flagged(pair, capsys):
     old, new = pair
     g = pd.read_csv(new / "grad_variance.csv")

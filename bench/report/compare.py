@@ -239,6 +239,12 @@ def machine_differences(old_env: dict, new_env: dict) -> List[str]:
     return out
 
 
+def _machine(r: dict) -> str:
+    """The machine a timing row was measured on (its ``device_name``; "" where unknown)."""
+    v = r.get("device_name")
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "?" else str(v)
+
+
 def _rel_iqr(r) -> float:
     med, q1, q3 = _num(r.get("median_ms")), _num(r.get("q1_ms")), _num(r.get("q3_ms"))
     if not (_finite(med) and _finite(q1) and _finite(q3)) or med <= 0:
@@ -277,6 +283,11 @@ def compare_timing(cmp: Comparison) -> None:
             cmp.machine_diff.insert(0, diff)
     told, tnew = _timing_table(cmp.old, with_device), _timing_table(cmp.new, with_device)
     other_machine = bool(cmp.machine_diff)
+    # a folder made in parts on two machines: env.json names the last command's, each probe row its own
+    pairs = sorted({(_machine(told[k]), _machine(tnew[k])) for k in set(told) & set(tnew)
+                    if _machine(told[k]) != _machine(tnew[k])})
+    if pairs and not other_machine:
+        cmp.machine_diff += [f"device_name of some probes: {a!r} vs {b!r}" for a, b in pairs]
     order, rank = {"sup": 0, "unsup": 1, "aux": 2}, _estimator_rank(cmp)
     for key in sorted(set(told) & set(tnew), key=lambda k: (k[3:], rank.get(k[0], len(rank)), k[0], k[1],
                                                              order.get(k[2], 9), k[2])):
@@ -291,21 +302,24 @@ def compare_timing(cmp: Comparison) -> None:
                    rule="new/old > 1 + max(time_tol, rIQR)")
         rel = {}
         ro, rn = _trace_ref(told, key), _trace_ref(tnew, key)
-        if ro is not None and rn is not None:
+        here = other_machine or _machine(o) != _machine(n)  # this row's two times come from two machines
+        if ro is not None and rn is not None and _machine(ro) == _machine(o) and _machine(rn) == _machine(n):
             rel_old = float(o["median_ms"]) / float(ro["median_ms"])
             rel_new = float(n["median_ms"]) / float(rn["median_ms"])
             rel_noise = math.sqrt(_rel_iqr(o) ** 2 + _rel_iqr(n) ** 2 + _rel_iqr(ro) ** 2 + _rel_iqr(rn) ** 2)
             rel = dict(rel_old=rel_old, rel_new=rel_new, rel_change=rel_new / rel_old,
                        rel_threshold=1 + max(opts.time_tol, rel_noise))
         row.update(rel)
-        if not other_machine or opts.strict_time:
+        if not here or opts.strict_time:
             row["flagged"] = ratio > thr
-        if other_machine and rel:
+        if here and rel:
             if rel["rel_change"] > rel["rel_threshold"]:
                 row["flagged"] = True
                 row["note"] = (f"relative to trace {rel['rel_old']:.3g}x -> {rel['rel_new']:.3g}x "
                                f"(change {rel['rel_change']:.3g} > {rel['rel_threshold']:.3g})")
-        if ratio < 1 / thr and not row["flagged"]:
+        if here and not rel and not opts.strict_time:
+            row["note"] = "two machines, no trace time on the same machine in each folder: not compared"
+        elif ratio < 1 / thr and not row["flagged"]:
             row["note"] = row["note"] or "faster"
         cmp.rows.append(row)
     for key in sorted(set(told) ^ set(tnew), key=str):
