@@ -79,9 +79,10 @@ def table_anchors(res: Results, t1: pd.DataFrame) -> pd.DataFrame:
                                    our_value=rnd(ours))
                         if ref is not None:
                             row["our_vs_enum"] = rnd(ours - ref if r.unit == "test_acc" else ours / ref, 4)
+                        per_epoch = (", median s/epoch" if epoch_time_source(res) == "cells" else
+                                     ", isolated probe's s/epoch")
                         row["our_setting"] = (f"{labels} labels, {epochs} epochs, {n} seed(s)"
-                                              + ((", median s/epoch" if epoch_time_source(res) == "cells" else
-                                                  ", isolated probe's s/epoch") if r.unit == "seconds_per_epoch" else ""))
+                                              + (per_epoch if r.unit == "seconds_per_epoch" else ""))
                         break
         elif r.unit == "speedup_vs_marginalisation":
             row["vs_marginalisation"] = rnd(r.value, 4)

@@ -205,7 +205,7 @@ def build(ctx: Context) -> Section:
     if path:
         sec.figures.append(Figure(path, "The answer at a glance: each variant's test accuracy (mean over seeds, 95% "
                                         f"t-interval) against its seconds per epoch ({epoch_time_words(ctx.res)}), "
-                                        "one panel per label count; filled markers lie on the Pareto front (no other variant is both "
-                                        "faster and more accurate); the dash-dot line and band: the supervised-only "
-                                        "baseline."))
+                                        "one panel per label count; filled markers lie on the Pareto front (no "
+                                        "other variant is both faster and more accurate); the dash-dot line and "
+                                        "band: the supervised-only baseline."))
     return sec
