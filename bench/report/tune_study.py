@@ -20,6 +20,7 @@ from ssvae.config import DEFAULT_RUN, sci
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
+from ..analysis.prune_replay import differing, replay
 from ..commands import COMMANDS
 from ..core.provenance import REPO, run_parts
 from ..core.schema import Folder, setting_id
@@ -326,7 +327,7 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         f"Provenance: {provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench tune {_shown(out)}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
-        _how(prov), "",
+        _how(prov), "", *_replayed(out, prov),
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         f"combination minus {default_words(prov)}, paired over seeds, "
@@ -340,6 +341,22 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         "## Every combination", "", (Folder(out).tables / "tune_all.md").read_text(),
     ]
     (out / "tune.md").write_text("\n".join(text))
+
+def _replayed(out: Path, prov: dict) -> List[str]:
+    """For a search pruned on the last epoch's value: its rung decisions replayed under the best so far
+    (:mod:`bench.analysis.prune_replay`), the ones that differ listed (none: one line saying so)."""
+    search = prov.get("search")
+    if not search or search.get("prune_on") == PRUNE_ON or not Folder(out).journal.is_file():
+        return []
+    table = replay(Folder(out).journal, search["reduction"])
+    diff = differing(table)
+    items = [f"{r.study} trial {r.trial} at epoch {r.epoch} ({'pruned' if not r.promoted_last else 'promoted'}: "
+             f"last {r.last:.4f}, best so far {r.best_so_far:.4f})" for r in diff.itertuples()]
+    return [f"Replayed under the best-so-far rule (`bench.analysis.prune_replay`: the same trials reaching the same "
+            f"rungs in the same order), {len(diff)} of its {len(table)} rung decisions differ"
+            + (f": {'; '.join(items)}. What those trials would have reached is not known; compare their best so far "
+               "with the choice's mean below." if items else "."), ""]
+
 
 def _how(prov: dict) -> str:
     search = prov.get("search")
