@@ -118,11 +118,13 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     for ax in list(axes.flat)[len(settings):]:
         ax.set_visible(False)
     fig.suptitle("Search sensitivity: every trial at its learning rate (filled: finished, mean over seeds, its seeds "
-                 "as dots; hollow: pruned, where it stopped; circled: the choice)", fontsize=9.5)
+                 "as dots; hollow: pruned, where it stopped;\ncircled: the choice, or the leader of a setting still "
+                 "searching, which chooses nothing yet)", fontsize=9.5)
     if norm is not None:
         bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.6, pad=0.02)
         bar.set_label("aux multiplier", fontsize=8)
-    fig.text(0.01, 0.005, provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True)
+    # below the panels (saved with bbox_inches="tight"): inside the figure it ran over a single panel's x label
+    fig.text(0.01, -0.01, provenance_line(prov), fontsize=6.5, color="dimgrey", wrap=True, va="top")
     return fig
 
 
