@@ -109,7 +109,7 @@ def test_a_fixed_budget_holds_every_variant_and_enum_aux_to_the_same_seconds():
         ("trace", True): [(0.30, 0.30), (0.35, 0.36)],                      # ended after 2 of the 7 that fit
         ("baseline", False): [(0.8, 0.8)] * 4}, bump=0.01)
     timing = _timing({"enum": (30.0, 90.0), "gumbel": (10.0, 30.0), "trace": (10.0, 30.0)})
-    e = wall_time._epoch_seconds(timing, 100, True, "enum", "cpu")
+    e = wall_time.isolated_epoch_seconds(timing, 100, True, "enum", "cpu")
     fb = wall_time.fixed_budget(runs, curves, timing, 2.5 * e).set_index("variant")
     assert set(fb.index) == {"enum + aux", "gumbel + aux", "trace + aux"}  # no baseline
     g, en, t = fb.loc["gumbel + aux"], fb.loc["enum + aux"], fb.loc["trace + aux"]
@@ -137,7 +137,7 @@ def test_accuracy_by_budget_runs_from_the_shortest_epoch_to_the_longest_run():
         ("gumbel", True): [(0.4 + 0.04 * e, 0.39 + 0.04 * e) for e in range(1, 15)],
         ("trace", True): [(0.30, 0.30), (0.35, 0.36)]})
     timing = _timing({"enum": (30.0, 90.0), "gumbel": (10.0, 30.0), "trace": (10.0, 30.0)})
-    e = wall_time._epoch_seconds(timing, 100, True, "enum", "cpu")
+    e = wall_time.isolated_epoch_seconds(timing, 100, True, "enum", "cpu")
     bb = wall_time.accuracy_by_budget(runs, curves, timing, points=8)
     assert bb["budget_seconds"].min() == pytest.approx(e / 3) and bb["budget_seconds"].max() == pytest.approx(14 * e / 3)
     g = bb[bb.variant == "gumbel + aux"].sort_values("budget_seconds")

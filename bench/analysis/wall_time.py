@@ -55,7 +55,8 @@ def _curve(curves: pd.DataFrame, cell: str) -> pd.DataFrame:
     return curves[curves["cell"] == cell] if len(curves) else curves
 
 
-def _epoch_seconds(timing: Optional[pd.DataFrame], labels: int, aux: bool, estimator: str, device: str) -> float:
+def isolated_epoch_seconds(timing: Optional[pd.DataFrame], labels: int, aux: bool, estimator: str,
+                           device: str) -> float:
     """The isolated seconds per epoch of (estimator, aux) at ``labels``; NaN where the probe has none."""
     if timing is None or not len(timing):
         return math.nan
@@ -136,8 +137,8 @@ def fixed_budget(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.D
         raise ValueError(f"a time budget must be positive (got {seconds!r})")
     rows = []
     for labels, aux, est, merged in _settings(runs):
-        sec, ref_sec = (_epoch_seconds(timing, labels, aux, est, device),
-                        _epoch_seconds(timing, labels, True, ENUM_AUX[0], device))
+        sec, ref_sec = (isolated_epoch_seconds(timing, labels, aux, est, device),
+                        isolated_epoch_seconds(timing, labels, True, ENUM_AUX[0], device))
         fit, ref_fit = seconds / sec, seconds / ref_sec  # NaN without timing
         accs, refs, diffs, short = [], [], [], []
         for m in merged.itertuples():
@@ -174,7 +175,7 @@ def accuracy_by_budget(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optiona
     ok = _ok(runs, METRIC)
     per_variant = []
     for (labels, aux, est), var in ok.groupby(["labels", "aux", "estimator"], sort=True):
-        sec = math.nan if est in SUPERVISED else _epoch_seconds(timing, int(labels), bool(aux), est, device)
+        sec = math.nan if est in SUPERVISED else isolated_epoch_seconds(timing, int(labels), bool(aux), est, device)
         cells = [c for c in (_curve(curves, cell) for cell in var["cell"]) if len(c)]
         if np.isfinite(sec) and sec > 0 and cells:
             per_variant.append((int(labels), bool(aux), est, sec, cells))
@@ -214,8 +215,8 @@ def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd
     """
     rows = []
     for labels, aux, est, merged in _settings(runs):
-        ms = _epoch_seconds(timing, labels, aux, est, device) * 1000
-        ref_ms = _epoch_seconds(timing, labels, True, ENUM_AUX[0], device) * 1000
+        ms = isolated_epoch_seconds(timing, labels, aux, est, device) * 1000
+        ref_ms = isolated_epoch_seconds(timing, labels, True, ENUM_AUX[0], device) * 1000
         targets, epochs, secs, ref_secs, ratios = [], [], [], [], []
         for m in merged.itertuples():
             curve, ref_curve = _curve(curves, m.cell), _curve(curves, m.cell_ref)

@@ -29,7 +29,7 @@ from matplotlib import colormaps
 from ssvae.estimators import REGISTRY
 
 from ..analysis.diagnostics import isolated_timing
-from ..analysis.paired import isolated_epoch_ms
+from ..analysis.wall_time import isolated_epoch_seconds
 from ..core.provenance import run_parts, tasks_by
 from ..core.stats import as_bool, variant_label  # noqa: F401  (variant_label: the report's name for it)
 from .data import BASELINES, Results
@@ -273,8 +273,8 @@ def epoch_seconds(res: Results, estimator: str, aux: bool, labels: int) -> Tuple
     sec, n = median_seconds_per_epoch(res, estimator, aux, labels)
     if epoch_time_source(res) == "cells" or sec is None:
         return sec, n
-    ms = isolated_epoch_ms(res.timing, labels, aux, res.env.get("device", "cpu")) if len(res.timing) else {}
-    return (float(ms[estimator]) / 1000, n) if estimator in ms else (None, n)
+    probe = isolated_epoch_seconds(res.timing, labels, aux, estimator, res.env.get("device", "cpu"))
+    return (probe if math.isfinite(probe) else None), n
 
 
 def epoch_time_words(res: Results, short: bool = False) -> str:

@@ -54,7 +54,7 @@ class _PlainLogLocator(LogLocator):
 
 
 def plain_log_ticks(axis) -> None:
-    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers (every integer multiple on an axis spanning
+    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers (1, 1.5, 2, 3, ..., 9 x 10^k on an axis spanning
     under a decade), minor ticks unlabelled (matplotlib's default labels minor ticks as "2x10^0" on an axis
     spanning about a decade, and they overlap)."""
     axis.set_major_locator(_PlainLogLocator(base=10, subs=(1, 2, 5)))
