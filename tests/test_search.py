@@ -314,6 +314,12 @@ def _search_worker(out, worker, results):
     ({"lr": ["range", 1e-4, 1e-2]}, {"lr": 1e-3}, ""),
     ({"k": ["choices", [2, 4, 10]]}, {"k": 2}, "k at the bottom of 2..10"),
     ({"k": ["choices", [2, 4, 10]]}, {"k": 4}, ""),
+    # a choice among option sets (gumbel's schedule): each option that differs between the sets is its own list
+    ({"schedule": ["choices", [{"tau0": 1.0, "tau_min": 0.5}, {"tau0": 0.5, "tau_min": 0.5}]]},
+     {"tau0": 0.5, "tau_min": 0.5}, "tau0 at the bottom of 0.5..1"),
+    ({"schedule": ["choices", [{"tau0": 1.0, "tau_min": 0.5}, {"tau0": 0.5, "tau_min": 0.5}, {"tau0": 0.7,
+                                                                                            "tau_min": 0.5}]]},
+     {"tau0": 0.7, "tau_min": 0.5}, ""),
 ])
 def test_a_choice_on_an_edge_of_what_was_searched_is_named(space, values, expected):
     prov = {"search": {"space": {"rloo": space}}}
@@ -498,6 +504,9 @@ def test_two_trials_of_the_same_values_are_two_trials_of_the_study(tmp_path):
     assert rows[0]["not_eligible"] == "2"
     every = list(csv.DictReader(open(tmp_path / "tables" / "tune_all.csv")))
     assert sorted(r["trial"] for r in every) == ["0", "1", "2", "3"]  # every trial its row, named
+    # where each stopped: a pruned trial its epochs and its seeds' best so far (epoch 1: 0.6), a finished one its own
+    stopped = {r["trial"]: (r["epochs_run"], r["best_so_far"], r["n_seeds"]) for r in every}
+    assert stopped["0"] == ("1", "0.6", "0") and stopped["1"] == ("3", "0.8", "3")
     assert "selection: `python -m bench tune " in (tmp_path / "tune.md").read_text()
 
 

@@ -74,8 +74,8 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
         row["options"] = {"lr": cfg["lr"], **(cfg.get("options") or {})}
         row["statuses"][cfg["seed"]] = rec.get("status")
         metrics = rec.get("metrics") or {}
-        if metrics.get("final_valid_acc") is not None:  # where the trial stopped (a pruned trial's last rung)
-            row.setdefault("reached", {})[cfg["seed"]] = (metrics.get("epochs_run"), float(metrics["final_valid_acc"]))
+        if metrics.get("best_valid_acc") is not None:  # where the trial stopped and its best so far (the pruner's)
+            row.setdefault("reached", {})[cfg["seed"]] = (metrics.get("epochs_run"), float(metrics["best_valid_acc"]))
         if rec.get("status") == "ok":
             row["seeds"][cfg["seed"]] = float(rec["metrics"][SELECT_ON])
     out_rows = []
@@ -140,6 +140,15 @@ def _is_default(est: str, key: str, value, lr: float = PYRO_LR,
     return d[key] == value
 
 
+def _stopped(row: dict) -> dict:
+    """Where a trial stopped: the most epochs a seed ran, and the mean over its seeds of each seed's best
+    validation accuracy by then (a pruned trial's: what the pruner compared; a finished one's: its mean)."""
+    reached = list((row.get("reached") or {}).values())
+    if not reached:
+        return {"epochs_run": None, "best_so_far": None}
+    return {"epochs_run": max(e or 0 for e, _ in reached), "best_so_far": sum(a for _, a in reached) / len(reached)}
+
+
 def _paired_diff(a: dict, b: dict) -> Tuple[float, float, int]:
     """Mean and 95 % t half-width of a - b over the seeds both have (paired)."""
     seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
@@ -172,16 +181,33 @@ def _same_setting(a: dict, b: dict) -> bool:
 EDGE_SHARE = 0.05
 
 
+def _flat_space(space: Dict) -> Dict:
+    """``space`` with a choice among option sets (gumbel's ``schedule``: ``{tau0, tau_min}`` pairs) as one
+    choice list per option that differs between the sets (``tau0``: [1.0, 0.5]), as the chosen values name them."""
+    flat = {}
+    for key, (kind, *rest) in space.items():
+        sets = rest[0] if kind == "choices" else []
+        if sets and all(isinstance(c, dict) for c in sets):
+            for opt in sorted({k for c in sets for k in c}):
+                column = [c.get(opt) for c in sets]
+                if len(set(map(repr, column))) > 1:
+                    flat[opt] = ["choices", column]
+        else:
+            flat[key] = [kind, *rest]
+    return flat
+
+
 def edges(prov: dict, est: str, values: Dict) -> str:
     """Which chosen values sit on an edge of what was searched ("lr at the top of 1e-05..0.001"): a
-    candidate list's smallest or largest number, or a search range's outer 5 % (log scale)."""
+    candidate list's smallest or largest number (an option of a choice among option sets: its own list), or a
+    search range's outer 5 % (log scale)."""
     space = ((prov.get("search") or {}).get("space") or {}).get(est)
     if space is None:  # a grid: every key is a candidate list
         tune = prov.get("tune") or {}
         space = {k: ["choices", v] for k, v in {**{k: v for k, v in tune.items() if not isinstance(v, dict)},
                                                  **(tune.get(est) or {})}.items()}
     out = []
-    for key, (kind, *rest) in space.items():
+    for key, (kind, *rest) in _flat_space(space).items():
         v = values.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
@@ -258,10 +284,12 @@ def write_report(out: Path) -> dict:
                          "trial": "" if r["trial"] is None else r["trial"], "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
                          "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
+                         **_stopped(r),
                          "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
                          "chosen": "yes" if chosen else ""})
     _table(Folder(out).tables / "tune_all", ["estimator", "labels", "trial", "values", "n_seeds", "valid_acc_mean",
-                                         "valid_acc_ci95", "seeds", "status", "chosen"], all_rows)
+                                         "valid_acc_ci95", "seeds", "status", "epochs_run", "best_so_far", "chosen"],
+           all_rows)
     choice_rows, chosen_doc, made_by = [], {}, {}
     for (est, aux, labels), r in sorted(best.items()):
         ran = 1 + sum(1 for o in rows if _same_setting(o, r))
@@ -335,7 +363,9 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         "lower mean; `not_eligible`: those pruned, diverged or failed (each a distinct combination: values two "
         "trials shared count once; every trial is a row below); `trials`: the combinations run (in a search: of "
         "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a chosen value at an end "
-        "of what was searched (widen the range there, or read the end as the range's limit).", "",
+        "of what was searched (widen the range there, or read the end as the range's limit). Under every "
+        "combination, `epochs_run` and `best_so_far` say where a trial stopped: the most epochs a seed ran and the "
+        "mean over seeds of each seed's best validation accuracy by then (a pruned trial has no `n_seeds`).", "",
         "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
         "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
         "## Every combination", "", (Folder(out).tables / "tune_all.md").read_text(),
