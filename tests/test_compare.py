@@ -156,13 +156,30 @@ def test_probes_timed_on_another_machine_within_a_folder_are_not_compared_as_abs
     t.loc[enum, "device_name"] = "AMD EPYC (other)"
     t.to_csv(new / "timing.csv", index=False)
     rc, out, _ = run(capsys, old, new, "--csv", tmp_path / "cmp.csv")
-    assert rc == 0 and flagged_lines(out) == [] and "device_name of some probes" in out
+    assert rc == 0 and flagged_lines(out) == [] and "machine of some probes" in out
     rows = [r for r in csv.DictReader(open(tmp_path / "cmp.csv")) if r["measure"] == "time"]
     assert all("not compared" in r["note"] for r in rows if r["estimator"] == "enum")
     assert not any("not compared" in r["note"] for r in rows if r["estimator"] != "enum")
     _scale_timing(new, 2.0, "trace", False, "unsup")  # a real slowdown on the machine both folders share
     rc, out, _ = run(capsys, old, new)
     assert rc == 1 and [l.split()[2:4] for l in flagged_lines(out)] == [["trace", "unsup"]]
+
+
+def test_probes_timed_with_another_thread_count_are_not_compared_as_absolute_times(pair, capsys, tmp_path):
+    """One machine, both env.json files alike, but the new folder's enum probe ran on 1 thread where the old ran
+    on 2: its slower time is the thread count, not a slowdown (compared only relative to trace timed alike)."""
+    old, new = pair
+    for folder in pair:  # every probe row names its threads, as the harness's timing.csv does
+        t = pd.read_csv(folder / "timing.csv").assign(threads=2)
+        t.to_csv(folder / "timing.csv", index=False)
+    enum = t.estimator == "enum"
+    t.loc[enum, ["median_ms", "q1_ms", "q3_ms"]] *= 1.8
+    t.loc[enum, "threads"] = 1
+    t.to_csv(new / "timing.csv", index=False)
+    rc, out, _ = run(capsys, old, new, "--csv", tmp_path / "cmp.csv")
+    assert rc == 0 and flagged_lines(out) == [] and "machine of some probes" in out
+    rows = [r for r in csv.DictReader(open(tmp_path / "cmp.csv")) if r["measure"] == "time"]
+    assert all("not compared" in r["note"] for r in rows if r["estimator"] == "enum")
 
 
 def test_variance_tenfold_is_flagged(pair, capsys):

@@ -21,7 +21,8 @@ measures compared; each row is flagged when the difference is larger than its no
   ``device_name``, ``cpu_name`` or ``threads`` differ) absolute times are not comparable: a warning is
   printed and the flagged quantity becomes each step time relative to trace's (same aux, same step
   kind) *within its folder*, new relative / old relative, with the four IQRs combined in quadrature;
-  ``--strict-time`` flags the absolute ratios as well.
+  ``--strict-time`` flags the absolute ratios as well. The same rule applies row by row where both env.json
+  files agree but a probe row's own ``device_name`` or ``threads`` differ (a folder made in parts).
 * **variance** -- ``grad_variance.csv`` rows of the *common* trajectory (every estimator at the same
   parameters) matched on (estimator, aux, labels, seed, step, param_group, step_kind): ratio new / old of
   ``variance``. A variance estimated from n draws has a relative standard error of about
@@ -239,10 +240,16 @@ def machine_differences(old_env: dict, new_env: dict) -> List[str]:
     return out
 
 
-def _machine(r: dict) -> str:
-    """The machine a timing row was measured on (its ``device_name``; "" where unknown)."""
-    v = r.get("device_name")
+def _known(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "?" else str(v)
+
+
+def _machine(r: dict) -> str:
+    """The machine a timing row was measured on: its ``device_name`` and its ``threads`` (a probe run with
+    another thread count is another machine for its times; "" where neither is known)."""
+    name, threads = _known(r.get("device_name")), _known(r.get("threads"))
+    threads = f"{float(threads):g} thread(s)" if threads else ""
+    return ", ".join(x for x in (name, threads) if x)
 
 
 def _rel_iqr(r) -> float:
@@ -287,7 +294,7 @@ def compare_timing(cmp: Comparison) -> None:
     pairs = sorted({(_machine(told[k]), _machine(tnew[k])) for k in set(told) & set(tnew)
                     if _machine(told[k]) != _machine(tnew[k])})
     if pairs and not other_machine:
-        cmp.machine_diff += [f"device_name of some probes: {a!r} vs {b!r}" for a, b in pairs]
+        cmp.machine_diff += [f"machine of some probes (device_name, threads): {a!r} vs {b!r}" for a, b in pairs]
     order, rank = {"sup": 0, "unsup": 1, "aux": 2}, _estimator_rank(cmp)
     for key in sorted(set(told) & set(tnew), key=lambda k: (k[3:], rank.get(k[0], len(rank)), k[0], k[1],
                                                              order.get(k[2], 9), k[2])):
