@@ -174,8 +174,8 @@ def clock_line(ctx: Context) -> Optional[str]:
     fb = mine(ctx.frame(fixed_budget_frame, ctx.budget, ctx.level)).sort_values("mean_diff", ascending=False)
     tt = mine(ctx.frame(time_to_target_frame, ctx.margin))
     notes = lambda note: "; ".join(x for x in str(note or "").split("; ") if x and not x.startswith("n = "))
-    budget = [f"{r.variant} {ci_text(r, ctx.level)}" + (f" ({notes(r.note)})" if notes(r.note) else "")
-              for r in fb.itertuples() if r.n > 0]
+    budget = [f"{r.variant} {ci_text(r, ctx.level)}" + (f" ({note})" if note else "")
+              for r in fb.itertuples() if r.n > 0 for note in [notes(r.note)]]
     if not budget:
         return None
     margin = f"{ctx.margin * 100:g} point{'' if ctx.margin == 0.01 else 's'}"
