@@ -61,7 +61,8 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     """A search's sensitivity: one panel per setting, every trial at its learning rate: a finished trial's mean
     validation accuracy over seeds (its seeds as dots), coloured by its aux multiplier where it has one; a pruned
     trial hollow, at the mean of its seeds' best so far where it stopped; a diverged (or failed) trial a red cross
-    on the panel's floor; the choice circled; the learning-rate range searched (and any narrower earlier one) as dotted lines."""
+    on the panel's floor; the choice circled; the learning-rate range searched (and any narrower earlier one) as
+    dotted lines."""
     settings = sorted({(r["estimator"], r["aux"], r["labels"]) for r in rows})
     ncol = min(2, len(settings))
     nrow = math.ceil(len(settings) / ncol)
@@ -119,10 +120,11 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
     for ax in list(axes.flat)[len(settings):]:
         ax.set_visible(False)
     # above the panels' own titles (a single panel's width wraps it onto three lines)
-    fig.suptitle(textwrap.fill("Search sensitivity: every trial at its learning rate (filled: finished, mean over seeds, "
-                               "its seeds as dots; hollow: pruned, its seeds' best so far where it stopped; circled: the choice, or the "
-                               "leader of a setting still searching, which chooses nothing yet)", 100 if ncol == 1 else 130),
-                 fontsize=9.5, y=fig.subplotpars.top + 0.32 / fig.get_figheight(), va="bottom")
+    title = ("Search sensitivity: every trial at its learning rate (filled: finished, mean over seeds, its seeds as "
+             "dots; hollow: pruned, its seeds' best so far where it stopped; circled: the choice, or the leader of a "
+             "setting still searching, which chooses nothing yet)")
+    fig.suptitle(textwrap.fill(title, 100 if ncol == 1 else 130), fontsize=9.5,
+                 y=fig.subplotpars.top + 0.32 / fig.get_figheight(), va="bottom")
     if norm is not None:
         bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.6, pad=0.02)
         bar.set_label("aux multiplier", fontsize=8)

@@ -281,7 +281,8 @@ def write_report(out: Path) -> dict:
     for r in rows:
         chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
         all_rows.append({"estimator": variant_label(r["estimator"], r["aux"]), "labels": r["labels"],
-                         "trial": "" if r["trial"] is None else r["trial"], "values": r["values"], "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
+                         "trial": "" if r["trial"] is None else r["trial"], "values": r["values"],
+                         "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
                          "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
                          **_stopped(r),
@@ -362,8 +363,9 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
         "lower mean; `not_eligible`: those pruned, diverged or failed (each a distinct combination: values two "
         "trials shared count once; every trial is a row below); `trials`: the combinations run (in a search: of "
-        "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a chosen value at an end "
-        "of what was searched (widen the range there, or read the end as the range's limit). Under every "
+        "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a "
+        "chosen value at an end of what was searched (widen the range there, or read the end as the range's limit). "
+        "Under every "
         "combination, `epochs_run` and `best_so_far` say where a trial stopped: the most epochs a seed ran and the "
         "mean over seeds of each seed's best validation accuracy by then (a pruned trial has no `n_seeds`).", "",
         "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
