@@ -326,10 +326,22 @@ def write_report(out: Path) -> dict:
            "records_by_commit": {k: made_by[k] for k in sorted(made_by)},
            "applies": "per setting (estimator, aux, label count): `bench run --tuned` sets each setting's values "
                       "and leaves a setting the file does not name at the preset's"}
-    (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    if not per_estimator_file(out / CHOICE_FILE):
+        (out / CHOICE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     plot_sensitivity(out, rows, best, prov)
     write_markdown(out, all_rows, choice_rows, prov)
     return doc
+
+
+def per_estimator_file(path: Path) -> bool:
+    """Whether ``path`` is a choice file of the per-estimator format (``estimators``, applied to every setting: a
+    tuning grid's before choices were made per setting). ``bench tune`` keeps such a file: references ran with
+    it (its sha256 is in their env.json), and rewritten per setting it would apply to fewer of their cells."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "estimators" in doc and "settings" not in doc
 
 
 def _shown(out: Path) -> str:
@@ -430,5 +442,8 @@ def cmd_tune(args) -> int:
     doc = write_report(out)
     for est, vals in doc["settings"].items():
         print(f"{est:22s} {cell(vals)}")
+    if per_estimator_file(out / CHOICE_FILE):
+        print(f"{out / CHOICE_FILE}: kept as it is (per estimator, the format references ran with; the choices above "
+              "are per setting)")
     print(f"-> {out / CHOICE_FILE}, {out / 'tune.md'}, {out / 'plots' / 'tune_sensitivity.png'}")
     return 0
