@@ -84,8 +84,7 @@ def search_figure(rows: List[dict], best: Dict[tuple, dict], prov: dict):
                        alpha=0.6, zorder=2)
             ax.scatter([r["options"]["lr"]], [r["mean"]], s=46, color=colour(r), edgecolor="black", lw=0.5, zorder=3)
         for r in pruned:
-            reached = list(r["reached"].values())
-            ax.scatter([r["options"]["lr"]], [sum(a for _, a in reached) / len(reached)], s=34, facecolor="none",
+            ax.scatter([r["options"]["lr"]], [r["best_so_far"]], s=34, facecolor="none",
                        edgecolor=colour(r), lw=1.2, zorder=3)
         ys = [a for r in done for a in r["seeds"].values()] + [a for r in pruned for _, a in r["reached"].values()]
         lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)

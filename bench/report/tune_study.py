@@ -83,6 +83,7 @@ def combinations(out: Path, tune: Dict) -> List[dict]:
         accs = [row["seeds"][s] for s in sorted(row["seeds"])]
         row["eligible"] = bool(accs) and all(st == "ok" for st in row["statuses"].values())
         row["mean"], row["half_width"] = _interval(accs) if accs else (float("nan"), float("nan"))
+        row.update(_stopped(row))  # the table's columns and the figure's hollow points
         out_rows.append(row)
     out_rows.sort(key=lambda r: (r["estimator"], r["aux"], r["labels"], r["options"].get("lr", 0),
                                  json.dumps(r["values"], sort_keys=True)))
@@ -285,7 +286,7 @@ def write_report(out: Path) -> dict:
                          "lr": r["options"]["lr"], "n_seeds": len(r["seeds"]),
                          "valid_acc_mean": r["mean"], "valid_acc_ci95": r["half_width"],
                          "seeds": ", ".join(f"{s}: {a:.4f}" for s, a in sorted(r["seeds"].items())),
-                         **_stopped(r),
+                         "epochs_run": r["epochs_run"], "best_so_far": r["best_so_far"],
                          "status": ", ".join(sorted(set(str(s) for s in r["statuses"].values()))),
                          "chosen": "yes" if chosen else ""})
     _table(Folder(out).tables / "tune_all", ["estimator", "labels", "trial", "values", "n_seeds", "valid_acc_mean",
