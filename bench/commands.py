@@ -22,7 +22,7 @@ COMMANDS: Dict[str, Command] = {
                       "write tables, plots, report.md and report.html into a results folder"),
     "compare": Command("bench.report.compare_cli", "add_compare_parser",
                        "compare two results folders cell by cell; exit 1 when a difference exceeds its noise"),
-    "search": Command("bench.run.search", "add_search_parser",
+    "search": Command("bench.run.search_cli", "add_search_parser",
                       "tune at the reporting budget: a successive-halving search per variant, on validation accuracy"),
     "tune": Command("bench.report.tune_study", "add_tune_parser",
                     "choose each estimator's options from a tuning run, on validation accuracy: tuned.json"),

@@ -1,7 +1,7 @@
 """Epoch-level resume: a run cut short continues from its last finished epoch, to the last bit.
 
 ``ssvae.train.train(on_epoch_end=..., resume=...)`` and the harness's ``OUT/cache/train/<key>.pt``
-(``bench.run.tasks._CellState``): an interrupted run resumed from its state gives the curves, metrics,
+(``bench.run.tasks.SavedState``): an interrupted run resumed from its state gives the curves, metrics,
 parameters and probe rows of the run that was not interrupted (timings aside).
 """
 import io
@@ -249,12 +249,12 @@ def test_a_damaged_or_foreign_state_is_deleted_and_the_cell_starts_over(harness_
     body = io.BytesIO()
     torch.save({**blob, "train": foreign}, body)
     write_checksummed(path, body.getvalue())
-    cell = tasks._CellState(cache, spec, harness_data.sha256)
+    cell = tasks.SavedState(cache, spec, harness_data.sha256)
     assert cell.path == path
     assert cell.load(RunConfig.from_dict(spec["config"]), harness_data, EVAL) is None and not path.exists()
 
     # another spec (here: another probe setting) is another file: this cell never reads it
-    assert tasks._CellState(cache, {**spec, "n_samples": 5}, harness_data.sha256).path != path
+    assert tasks.SavedState(cache, {**spec, "n_samples": 5}, harness_data.sha256).path != path
 
 
 def test_checksummed_files_round_trip_and_a_damaged_one_is_deleted(tmp_path):

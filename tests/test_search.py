@@ -13,7 +13,7 @@ from bench.core.schema import ENV_FILE
 from bench.report import tune_plots, tune_study
 from bench.report.common import parts_lines
 from bench.run import grid as gridmod
-from bench.run import search
+from bench.run import search, search_cli
 from bench.run.tune import check_search, default_params, values_of
 from ssvae.data import split
 from ssvae.errors import ConfigError
@@ -220,6 +220,51 @@ def test_a_trial_cut_short_is_tried_again(tmp_path):
     assert trials[cut.number].state == optuna.trial.TrialState.FAIL
     assert trials[live.number].state == optuna.trial.TrialState.RUNNING  # not taken for one cut short
     assert trials[-1].state == optuna.trial.TrialState.WAITING and trials[-1].system_attrs["fixed_params"] == cut.params
+    assert trials[-1].user_attrs[search.RESUMES] == cut.number  # it continues the cut trial's saved epochs
+
+
+def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkeypatch):
+    """An interrupt during epoch 3 of 4 (a session's end): the next command runs the trial's values again from the
+    saved epoch 2, trains only epochs 3 and 4, reports every epoch to the pruner in order, and records the numbers
+    an uninterrupted search records; the saved state goes when the trial ends."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    grid = gridmod.make_grid({**TINY, "epochs": 4, "estimators": ["gumbel"],
+                              "search": {"trials": 1, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}}})
+    straight = tmp_path / "straight"
+    assert search.run_search(grid, grid.search, straight, None, log=lambda m: None) == 1
+    one_epoch, calls = search._one_epoch, []
+
+    def cut_at(n):
+        def counted(cfg, data, state):
+            calls.append(cfg.seed)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return one_epoch(cfg, data, state)
+        return counted
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(search, "_one_epoch", cut_at(2 * 3 + 1))  # 3 seeds x 2 epochs, then the interrupt
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(grid, grid.search, out, None, log=lambda m: None)
+    assert len(list((out / "cache" / "search").glob("*.pt"))) == 1 and not list((out / "runs").glob("*.json"))
+    calls.clear()
+    monkeypatch.setattr(search, "_one_epoch", cut_at(0))
+    messages = []
+    assert search.run_search(grid, grid.search, out, None, log=messages.append) == 1
+    assert len(calls) == 3 * 2  # epochs 3 and 4 only
+    assert any("trial 1: resumed from epoch 2 of 4" in m for m in messages), messages
+    assert not list((out / "cache" / "search").glob("*.pt"))
+    for seed in (0, 1, 2):
+        a = json.loads((straight / "runs" / f"gumbel+aux_L100_s{seed}_t000.json").read_text())
+        b = json.loads((out / "runs" / f"gumbel+aux_L100_s{seed}_t001.json").read_text())
+        assert b["resumed_from_epoch"] == 2 and b["status"] == a["status"] == "ok"
+        for key in ("valid_acc", "loss_unsup", "loss_aux", "global_step"):
+            assert [r[key] for r in b["curves"]] == [r[key] for r in a["curves"]]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / search.JOURNAL)))
+    trials = optuna.load_study(study_name="gumbel+aux_L100", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params and trials[1].user_attrs[search.RESUMES] == 0
+    assert sorted(trials[1].intermediate_values) == [1, 2, 3, 4]
 
 
 def test_a_trial_is_alive_while_a_process_holds_its_lock(tmp_path):
@@ -355,21 +400,21 @@ def test_a_folder_holds_any_settings_of_one_search_and_refuses_another():
         return {"preset": "search", "grid": gridmod.make_grid(preset, over).to_dict()}
 
     first = env(estimators=["gumbel-st"], aux=[True], labels=[3000])
-    merged = search.merged_grid(first, env(estimators=["enum", "gumbel-st"], aux=[False], labels=[100])["grid"], "out")
+    merged = search_cli.merged_grid(first, env(estimators=["enum", "gumbel-st"], aux=[False], labels=[100])["grid"], "out")
     assert merged["estimators"] == ["gumbel-st", "enum"] and merged["aux"] == [False, True]
     assert merged["labels"] == [100, 3000] and set(merged["search"]["space"]) == {"gumbel-st", "enum"}
-    again = search.merged_grid({"preset": "search", "grid": merged}, first["grid"], "out")
+    again = search_cli.merged_grid({"preset": "search", "grid": merged}, first["grid"], "out")
     assert again == json.loads(json.dumps(merged))  # searching a setting again changes nothing
     for other in (env(estimators=["enum"], epochs=10), env(estimators=["enum"], seeds=4), env(estimators=["enum"], lr=1e-3)):
         with pytest.raises(ConfigError, match="out holds another search or grid"):
-            search.merged_grid(first, other["grid"], "out")
+            search_cli.merged_grid(first, other["grid"], "out")
     with pytest.raises(ConfigError, match="holds another search or grid"):  # a grid's folder
-        search.merged_grid({"preset": "quick", "grid": gridmod.make_grid(gridmod.load_preset("quick")).to_dict()},
+        search_cli.merged_grid({"preset": "quick", "grid": gridmod.make_grid(gridmod.load_preset("quick")).to_dict()},
                            first["grid"], "out")
     narrow = gridmod.make_grid({**preset, "search": {**preset["search"], "gumbel-st": {"lr": {"low": 1e-4, "high": 1e-3}}}},
                                {"estimators": ["gumbel-st"], "aux": [True], "labels": [3000]})
     with pytest.raises(ConfigError, match="searched gumbel-st over another space"):
-        search.merged_grid(first, narrow.to_dict(), "out")
+        search_cli.merged_grid(first, narrow.to_dict(), "out")
 
 
 @needs_mnist
@@ -407,17 +452,17 @@ def test_a_range_widened_after_an_edge_choice_goes_on_in_the_same_study(tmp_path
     monkeypatch.setattr(search, "_load_data", _data)
     narrow = _grid(enum={"lr": {"low": 1e-4, "high": 2e-4}})
     wide = _grid(enum={"lr": {"low": 1e-4, "high": 1e-2}})
-    assert search.widens(wide.search["space"]["enum"], narrow.search["space"]["enum"])
-    assert not search.widens(narrow.search["space"]["enum"], wide.search["space"]["enum"])
-    assert not search.widens(_grid(enum={"lr": {"low": 1.5e-4, "high": 1e-2}}).search["space"]["enum"],
+    assert search_cli.widens(wide.search["space"]["enum"], narrow.search["space"]["enum"])
+    assert not search_cli.widens(narrow.search["space"]["enum"], wide.search["space"]["enum"])
+    assert not search_cli.widens(_grid(enum={"lr": {"low": 1.5e-4, "high": 1e-2}}).search["space"]["enum"],
                              narrow.search["space"]["enum"])  # wider at the top, narrower at the bottom
     one = {"preset": "test", "grid": narrow.to_dict()}
-    merged = search.merged_grid(one, wide.to_dict(), tmp_path)
+    merged = search_cli.merged_grid(one, wide.to_dict(), tmp_path)
     assert merged["search"]["space"]["enum"]["lr"] == ["range", 1e-4, 1e-2]
     assert merged["search"]["widened"] == {"enum": [{"lr": ["range", 1e-4, 2e-4]}]}
-    assert "widened" not in search.merged_grid(one, narrow.to_dict(), tmp_path)["search"]  # the same space
+    assert "widened" not in search_cli.merged_grid(one, narrow.to_dict(), tmp_path)["search"]  # the same space
     with pytest.raises(ConfigError, match="searched enum over another space, one this space does not contain"):
-        search.merged_grid({"preset": "test", "grid": merged}, narrow.to_dict(), tmp_path)
+        search_cli.merged_grid({"preset": "test", "grid": merged}, narrow.to_dict(), tmp_path)
 
     assert search.run_search(narrow, narrow.search, tmp_path, None, log=lambda m: None) == 8
     said = []

@@ -25,9 +25,11 @@ reported to the pruner nor written. Each trial writes one record per seed,
 ``OUT/runs/<cell>_t<trial>.json``, in the form :mod:`bench.report.tune_study` reads (status ``ok``, or
 ``pruned`` / ``diverged``: not eligible), so ``python -m bench tune OUT`` chooses, tabulates and plots a
 search as it does a tuning grid. Optuna's journal, ``OUT/search.journal``, is the search's state: a rerun
-of the same command continues it (a trial cut short by a kill is tried again from its first epoch).
-Seeds advance one epoch at a time, each resumed from its state (:func:`ssvae.train.train`'s
-``resume``), so a trial's numbers are those of uninterrupted runs.
+of the same command continues it. Seeds advance one epoch at a time, each resumed from its state
+(:func:`ssvae.train.train`'s ``resume``), so a trial's numbers are those of uninterrupted runs; after each
+epoch the seeds' states are saved (``OUT/cache/search/``, :class:`bench.run.tasks.SavedState`), so that a
+trial cut short by a kill or an interrupt (a session's end) is tried again from its last finished epoch:
+its saved epochs go to the pruner in order, as they went before, and its records say ``resumed_from_epoch``.
 
 A choice on an edge of its range asks for a wider range: give the estimator its own wider table
 (``[search.gumbel] lr = {low = 4.2e-5, high = 4.2e-2}``) and rerun the same command on the same folder. A
@@ -38,7 +40,6 @@ earlier trial. Any other change of space is another search, refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -54,21 +55,18 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ssvae import data as ssdata
-from ssvae.errors import ConfigError, DivergedError
+from ssvae.errors import DivergedError
 from ssvae.evaluate import EvalPlan
-from ssvae.train import train
+from ssvae.train import check_resume, train
 
-from ..commands import COMMANDS
-from ..core.errors import add_data_args
 from ..core.numerics import flush_denormals
-from ..core.provenance import commit_label, git_commit, usable_cpus
-from ..core.schema import Folder, grid_union, setting_id
-from ..core.store import OutputLock, atomic_write_json
+from ..core.provenance import commit_label, git_commit
+from ..core.schema import Folder, setting_id
+from ..core.store import atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
-from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
 from .launch import die_with_parent
+from .tasks import SavedState
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
 JOURNAL = Folder.JOURNAL
@@ -80,6 +78,8 @@ EVALUATION = EvalPlan(elbo_images=0, iwae_images=0)
 GATE_TIMEOUT = 120.0
 #: apart the sampler seeds of the processes searching one setting at once
 WORKER_SEED_STRIDE = 10_007
+#: the user attribute of a trial queued again after a kill: the trial whose saved state it continues
+RESUMES = "resumes"
 
 
 def distributions(space: Dict) -> Dict[str, optuna.distributions.BaseDistribution]:
@@ -157,6 +157,25 @@ def objective_so_far(curves) -> float:
     return sum(max(row["valid_acc"] for row in c) for c in curves) / len(curves)
 
 
+def _trial_state(out: Path, name: str, trial: optuna.Trial, values: Dict, cfgs: Dict, datasets: Dict) -> SavedState:
+    """Where the trial's seeds keep their states after each epoch (``OUT/cache/search/``), under the number of the
+    trial it continues (a trial queued again after a kill continues the killed one's epochs)."""
+    spec = {"search": name, "trial": trial.user_attrs.get(RESUMES, trial.number), "values": values,
+            "configs": {str(s): cfg.to_dict() for s, cfg in cfgs.items()}}
+    return SavedState(Folder(out).cache, spec, ",".join(datasets[s].sha256 for s in cfgs), kind="search")
+
+
+def _saved_states(saved: SavedState, cfgs: Dict, datasets: Dict) -> Dict[int, dict]:
+    """The seeds' states of the trial's last finished epoch, or {} (none saved, or not usable)."""
+    def check(parts):
+        for s, cfg in cfgs.items():
+            check_resume(parts["seeds"][s], cfg, datasets[s], EVALUATION)
+        if len({parts["seeds"][s]["epoch"] for s in cfgs}) != 1:
+            raise ValueError("seeds at different epochs")
+    parts = saved.load_parts(check)
+    return parts["seeds"] if parts else {}
+
+
 def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, commit: str, log):
     name = setting_id(est, aux, labels)
 
@@ -165,22 +184,33 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
         params = {k: _suggest(trial, k, d) for k, d in dists.items()}
         values = values_of(params)
         cfgs = {s: trial_config(grid, est, aux, labels, s, values) for s in grid.seeds}
-        states: Dict[int, Optional[dict]] = {s: None for s in grid.seeds}
+        saved = _trial_state(out, name, trial, values, cfgs, datasets)
+        states: Dict[int, Optional[dict]] = _saved_states(saved, cfgs, datasets) or {s: None for s in grid.seeds}
+        start = states[grid.seeds[0]]["epoch"] if states[grid.seeds[0]] else 0
+        if start:
+            log(f"search: {name} trial {trial.number}: resumed from epoch {start} of {grid.epochs} ({saved.path})")
         status, error = "ok", None
         try:
             for epoch in range(1, grid.epochs + 1):
-                for s in grid.seeds:
-                    states[s] = _one_epoch(cfgs[s], datasets[s], states[s])
-                trial.report(objective_so_far([states[s]["curves"] for s in grid.seeds]), epoch)
+                if epoch > start:
+                    for s in grid.seeds:
+                        states[s] = _one_epoch(cfgs[s], datasets[s], states[s])
+                    if epoch < grid.epochs:
+                        saved.save_parts(seeds=states)
+                # the saved epochs go to the pruner in order, as they did before the kill
+                trial.report(objective_so_far([states[s]["curves"][:epoch] for s in grid.seeds]), epoch)
                 if epoch < grid.epochs and trial.should_prune():
                     status = "pruned"
+                    states = {s: {"curves": states[s]["curves"][:epoch]} for s in grid.seeds}
                     break
         except DivergedError:
             status = "diverged"
         except Exception as exc:  # noqa: BLE001 (one trial's fault: recorded, and the search goes on)
             status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        saved.delete()  # the trial has ended (an interrupt raises past this line: its state stays)
         recs = [{**_record(cfgs[s], trial.number, name, values, space, status, states[s], commit),
-                 "flush_denormal": flushed, **({"error": error} if error else {})} for s in grid.seeds]
+                 "flush_denormal": flushed, **({"error": error} if error else {}),
+                 **({"resumed_from_epoch": start} if start else {})} for s in grid.seeds]
         for rec in recs:
             atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)
@@ -220,6 +250,15 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
     return study
 
 
+def _try_again(study: optuna.Study, trial) -> None:
+    """Trial ``trial`` (a live or frozen one), cut short by a kill or an interrupt: marked failed, and its values
+    queued again as a trial that continues its saved epochs (:data:`RESUMES`: the first trial of the line)."""
+    study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={RESUMES: trial.user_attrs.get(RESUMES, trial.number)},
+                        skip_if_exists=False)
+
+
 def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lambda number: False
             ) -> Tuple[int, int, int]:
     """Trials cut short by a kill (RUNNING, and not ``alive``: no process holds their lock) are marked failed and
@@ -231,9 +270,7 @@ def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lam
         if alive(t.number):
             running += t.distributions == dists or not t.distributions
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
+        _try_again(study, t)
     done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             # diverged (told as failed before diverged trials returned the worst value), or failed with a record:
@@ -313,15 +350,15 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
 
 def _tell(study: optuna.Study, trial: optuna.Trial, objective) -> None:
     """Run one trial and tell the study how it ended: a trial's own error (recorded ``failed`` by the objective)
-    as failed, and the search goes on; anything else (an interrupt) as failed, and raised."""
+    as failed, and the search goes on; anything else (an interrupt) as cut short (:func:`_try_again`), and raised."""
     try:
         value = objective(trial)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
     except _TrialFailed:  # recorded and logged by the objective: not a reason to stop the search
         study.tell(trial, state=TrialState.FAIL)
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
+    except BaseException:  # an interrupt: tried again, from its last saved epoch, by the next command
+        _try_again(study, trial)
         raise
     else:
         study.tell(trial, value)
@@ -367,84 +404,3 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, w
             ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, 0, True)
             ran += sum(f.result() for f in others)
     return ran
-
-
-# -- the command ---------------------------------------------------------------------------------
-#: the grid fields that choose a search's settings: a folder holds any settings of one search
-SETTING_FIELDS = ("estimators", "aux", "labels")
-
-
-def widens(new: Dict, old: Dict) -> bool:
-    """Whether the space ``new`` contains ``old``: the same keys, each range reaching at least as far both ways,
-    each candidate list holding every earlier candidate."""
-    if set(new) != set(old):
-        return False
-    for key, (kind, *rest) in new.items():
-        old_kind, *old_rest = old[key]
-        if kind != old_kind or (kind == "range" and not rest[0] <= old_rest[0] <= old_rest[1] <= rest[1]) or (
-                kind == "choices" and any(c not in rest[0] for c in old_rest[0])):
-            return False
-    return True
-
-
-def merged_grid(prev_env: dict, grid: dict, out: Path) -> dict:
-    """The grid env.json keeps when ``grid`` searches more settings of the search already in ``out``: the union of
-    their settings and search spaces; an estimator's space that contains the folder's replaces it (a widening:
-    the earlier one is kept under ``search.widened``). Any other difference (seeds, epochs, the search table, a
-    run field, a space that does not contain the folder's) is another search: refused in one line."""
-    prev, grid = json.loads(json.dumps(prev_env.get("grid") or {})), json.loads(json.dumps(grid))  # as env.json has them
-
-    def rest(g: dict) -> dict:
-        return {k: ({**v, "space": None, "widened": None} if k == "search" else v) for k, v in g.items()
-                if k not in SETTING_FIELDS}
-
-    if not prev.get("search") or rest(prev) != rest(grid):
-        raise ConfigError(f"{out} holds another search or grid ({prev_env.get('preset')}): choose another --out")
-    space, widened = dict(prev["search"]["space"]), dict(prev["search"].get("widened") or {})
-    for est, dims in grid["search"]["space"].items():
-        old = space.setdefault(est, dims)
-        if old != dims:
-            if not widens(dims, old):
-                raise ConfigError(f"{out} searched {est} over another space, one this space does not contain: "
-                                  f"choose another --out")
-            widened[est], space[est] = widened.get(est, []) + [old], dims
-    return {**grid_union(prev, grid), "search": {**grid["search"], "space": space, **({"widened": widened} if widened else {})}}
-
-
-def add_search_parser(sub) -> None:
-    p = sub.add_parser("search", help=COMMANDS["search"].help)
-    add_grid_args(p, default_preset="search")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes running one setting's trials at once (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per process (default: the usable CPUs / workers)")
-    add_data_args(p)
-    p.set_defaults(func=cmd_search)
-
-
-def cmd_search(args) -> int:
-    grid = grid_from_args(args, search=True)
-    if not grid.search:
-        raise ConfigError(f"preset {grid.name} has no [search] table: it is a grid (python -m bench run)")
-    if len(grid.seeds) < 3:
-        raise ConfigError(f"a search needs at least 3 seeds per trial (got {len(grid.seeds)}): --seeds 3")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1 (got {args.threads})")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
-    root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download else None)
-    hashes = ssdata.check_raw(root)
-    threads = args.threads or max(1, usable_cpus() // args.workers)
-    torch.set_num_threads(threads)
-    env_path = Folder(out).env
-    with OutputLock(out):  # env.json read, merged and written by one command at a time
-        env = folder_provenance(grid, hashes, threads)
-        if env_path.is_file():
-            env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
-            env["earlier_runs"] = earlier_runs(env_path)
-        atomic_write_json(env_path, env)
-    ran = run_search(grid, grid.search, out, str(root), log=_log_stderr, workers=args.workers, threads=threads)
-    print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
-          file=sys.stderr)
-    return 0

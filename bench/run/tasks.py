@@ -5,7 +5,7 @@ store is global). The result file is written atomically when the task ends, what
 outcome: ``ok``, ``diverged`` (NaN/inf loss, with the step) or ``failed`` (with the error).
 
 The ``train`` kind's runner (:func:`run_train`) is here, with the state that lets a cell cut short resume
-from its last finished epoch (:class:`_CellState`); the probes' runners are in
+from its last finished epoch (:class:`SavedState`); the probes' runners are in
 ``bench.run.gradient_probe`` (``common``) and ``bench.run.timing_probe`` (``timing``), the test-only fault
 hook in ``bench.run.faults``.
 """
@@ -50,8 +50,9 @@ from .timing_probe import run_timing
 CELL_STATE_VERSION = 1
 
 
-class _CellState:
-    """A training cell's state after its last finished epoch, on disk: ``OUT/cache/train/<key>.pt``.
+class SavedState:
+    """A run's state after its last finished epoch, on disk: ``OUT/cache/<kind>/<key>.pt`` (``kind``: ``train``, a
+    grid's cell; ``search``, a search's trial, its seeds' states in one file).
 
     A cell of a long grid may outlast the session that runs it (a session ends by killing its
     processes); with this state it continues from its last finished epoch instead of epoch 1, with
@@ -61,40 +62,48 @@ class _CellState:
     state (its ``on_epoch_end``) and the own-trajectory probe rows taken so far; it is rewritten after
     every epoch, atomically and behind its sha256 (:func:`bench.core.store.write_checksummed`), and deleted
     when the cell ends ok or diverged (kept when it fails: a rerun resumes). A file that fails its
-    checksum, does not load or belongs to another run is deleted, and the cell starts from epoch 1.
-    A cache: deleting it changes no result, only how long a cut-short cell takes.
+    checksum, does not load, belongs to another run or fails the caller's check is deleted, and the run
+    starts from epoch 1. A cache: deleting it changes no result, only how long a cut-short run takes.
     """
 
-    def __init__(self, root: Optional[Path], spec: dict, data_sha256: str):
+    def __init__(self, root: Optional[Path], spec: dict, data_sha256: str, kind: str = "train"):
         self.path, self.what = None, ""
         if root is not None:
             what = {"v": CELL_STATE_VERSION, "spec": {k: v for k, v in spec.items() if not k.startswith("_")},
                     "data": data_sha256, "versions": versions()}
             self.what = json.dumps(what, sort_keys=True, default=str)
-            self.path = Path(root) / "train" / f"{hashlib.sha256(self.what.encode()).hexdigest()[:16]}.pt"
+            self.path = Path(root) / kind / f"{hashlib.sha256(self.what.encode()).hexdigest()[:16]}.pt"
 
-    def load(self, cfg: RunConfig, data, evaluation: EvalPlan) -> Optional[Tuple[dict, List[dict]]]:
-        """(the training state, the probe rows so far) to resume from, or None; an unusable file is deleted."""
+    def load_parts(self, check: Callable[[dict], None]) -> Optional[dict]:
+        """What :meth:`save_parts` saved, once ``check(parts)`` has not raised; or None (an unusable file deleted)."""
         body = None if self.path is None else read_checksummed(self.path)
         if body is None:
             return None
         try:
             blob = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-            if blob["what"] != self.what:
-                raise ValueError("the state of another cell")
-            check_resume(blob["train"], cfg, data, evaluation)
-            return blob["train"], json.loads(blob["rows"])
+            if blob.pop("what") != self.what:
+                raise ValueError("the state of another run")
+            check(blob)
+            return blob
         except Exception:  # whatever is wrong with it, a cache file is rebuilt, never trusted
             self.delete()
             return None
 
-    def save(self, state: dict, rows: List[dict]) -> None:
+    def save_parts(self, **parts) -> None:
         buf = io.BytesIO()
-        torch.save({"what": self.what, "train": state, "rows": json.dumps(rows, default=_json_default)}, buf)
+        torch.save({"what": self.what, **parts}, buf)
         try:
             write_checksummed(self.path, buf.getvalue())
-        except OSError:  # a state that cannot be written costs a cut-short cell its epochs, not results
+        except OSError:  # a state that cannot be written costs a cut-short run its epochs, not results
             pass
+
+    def load(self, cfg: RunConfig, data, evaluation: EvalPlan) -> Optional[Tuple[dict, List[dict]]]:
+        """A cell's (training state, probe rows so far) to resume from, or None."""
+        blob = self.load_parts(lambda parts: check_resume(parts["train"], cfg, data, evaluation))
+        return None if blob is None else (blob["train"], json.loads(blob["rows"]))
+
+    def save(self, state: dict, rows: List[dict]) -> None:
+        self.save_parts(train=state, rows=json.dumps(rows, default=_json_default))
 
     def delete(self) -> None:
         if self.path is not None:
@@ -103,7 +112,7 @@ class _CellState:
 
 def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Optional[Path] = None) -> dict:
     """Train one cell, probing its own trajectory at its checkpoints; with ``cache_dir``, a cell cut short
-    earlier resumes from its last finished epoch (:class:`_CellState`; the record then says
+    earlier resumes from its last finished epoch (:class:`SavedState`; the record then says
     ``resumed_from_epoch``)."""
     cfg = RunConfig.from_dict(spec["config"])
     data = _load_data(cfg, data_dir)
@@ -134,7 +143,7 @@ def run_train(spec: dict, data_dir, progress: Progress = None, cache_dir: Option
 
     out = {"data_sha256": data.sha256}
     evaluation = EvalPlan(**spec.get("evaluation", {}))
-    saved_state = _CellState(cache_dir, spec, data.sha256)
+    saved_state = SavedState(cache_dir, spec, data.sha256)
     resume = saved_state.load(cfg, data, evaluation)
     if resume is not None:
         resume, earlier_rows = resume
