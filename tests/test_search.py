@@ -228,8 +228,8 @@ def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkey
     saved epoch 2, trains only epochs 3 and 4, reports every epoch to the pruner in order, and records the numbers
     an uninterrupted search records; the saved state goes when the trial ends."""
     monkeypatch.setattr(search, "_load_data", _data)
-    grid = gridmod.make_grid({**TINY, "epochs": 4, "estimators": ["gumbel"],
-                              "search": {"trials": 1, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}}})
+    table = {"trials": 1, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}}
+    grid = gridmod.make_grid({**TINY, "epochs": 4, "estimators": ["gumbel"], "search": table})
     straight = tmp_path / "straight"
     assert search.run_search(grid, grid.search, straight, None, log=lambda m: None) == 1
     one_epoch, calls = search._one_epoch, []

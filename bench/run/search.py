@@ -29,7 +29,8 @@ of the same command continues it. Seeds advance one epoch at a time, each resume
 (:func:`ssvae.train.train`'s ``resume``), so a trial's numbers are those of uninterrupted runs; after each
 epoch the seeds' states are saved (``OUT/cache/search/``, :class:`bench.run.tasks.SavedState`), so that a
 trial cut short by a kill or an interrupt (a session's end) is tried again from its last finished epoch:
-its saved epochs go to the pruner in order, as they went before, and its records say ``resumed_from_epoch``.
+its saved epochs go to the pruner in order (each rung judged again, against the trials that have reached it
+by then, as a trial run again from epoch 1 was), and its records say ``resumed_from_epoch``.
 
 A choice on an edge of its range asks for a wider range: give the estimator its own wider table
 (``[search.gumbel] lr = {low = 4.2e-5, high = 4.2e-2}``) and rerun the same command on the same folder. A
@@ -197,7 +198,7 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
                         states[s] = _one_epoch(cfgs[s], datasets[s], states[s])
                     if epoch < grid.epochs:
                         saved.save_parts(seeds=states)
-                # the saved epochs go to the pruner in order, as they did before the kill
+                # the saved epochs go to the pruner in order, each rung judged against the trials that reached it by now
                 trial.report(objective_so_far([states[s]["curves"][:epoch] for s in grid.seeds]), epoch)
                 if epoch < grid.epochs and trial.should_prune():
                     status = "pruned"
