@@ -1,5 +1,8 @@
 """bench.analysis.prune_replay: a search journal's rung decisions replayed under the last epoch's value (the rule
-they were made by: the replay must agree with Optuna on every one) and under the best so far."""
+they were made by: the replay must agree with Optuna on every one) and under the best so far; and the decisions
+made with a trial cut short among the rivals (cut_short_rivals)."""
+import os
+
 import optuna
 import pytest
 
@@ -54,3 +57,49 @@ def test_promotion_is_optunas_rule(value, competing, reduction, expected):
 
     assert promoted(value, competing, reduction) is expected
     assert _is_trial_promotable_to_next_rung(value, list(competing), reduction, StudyDirection.MAXIMIZE) is expected
+
+
+@pytest.mark.parametrize("pruner", ["optuna", "search"])
+def test_a_decision_that_counted_a_trial_cut_short_is_named(tmp_path, pruner):
+    """A trial cut short at rung 0 (0.9), then a trial at 0.7 (the cut one's values queued again, taken here: what
+    matters is the rivals it meets). Optuna's own pruner counted the cut run and pruned it (named: without the cut
+    run it goes on); the search's pruner leaves the cut run out (found, not named: not made with it). The committed
+    search at 100 labels names gumbel + aux's trial 17, pruned at epoch 2 beside two cut runs."""
+    from bench.analysis.prune_replay import cut_short_rivals, made_with_cut_short
+    from bench.run import search
+
+    path = tmp_path / "search.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = search._study(storage, "gumbel+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
+    if pruner == "optuna":
+        study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for value, then in ((0.5, "finish"), (0.9, "cut"), (0.7, "judged")):
+        trial = study.ask(lr)
+        trial.report(value, 1)
+        pruned = trial.should_prune()
+        if then == "cut":
+            search._try_again(study, trial)  # killed: its values queued again (not run here)
+        elif pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            trial.report(value, 2)
+            study.tell(trial, value)
+    table = cut_short_rivals(path, reduction=2)
+    judged = table[table.value == 0.7].iloc[0]
+    assert (judged.rivals, judged.cut_short, judged.promoted_with, judged.promoted_without) == (2, 1, False, True)
+    assert judged.outcome == ("pruned" if pruner == "optuna" else "went on")
+    made = made_with_cut_short(table)
+    assert list(made.value) == ([0.7] if pruner == "optuna" else [])
+
+
+def test_the_study_of_a_search_names_the_decisions_made_with_rivals_cut_short(tmp_path):
+    import shutil
+
+    from bench.report import tune_study
+
+    root = os.path.join(os.path.dirname(__file__), "..", "results", "search-table1-cpu")
+    shutil.copytree(root, tmp_path / "s", ignore=shutil.ignore_patterns("cache", "logs", ".*lock"))
+    tune_study.write_report(tmp_path / "s")
+    text = (tmp_path / "s" / "tune.md").read_text()
+    assert "gumbel+aux_L100 trial 17 at epoch 2 (pruned: 0.6263; 2 of its 17 rivals cut short)" in text

@@ -267,6 +267,27 @@ def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkey
     assert sorted(trials[1].intermediate_values) == [1, 2, 3, 4]
 
 
+def test_a_trial_cut_short_is_no_rival_of_its_own_run_again(tmp_path):
+    """The pruner leaves out the rung values of a trial cut short: run again, it reaches the same rungs with the
+    same values and would otherwise compete with its earlier run (and another trial with both)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = search._study(storage, "gumbel+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    done = study.ask(lr)
+    done.report(0.5, 1)
+    assert not done.should_prune()
+    study.tell(done, 0.5)
+    cut = study.ask(lr)
+    cut.report(0.9, 1)
+    assert not cut.should_prune()  # at rung 0 now, then killed
+    search._try_again(study, cut)
+    other = study.ask(lr)  # the cut trial's values run again: it reaches rung 0 later
+    assert other.params == cut.params
+    other.report(0.7, 1)
+    # rivals 0.5 and itself: the best of two goes on (with the cut run's 0.9 among them it would be pruned)
+    assert not other.should_prune()
+
+
 def test_a_trial_is_alive_while_a_process_holds_its_lock(tmp_path):
     alive = search._alive(tmp_path, "enum+aux_L100")
     assert not alive(3)

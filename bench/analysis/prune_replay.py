@@ -20,9 +20,13 @@ from typing import Dict, List
 import pandas as pd
 
 #: Optuna's journal operations read here (optuna.storages.journal's JournalOperation)
-CREATE_STUDY, CREATE_TRIAL, SET_INTERMEDIATE, SET_SYSTEM_ATTR = 0, 4, 7, 9
+CREATE_STUDY, CREATE_TRIAL, SET_STATE, SET_INTERMEDIATE, SET_USER_ATTR, SET_SYSTEM_ATTR = 0, 4, 6, 7, 8, 9
+#: optuna.trial.TrialState.PRUNED as the journal writes it
+PRUNED_STATE = 2
 RUNG_ATTR = "completed_rung_"
 REPLAY_COLUMNS = ["study", "trial", "rung", "epoch", "last", "best_so_far", "promoted_last", "promoted_best"]
+CUT_SHORT_COLUMNS = ["study", "trial", "rung", "epoch", "value", "rivals", "cut_short", "promoted_with",
+                     "promoted_without", "outcome"]
 
 
 def promoted(value: float, competing: List[float], reduction: int) -> bool:
@@ -32,33 +36,38 @@ def promoted(value: float, competing: List[float], reduction: int) -> bool:
     return value >= sorted(competing, reverse=True)[k]
 
 
-def replay(journal, reduction: int) -> pd.DataFrame:
-    """One row per rung a trial completed (:data:`REPLAY_COLUMNS`): the study, the trial's number in it, the rung,
-    the epoch it was decided at, the last epoch's value and the best so far, and whether each rule promotes it."""
+def _read(journal):
+    """The journal's operations in order, each trial named: yields (code, operation, (study, number) or None)."""
     studies: List[str] = []
     trial_of: Dict[int, tuple] = {}
     per_study: Dict[str, int] = defaultdict(int)
-    values: Dict[int, Dict[int, float]] = defaultdict(dict)
-    events = []
     for line in Path(journal).read_text().splitlines():
         op = json.loads(line)
         code = op.get("op_code")
-        if code == CREATE_STUDY:
+        if code == CREATE_STUDY and op["study_name"] not in studies:  # a study loaded again writes it again
             studies.append(op["study_name"])
         elif code == CREATE_TRIAL:
             study = studies[op["study_id"]]
             trial_of[len(trial_of)] = (study, per_study[study])
             per_study[study] += 1
-        elif code == SET_INTERMEDIATE:
+        yield code, op, trial_of.get(op.get("trial_id"))
+
+
+def replay(journal, reduction: int) -> pd.DataFrame:
+    """One row per rung a trial completed (:data:`REPLAY_COLUMNS`): the study, the trial's number in it, the rung,
+    the epoch it was decided at, the last epoch's value and the best so far, and whether each rule promotes it."""
+    values: Dict[int, Dict[int, float]] = defaultdict(dict)
+    events = []
+    for code, op, named in _read(journal):
+        if code == SET_INTERMEDIATE:
             values[op["trial_id"]][int(op["step"])] = float(op["intermediate_value"])
         elif code == SET_SYSTEM_ATTR:
             for key in op.get("system_attr", {}):
                 if key.startswith(RUNG_ATTR) and values[op["trial_id"]]:
-                    events.append((op["trial_id"], int(key[len(RUNG_ATTR):]), max(values[op["trial_id"]])))
+                    events.append((named, op["trial_id"], int(key[len(RUNG_ATTR):]), max(values[op["trial_id"]])))
     seen: Dict[tuple, Dict[str, List[float]]] = defaultdict(lambda: {"last": [], "best": []})
     rows = []
-    for tid, rung, epoch in events:
-        study, number = trial_of[tid]
+    for (study, number), tid, rung, epoch in events:
         last, best = values[tid][epoch], max(v for e, v in values[tid].items() if e <= epoch)
         rivals = seen[(study, rung)]
         rivals["last"].append(last)
@@ -67,6 +76,51 @@ def replay(journal, reduction: int) -> pd.DataFrame:
                      "best_so_far": best, "promoted_last": promoted(last, rivals["last"], reduction),
                      "promoted_best": promoted(best, rivals["best"], reduction)})
     return pd.DataFrame(rows, columns=REPLAY_COLUMNS)
+
+
+def cut_short_rivals(journal, reduction: int) -> pd.DataFrame:
+    """Every rung decision with and without the rung values of trials cut short among its rivals (one row each,
+    :data:`CUT_SHORT_COLUMNS`). A trial cut short runs again with the same values and reaches the same rungs
+    with them; until 2026-12-06 the pruner counted its earlier run as a rival (``bench.run.search._Halving`` now
+    leaves it out). ``outcome``: what the trial did after the decision (``went on``, ``pruned``, or empty while
+    not known), so that a row whose outcome follows ``promoted_with`` where the two rules differ is a decision
+    the old rule made."""
+    cut, state, last_step, decisions = set(), {}, defaultdict(int), []
+    for code, op, named in _read(journal):
+        tid = op.get("trial_id")
+        if code == SET_USER_ATTR and op.get("user_attr", {}).get("status") == "interrupted":
+            cut.add(tid)
+        elif code == SET_STATE:
+            state[tid] = op["state"]
+        elif code == SET_INTERMEDIATE:
+            last_step[tid] = max(last_step[tid], int(op["step"]))
+        elif code == SET_SYSTEM_ATTR:
+            for key, value in op.get("system_attr", {}).items():
+                if key.startswith(RUNG_ATTR):
+                    decisions.append((named, tid, int(key[len(RUNG_ATTR):]), last_step[tid], float(value),
+                                      frozenset(cut)))
+    seen: Dict[tuple, List[tuple]] = defaultdict(list)
+    rows = []
+    for (study, number), tid, rung, epoch, value, cut_then in decisions:
+        rivals = seen[(study, rung)]
+        kept = [v for t, v in rivals if t not in cut_then]
+        outcome = ("went on" if last_step[tid] > epoch else
+                   "pruned" if state.get(tid) == PRUNED_STATE and last_step[tid] == epoch else "")
+        rows.append({"study": study, "trial": number, "rung": rung, "epoch": epoch, "value": value,
+                     "rivals": len(rivals), "cut_short": len(rivals) - len(kept),
+                     "promoted_with": promoted(value, [v for _, v in rivals] + [value], reduction),
+                     "promoted_without": promoted(value, kept + [value], reduction), "outcome": outcome})
+        rivals.append((tid, value))
+    return pd.DataFrame(rows, columns=CUT_SHORT_COLUMNS)
+
+
+def made_with_cut_short(table: pd.DataFrame) -> pd.DataFrame:
+    """The decisions :func:`cut_short_rivals` finds the old rule made and leaving the cut-short rivals out changes."""
+    if not len(table):
+        return table
+    went_on = table.outcome == "went on"
+    return table[(table.promoted_with != table.promoted_without) & (table.outcome != "")
+                 & (went_on == table.promoted_with)]
 
 
 def differing(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,15 +20,13 @@ from ssvae.config import DEFAULT_RUN, sci
 from ssvae.errors import ConfigError
 from ssvae.estimators import REGISTRY
 
-from ..analysis.prune_replay import differing, replay
 from ..commands import COMMANDS
-from ..core.provenance import REPO, run_parts
+from ..core.provenance import run_parts
 from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
-from ..run.tune import (CHOICE_FILE, PRUNE_ON, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials,
-                        search_rungs, tuned_keys, widenings)
-from .common import parts_lines
-from .tune_plots import cell, lr_name, plot_sensitivity, provenance_line
+from ..run.tune import CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, tuned_keys
+from .tune_plots import cell, lr_name, plot_sensitivity
+from .tune_text import write_markdown
 
 
 # -- selection ------------------------------------------------------------------------------------
@@ -343,83 +341,6 @@ def per_estimator_file(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and "estimators" in doc and "settings" not in doc
-
-
-def _shown(out: Path) -> str:
-    """``out`` as a command typed at the repository's root names it (as given where it lies outside)."""
-    try:
-        return str(Path(out).resolve().relative_to(REPO))
-    except ValueError:
-        return str(out)
-
-
-def default_words(prov: dict) -> str:
-    """What a choice is compared with: "Pyro's learning rate with the estimator's default options", or the
-    grid's own learning rate and aux multiplier where the preset sets them (search-table1: Pyro's Table 1)."""
-    if math.isclose(prov["lr"], PYRO_LR, rel_tol=1e-9) and math.isclose(
-            prov["aux_multiplier"], DEFAULT_RUN.aux_multiplier, rel_tol=1e-9):
-        return "Pyro's learning rate with the estimator's default options"
-    return (f"the grid's learning rate {sci(prov['lr'])} and aux multiplier {prov['aux_multiplier']:g} with the "
-            "estimator's default options")
-
-
-def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], prov: dict) -> None:
-    text = [
-        "# Tuning on validation data", "",
-        f"Provenance: {provenance_line(prov)}.", "",
-        f"Command: `{prov.get('command')}`; selection: `python -m bench tune {_shown(out)}` "
-        f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
-        _how(prov), "", *_replayed(out, prov),
-        "Per estimator, the combination with the highest mean validation accuracy over seeds "
-        "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
-        f"combination minus {default_words(prov)}, paired over seeds, "
-        "with its 95 % t-interval half-width. `beats`: the eligible combinations of the same setting with a "
-        "lower mean; `not_eligible`: those pruned, diverged or failed (each a distinct combination: values two "
-        "trials shared count once; every trial is a row below); `trials`: the combinations run (in a search: of "
-        "how many planned; an unfinished setting is shown, not chosen: it is left out of tuned.json); `on_edge`: a "
-        "chosen value at an end of what was searched (widen the range there, or read the end as the range's limit). "
-        "Under every "
-        "combination, `epochs_run` and `best_so_far` say where a trial stopped: the most epochs a seed ran and the "
-        "mean over seeds of each seed's best validation accuracy by then (a pruned trial has no `n_seeds`).", "",
-        "## Choices", "", (Folder(out).tables / "tune_choices.md").read_text(), "",
-        "## Sensitivity", "", "![validation accuracy against learning rate](plots/tune_sensitivity.png)", "",
-        "## Every combination", "", (Folder(out).tables / "tune_all.md").read_text(),
-    ]
-    (out / "tune.md").write_text("\n".join(text))
-
-def _replayed(out: Path, prov: dict) -> List[str]:
-    """For a search pruned on the last epoch's value: its rung decisions replayed under the best so far
-    (:mod:`bench.analysis.prune_replay`), the ones that differ listed (none: one line saying so)."""
-    search = prov.get("search")
-    if not search or search.get("prune_on") == PRUNE_ON or not Folder(out).journal.is_file():
-        return []
-    table = replay(Folder(out).journal, search["reduction"])
-    diff = differing(table)
-    items = [f"{r.study} trial {r.trial} at epoch {r.epoch} ({'pruned' if not r.promoted_last else 'promoted'}: "
-             f"last {r.last:.4f}, best so far {r.best_so_far:.4f})" for r in diff.itertuples()]
-    return [f"Replayed under the best-so-far rule (`bench.analysis.prune_replay`: the same trials reaching the same "
-            f"rungs in the same order), {len(diff)} of its {len(table)} rung decisions differ"
-            + (f": {'; '.join(items)}. What those trials would have reached is not known; compare their best so far "
-               "with the choice's mean below." if items else "."), ""]
-
-
-def _how(prov: dict) -> str:
-    search = prov.get("search")
-    if not search:
-        return ("A tuning grid: every combination of the candidates, each trained on every seed for the grid's "
-                "budget; a short budget favours large steps, so read its choice as a sensitivity check.")
-    rungs = search_rungs(search, prov.get("epochs") or 0)
-    return (f"A search at the reporting budget (`python -m bench search`): per setting {search['trials']} trials "
-            f"(the first the default, then Optuna's TPE sampler, seed {search['seed']}), each trained on every "
-            f"seed for up to {prov.get('epochs')} epochs; after each epoch "
-            + ("the mean over seeds of each seed's best validation accuracy so far (the number a trial is chosen "
-               "by)" if search.get("prune_on") == PRUNE_ON else
-               "the mean validation accuracy over seeds at that epoch (the rule before the pruner saw the best so "
-               "far: a trial whose accuracy peaked early could be pruned on its fall)")
-            + f" goes to a successive-halving pruner (rungs at epochs {', '.join(map(str, rungs)) or 'none'}, keeping "
-            f"the best 1/{search['reduction']}). A pruned trial is not eligible." + (
-                " Widened after a choice sat on an edge (the study went on with `trials` more trials from the wider "
-                f"space, its sampler seeing every earlier trial): {'; '.join(widenings(search))}." if widenings(search) else ""))
 
 
 def add_tune_parser(subparsers) -> argparse.ArgumentParser:

@@ -7,7 +7,8 @@ it runs ``trials`` trials. A trial is one combination of values, trained on ever
 over seeds of each seed's best validation accuracy so far (:func:`objective_so_far`: the trial's value, had it
 stopped there) goes to an asynchronous successive-halving pruner
 (:class:`optuna.pruners.SuccessiveHalvingPruner`: at the rungs ``first_rung`` x ``reduction``^k epochs a
-trial outside the best 1/``reduction`` of those that reached the rung stops). The values come from
+trial outside the best 1/``reduction`` of those that reached the rung stops; a trial cut short and run again
+is not a rival of its own: its earlier run's rung values are left out, :class:`_Halving`). The values come from
 Optuna's TPE sampler (seeded); the first trial of every setting is the default (the grid's learning
 rate and the estimator's default options), so the study can say what tuning gained over it::
 
@@ -232,6 +233,29 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
     return objective
 
 
+class _Halving(optuna.pruners.SuccessiveHalvingPruner):
+    """Optuna's successive halving with the rung values of trials cut short left out. A trial cut short runs again
+    (:func:`_try_again`) and reaches the same rungs with the same values, so its earlier run would compete with
+    it as a rival of its own (gumbel-st + aux at 100 labels met up to three such copies at a rung)."""
+
+    def prune(self, study: optuna.Study, trial) -> bool:
+        return super().prune(_WithoutCutShort(study), trial)
+
+
+class _WithoutCutShort:
+    """``study`` as the pruner reads it: its trials without those marked cut short (``status`` ``interrupted``)."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.user_attrs.get("status") != "interrupted"]
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+
 def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = False) -> optuna.Study:
     """The setting's study, created or continued. Its sampler is seeded by the search's seed plus the trials the
     study already holds: a continued search draws on from there (a sampler seeded as at the start would propose
@@ -242,8 +266,7 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=spec["seed"]),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=spec["first_rung"],
-                                                      reduction_factor=spec["reduction"]))
+        pruner=_Halving(min_resource=spec["first_rung"], reduction_factor=spec["reduction"]))
     held = len(study.get_trials(deepcopy=False))
     if held or worker or parallel:
         study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + held + WORKER_SEED_STRIDE * worker,
