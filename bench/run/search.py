@@ -388,7 +388,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, objective) -> None:
         study.tell(trial, value)
 
 
-def _log_stderr(message: str) -> None:
+def log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -397,7 +397,7 @@ def _setting_worker(grid, spec, est, aux, labels, out, data_dir, commit, worker,
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, _log_stderr, worker, True)
+    return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log_stderr, worker, True)
 
 
 def worker_pool(n: int) -> ProcessPoolExecutor:

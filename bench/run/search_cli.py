@@ -19,7 +19,7 @@ from ..core.provenance import usable_cpus
 from ..core.schema import Folder, grid_union
 from ..core.store import OutputLock, atomic_write_json
 from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
-from .search import _log_stderr, run_search
+from .search import log_stderr, run_search
 
 #: the grid fields that choose a search's settings: a folder holds any settings of one search
 SETTING_FIELDS = ("estimators", "aux", "labels")
@@ -95,7 +95,7 @@ def cmd_search(args) -> int:
             env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
             env["earlier_runs"] = earlier_runs(env_path)
         atomic_write_json(env_path, env)
-    ran = run_search(grid, grid.search, out, str(root), log=_log_stderr, workers=args.workers, threads=threads)
+    ran = run_search(grid, grid.search, out, str(root), log=log_stderr, workers=args.workers, threads=threads)
     print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
           file=sys.stderr)
     return 0
