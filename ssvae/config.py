@@ -56,7 +56,7 @@ def resolve_labels(labels: Optional[int] = None, label_fraction: Optional[float]
 PROTOCOLS = ("bench", "pyro", "joint")
 #: Run fields added after records existed, with their defaults: written (and hashed) only where they differ
 #: from the default, so every earlier record keeps its identity.
-SPARSE_FIELDS = {"sup_batch_size": None, "sup_weight": 1.0, "weight_decay": 0.0}
+SPARSE_FIELDS = {"sup_batch_size": None, "sup_weight": 1.0, "weight_decay": 0.0, "patience": None}
 #: The image counts Pyro's script asserts the batch size divides (training, validation, test).
 PYRO_DIVIDES = {"training": 50_000, "validation": 10_000, "test": 10_000}
 
@@ -116,6 +116,10 @@ class RunConfig:
     sup_weight: float = 1.0
     #: Adam's L2 weight decay on every parameter (0: none, Pyro's default)
     weight_decay: float = 0.0
+    #: Early stopping on validation accuracy: end the run once this many epochs have passed since its best
+    #: (None: every epoch, as Pyro's script). ``epochs`` is then a cap; the reported test accuracy is still
+    #: the one at the best validation epoch, which a stopped run has already passed by ``patience`` epochs.
+    patience: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -135,10 +139,10 @@ class RunConfig:
             raise ConfigError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a positive finite number (got {self.lr})")
-        if self.sup_batch_size is not None and (isinstance(self.sup_batch_size, bool) or
-                                                int(self.sup_batch_size) != self.sup_batch_size or
-                                                self.sup_batch_size < 1):
-            raise ConfigError(f"sup_batch_size must be an integer >= 1 (got {self.sup_batch_size!r})")
+        for name in ("sup_batch_size", "patience"):  # None, or a whole number >= 1
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1):
+                raise ConfigError(f"{name} must be an integer >= 1 (got {v!r})")
         if not (math.isfinite(self.sup_weight) and self.sup_weight > 0):
             raise ConfigError(f"sup_weight must be a positive finite number (got {self.sup_weight})")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

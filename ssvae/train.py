@@ -46,7 +46,9 @@ SS-VAE estimator, relaxations included: it is the objective they are all compare
 last epoch an importance-weighted bound on log p(x) is taken (k = ``evaluate.IWAE_K`` per label, on
 the first ``evaluate.IWAE_IMAGES`` test images). The supervised baseline trains no generative model:
 its ELBO columns are empty. The result reports the test accuracy at the best validation epoch
-(Pyro's Table 1 figure). Evaluation draws its noise from its own generator and is not training time.
+(Pyro's Table 1 figure). Evaluation draws its noise from its own generator and is not training time. With
+``patience`` (early stopping; Pyro's script has none) the run ends once that many epochs have passed since its
+best validation epoch: ``epochs`` is then a cap, and ``metrics["epochs_run"]`` says how many ran.
 
 A run is a function of its :class:`RunConfig`: the seed fixes the labeled subset, the
 initialisation, the shuffling and every sample. Cells that differ only by estimator (or aux, or
@@ -64,7 +66,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -79,7 +80,7 @@ from torch import nn
 from .config import RunConfig
 from .data import SSData, Split
 from .evaluate import EvalPlan, mean_elbo, mean_iwae
-from .errors import DivergedError
+from .errors import DivergedError, left_support
 from .estimators import Estimator, Objective, get_estimator, validate
 from .model import SSVAE
 from .resume import RESUME_VERSION, check_resume, copied, load_trainer_state, rng_states, set_rng_states, trainer_state
@@ -321,18 +322,6 @@ class RunResult:
                 "device": c["device"], **self.metrics, "data_sha256": self.data_sha256}
 
 
-_LEFT_SUPPORT = re.compile(r"Expected parameter (\w+) .*?of distribution (\w+).*?to satisfy the constraint "
-                           r"(.+?), but found invalid values", re.S)
-
-
-def left_support(exc: ValueError) -> str:
-    """"parameter scale of Normal left its support GreaterThan(lower_bound=0.0)" when ``exc`` is torch's check of
-    a distribution's argument (e.g. a scale ``exp(...)`` that underflowed to 0 after a step too large, the
-    parameters still finite), else ""."""
-    m = _LEFT_SUPPORT.search(str(exc))
-    return f"parameter {m.group(1)} of {m.group(2)} left its support {m.group(3)}" if m else ""
-
-
 def train(cfg: RunConfig, data: SSData,
           callback: Optional[Callable[[dict], None]] = None,
           on_step: Optional[Callable[[Trainer, int], None]] = None,
@@ -382,7 +371,12 @@ def train(cfg: RunConfig, data: SSData,
                 "best_valid": best_valid, "test_at_best": test_at_best, "best_epoch": best_epoch,
                 "train_seconds": train_seconds, "eval_seconds": eval_seconds}
 
+    def out_of_patience(epoch: int) -> bool:  # early stopping: cfg.patience epochs since the best one
+        return cfg.patience is not None and epoch - best_epoch >= cfg.patience
+
     for epoch in range(first_epoch, cfg.epochs + 1):
+        if out_of_patience(epoch - 1):  # checked before the epoch, so a state saved after the last one ends too
+            break
         sums = {"sup": 0.0, "unsup": 0.0, "aux": 0.0}
         t0 = time.perf_counter()
         for i, (kind, xs, ys) in enumerate(trainer.batches(kinds)):
@@ -435,9 +429,9 @@ def train(cfg: RunConfig, data: SSData,
     metrics = {
         "test_acc_at_best_valid": test_at_best, "best_valid_acc": best_valid, "best_epoch": best_epoch,
         "final_test_acc": curves[-1]["test_acc"], "final_valid_acc": curves[-1]["valid_acc"],
-        "epochs": cfg.epochs, "steps": trainer.global_step, "steps_per_epoch": len(kinds),
+        "epochs": cfg.epochs, "epochs_run": len(curves), "steps": trainer.global_step, "steps_per_epoch": len(kinds),
         "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-        "seconds_per_epoch": train_seconds / cfg.epochs,
+        "seconds_per_epoch": train_seconds / len(curves),
         "final_test_elbo": curves[-1]["test_elbo"], "test_iwae": test_iwae,
         "elbo_images": evaluation.count(evaluation.elbo_images, data.test) if trainer.has_elbo else None,
         "iwae_k": evaluation.iwae_k if trainer.has_elbo and evaluation.iwae_images != 0 else None,

@@ -126,8 +126,9 @@ def test_task_costs_count_the_probe_draws_references_and_baselines():
     assert cost(base) == cost({**base, "checkpoints": []})  # the baseline has no latent y to probe
 
 
-def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
-    """Finished records of ``tasks`` whose parts ran at ``rate`` seconds per unit (timing: per task)."""
+def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC", ran=1.0):
+    """Finished records of ``tasks`` whose parts ran at ``rate`` seconds per unit (timing: per task); the cells
+    trained ``ran`` of their epochs (early stopping), their training and evaluation time cut to match."""
     import json
 
     from bench.run.tasks import cost_parts
@@ -138,11 +139,14 @@ def _fake_records(folder, tasks, rate, load=1.0, device="AMD EPYC"):
     for t in tasks:
         parts = cost_parts(t)
         secs = {k: parts[k] * rate[t["kind"] if t["kind"] == "timing" else k] for k in parts}
+        if t["kind"] == "train":
+            secs = {k: v * (ran if k in ("train", "eval") else 1.0) for k, v in secs.items()}
         record = {"id": t["id"], "kind": t["kind"], "spec": t, "status": "ok", "started": clock,
                   "finished": clock + sum(secs.values()), "threads": 1, "other_cpu_load": load, "device_name": device,
                   "trajectory_cache": "read"}
         if t["kind"] == "train":
-            record["metrics"] = {"train_seconds": secs["train"], "eval_seconds": secs["eval"]}
+            record["metrics"] = {"train_seconds": secs["train"], "eval_seconds": secs["eval"],
+                                 **({"epochs_run": t["config"]["epochs"] * ran} if ran != 1.0 else {})}
         sub = "runs" if t["kind"] == "train" else "probes"
         (folder / sub / f"{t['id']}.json").write_text(json.dumps(record))
         clock += 1000.0
@@ -173,6 +177,19 @@ def test_estimate_prices_each_kind_and_part_at_its_own_measured_rate(tmp_path):
         cost_parts(t)[k] * rate[k] for t in tasks if t["kind"] != "timing" for k in ("train", "eval", "probe")) / sum(
         task_cost(t) for t in tasks if t["kind"] != "timing")
     assert abs(single / want - 1) > 0.25  # the mix differs: one rate for all would be far off
+
+
+def test_a_cell_ended_early_is_priced_by_the_epochs_it_ran(tmp_path):
+    """Cells that early stopping ended halfway took half the time of their ``epochs``: their rate is the time over
+    the work of the epochs they ran (counting every epoch would halve it and underprice the next run)."""
+    from bench.run import estimate
+
+    rate = {"train": 0.1, "eval": 3.0, "probe": 0.02, "timing": 0.5}
+    tasks = expand(make_grid(load_preset("quick"), {"labels": [100], "seeds": [0], "epochs": 8}))
+    _fake_records(tmp_path / "stopped", tasks, rate, ran=0.5)
+    cal = estimate.calibrate([tmp_path], "AMD EPYC", cpus=2)
+    for part in ("train", "eval"):
+        assert cal.rate("train", part) == pytest.approx(rate[part], rel=1e-6)
 
 
 def test_estimate_takes_out_the_contention_the_records_measured(tmp_path):

@@ -20,6 +20,11 @@ def test_joint_fields_reach_every_cell_the_baseline_included():
     assert env["sup_weight"] == 0.5 and env["sup_batch_size"] == 10
 
 
+def test_patience_reaches_every_cell_and_the_grid():
+    grid = make_grid({**SMALL, "patience": 4})
+    assert grid.to_dict()["patience"] == 4 and {c.patience for c in train_configs(grid)} == {4}
+
+
 def test_a_grid_without_them_is_written_as_before():
     grid = make_grid(load_preset("long"))
     assert not set(SPARSE_FIELDS) & set(grid.to_dict())
@@ -37,6 +42,9 @@ def test_a_grid_without_them_is_written_as_before():
     (dict(weight_decay=-1.0), "weight_decay"),
     (dict(sup_weight=0.5), "needs protocol joint"),
     (dict(protocol="tf"), "protocol"),
+    (dict(patience=0), "patience"),
+    (dict(patience=2.5), "patience"),
+    (dict(patience=3, search={"trials": 2}), "a search prunes its own trials"),
 ])
 def test_bad_values_are_one_line_errors(bad, pattern):
     with pytest.raises((ConfigError, SchemaError), match=pattern) as err:

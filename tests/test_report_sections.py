@@ -200,6 +200,27 @@ def test_an_incomplete_run_says_so_in_its_caveats(tmp_path):
     assert f"the run is incomplete: 2 of {expected} cells" in caveats()
 
 
+def test_early_stopping_is_stated_beside_the_epochs(tmp_path):
+    """A grid with patience: the caption and the caveats call its epochs a cap and count the cells it ended early
+    (runs.csv ``steps`` short of ``epochs`` x ``steps_per_epoch``); without patience neither says a word of it."""
+    fabricate_results(tmp_path)
+    caveats = lambda: next(l for l in summary_bullets(tmp_path) if l.startswith("- Caveats"))
+    report.build_report(tmp_path, plots=False)
+    assert "early stopping" not in caveats() and "at most" not in caveats()
+    env = json.loads((tmp_path / "env.json").read_text())
+    env["grid"]["patience"] = 2
+    (tmp_path / "env.json").write_text(json.dumps(env))
+    records = {p: json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))}
+    ok = [p for p, r in records.items() if r.get("status") == "ok"]
+    for p in ok[:1]:  # one cell ended after its first epoch
+        records[p]["metrics"]["epochs_run"] = 1
+        p.write_text(json.dumps(records[p]))
+    report.build_report(tmp_path, plots=False)
+    words = f"early stopping: a cell ends 2 epochs after its best validation epoch (1 of {len(ok)} cells ended"
+    assert words in caveats() and "at most" in caveats()
+    assert words in (tmp_path / "tables" / "summary.md").read_text().split("\n")[0]
+
+
 def test_busy_seconds_is_the_union_of_the_tasks_times():
     from bench.core.tables import busy_seconds
 

@@ -103,6 +103,19 @@ def test_a_run_resumed_after_epoch_2_is_the_uninterrupted_run(estimator, aux, op
     assert resumed.metrics["train_seconds"] >= state["train_seconds"]  # the time of every part
 
 
+def test_a_run_resumed_after_its_patience_ran_out_trains_no_further():
+    """Early stopping is decided before each epoch: a state saved after the epoch that spent the patience (the
+    process killed before the result was written) ends there on resume; one saved before it trains to it."""
+    data = _data()
+    cfg = RunConfig(estimator="trace", aux=True, lr=1e-12, patience=1, **{**TINY, "epochs": 5}).validate()
+    whole = _numbers(train(cfg, data, evaluation=EVAL))
+    assert [row["epoch"] for row in whole[1]] == [1, 2] and whole[0]["epochs_run"] == 2
+    for after in (1, 2):
+        state = _interrupted(cfg, data, after=after)
+        _new_process()
+        _assert_same(_numbers(train(cfg, data, evaluation=EVAL, resume=state)), whole)
+
+
 def test_probes_after_a_resume_see_what_they_saw_uninterrupted():
     """``on_step`` runs inside ``preserved_rng`` before each step: after a resume it must find the same RNG
     stream, step count, temperature and parameters as in the run that was not cut."""

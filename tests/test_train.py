@@ -197,7 +197,7 @@ def test_new_run_fields_leave_earlier_identities_alone_and_are_checked():
     """Fields added later (sup_batch_size, sup_weight, weight_decay) are written only where they are not their
     default: an earlier config's dict, and so its key and every committed record's identity, is unchanged."""
     old = RunConfig(estimator="enum", aux=True, labels=100, seed=0, epochs=20)
-    assert not {"sup_batch_size", "sup_weight", "weight_decay"} & set(old.to_dict())
+    assert not {"sup_batch_size", "sup_weight", "weight_decay", "patience"} & set(old.to_dict())
     assert RunConfig.from_dict(old.to_dict()) == old
     joint = RunConfig(protocol="joint", sup_weight=0.5, weight_decay=1e-5)
     assert joint.to_dict()["sup_weight"] == 0.5 and RunConfig.from_dict(joint.to_dict()) == joint
@@ -206,9 +206,47 @@ def test_new_run_fields_leave_earlier_identities_alone_and_are_checked():
         RunConfig(sup_weight=2.0).validate()
     for bad, pattern in [(dict(lr=float("inf")), "learning rate"), (dict(weight_decay=-1.0), "weight_decay"),
                          (dict(protocol="joint", sup_weight=float("nan")), "sup_weight"),
-                         (dict(protocol="joint", sup_batch_size=0), "sup_batch_size")]:
+                         (dict(protocol="joint", sup_batch_size=0), "sup_batch_size"),
+                         (dict(patience=0), "patience"), (dict(patience=True), "patience"),
+                         (dict(patience=2.5), "patience")]:
         with pytest.raises(ConfigError, match=pattern):
             RunConfig(**bad).validate()
+
+
+# -- early stopping -----------------------------------------------------------------------------------
+def test_patience_ends_a_run_that_stopped_improving_and_changes_nothing_before():
+    """At a learning rate too small to move a float32 weight, validation accuracy never beats epoch 1's: with
+    patience 2 the run ends after epoch 3 of 6, with epoch 1 its best, and its three epochs are the numbers of the
+    same run without patience; a run that keeps improving past its patience is not cut."""
+    data = _data(0)
+    still = RunConfig(estimator="trace", aux=True, epochs=6, steps_per_epoch=3, seed=1, lr=1e-12, **TINY)
+    stopped = train(replace(still, patience=2), data)
+    whole = train(still, data)
+    m = stopped.metrics
+    assert [row["epoch"] for row in stopped.curves] == [1, 2, 3] and len(whole.curves) == 6
+    assert m["best_epoch"] == 1 and m["epochs"] == 6 and m["epochs_run"] == 3 and m["steps"] == 3 * 3
+    assert m["seconds_per_epoch"] == pytest.approx(m["train_seconds"] / 3)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in rows]
+    assert drop(stopped.curves) == drop(whole.curves[:3])
+    assert m["test_acc_at_best_valid"] == whole.metrics["test_acc_at_best_valid"]
+    learns = RunConfig(estimator="trace", aux=True, epochs=8, seed=1, lr=3e-2, aux_multiplier=300.0, **TINY)
+    free = train(learns, data)
+    ends = {patience: _end(free.curves, patience) for patience in (1, 2, 8)}
+    assert ends[1] < ends[2] < 8 == ends[8]  # this run stalls, recovers, then stalls for good
+    for patience, end in ends.items():
+        capped = train(replace(learns, patience=patience), data)
+        assert drop(capped.curves) == drop(free.curves[:end]) and capped.metrics["epochs_run"] == end
+
+
+def _end(curves, patience: int) -> int:
+    """The oracle: the epoch after which ``patience`` ends a run with these validation accuracies."""
+    best, best_epoch = -1.0, 0
+    for row in curves:
+        if row["valid_acc"] > best:
+            best, best_epoch = row["valid_acc"], row["epoch"]
+        if row["epoch"] - best_epoch >= patience:
+            return row["epoch"]
+    return len(curves)
 
 
 # -- the common objective, every epoch ---------------------------------------------------------------

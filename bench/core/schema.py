@@ -180,6 +180,8 @@ GRID_SCHEMA: Dict[str, Field] = {
     "sup_batch_size": Field(int, minimum=1, maximum=MAX_COUNT, optional=True),
     "sup_weight": Field(float, above=0.0, maximum=MAX_COUNT),
     "weight_decay": Field(float, minimum=0.0, maximum=MAX_LR),
+    # early stopping: a cell ends once this many epochs have passed since its best validation accuracy
+    "patience": Field(int, minimum=1, maximum=MAX_EPOCHS, optional=True),
 }
 #: ``options`` (per-estimator options) is checked by building each estimator; ``probe`` below; ``tune`` and
 #: ``search`` by bench.run.tune

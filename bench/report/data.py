@@ -33,7 +33,7 @@ STATUS_ORDER = ("ok", "failed", "diverged", "corrupt", "stale", "missing")
 BASELINES = ("baseline",)
 RUN_NUMERIC = ("test_acc_at_best_valid", "best_valid_acc", "best_epoch", "final_test_acc",
                "final_valid_acc", "epochs", "steps", "train_seconds", "seconds_per_epoch", "final_test_elbo",
-               "test_iwae", "iwae_k")
+               "test_iwae", "iwae_k", "epochs_run")
 #: runs' text columns (absent in older folders: empty)
 RUN_TEXT = ("protocol",)
 CURVE_COLUMNS = ("cell", "estimator", "aux", "labels", "seed", "epoch", "global_step", "valid_acc",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .cost import PART_STEPS, trajectory_cost
+from .cost import PART_STEPS, config_epochs, trajectory_cost
 from ..core.provenance import REPO, usable_cpus
 from ..core.schema import Folder
 from ..core.store import read_result
@@ -128,6 +128,13 @@ def trained(record: dict) -> bool:
     return record.get("trajectory_cache", "trained") != "read"
 
 
+def ran_share(record: dict) -> float:
+    """The share of its ``epochs`` a finished cell trained: below 1 where early stopping (``patience``) ended it
+    (its training and evaluation are counted for the epochs it ran, the final bound's small share scaled with them)."""
+    epochs = config_epochs(record["spec"])
+    return min(1.0, (record.get("metrics") or {}).get("epochs_run", epochs) / epochs)
+
+
 def price_kind(kind: str, trains: bool) -> str:
     """The kind a task is priced as: a common probe that trains the shared trajectory (and computes its
     references) is priced apart from one that reads them from the cache (``bench.run.gradient_probe.run_common``)."""
@@ -170,8 +177,10 @@ def calibrate(roots: Optional[Iterable[Path]] = None, machine: Optional[str] = N
         spec = record["spec"]
         try:
             parts, took = task_units(spec, trained(record)), measured_parts(record)
-        except (KeyError, TypeError, ValueError):
+            ran = ran_share(record)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
             continue
+        parts = {part: units * (ran if part in ("train", "eval") else 1.0) for part, units in parts.items()}
         factor = contention(record, cpus)
         kind = price_kind(spec["kind"], trained(record))
         for part in PARTS:

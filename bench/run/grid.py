@@ -118,10 +118,12 @@ class Grid:
     search: Dict = field(default_factory=dict)
     #: the training loop: "bench" (ours) or "pyro" (Pyro's ss_vae_M2.py loop exactly; ssvae/train.py)
     protocol: str = "bench"
-    #: protocol joint's labeled batch and weight, and Adam's weight decay (ssvae.config.SPARSE_FIELDS)
+    #: protocol joint's labeled batch and weight, Adam's weight decay, and early stopping on validation accuracy
+    #: (``patience`` epochs since a cell's best; ``epochs`` is then a cap) (ssvae.config.SPARSE_FIELDS)
     sup_batch_size: Optional[int] = None
     sup_weight: float = 1.0
     weight_decay: float = 0.0
+    patience: Optional[int] = None
 
     def to_dict(self) -> dict:
         """The grid as env.json keeps it; a field of ``SPARSE_FIELDS`` only where it is not its default."""
@@ -182,6 +184,8 @@ def make_grid(preset: dict, overrides: Optional[dict] = None) -> Grid:
                 search=tunemod.check_search(spec["search"], list(ests)) if spec.get("search") else {},
                 protocol=spec.get("protocol", "bench"),
                 **{k: spec.get(k, default) for k, default in SPARSE_FIELDS.items()})
+    if grid.search and grid.patience is not None:  # its trials run epoch by epoch under the pruner
+        raise ConfigError("patience stops a grid's cells early; a search prunes its own trials: leave it out")
     for cfg in train_configs(grid):
         validate(cfg)
     return grid

@@ -268,6 +268,8 @@ def _plan_line(tasks: List[dict], todo: List[dict], workers: int, est: "estimate
     """``N tasks, D done, T to run on W worker(s)[, H left for later (--only)]; estimated ...``."""
     line = (f"{len(tasks)} tasks, {len(tasks) - len(todo) - held} done, {len(todo)} to run on {workers} worker(s)"
             + (f", {held} left for later (--only)" if held else "") + f"; estimated {estimate.duration(est.total)}")
+    if any((t.get("config") or {}).get("patience") for t in todo):
+        line += " at most (early stopping may end cells sooner)"
     if est.probe_share is not None and est.probe_share > 0:
         line += f", of which the gradient probe {100 * est.probe_share:.0f}%"
     if est.calibration is not None:

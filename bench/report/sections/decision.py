@@ -23,7 +23,7 @@ import pandas as pd
 from ..common import epoch_seconds, epoch_time_words, variant_label, variants
 from ..context import Context
 from ..data import BASELINES
-from ..frames import protocols, table1
+from ..frames import early_stopping, protocols, table1
 from .grad_mse import efficiency, has_error
 from .paired import ENUM_REF, conclusions, diff_cell
 
@@ -133,9 +133,9 @@ def probed_along(d: pd.DataFrame) -> bool:
 
 
 def caption(ctx: Context, d: pd.DataFrame) -> str:
-    epochs = ctx.grid.get("epochs", "?")
-    return (f"**Which estimator?** One row per variant (n paired seeds, {epochs} epochs, "
-            f"{', '.join(protocols(ctx.res)) or 'bench'} protocol; test accuracy at the best "
+    epochs, stop = ctx.grid.get("epochs", "?"), early_stopping(ctx.res)
+    return (f"**Which estimator?** One row per variant (n paired seeds, {'at most ' if stop else ''}{epochs} epochs, "
+            f"{', '.join(protocols(ctx.res)) or 'bench'} protocol{stop}; test accuracy at the best "
             "validation epoch). The verdict against enum + aux is paired by seed; \"setting not learning\": enum + "
             "aux does not beat the supervised-only baseline there, so no verdict is drawn. Time: "
             f"{epoch_time_words(ctx.res)}. "

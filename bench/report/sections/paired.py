@@ -29,7 +29,7 @@ from ..plotting import readable_palette
 from ..common import palette, provenance, rank_label_counts, variant_label, variants
 from ..context import Context, Figure, Section, Table
 from ..data import Results
-from ..frames import protocols, status, this_timing
+from ..frames import early_stopping, protocols, status, this_timing
 
 ENUM_REF, BASE_REF = reference_label(ENUM_AUX), reference_label(BASELINE)
 
@@ -131,8 +131,9 @@ def caveat_line(ctx: Context) -> str:
         half = t_quantile(n - 1, ctx.level)
         parts[0] += (f" (with n = {n} the {level_text(ctx)} interval spans ±{half:.1f} standard errors of the mean "
                      f"difference)")
-    parts.append(f"{', '.join(epochs) or '?'} epoch{'s' if epochs != ['1'] else ''} per cell, "
-                 f"{', '.join(protocols(ctx.res))} protocol")
+    stop = early_stopping(ctx.res)
+    parts.append(f"{'at most ' if stop else ''}{', '.join(epochs) or '?'} epoch{'s' if epochs != ['1'] else ''} per "
+                 f"cell, {', '.join(protocols(ctx.res))} protocol{stop}")
     ids = lambda col: {c for x in p[col] for c in str(x).split(";") if c}
     rising, cells = len(ids("rising_ids")), len(ids("cell_ids"))
     if rising:
