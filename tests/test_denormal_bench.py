@@ -99,5 +99,7 @@ def test_bench_train_flushes_subnormals_as_a_grid_task_does(capsys):
 def test_a_measurement_writes_its_numbers_and_its_table(tmp_path):
     from bench.core.store import write_measurement
     write_measurement(tmp_path / "out", "denormal-epochs", _result(), db.markdown(_result()))
-    assert json.loads((tmp_path / "out" / "denormal-epochs.json").read_text()) == _result()
+    text = (tmp_path / "out" / "denormal-epochs.json").read_text()
+    assert json.loads(text) == _result()
+    assert text == json.dumps(_result(), indent=1, sort_keys=True) + "\n"  # keys sorted: a rerun diffs cleanly
     assert (tmp_path / "out" / "denormal-epochs.md").read_text() == db.markdown(_result())

@@ -94,10 +94,11 @@ def atomic_write_json(path, obj) -> None:
 
 def write_measurement(out, stem: str, result: dict, table: str) -> None:
     """A one-off measurement's two files (``python -m bench.run.probe_bench``, ``.denormal_bench``):
-    ``OUT/<stem>.json`` (every number) and ``OUT/<stem>.md`` (its table), each written atomically."""
+    ``OUT/<stem>.json`` (every number, keys sorted so that two runs diff line by line) and ``OUT/<stem>.md`` (its
+    table), each written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"{stem}.json", (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     atomic_write_bytes(out / f"{stem}.md", table.encode())
 
 
