@@ -322,6 +322,11 @@ class RunResult:
                 "device": c["device"], **self.metrics, "data_sha256": self.data_sha256}
 
 
+def patience_spent(epoch: int, best_epoch: int, patience: Optional[int]) -> bool:
+    """Early stopping's rule: after ``epoch``, whether ``patience`` epochs have passed since the best one."""
+    return patience is not None and epoch - best_epoch >= patience
+
+
 def train(cfg: RunConfig, data: SSData,
           callback: Optional[Callable[[dict], None]] = None,
           on_step: Optional[Callable[[Trainer, int], None]] = None,
@@ -371,11 +376,8 @@ def train(cfg: RunConfig, data: SSData,
                 "best_valid": best_valid, "test_at_best": test_at_best, "best_epoch": best_epoch,
                 "train_seconds": train_seconds, "eval_seconds": eval_seconds}
 
-    def out_of_patience(epoch: int) -> bool:  # early stopping: cfg.patience epochs since the best one
-        return cfg.patience is not None and epoch - best_epoch >= cfg.patience
-
     for epoch in range(first_epoch, cfg.epochs + 1):
-        if out_of_patience(epoch - 1):  # checked before the epoch, so a state saved after the last one ends too
+        if patience_spent(epoch - 1, best_epoch, cfg.patience):  # before the epoch: a state saved after it ends too
             break
         sums = {"sup": 0.0, "unsup": 0.0, "aux": 0.0}
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ import pyro
 import pytest
 import torch
 
+from bench.analysis.patience import end_and_best
 from ssvae import RunConfig, evaluate
 from ssvae.data import split
 from ssvae.errors import ConfigError
@@ -236,6 +237,8 @@ def test_patience_ends_a_run_that_stopped_improving_and_changes_nothing_before()
     for patience, end in ends.items():
         capped = train(replace(learns, patience=patience), data)
         assert drop(capped.curves) == drop(free.curves[:end]) and capped.metrics["epochs_run"] == end
+        # the replay that chooses a patience before a grid runs (bench.analysis.patience) ends it at the same epoch
+        assert end_and_best([row["valid_acc"] for row in free.curves], patience) == (end, capped.metrics["best_epoch"])
 
 
 def _end(curves, patience: int) -> int:
