@@ -2,6 +2,7 @@
 its default first trial, its successive halving on validation accuracy, its records (no test number), its
 resume, and the tuning study that chooses from it (bench/report/tune_study.py)."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -14,6 +15,7 @@ from bench.report import tune_plots, tune_study
 from bench.report.common import parts_lines
 from bench.run import grid as gridmod
 from bench.run import search, search_cli
+from bench.run.search_reuse import finished_cells
 from bench.run.tune import check_search, default_params, values_of
 from ssvae.data import split
 from ssvae.errors import ConfigError
@@ -265,6 +267,59 @@ def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkey
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert trials[1].params == trials[0].params and trials[1].user_attrs[search.RESUMES] == 0
     assert sorted(trials[1].intermediate_values) == [1, 2, 3, 4]
+
+
+IDENT = {"data_sha256": {"train-images-idx3-ubyte": "synthetic"}, "torch": "2.0", "pyro": "1.9"}
+
+
+def _as_grid_cells(search_out, grid_out):
+    """The search's trial-0 records written as a grid's finished cells (a reference's runs/), as the harness
+    writes them: the cell id, the config, every epoch's curve (test accuracy included), the identity."""
+    (grid_out / "runs").mkdir(parents=True)
+    for p in sorted((search_out / "runs").glob("*_t000.json")):
+        rec = json.loads(p.read_text())
+        cell = {"id": p.stem[:-5], "kind": "train", "status": "ok", "config": rec["config"], "device_name": "CPU X",
+                "curves": [{**row, "test_acc": 0.5} for row in rec["curves"]],
+                "identity": {"data_sha256": IDENT["data_sha256"],
+                             "distributions": {"torch": IDENT["torch"], "pyro-ppl": IDENT["pyro"]}}}
+        (grid_out / "runs" / f"{cell['id']}.json").write_text(json.dumps(cell))
+
+
+def test_a_trial_whose_seeds_a_grid_has_run_takes_their_curves(tmp_path, monkeypatch):
+    """``--reuse``: the default first trial's three seeds are finished cells of a grid (same config, data, torch and
+    pyro): nothing trains, the pruner and the records get the cells' curves (no test number), and the records name
+    the cells. Another torch, a cell of another configuration or a seed without a cell: the trial trains."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    table = {"trials": 1, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}}
+    grid = gridmod.make_grid({**TINY, "estimators": ["gumbel"], "search": table})
+    straight = tmp_path / "straight"
+    assert search.run_search(grid, grid.search, straight, None, log=lambda m: None) == 1
+    _as_grid_cells(straight, tmp_path / "grid")
+    one_epoch, calls = search._one_epoch, []
+    monkeypatch.setattr(search, "_one_epoch", lambda cfg, data, state: calls.append(cfg.seed) or one_epoch(cfg, data, state))
+    messages = []
+    out = tmp_path / "reused"
+    assert search.run_search(grid, grid.search, out, None, log=messages.append, reuse=[tmp_path / "grid"],
+                             ident=IDENT) == 1
+    assert calls == [] and any("trial 0: its 3 seeds' runs are finished cells" in m for m in messages), messages
+    for seed in (0, 1, 2):
+        a = json.loads((straight / "runs" / f"gumbel+aux_L100_s{seed}_t000.json").read_text())
+        b = json.loads((out / "runs" / f"gumbel+aux_L100_s{seed}_t000.json").read_text())
+        assert b["curves"] == a["curves"] and b["metrics"] == a["metrics"] and b["status"] == "ok"
+        assert b["reused_from"].endswith(f"gumbel+aux_L100_s{seed}.json") and b["reused_device"] == "CPU X"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / search.JOURNAL)))
+    trial = optuna.load_study(study_name="gumbel+aux_L100", storage=storage).get_trials()[0]
+    assert sorted(trial.intermediate_values) == [1, 2, 3]  # every epoch reported to the pruner, in order
+    (out / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
+    tune_study.write_report(out)
+    assert (f"Not trained again (`--reuse`): gumbel+aux_L100 trial 0 ({tmp_path / 'grid'}, trained on CPU X)"
+            in (out / "tune.md").read_text())
+    cfgs = {s: search.trial_config(grid, "gumbel", True, 100, s, values_of(trial.params)) for s in (0, 1, 2)}
+    assert finished_cells([tmp_path / "grid"], cfgs, {**IDENT, "torch": "2.1"}) == {}
+    assert finished_cells([tmp_path / "grid"], {**cfgs, 3: dataclasses.replace(cfgs[0], seed=3)}, IDENT) == {}
+    other = {s: dataclasses.replace(cfg, lr=1e-3) for s, cfg in cfgs.items()}
+    assert finished_cells([tmp_path / "grid"], other, IDENT) == {}
+    assert len(finished_cells([tmp_path / "grid"], cfgs, IDENT)) == 3
 
 
 def test_a_trial_cut_short_is_no_rival_of_its_own_run_again(tmp_path):

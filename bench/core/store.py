@@ -186,6 +186,12 @@ def stale_reason(record: dict, spec: dict, ident: Optional[dict] = None) -> Opti
         return "another configuration"
     if ident is None or record.get("status") not in DONE_STATUSES:
         return None  # an unfinished record (failed) is rerun anyway; it stays this spec's
+    return identity_difference(record, ident)
+
+
+def identity_difference(record: dict, ident: dict) -> Optional[str]:
+    """Why a finished record was not made from this run's data, torch and pyro (``ident``: :func:`run_identity`);
+    None when it was. The rule a finished cell is reused by, and a search trial's seed (bench.run.search_reuse)."""
     have = record_identity(record)
     for name, sha in have["data_sha256"].items():
         if ident["data_sha256"].get(name) != sha:

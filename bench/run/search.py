@@ -47,7 +47,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import optuna
 import torch
@@ -68,6 +68,7 @@ from ..core.store import atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
 from .launch import die_with_parent
+from .search_reuse import finished_cells
 from .tasks import SavedState
 from .tune import RUN_FIELDS, encode, default_params, values_of
 
@@ -178,7 +179,7 @@ def _saved_states(saved: SavedState, cfgs: Dict, datasets: Dict) -> Dict[int, di
     return parts["seeds"] if parts else {}
 
 
-def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, commit: str, log):
+def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, commit: str, log, reuse=(), ident=None):
     name = setting_id(est, aux, labels)
 
     def objective(trial: optuna.Trial) -> float:
@@ -187,9 +188,15 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
         values = values_of(params)
         cfgs = {s: trial_config(grid, est, aux, labels, s, values) for s in grid.seeds}
         saved = _trial_state(out, name, trial, values, cfgs, datasets)
-        states: Dict[int, Optional[dict]] = _saved_states(saved, cfgs, datasets) or {s: None for s in grid.seeds}
+        states: Dict[int, Optional[dict]] = _saved_states(saved, cfgs, datasets)
+        reused = {} if states else finished_cells(reuse, cfgs, ident)
+        states = states or reused or {s: None for s in grid.seeds}
         start = states[grid.seeds[0]]["epoch"] if states[grid.seeds[0]] else 0
-        if start:
+        if reused:
+            cells = ", ".join(r["reused_from"] for r in reused.values())
+            log(f"search: {name} trial {trial.number}: its {len(cfgs)} seeds' runs are finished cells of the same "
+                f"configuration, data, torch and pyro: {cells}")
+        elif start:
             log(f"search: {name} trial {trial.number}: resumed from epoch {start} of {grid.epochs} ({saved.path})")
         status, error = "ok", None
         try:
@@ -212,7 +219,8 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
         saved.delete()  # the trial has ended (an interrupt raises past this line: its state stays)
         recs = [{**_record(cfgs[s], trial.number, name, values, space, status, states[s], commit),
                  "flush_denormal": flushed, **({"error": error} if error else {}),
-                 **({"resumed_from_epoch": start} if start else {})} for s in grid.seeds]
+                 **({"reused_from": reused[s]["reused_from"], "reused_device": reused[s]["reused_device"]} if reused
+                    else {"resumed_from_epoch": start} if start else {})} for s in grid.seeds]
         for rec in recs:
             atomic_write_json(Folder(out).runs / f"{rec['id']}.json", rec)
         trial.set_user_attr("status", status)
@@ -322,7 +330,7 @@ def _alive(out: Path, name: str) -> Callable[[int], bool]:
 
 
 def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, labels: int, out: Path, data_dir,
-                 commit: str, log, worker: int = 0, parallel: bool = False) -> int:
+                 commit: str, log, worker: int = 0, parallel: bool = False, reuse=(), ident=None) -> int:
     """Run the setting's trials until ``trials`` are done or running: one process of ``workers`` (``worker``: its
     index). Counting the trials, queueing again those cut short and taking the next happen under the setting's
     lock, ``OUT/.search-<setting>.lock`` (held for moments); a trial runs under its own lock."""
@@ -355,7 +363,7 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
                                                                          if earlier else "")
             + (f"; {running} running in another command" if running else "")
             + f"), {len(grid.seeds)} seeds x {grid.epochs} epochs each")
-    objective = _objective(grid, est, aux, labels, datasets, dists, spec["space"][est], out, commit, log)
+    objective = _objective(grid, est, aux, labels, datasets, dists, spec["space"][est], out, commit, log, reuse, ident)
     ran = 0
     while True:
         with gate:
@@ -392,12 +400,13 @@ def log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _setting_worker(grid, spec, est, aux, labels, out, data_dir, commit, worker, threads) -> int:
+def _setting_worker(grid, spec, est, aux, labels, out, data_dir, commit, worker, threads, reuse, ident) -> int:
     """One more process searching a setting (``--workers``): its own storage handle, torch threads and log."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log_stderr, worker, True)
+    return _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log_stderr, worker, True, reuse,
+                        ident)
 
 
 def worker_pool(n: int) -> ProcessPoolExecutor:
@@ -408,11 +417,12 @@ def worker_pool(n: int) -> ProcessPoolExecutor:
 
 
 def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, workers: int = 1,
-               threads: Optional[int] = None) -> int:
+               threads: Optional[int] = None, reuse: Sequence[Path] = (), ident: Optional[dict] = None) -> int:
     """Run (or continue) every setting's study; returns how many trials ran. ``workers``: processes running a
     setting's trials at once (this one and ``workers - 1`` more, each with ``threads`` torch threads). Two
     commands on one folder share its settings' trials the same way: a trial running in one is never taken for
-    one cut short by a kill."""
+    one cut short by a kill. ``reuse``: folders whose finished cells stand for a trial's seeds, given this run's
+    ``ident`` (:mod:`bench.run.search_reuse`)."""
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
@@ -420,11 +430,13 @@ def run_search(grid: gridmod.Grid, spec: Dict, out: Path, data_dir, log=print, w
     ran = 0
     for est, aux, labels in gridmod.settings(grid):
         if workers <= 1:
-            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log)
+            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, reuse=reuse,
+                                ident=ident)
             continue
         with worker_pool(workers - 1) as pool:
             others = [pool.submit(_setting_worker, grid, spec, est, aux, labels, out, data_dir, commit, w,
-                                  threads or torch.get_num_threads()) for w in range(1, workers)]
-            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, 0, True)
+                                  threads or torch.get_num_threads(), reuse, ident) for w in range(1, workers)]
+            ran += _run_setting(storage, grid, spec, est, aux, labels, out, data_dir, commit, log, 0, True, reuse,
+                                ident)
             ran += sum(f.result() for f in others)
     return ran

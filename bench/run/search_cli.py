@@ -15,9 +15,9 @@ from ssvae.errors import ConfigError
 
 from ..commands import COMMANDS
 from ..core.errors import add_data_args
-from ..core.provenance import usable_cpus
+from ..core.provenance import usable_cpus, versions
 from ..core.schema import Folder, grid_union
-from ..core.store import OutputLock, atomic_write_json
+from ..core.store import OutputLock, atomic_write_json, run_identity
 from .harness import add_grid_args, earlier_runs, folder_provenance, grid_from_args
 from .search import log_stderr, run_search
 
@@ -69,6 +69,9 @@ def add_search_parser(sub) -> None:
                    help="processes running one setting's trials at once (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: the usable CPUs / workers)")
+    p.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
+                   help="a grid's results folder whose finished cells stand for a trial's seeds where they are the same "
+                        "configuration, data, torch and pyro (the preset's own setting, trial 0; repeatable)")
     add_data_args(p)
     p.set_defaults(func=cmd_search)
 
@@ -84,6 +87,9 @@ def cmd_search(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
     out = Path(args.out or f"results/{grid.name}-{grid.device.replace(':', '')}")
+    for folder in args.reuse:
+        if not Folder(Path(folder)).runs.is_dir():
+            raise ConfigError(f"--reuse {folder}: no runs/ folder there (give a grid's results folder)")
     root = ssdata.locate_mnist(args.data_dir, download=False if args.no_download else None)
     hashes = ssdata.check_raw(root)
     threads = args.threads or max(1, usable_cpus() // args.workers)
@@ -95,7 +101,8 @@ def cmd_search(args) -> int:
             env["grid"] = merged_grid(json.loads(env_path.read_text()), env["grid"], out)
             env["earlier_runs"] = earlier_runs(env_path)
         atomic_write_json(env_path, env)
-    ran = run_search(grid, grid.search, out, str(root), log=log_stderr, workers=args.workers, threads=threads)
+    ran = run_search(grid, grid.search, out, str(root), log=log_stderr, workers=args.workers, threads=threads,
+                     reuse=[Path(f) for f in args.reuse], ident=run_identity(hashes, versions()))
     print(f"bench: search {grid.name}: {ran} trial(s) run -> {out} (choose with: python -m bench tune {out})",
           file=sys.stderr)
     return 0
