@@ -28,7 +28,8 @@ def test_replay_counts_the_cells_that_would_report_another_epoch():
 
 def _record(folder, name, status, epochs, valid, **config):
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "kind": "train", "config": {"estimator": "enum", "aux": True, "epochs": epochs, **config},
+    record = {"status": status, "kind": "train",
+              "config": {"estimator": "enum", "aux": True, "epochs": epochs, **config},
               "curves": [{"epoch": i + 1, "valid_acc": v, "test_acc": 1.0} for i, v in enumerate(valid)]}
     (folder / "runs" / f"{name}.json").write_text(json.dumps(record))
 

@@ -296,7 +296,8 @@ def test_a_trial_whose_seeds_a_grid_has_run_takes_their_curves(tmp_path, monkeyp
     assert search.run_search(grid, grid.search, straight, None, log=lambda m: None) == 1
     _as_grid_cells(straight, tmp_path / "grid")
     one_epoch, calls = search._one_epoch, []
-    monkeypatch.setattr(search, "_one_epoch", lambda cfg, data, state: calls.append(cfg.seed) or one_epoch(cfg, data, state))
+    monkeypatch.setattr(search, "_one_epoch",
+                        lambda cfg, data, state: calls.append(cfg.seed) or one_epoch(cfg, data, state))
     messages = []
     out = tmp_path / "reused"
     assert search.run_search(grid, grid.search, out, None, log=messages.append, reuse=[tmp_path / "grid"],

@@ -70,8 +70,8 @@ def add_search_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: the usable CPUs / workers)")
     p.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
-                   help="a grid's results folder whose finished cells stand for a trial's seeds where they are the same "
-                        "configuration, data, torch and pyro (the preset's own setting, trial 0; repeatable)")
+                   help="a grid's results folder whose finished cells stand for a trial's seeds where they are the "
+                        "same configuration, data, torch and pyro (the preset's own setting, trial 0; repeatable)")
     add_data_args(p)
     p.set_defaults(func=cmd_search)
 

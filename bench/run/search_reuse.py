@@ -25,8 +25,9 @@ from .grid import cell_id
 
 
 def finished_cells(folders: Sequence[Path], cfgs: Dict[int, RunConfig], ident: Optional[dict]) -> Dict[int, dict]:
-    """``{seed: {"epoch": epochs, "curves": [...], "reused_from": path}}`` when every seed of ``cfgs`` has a finished
-    cell in one of ``folders`` that stands for it; else {}."""
+    """``{seed: {"epoch": epochs, "curves": [...], "reused_from": path, "reused_device": the cell's CPU}}`` when every
+    seed of ``cfgs`` has a finished cell in one of ``folders`` that stands for it (the first folder that has one);
+    else {}."""
     found = {}
     for seed, cfg in cfgs.items():
         for folder in folders:
