@@ -66,6 +66,19 @@ def test_accuracy_at_equal_wall_time_picks_by_validation_within_enum_aux_time():
 
 
 
+def test_enum_aux_ended_early_sets_the_budget_by_the_epochs_it_ran():
+    """Early stopping ended enum + aux after 2 of its 4 epochs: the budget is those 2 epochs' time (6 of gumbel +
+    aux's epochs at a third of the time each), not the 4 it was allowed; a cell without ``epochs_run`` ran them all."""
+    runs, curves = _cells({("enum", True): [(0.5, 0.5), (0.7, 0.7)],
+                           ("gumbel", True): [(0.1 * e, 0.1 * e) for e in range(1, 10)]})
+    runs["epochs"] = 4
+    runs["epochs_run"] = [2, 2, math.nan, math.nan]
+    timing = _timing({"enum": (30.0, 90.0), "gumbel": (10.0, 30.0)})
+    g = wall_time.equal_time(runs, curves, timing).set_index("variant").loc["gumbel + aux"]
+    assert g["budget_epochs"] == pytest.approx(6) and g["mean_acc"] == pytest.approx(0.6)  # epoch 6 of 9
+    assert g["note"] == ""
+
+
 def test_time_to_target_is_the_first_epoch_within_the_margin_of_enum_aux_best_validation():
     """Per seed the target is enum + aux's best validation accuracy minus the margin; a variant's time is the end
     of its first epoch at or above it, at its isolated time per epoch, beside enum + aux's own time."""

@@ -63,6 +63,13 @@ def isolated_epoch_seconds(timing: Optional[pd.DataFrame], labels: int, aux: boo
     return float(isolated_epoch_ms(timing, labels, aux, device).get(estimator, math.nan)) / 1000
 
 
+def _epochs_run(cell, side: str = "") -> float:
+    """The epochs a cell trained: its record's ``epochs_run`` (early stopping can end it before its ``epochs``),
+    else ``epochs`` (a cell from before the field ran them all)."""
+    ran = getattr(cell, f"epochs_run{side}", math.nan)
+    return float(ran) if ran is not None and np.isfinite(ran) else float(getattr(cell, f"epochs{side}"))
+
+
 def _best_within(curve: pd.DataFrame, last_epoch: float) -> Tuple[float, int]:
     """(test accuracy, epoch) at the best validation epoch among epochs <= last_epoch (the first best wins,
     as in ``ssvae.train``); (NaN, 0) when no epoch fits."""
@@ -93,8 +100,8 @@ def equal_time(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.Dat
     """Per setting (labels, aux) and SS-VAE variant: the test accuracy each seed reaches within the time enum +
     aux takes for its whole run, paired by seed with enum + aux's own.
 
-    A variant's budget is enum + aux's epochs times enum + aux's time per epoch, so it may use the epochs up to
-    ``budget_epochs`` = enum + aux's epochs / ``time_fraction``. A run that ended before the last epoch that
+    A variant's budget is enum + aux's epochs (those it ran: early stopping may end it before its ``epochs``) times
+    enum + aux's time per epoch, so it may use the epochs up to ``budget_epochs`` = those epochs / ``time_fraction``. A run that ended before the last epoch that
     fits gives a lower bound of what the variant reaches (note).
     """
     rows = []
@@ -102,7 +109,7 @@ def equal_time(runs: pd.DataFrame, curves: pd.DataFrame, timing: Optional[pd.Dat
         frac = 1.0 if (est, aux) == ENUM_AUX else time_fraction(timing, est, aux, ENUM_AUX, labels, device)
         accs, diffs, used, budgets, short = [], [], [], [], []
         for m in merged.itertuples():
-            budget = float(m.epochs_ref) / frac if np.isfinite(frac) and frac > 0 else math.nan
+            budget = _epochs_run(m, "_ref") / frac if np.isfinite(frac) and frac > 0 else math.nan
             curve = _curve(curves, m.cell)
             acc, _ = _best_within(curve, budget) if np.isfinite(budget) and len(curve) else (math.nan, 0)
             if np.isfinite(acc):
