@@ -26,9 +26,9 @@ def test_replay_counts_the_cells_that_would_report_another_epoch():
     assert t.loc[("gumbel + aux", 2)].tolist() == [1, 0, 0.0, pytest.approx(3 / 5)]
 
 
-def _record(folder, name, status, epochs, valid, **config):
+def _record(folder, name, status, epochs, valid, reused_from=None, **config):
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "kind": "train",
+    record = {"status": status, "kind": "train", **({"reused_from": reused_from} if reused_from else {}),
               "config": {"estimator": "enum", "aux": True, "epochs": epochs, **config},
               "curves": [{"epoch": i + 1, "valid_acc": v, "test_acc": 1.0} for i, v in enumerate(valid)]}
     (folder / "runs" / f"{name}.json").write_text(json.dumps(record))
@@ -39,6 +39,8 @@ def test_only_runs_that_trained_every_epoch_are_replayed(tmp_path, capsys):
     _record(tmp_path, "pruned", "pruned", 3, [0.1])                             # a search trial pruned
     _record(tmp_path, "stopped", "ok", 3, [0.4, 0.3], patience=1)               # already stopped early
     _record(tmp_path, "failed", "failed", 3, [])
+    _record(tmp_path, "copy_t000", "ok", 3, [0.1, 0.3, 0.2], reused_from="grid/runs/full.json")  # --reuse: a copy
+    _record(tmp_path, "again_t000", "ok", 3, [0.1, 0.3, 0.2])  # the same run trained again: the same numbers
     assert full_curves([tmp_path]) == [("enum + aux", [0.1, 0.3, 0.2])]
     assert main([str(tmp_path), "--patience", "1"]) == 0
     out = capsys.readouterr().out

@@ -41,17 +41,23 @@ def end_and_best(valid: Sequence[float], patience: Optional[int]) -> Tuple[int, 
 
 def full_curves(folders: Iterable[Path]) -> List[Tuple[str, List[float]]]:
     """(variant, validation accuracy per epoch) of every record under ``folders``' runs/ that trained all its
-    epochs (a cell ``ok``, a search trial not pruned) without early stopping of its own."""
-    out = []
+    epochs (a cell ``ok``, a search trial not pruned) without early stopping of its own, each run once: a search
+    trial whose seeds are a grid's cells (``reused_from``: ``bench search --reuse``), or that trained them again to
+    the same numbers (search-table1's trial 0 and the table1 grid), is that run, not another."""
+    out, seen = [], set()
     for folder in folders:
         for path in sorted(Folder(Path(folder)).runs.glob("*.json")):
             record, _ = read_result(path)
-            if not record or record.get("status") != "ok" or record.get("kind") not in (None, "train", "search"):
+            if (not record or record.get("status") != "ok" or record.get("kind") not in (None, "train", "search")
+                    or record.get("reused_from")):
                 continue
             cfg, curves = record.get("config") or {}, record.get("curves") or []
             if cfg.get("estimator") is None or cfg.get("patience") or len(curves) != cfg.get("epochs"):
                 continue
-            out.append((variant_label(cfg["estimator"], bool(cfg.get("aux"))), [float(c["valid_acc"]) for c in curves]))
+            run = (variant_label(cfg["estimator"], bool(cfg.get("aux"))), tuple(float(c["valid_acc"]) for c in curves))
+            if run not in seen:
+                seen.add(run)
+                out.append((run[0], list(run[1])))
     return out
 
 
