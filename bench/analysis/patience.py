@@ -66,19 +66,18 @@ def replay(curves: List[Tuple[str, List[float]]], patiences: Sequence[int]) -> p
     validation accuracy one of them would have given up, and the epochs run over the epochs of the full runs."""
     rows = []
     for variant in sorted({v for v, _ in curves}):
-        mine = [valid for v, valid in curves if v == variant]
+        mine = [(valid, end_and_best(valid, None)[1]) for v, valid in curves if v == variant]  # each full run's best
         for patience in patiences:
             ran = changed = 0
             lost = 0.0
-            for valid in mine:
+            for valid, full_best in mine:
                 end, best_epoch = end_and_best(valid, patience)
-                full_best = end_and_best(valid, None)[1]
                 ran += end
                 if best_epoch != full_best:
                     changed += 1
                     lost = max(lost, valid[full_best - 1] - valid[best_epoch - 1])
             rows.append({"variant": variant, "patience": patience, "cells": len(mine), "changed": changed,
-                         "valid_lost_max": round(lost, 4), "epochs_run_share": round(ran / sum(map(len, mine)), 3)})
+                         "valid_lost_max": round(lost, 4), "epochs_run_share": round(ran / sum(len(valid) for valid, _ in mine), 3)})
     return pd.DataFrame(rows, columns=PATIENCE_COLUMNS)
 
 

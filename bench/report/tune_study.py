@@ -31,15 +31,8 @@ from .tune_text import write_markdown
 
 # -- selection ------------------------------------------------------------------------------------
 def _records(out: Path) -> List[dict]:
-    recs = []
-    for path in sorted(Folder(out).runs.glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if rec.get("kind", "train") == "train" and rec.get("config"):
-            recs.append(rec)
-    return recs
+    recs = [_read_record(path) for path in sorted(Folder(out).runs.glob("*.json"))]
+    return [rec for rec in recs if rec.get("kind", "train") == "train" and rec.get("config")]
 
 
 def _values(cfg: dict, keys: List[str]) -> Dict:
@@ -244,9 +237,18 @@ def provenance(out: Path) -> dict:
     except (OSError, ValueError):
         env = {}
     grid = env.get("grid") or {}
-    # a search's commands each add settings (no task list): its records name the commit they ran on
-    commits = Counter(_record_commit(p) for p in Folder(out).runs.glob("*.json")) if grid.get("search") else {}
+    # a search's commands each add settings (no task list): its records name the commit they ran on, and the grid
+    # cells a trial took instead of training (bench search --reuse: study, trial, folder, CPU)
+    commits, reused = Counter(), set()
+    for path in Folder(out).runs.glob("*.json") if grid.get("search") else ():
+        rec = _read_record(path)
+        commits[str(rec.get("git_commit") or "?")] += 1
+        if rec.get("reused_from"):
+            search = rec.get("search") or {}
+            reused.add((str(search.get("study")), int(search.get("trial") or 0),
+                        str(Path(rec["reused_from"]).parent.parent), rec.get("reused_device") or "an unrecorded CPU"))
     return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)),
+            "reused": sorted(reused),
             "commit": env.get("git_commit"), "date": env.get("date"),
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
@@ -258,11 +260,12 @@ def provenance(out: Path) -> dict:
             "parts": run_parts(env)}
 
 
-def _record_commit(path: Path) -> str:
+def _read_record(path: Path) -> dict:
     try:
-        return str(json.loads(path.read_text()).get("git_commit") or "?")
+        rec = json.loads(path.read_text())
     except (OSError, ValueError):
-        return "?"
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def write_report(out: Path) -> dict:

@@ -12,7 +12,6 @@ from ssvae.config import DEFAULT_RUN, sci
 from ..analysis.prune_replay import cut_short_rivals, differing, made_with_cut_short, replay
 from ..core.provenance import REPO
 from ..core.schema import Folder
-from ..core.store import read_result
 from ..run.tune import CHOICE_FILE, PRUNE_ON, PYRO_LR, search_rungs, widenings
 from .common import parts_lines
 from .tune_plots import provenance_line
@@ -43,7 +42,7 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         f"Provenance: {provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench tune {_shown(out)}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
-        _how(prov), "", *_reused(out), *_replayed(out, prov), *_cut_short(out, prov),
+        _how(prov), "", *_reused(prov), *_replayed(out, prov), *_cut_short(out, prov),
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         f"combination minus {default_words(prov)}, paired over seeds, "
@@ -62,19 +61,14 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
     (out / "tune.md").write_text("\n".join(text))
 
 
-def _reused(out: Path) -> List[str]:
+def _reused(prov: dict) -> List[str]:
     """For a search run with ``--reuse``: the trials whose seeds are a grid's finished cells, not trained again
-    (:mod:`bench.run.search_reuse`), each with the folder and the CPU the cells ran on."""
+    (:mod:`bench.run.search_reuse`), each with the folder and the CPU the cells ran on (``prov["reused"]``)."""
     found = {}
-    for path in sorted(Folder(out).runs.glob("*.json")):
-        record, _ = read_result(path)
-        if record and record.get("reused_from"):
-            search = record.get("search") or {}
-            key = (search.get("study"), search.get("trial"))
-            found.setdefault(key, set()).add((str(Path(record["reused_from"]).parent.parent),
-                                              record.get("reused_device") or "an unrecorded CPU"))
+    for study, trial, folder, cpu in prov.get("reused") or []:
+        found.setdefault((study, trial), set()).add((folder, cpu))
     items = [f"{study} trial {trial} ({'; '.join(f'{folder}, trained on {cpu}' for folder, cpu in sorted(where))})"
-             for (study, trial), where in sorted(found.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0))]
+             for (study, trial), where in sorted(found.items())]
     return [f"Not trained again (`--reuse`): {'; '.join(items)}: every seed of these trials is a finished cell of "
             "that grid with the same configuration, data, torch and pyro, its curves taken as they are (a cell of "
             "another CPU is the same cell to the harness, not the same bits).", ""] if items else []
