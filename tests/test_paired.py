@@ -200,6 +200,31 @@ def test_summary_text_groups_each_setting_by_verdict_with_the_time_beside():
     assert paired_verdicts.summary_text(p.iloc[:0], v.iloc[:0]).startswith("No paired comparison")
 
 
+def test_a_verdict_whose_cells_early_stopping_ended_says_at_most_the_cap():
+    runs = _runs()
+    assert "epochs_run" not in runs  # older folders: no field, every cell ran its epochs
+    p = paired.paired_tables(runs)
+    v = paired_verdicts.verdicts(p, _timing())
+    assert (p["ended_early"] == 0).all() and (v["ended_early"] == 0).all()
+    assert "at most 5" not in paired_verdicts.summary_text(p, v) and "ended early" not in " ".join(v["verdict"])
+    # patience ended two of gumbel + aux's cells at 3000 labels after 3 of their 5 epochs, one of enum + aux's
+    runs["epochs_run"] = EPOCHS
+    stopped = (runs["cell"].isin(["gumbel+aux_L3000_s0", "gumbel+aux_L3000_s1", "enum+aux_L3000_s4"]))
+    runs.loc[stopped, "epochs_run"] = 3
+    p = paired.paired_tables(runs)
+    v = paired_verdicts.verdicts(p, _timing())
+    assert _verdict(v, "gumbel + aux", 3000)["ended_early"] == 3  # its own two and the enum + aux cell beside them
+    assert _verdict(v, "gumbel + aux", 3000)["verdict"] == "worse (n = 5, at most 5 epochs, 3 of 10 cells ended early)"
+    assert _verdict(v, "rb-topk + aux", 3000)["verdict"] == "as good (at most 1 point worse) (n = 5, at most 5 epochs, " \
+                                                            "1 of 10 cells ended early)"
+    assert _verdict(v, "rb-topk + aux", 100)["ended_early"] == 0  # 100 labels: nothing ended early
+    text = paired_verdicts.summary_text(p, v, protocol="bench")
+    assert "n = 1 and 5 seeds per comparison, at most 5 epochs, bench protocol" in text
+    assert "(at most 5 epochs)" in text and "At 3000 labels without the auxiliary loss" in text
+    assert paired_verdicts.epochs_text(["5", "20", "5", ""]) == "5 and 20 epochs"
+    assert paired_verdicts.epochs_text(["1"], ended=2) == "at most 1 epoch"
+
+
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():
     from bench.core.tables import ran_beside
 

@@ -42,7 +42,7 @@ REFERENCES = (ENUM_AUX, BASELINE)
 
 PAIRED_COLUMNS = ["reference", "labels", "aux", "estimator", "variant", "n", "seeds", "mean_diff", "ci_low",
                   "ci_high", "sd_diff", "variant_mean", "reference_mean", "diffs", "epochs",
-                  "best_at_last_epoch", "cells", "cell_ids", "rising_ids", "unpaired", "note"]
+                  "best_at_last_epoch", "ended_early", "cells", "cell_ids", "rising_ids", "unpaired", "note"]
 #: estimators that are no SS-VAE (no ELBO, no timing probe): compared, never candidates of the verdict
 SUPERVISED = ("baseline",)
 
@@ -78,7 +78,8 @@ def paired_table(runs: pd.DataFrame, reference=ENUM_AUX, metric: str = METRIC,
 
     ``diffs`` holds the per-seed differences (in ``seeds`` order) for plotting as points; ``unpaired``
     lists the seeds where one side has no finished cell (failed, diverged, missing: left out of n).
-    ``best_at_last_epoch`` counts the pair's cells whose best validation epoch was their last (still rising).
+    ``best_at_last_epoch`` counts the pair's cells whose best validation epoch was their last (still rising);
+    ``ended_early`` those that early stopping ended before ``epochs`` (their record's ``epochs_run``; ``patience``).
     """
     ok = _ok(runs, metric)
     ref = _reference_cells(ok, reference)
@@ -100,10 +101,13 @@ def paired_table(runs: pd.DataFrame, reference=ENUM_AUX, metric: str = METRIC,
         epochs = sorted(set(pd.to_numeric(merged["epochs"], errors="coerce").dropna().astype(int))
                         | set(pd.to_numeric(merged.get("epochs_ref", pd.Series(dtype=float)),
                                             errors="coerce").dropna().astype(int)))
-        cell_ids, rising = [], []
+        cell_ids, rising, ended = [], [], 0
         for side in ("", "_ref"):
             ids = merged[f"cell{side}"].astype(str).tolist()
             cell_ids += ids
+            if f"epochs_run{side}" in merged:
+                ended += int((pd.to_numeric(merged[f"epochs_run{side}"], errors="coerce")
+                              < pd.to_numeric(merged[f"epochs{side}"], errors="coerce")).sum())
             if f"best_epoch{side}" in merged:
                 be = pd.to_numeric(merged[f"best_epoch{side}"], errors="coerce")
                 ep = pd.to_numeric(merged[f"epochs{side}"], errors="coerce")
@@ -116,7 +120,8 @@ def paired_table(runs: pd.DataFrame, reference=ENUM_AUX, metric: str = METRIC,
             "variant_mean": float(merged[metric].mean()) if len(merged) else math.nan,
             "reference_mean": float(merged[f"{metric}_ref"].mean()) if len(merged) else math.nan,
             "diffs": diffs, "epochs": ",".join(map(str, epochs)), "best_at_last_epoch": len(rising),
-            "cells": len(cell_ids), "cell_ids": ";".join(cell_ids), "rising_ids": ";".join(rising), "unpaired": ",".join(str(int(s)) for s in unpaired),
+            "ended_early": ended, "cells": len(cell_ids), "cell_ids": ";".join(cell_ids),
+            "rising_ids": ";".join(rising), "unpaired": ",".join(str(int(s)) for s in unpaired),
             "note": note if len(r) else f"no finished {ref_name} cell at {labels} labels"})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 

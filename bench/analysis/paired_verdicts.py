@@ -26,8 +26,8 @@ from .paired import (BASELINE, CONFIDENCE, DEFAULT_MARGIN, ENUM_AUX, REFERENCES,
 ORDER = ("better", "non-inferior", "inconclusive", "worse")
 SWITCH = ("better", "non-inferior")
 NOT_LEARNING = "not learning"
-VERDICT_COLUMNS = ["reference", "labels", "aux", "variant", "n", "epochs", "mean_diff", "ci_low", "ci_high", "level",
-                   "margin", "accuracy", "time_fraction", "verdict", "notes"]
+VERDICT_COLUMNS = ["reference", "labels", "aux", "variant", "n", "epochs", "ended_early", "mean_diff", "ci_low",
+                   "ci_high", "level", "margin", "accuracy", "time_fraction", "verdict", "notes"]
 LEARNING_COLUMNS = ["labels", "n", "mean_diff", "ci_low", "ci_high", "learning"]
 
 
@@ -119,12 +119,14 @@ def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin
             notes.append("no isolated timing")
         if r.best_at_last_epoch:
             notes.append(f"{r.best_at_last_epoch} of {r.cells} cells best at their last epoch (still rising)")
-        ep = f"{r.epochs} epoch{'s' if r.epochs != '1' else ''}"
+        ended = int(getattr(r, "ended_early", 0) or 0)
+        ep = epochs_text(str(r.epochs).split(","), ended)
+        ep += f", {ended} of {r.cells} cells ended early" if ended else ""
         what = f"no verdict: {enum_ref} is not learning here" if acc == NOT_LEARNING else word(acc, margin)
         rows.append({"reference": r.reference, "labels": r.labels, "aux": r.aux, "variant": r.variant, "n": r.n,
-                     "epochs": r.epochs, "mean_diff": r.mean_diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "level": confidence, "margin": margin, "accuracy": acc, "time_fraction": frac,
-                     "verdict": f"{what} (n = {r.n}, {ep})", "notes": "; ".join(notes)})
+                     "epochs": r.epochs, "ended_early": ended, "mean_diff": r.mean_diff, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high, "level": confidence, "margin": margin, "accuracy": acc,
+                     "time_fraction": frac, "verdict": f"{what} (n = {r.n}, {ep})", "notes": "; ".join(notes)})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -176,10 +178,10 @@ def setting_sentence(g: pd.DataFrame, learn: pd.DataFrame, labels: int, aux: boo
                + (f"isolated time per epoch {r.time_fraction:.2f}× {enum_ref}'s" if np.isfinite(r.time_fraction)
                   else "no isolated timing")
                for r in g.itertuples()]
-    epochs = sorted(set(e for es in g["epochs"] for e in str(es).split(",") if e), key=int)
+    epochs = [e for es in g["epochs"] for e in str(es).split(",")]
     unchecked = "" if ok else "; no supervised-only baseline to check that it learns"
     return (f"{mark}{where}, against {enum_ref}: {'; '.join(groups)}{mark}: {'; '.join(details)} "
-            f"({and_list(epochs)} epoch{'s' if epochs != ['1'] else ''}{unchecked}).")
+            f"({epochs_text(epochs, _ended(g))}{unchecked}).")
 
 
 def settings_sentences(v: pd.DataFrame, learn: pd.DataFrame, margin: float = DEFAULT_MARGIN,
@@ -212,10 +214,10 @@ def summary_text(paired: pd.DataFrame, verdict_table: pd.DataFrame, margin: floa
     v = verdict_table
     learn = learning(paired)
     ns = sorted(set(int(n) for n in v["n"]))
-    epochs = sorted(set(e for es in v["epochs"] for e in str(es).split(",") if e))
+    epochs = [e for es in v["epochs"] for e in str(es).split(",")]
     out = [f"Test accuracy at the best validation epoch, paired by seed (same labeled subset, initial weights and "
            f"batch order), {confidence * 100:g} % t-intervals on the per-seed differences; n = {and_list(ns)} seed"
-           f"{'s' if ns != [1] else ''} per comparison, {and_list(epochs)} epoch{'s' if epochs != ['1'] else ''}"
+           f"{'s' if ns != [1] else ''} per comparison, {epochs_text(epochs, _ended(v))}"
            + (f", {protocol} protocol" if protocol else "") + ". " + rule_text(margin)]
     out += settings_sentences(v, learn, margin, confidence)
     for r in learn.itertuples():
@@ -243,6 +245,18 @@ def rule_text(margin: float = DEFAULT_MARGIN) -> str:
             f"otherwise; no verdict is drawn at a label count where {enum_ref} does not beat the supervised-only "
             f"baseline (its interval's lower end at or below 0: not learning). Time per epoch, from the isolated "
             f"timing probe, is stated beside the verdict, never in it.")
+
+
+def epochs_text(epochs: Sequence[str], ended: int = 0) -> str:
+    """'100 epochs', '20 and 50 epochs', 'at most 100 epochs' where early stopping ended ``ended`` > 0 cells
+    before their cap (``epochs``: the caps, as strings, repeats and blanks allowed)."""
+    caps = sorted({str(e) for e in epochs if str(e)}, key=int)
+    return f"{'at most ' if ended else ''}{and_list(caps)} epoch{'s' if caps != ['1'] else ''}"
+
+
+def _ended(rows: pd.DataFrame) -> int:
+    """Cells of ``rows`` (verdict rows) that early stopping ended before their cap (0 where not recorded)."""
+    return int(pd.to_numeric(rows.get("ended_early", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
 
 
 def and_list(items: list) -> str:
