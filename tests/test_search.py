@@ -14,7 +14,7 @@ from bench.core.schema import ENV_FILE
 from bench.report import tune_plots, tune_study
 from bench.report.common import parts_lines
 from bench.run import grid as gridmod
-from bench.run import search, search_cli
+from bench.run import search, search_cli, search_lines
 from bench.run.search_reuse import finished_cells
 from bench.run.tune import check_search, default_params, values_of
 from ssvae.data import split
@@ -701,3 +701,93 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path,
     assert len(trials) == 4 and trials[0].state == optuna.trial.TrialState.FAIL
     assert all(t.state != optuna.trial.TrialState.FAIL for t in trials[1:])
     assert search.run_search(grid, grid.search, tmp_path, None, log=messages.append) == 0  # the failed one counts
+
+
+def test_a_trial_run_again_is_not_judged_again_at_the_rungs_it_passed(tmp_path):
+    """A cut trial passed the rungs at epochs 1 and 2; run again (from epoch 1: another CPU gives other numbers) it
+    reaches epoch 1 with a value the first rung would prune: it goes on, its value recorded for later trials, and is
+    judged from the epoch its first run reached (the old rule pruned it at epoch 1)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = search._study(storage, "trace+aux_L100", {"seed": 0, "first_rung": 1, "reduction": 2})
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    done = study.ask(lr)
+    for step in (1, 2):
+        done.report(0.9, step)
+        assert not done.should_prune()
+    study.tell(done, 0.9)
+    cut = study.ask(lr)
+    for step in (1, 2):
+        cut.report(0.95, step)
+        assert not cut.should_prune()  # the best at both rungs
+    search._try_again(study, cut)
+    again = study.ask(lr)
+    assert again.params == cut.params and again.user_attrs[search.RESUMES] == cut.number
+    again.report(0.1, 1)
+    assert not again.should_prune()  # rung 1 passed by its first run
+    assert study.get_trials()[again.number].system_attrs["completed_rung_0"] == 0.1  # a rival for the trials after
+    again.report(0.1, 2)
+    assert again.should_prune()  # rung 2: against the finished trial's 0.9, judged as any trial
+
+
+def test_a_run_pruned_at_a_rung_its_line_had_passed_is_void_and_run_again(tmp_path, monkeypatch):
+    """A search's journal from before the rule: trial 1 was cut at epoch 3, run again as trial 2 and pruned at epoch 1
+    (the old pruner judged it again). The next command says trial 2 is void, rewrites its records as void, runs its
+    values again (trial 3, to the end), counts 2 trials done, and tune.md lists the void run apart."""
+    monkeypatch.setattr(search, "_load_data", _data)
+    table = {"trials": 2, "first_rung": 1, "reduction": 2, "lr": {"low": 1e-4, "high": 1e-2}}
+    grid = gridmod.make_grid({**TINY, "epochs": 4, "estimators": ["gumbel"], "search": table})
+    out = tmp_path / "s"
+    one_epoch, calls = search._one_epoch, []
+
+    def cut_at(n):
+        def counted(cfg, data, state):
+            calls.append(cfg.seed)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return one_epoch(cfg, data, state)
+        return counted
+
+    monkeypatch.setattr(search, "_one_epoch", cut_at(3 * 4 + 3 * 2 + 1))  # trial 0's 4 epochs, trial 1's 2, cut
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(grid, grid.search, out, None, log=lambda m: None)
+    for p in (out / "cache" / "search").glob("*.pt"):
+        p.unlink()  # another machine: the run again starts over
+    monkeypatch.setattr(search, "_one_epoch", one_epoch)
+    monkeypatch.setattr(search_lines.Halving, "prune", lambda self, study, trial: trial.last_step == 1)  # the old rule
+    with pytest.raises(KeyboardInterrupt):  # trial 2 pruned at epoch 1; then a kill ends the command
+        monkeypatch.setattr(search, "_tell", _told_then_killed(search._tell))
+        search.run_search(grid, grid.search, out, None, log=lambda m: None)
+    monkeypatch.undo()
+    monkeypatch.setattr(search, "_load_data", _data)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / search.JOURNAL)))
+    study = optuna.load_study(study_name="gumbel+aux_L100", storage=storage)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "PRUNED"]
+    assert search._resume(study, search.distributions(grid.search["space"]["gumbel"])) == (2, 0, 0)  # the old count
+    messages = []
+    assert search.run_search(grid, grid.search, out, None, log=messages.append) == 1
+    assert any("trial 2: void, pruned at epoch 1, a rung its line (trial 1) had passed: an earlier run reached "
+               "epoch 2; run again" in m for m in messages), messages
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE"]
+    assert trials[3].params == trials[1].params and trials[3].user_attrs[search_lines.VOIDS] == 2
+    assert sorted(trials[3].intermediate_values) == [1, 2, 3, 4]  # run to the end
+    assert search._resume(study, search.distributions(grid.search["space"]["gumbel"])) == (2, 0, 0)
+    for seed in (0, 1, 2):
+        rec = json.loads((out / "runs" / f"gumbel+aux_L100_s{seed}_t002.json").read_text())
+        assert rec["status"] == "void" and rec["void"].startswith("pruned at epoch 1")
+    (out / ENV_FILE).write_text(json.dumps({"preset": "test", "grid": grid.to_dict()}))
+    tune_study.write_report(out)
+    text = (out / "tune.md").read_text()
+    assert "Void: gumbel+aux_L100 trial 2 (pruned at epoch 1, a rung its line (trial 1) had passed" in text
+    choices = list(csv.DictReader(open(out / "tables" / "tune_choices.csv")))
+    assert choices[0]["trials"] == "2 of 2" and choices[0]["not_eligible"] == "0"
+    rows = list(csv.DictReader(open(out / "tables" / "tune_all.csv")))
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "void"]
+
+
+def _told_then_killed(tell):
+    """``_tell`` that lets one trial end as told, then interrupts the command (a session's end)."""
+    def once(study, trial, objective):
+        tell(study, trial, objective)
+        raise KeyboardInterrupt
+    return once

@@ -81,7 +81,7 @@ def replay(journal, reduction: int) -> pd.DataFrame:
 def cut_short_rivals(journal, reduction: int) -> pd.DataFrame:
     """Every rung decision with and without the rung values of trials cut short among its rivals (one row each,
     :data:`CUT_SHORT_COLUMNS`). A trial cut short runs again with the same values and reaches the same rungs
-    with them; until 2026-12-06 the pruner counted its earlier run as a rival (``bench.run.search._Halving`` now
+    with them; until 2026-12-06 the pruner counted its earlier run as a rival (``bench.run.search_lines.Halving`` now
     leaves it out). ``outcome``: what the trial did after the decision (``went on``, ``pruned``, or empty while
     not known), so that a row whose outcome follows ``promoted_with`` where the two rules differ is a decision
     the old rule made."""

@@ -24,6 +24,7 @@ from ..commands import COMMANDS
 from ..core.provenance import run_parts
 from ..core.schema import Folder, setting_id
 from ..core.stats import mean_interval, variant_label
+from ..run.search_lines import VOID
 from ..run.tune import CHOICE_FILE, PYRO_LR, RUN_FIELDS, SELECT_ON, candidates, planned_trials, tuned_keys
 from .tune_plots import cell, lr_name, plot_sensitivity
 from .tune_text import write_markdown
@@ -239,16 +240,19 @@ def provenance(out: Path) -> dict:
     grid = env.get("grid") or {}
     # a search's commands each add settings (no task list): its records name the commit they ran on, and the grid
     # cells a trial took instead of training (bench search --reuse: study, trial, folder, CPU)
-    commits, reused = Counter(), set()
+    commits, reused, void = Counter(), set(), set()
     for path in Folder(out).runs.glob("*.json") if grid.get("search") else ():
         rec = _read_record(path)
         commits[str(rec.get("git_commit") or "?")] += 1
+        if rec.get("status") == VOID:
+            void.add((str((rec.get("search") or {}).get("study")), int((rec.get("search") or {}).get("trial") or 0),
+                      str(rec.get("void"))))
         if rec.get("reused_from"):
             search = rec.get("search") or {}
             reused.add((str(search.get("study")), int(search.get("trial") or 0),
                         str(Path(rec["reused_from"]).parent.parent), rec.get("reused_device") or "an unrecorded CPU"))
     return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)),
-            "reused": sorted(reused),
+            "reused": sorted(reused), "void": sorted(void),
             "commit": env.get("git_commit"), "date": env.get("date"),
             "device": env.get("device_name") or env.get("device"), "cpu": env.get("cpu_name"),
             "torch": env.get("torch"), "pyro": env.get("pyro"), "labels": grid.get("labels"),
@@ -275,12 +279,14 @@ def write_report(out: Path) -> dict:
     if not tune:
         raise ConfigError(f"{out}: not a tuning run (its env.json has no grid.tune or grid.search table); "
                           f"run python -m bench run --preset tune or python -m bench search first")
-    rows = combinations(out, tune)
-    if not rows:
+    listed = combinations(out, tune)
+    if not listed:
         raise ConfigError(f"{out}: no finished cells under runs/")
+    # a void run (bench.run.search_lines) is listed, and neither a candidate nor counted
+    rows = [r for r in listed if VOID not in r["statuses"].values()]
     best = select(rows, tune, prov["lr"])
     all_rows = []
-    for r in rows:
+    for r in listed:
         chosen = best.get((r["estimator"], r["aux"], r["labels"])) is r
         all_rows.append({"estimator": variant_label(r["estimator"], r["aux"]), "labels": r["labels"],
                          "trial": "" if r["trial"] is None else r["trial"], "values": r["values"],

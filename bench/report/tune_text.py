@@ -42,7 +42,8 @@ def write_markdown(out: Path, all_rows: List[dict], choice_rows: List[dict], pro
         f"Provenance: {provenance_line(prov)}.", "",
         f"Command: `{prov.get('command')}`; selection: `python -m bench tune {_shown(out)}` "
         f"(rule in [{CHOICE_FILE}]({CHOICE_FILE})).", "", *parts_lines(prov.get("parts") or [], bool(prov.get("search"))),
-        _how(prov), "", *_reused(prov), *_replayed(out, prov), *_cut_short(out, prov),
+        _how(prov), "", *_reused(prov), *_void(prov), *_replayed(out, prov),
+        *_cut_short(out, prov),
         "Per estimator, the combination with the highest mean validation accuracy over seeds "
         "(`best_valid_acc`; test accuracy is not read). `chosen_minus_default` is the chosen "
         f"combination minus {default_words(prov)}, paired over seeds, "
@@ -72,6 +73,15 @@ def _reused(prov: dict) -> List[str]:
     return [f"Not trained again (`--reuse`): {'; '.join(items)}: every seed of these trials is a finished cell of "
             "that grid with the same configuration, data, torch and pyro, its curves taken as they are (a cell of "
             "another CPU is the same cell to the harness, not the same bits).", ""] if items else []
+
+
+def _void(prov: dict) -> List[str]:
+    """The void runs of a search (``prov["void"]``: study, trial, why; :mod:`bench.run.search_lines`)."""
+    items = [f"{study} trial {trial} ({why})" for study, trial, why in prov.get("void") or []]
+    return [f"Void: {'; '.join(items)}. A trial cut short and run again is not judged again at the rungs an earlier "
+            "run of it passed (`bench.run.search_lines`, since 2026-12-06; before, its first rung re-rolled a "
+            "decision already made, on another CPU with other numbers): a void run is listed below, is no rival "
+            "and is not counted among the setting's trials.", ""] if items else []
 
 
 def _replayed(out: Path, prov: dict) -> List[str]:

@@ -8,9 +8,9 @@ over seeds of each seed's best validation accuracy so far (:func:`objective_so_f
 stopped there) goes to an asynchronous successive-halving pruner
 (:class:`optuna.pruners.SuccessiveHalvingPruner`: at the rungs ``first_rung`` x ``reduction``^k epochs a
 trial outside the best 1/``reduction`` of those that reached the rung stops; a trial cut short and run again
-is not a rival of its own: its earlier run's rung values are left out, :class:`_Halving`). The values come from
-Optuna's TPE sampler (seeded); the first trial of every setting is the default (the grid's learning
-rate and the estimator's default options), so the study can say what tuning gained over it::
+is not a rival of its own, nor judged again at the rungs it had passed: :mod:`bench.run.search_lines`). The
+values come from Optuna's TPE sampler (seeded); the first trial of every setting is the default (the grid's
+learning rate and the estimator's default options), so the study can say what tuning gained over it::
 
     [search]
     trials = 16                      # per setting
@@ -30,8 +30,8 @@ of the same command continues it. Seeds advance one epoch at a time, each resume
 (:func:`ssvae.train.train`'s ``resume``), so a trial's numbers are those of uninterrupted runs; after each
 epoch the seeds' states are saved (``OUT/cache/search/``, :class:`bench.run.tasks.SavedState`), so that a
 trial cut short by a kill or an interrupt (a session's end) is tried again from its last finished epoch:
-its saved epochs go to the pruner in order (each rung judged again, against the trials that have reached it
-by then, as a trial run again from epoch 1 was), and its records say ``resumed_from_epoch``.
+its saved epochs go to the pruner in order (their rung values recorded; rungs it had passed are not judged
+again, as for a trial run again from epoch 1), and its records say ``resumed_from_epoch``.
 
 A choice on an edge of its range asks for a wider range: give the estimator its own wider table
 (``[search.gumbel] lr = {low = 4.2e-5, high = 4.2e-2}``) and rerun the same command on the same folder. A
@@ -68,6 +68,7 @@ from ..core.store import atomic_write_json
 from ..core.taskdata import _load_data
 from . import grid as gridmod
 from .launch import die_with_parent
+from .search_lines import RESUMES, Halving, try_again as _try_again, void_rejudged, voided
 from .search_reuse import finished_cells
 from .tasks import SavedState
 from .tune import RUN_FIELDS, encode, default_params, values_of
@@ -81,8 +82,6 @@ EVALUATION = EvalPlan(elbo_images=0, iwae_images=0)
 GATE_TIMEOUT = 120.0
 #: apart the sampler seeds of the processes searching one setting at once
 WORKER_SEED_STRIDE = 10_007
-#: the user attribute of a trial queued again after a kill: the trial whose saved state it continues
-RESUMES = "resumes"
 
 
 def distributions(space: Dict) -> Dict[str, optuna.distributions.BaseDistribution]:
@@ -241,29 +240,6 @@ def _objective(grid, est, aux, labels, datasets, dists, space: Dict, out: Path, 
     return objective
 
 
-class _Halving(optuna.pruners.SuccessiveHalvingPruner):
-    """Optuna's successive halving with the rung values of trials cut short left out. A trial cut short runs again
-    (:func:`_try_again`) and reaches the same rungs with the same values, so its earlier run would compete with
-    it as a rival of its own (gumbel-st + aux at 100 labels met up to three such copies at a rung)."""
-
-    def prune(self, study: optuna.Study, trial) -> bool:
-        return super().prune(_WithoutCutShort(study), trial)
-
-
-class _WithoutCutShort:
-    """``study`` as the pruner reads it: its trials without those marked cut short (``status`` ``interrupted``)."""
-
-    def __init__(self, study: optuna.Study):
-        self._study = study
-
-    def get_trials(self, deepcopy: bool = True, states=None):
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
-                if t.user_attrs.get("status") != "interrupted"]
-
-    def __getattr__(self, name):
-        return getattr(self._study, name)
-
-
 def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = False) -> optuna.Study:
     """The setting's study, created or continued. Its sampler is seeded by the search's seed plus the trials the
     study already holds: a continued search draws on from there (a sampler seeded as at the start would propose
@@ -274,7 +250,7 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=spec["seed"]),
-        pruner=_Halving(min_resource=spec["first_rung"], reduction_factor=spec["reduction"]))
+        pruner=Halving(min_resource=spec["first_rung"], reduction_factor=spec["reduction"]))
     held = len(study.get_trials(deepcopy=False))
     if held or worker or parallel:
         study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + held + WORKER_SEED_STRIDE * worker,
@@ -282,32 +258,26 @@ def _study(storage, name: str, spec: Dict, worker: int = 0, parallel: bool = Fal
     return study
 
 
-def _try_again(study: optuna.Study, trial) -> None:
-    """Trial ``trial`` (a live or frozen one), cut short by a kill or an interrupt: marked failed, and its values
-    queued again as a trial that continues its saved epochs (:data:`RESUMES`: the first trial of the line)."""
-    study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={RESUMES: trial.user_attrs.get(RESUMES, trial.number)},
-                        skip_if_exists=False)
-
-
 def _resume(study: optuna.Study, dists: Dict, alive: Callable[[int], bool] = lambda number: False
             ) -> Tuple[int, int, int]:
     """Trials cut short by a kill (RUNNING, and not ``alive``: no process holds their lock) are marked failed and
-    queued again; returns how many trials are done (complete, pruned, diverged or failed with a record) drawn
-    from ``dists`` (the current space: a widened one starts again at 0), how many from earlier spaces, and how
-    many of the current space are running in another process."""
+    queued again; returns how many trials are done (complete, pruned, diverged or failed with a record; a void
+    run, :func:`bench.run.search_lines.void_rejudged`, is not) drawn from ``dists``
+    (the current space: a widened one starts again at 0), how many from earlier spaces, and how many of the
+    current space are running in another process."""
     running = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if alive(t.number):
             running += t.distributions == dists or not t.distributions
             continue
         _try_again(study, t)
-    done = [t.distributions == dists for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False)
+    void = voided(trials)
+    done = [t.distributions == dists for t in trials if t.number not in void and (
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             # diverged (told as failed before diverged trials returned the worst value), or failed with a record:
             # a trial that raised counts, so that an error every trial meets cannot run trials for ever
-            or (t.state == TrialState.FAIL and t.user_attrs.get("status") in ("diverged", "failed"))]
+            or (t.state == TrialState.FAIL and t.user_attrs.get("status") in ("diverged", "failed")))]
     return sum(done), len(done) - sum(done), running
 
 
@@ -345,6 +315,8 @@ def _run_setting(storage, grid: gridmod.Grid, spec: Dict, est: str, aux: bool, l
         return 0
     try:
         study = _study(storage, name, spec, worker, parallel)
+        for number, why in void_rejudged(study, out):
+            log(f"search: {name} trial {number}: void, {why}")
         done, earlier, running = _resume(study, dists, _alive(out, name))
         if not study.get_trials(deepcopy=False):
             first = default_params(space, est, grid.lr, grid.aux_multiplier)
