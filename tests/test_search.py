@@ -225,6 +225,18 @@ def test_a_trial_cut_short_is_tried_again(tmp_path):
     assert trials[-1].user_attrs[search.RESUMES] == cut.number  # it continues the cut trial's saved epochs
 
 
+def _cutter(one_epoch, calls):
+    """``cut_at(n)``: a ``_one_epoch`` that counts its calls in ``calls`` and interrupts the n-th (a session's end)."""
+    def cut_at(n):
+        def counted(cfg, data, state):
+            calls.append(cfg.seed)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return one_epoch(cfg, data, state)
+        return counted
+    return cut_at
+
+
 def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkeypatch):
     """An interrupt during epoch 3 of 4 (a session's end): the next command runs the trial's values again from the
     saved epoch 2, trains only epochs 3 and 4, reports every epoch to the pruner in order, and records the numbers
@@ -235,15 +247,7 @@ def test_a_trial_cut_short_goes_on_from_its_last_finished_epoch(tmp_path, monkey
     straight = tmp_path / "straight"
     assert search.run_search(grid, grid.search, straight, None, log=lambda m: None) == 1
     one_epoch, calls = search._one_epoch, []
-
-    def cut_at(n):
-        def counted(cfg, data, state):
-            calls.append(cfg.seed)
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            return one_epoch(cfg, data, state)
-        return counted
-
+    cut_at = _cutter(one_epoch, calls)
     out = tmp_path / "cut"
     monkeypatch.setattr(search, "_one_epoch", cut_at(2 * 3 + 1))  # 3 seeds x 2 epochs, then the interrupt
     with pytest.raises(KeyboardInterrupt):
@@ -738,15 +742,7 @@ def test_a_run_pruned_at_a_rung_its_line_had_passed_is_void_and_run_again(tmp_pa
     grid = gridmod.make_grid({**TINY, "epochs": 4, "estimators": ["gumbel"], "search": table})
     out = tmp_path / "s"
     one_epoch, calls = search._one_epoch, []
-
-    def cut_at(n):
-        def counted(cfg, data, state):
-            calls.append(cfg.seed)
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            return one_epoch(cfg, data, state)
-        return counted
-
+    cut_at = _cutter(one_epoch, calls)
     monkeypatch.setattr(search, "_one_epoch", cut_at(3 * 4 + 3 * 2 + 1))  # trial 0's 4 epochs, trial 1's 2, cut
     with pytest.raises(KeyboardInterrupt):
         search.run_search(grid, grid.search, out, None, log=lambda m: None)
