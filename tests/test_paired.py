@@ -215,8 +215,8 @@ def test_a_verdict_whose_cells_early_stopping_ended_says_at_most_the_cap():
     v = paired_verdicts.verdicts(p, _timing())
     assert _verdict(v, "gumbel + aux", 3000)["ended_early"] == 3  # its own two and the enum + aux cell beside them
     assert _verdict(v, "gumbel + aux", 3000)["verdict"] == "worse (n = 5, at most 5 epochs, 3 of 10 cells ended early)"
-    assert _verdict(v, "rb-topk + aux", 3000)["verdict"] == "as good (at most 1 point worse) (n = 5, at most 5 epochs, " \
-                                                            "1 of 10 cells ended early)"
+    assert _verdict(v, "rb-topk + aux", 3000)["verdict"] == ("as good (at most 1 point worse) (n = 5, at most 5 epochs, "
+                                                             "1 of 10 cells ended early)")
     assert _verdict(v, "rb-topk + aux", 100)["ended_early"] == 0  # 100 labels: nothing ended early
     text = paired_verdicts.summary_text(p, v, protocol="bench")
     assert "n = 1 and 5 seeds per comparison, at most 5 epochs, bench protocol" in text

@@ -76,8 +76,9 @@ def replay(curves: List[Tuple[str, List[float]]], patiences: Sequence[int]) -> p
                 if best_epoch != full_best:
                     changed += 1
                     lost = max(lost, valid[full_best - 1] - valid[best_epoch - 1])
+            full = sum(len(valid) for valid, _ in mine)
             rows.append({"variant": variant, "patience": patience, "cells": len(mine), "changed": changed,
-                         "valid_lost_max": round(lost, 4), "epochs_run_share": round(ran / sum(len(valid) for valid, _ in mine), 3)})
+                         "valid_lost_max": round(lost, 4), "epochs_run_share": round(ran / full, 3)})
     return pd.DataFrame(rows, columns=PATIENCE_COLUMNS)
 
 

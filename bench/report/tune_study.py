@@ -244,13 +244,13 @@ def provenance(out: Path) -> dict:
     for path in Folder(out).runs.glob("*.json") if grid.get("search") else ():
         rec = _read_record(path)
         commits[str(rec.get("git_commit") or "?")] += 1
+        search = rec.get("search") or {}
+        trial = (str(search.get("study")), int(search.get("trial") or 0))
         if rec.get("status") == VOID:
-            void.add((str((rec.get("search") or {}).get("study")), int((rec.get("search") or {}).get("trial") or 0),
-                      str(rec.get("void"))))
+            void.add((*trial, str(rec.get("void"))))
         if rec.get("reused_from"):
-            search = rec.get("search") or {}
-            reused.add((str(search.get("study")), int(search.get("trial") or 0),
-                        str(Path(rec["reused_from"]).parent.parent), rec.get("reused_device") or "an unrecorded CPU"))
+            reused.add((*trial, str(Path(rec["reused_from"]).parent.parent),
+                        rec.get("reused_device") or "an unrecorded CPU"))
     return {"preset": env.get("preset"), "record_commits": dict(sorted(commits.items(), key=str)),
             "reused": sorted(reused), "void": sorted(void),
             "commit": env.get("git_commit"), "date": env.get("date"),
