@@ -406,6 +406,11 @@ def test_table1_note_says_reproduction_only_for_pyros_loop_at_its_setting():
         note = pyro_note(grid, protocols)
         assert "a yardstick, not a replication" in note and "reproduction" not in note
     assert "not that script's loop" in pyro_note(table1, ["bench"])
+    # a --tuned run: the note names the variants that ran with the choice file's values, not the preset's
+    tuned = {"chosen": {"gumbel+aux_L100": {"lr": 1e-4}, "trace+aux_L100": {"lr": 1e-3}}, "without_choice": ["enum+aux_L100"]}
+    assert ("100 epochs, except the values a tuning run chose for gumbel + aux, trace + aux (the Tuning section)"
+            in pyro_note(table1, ["pyro"], tuned))
+    assert "100 epochs." in pyro_note(table1, ["pyro"], {"chosen": {}})
 
 
 def test_enum_k10_says_how_much_of_enums_gradient_error_is_z_noise():
@@ -477,3 +482,13 @@ def test_equal_time_names_the_machine_its_times_come_from():
     res = SimpleNamespace(timing=pd.DataFrame(rows))
     ctx = SimpleNamespace(res=res, env={"device": "cpu", "threads": 2})
     assert probe_text(ctx) == "cpu (Intel), 1 thread"
+
+
+def test_tuning_section_names_the_tuning_run_by_its_command_commit_date_and_cpu():
+    from bench.report.sections.tuning import _source
+
+    source = {"command": "python -m bench search --preset search-table1", "commit": "b42e4adac7a3ac95757a",
+              "date": "2026-12-06T09:07:33+00:00", "device": "AMD EPYC", "seeds": [0, 1, 2]}
+    assert _source(source) == (", written by `python -m bench search --preset search-table1` (commit b42e4adac7, "
+                               "date 2026-12-06T09:07:33+00:00, device AMD EPYC)")
+    assert _source(None) == "" and _source("an older file") == ", from `an older file`"

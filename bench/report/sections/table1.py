@@ -10,6 +10,7 @@ brackets. The best mean of each column is in bold. Files: ``table1.csv`` (number
 from __future__ import annotations
 
 from collections import Counter
+from typing import Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +19,8 @@ from matplotlib.lines import Line2D
 
 from ssvae.config import DEFAULT_RUN, sci
 
+from ...core.schema import parse_setting_id
+
 from ..plotting import MAX_SERIES, group_palette, legend_handles, legend_right, variant_groups
 from ..common import AUX_STYLE, load_pyro_table1, palette, provenance, variant_label, variants
 from ..context import Context, Figure, Section, Table
@@ -25,8 +28,17 @@ from ..data import BASELINES
 from ..frames import protocols, table1
 from ..render import markdown_table
 
-def pyro_note(grid: dict, protocols: list) -> str:
-    """Where Pyro's Table 1 comes from, and how this folder's setting and training loop stand to it."""
+def _tuned_variants(tuned) -> list:
+    """What a ``--tuned`` choice file set values for (env.json ``tuned.chosen``): each setting's variant as the
+    tables name it, or an estimator, every setting of it (a per-estimator file)."""
+    chosen = (tuned.get("chosen") if isinstance(tuned, dict) else None) or {}
+    settings = [parse_setting_id(key) or {"estimator": key, "aux": False} for key in chosen]
+    return sorted({variant_label(s["estimator"], s["aux"]) for s in settings})
+
+
+def pyro_note(grid: dict, protocols: list, tuned: Optional[dict] = None) -> str:
+    """Where Pyro's Table 1 comes from, and how this folder's setting and training loop stand to it (a run with
+    ``--tuned`` names the variants that ran with the choice file's values instead of the preset's)."""
     lr, mult = grid.get("lr", DEFAULT_RUN.lr), grid.get("aux_multiplier", DEFAULT_RUN.aux_multiplier)
     same = mult == 300 and grid.get("epochs") == 100 and protocols == ["pyro"]
     loop = ("Its cells ran the `pyro` protocol, that script's loop (every loss stepped on every batch, the "
@@ -42,7 +54,12 @@ def pyro_note(grid: dict, protocols: list) -> str:
             "script (`ss_vae_M2.py`) defaulted to an auxiliary-loss multiplier of 300 and 100 epochs; the defaults "
             f"of today (multiplier {DEFAULT_RUN.aux_multiplier:g}, learning rate {sci(DEFAULT_RUN.lr)}, 50 epochs) "
             f"arrived in April 2018. This folder: multiplier {mult:g}, learning rate {sci(lr)}, "
-            f"{grid.get('epochs', '?')} epochs. {loop}")
+            f"{grid.get('epochs', '?')} epochs{_tuned_clause(tuned)}. {loop}")
+
+
+def _tuned_clause(tuned) -> str:
+    names = _tuned_variants(tuned)
+    return f", except the values a tuning run chose for {', '.join(names)} (the Tuning section)" if names else ""
 
 
 def _notes(row) -> list:
@@ -184,7 +201,7 @@ def build(ctx: Context) -> Section:
     t1 = ctx.frame(table1)
     shown = display(t1, res)
     pyro = pyro_display()
-    note = pyro_note(grid, protocols(res))
+    note = pyro_note(grid, protocols(res), ctx.env.get("tuned"))
     ctx.write_table(t1, "table1_long", "Table 1 (long form): test accuracy at best validation epoch")
     ctx.write_table(numeric(t1, res), "table1", "Table 1: test accuracy at best validation epoch, per variant")
     ctx.write_table(pyro, "table1_pyro", "Pyro tutorial Table 1: mean ± 95% bound")

@@ -24,6 +24,15 @@ def frame(tuned: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["estimator", "setting", "value"])
 
 
+def _source(source) -> str:
+    """The tuning run the file came from (``tuned.json``'s ``source``: its last command, commit, date, CPU)."""
+    if not isinstance(source, dict):
+        return f", from `{source}`" if source else ""
+    where = ", ".join(f"{key} {str(source[key])[:10] if key == 'commit' else source[key]}"
+                      for key in ("commit", "date", "device") if source.get(key))
+    return f", written by `{source.get('command', '?')}`" + (f" ({where})" if where else "")
+
+
 def build(ctx: Context) -> Optional[Section]:
     tuned = ctx.env.get("tuned")
     if not isinstance(tuned, dict):
@@ -35,7 +44,7 @@ def build(ctx: Context) -> Optional[Section]:
         f"This run applied the choices of a tuning run: `--tuned {tuned.get('file', '?')}` (sha256 "
         f"`{str(tuned.get('sha256', '?'))[:12]}`), selected on `{tuned.get('selected_on') or '?'}` (validation "
         "data only, never test accuracy; `bench/run/tune.py`)"
-        + (f", from `{tuned['source']}`" if tuned.get("source") else "") + ". The chosen values below override the "
+        + _source(tuned.get("source")) + ". The chosen values below override the "
         "preset's per-estimator options; `--set` still overrides them.")
     if tuned.get("without_choice"):
         sec.text.append(f"The file chooses nothing for {', '.join(tuned['without_choice'])}: those cells ran with the "
