@@ -223,6 +223,10 @@ def test_a_verdict_whose_cells_early_stopping_ended_says_at_most_the_cap():
     assert "(at most 5 epochs)" in text and "At 3000 labels without the auxiliary loss" in text
     assert paired_verdicts.epochs_text(["5", "20", "5", ""]) == "5 and 20 epochs"
     assert paired_verdicts.epochs_text(["1"], ended=2) == "at most 1 epoch"
+    # no enum + aux cell at 3000 labels yet (a run in progress): no pair, no cap to state
+    assert paired_verdicts.epochs_text([""]) == ""
+    v = paired_verdicts.verdicts(paired.paired_tables(runs[~runs["cell"].str.startswith("enum+aux_L3000")]), _timing())
+    assert _verdict(v, "gumbel + aux", 3000)["verdict"] == "inconclusive (n = 0)"
 
 
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():

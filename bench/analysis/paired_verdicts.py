@@ -121,12 +121,12 @@ def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin
             notes.append(f"{r.best_at_last_epoch} of {r.cells} cells best at their last epoch (still rising)")
         ended = int(getattr(r, "ended_early", 0) or 0)
         ep = epochs_text(str(r.epochs).split(","), ended)
-        ep += f", {ended} of {r.cells} cells ended early" if ended else ""
+        ep = (f", {ep}" if ep else "") + (f", {ended} of {r.cells} cells ended early" if ended else "")
         what = f"no verdict: {enum_ref} is not learning here" if acc == NOT_LEARNING else word(acc, margin)
         rows.append({"reference": r.reference, "labels": r.labels, "aux": r.aux, "variant": r.variant, "n": r.n,
                      "epochs": r.epochs, "ended_early": ended, "mean_diff": r.mean_diff, "ci_low": r.ci_low,
                      "ci_high": r.ci_high, "level": confidence, "margin": margin, "accuracy": acc,
-                     "time_fraction": frac, "verdict": f"{what} (n = {r.n}, {ep})", "notes": "; ".join(notes)})
+                     "time_fraction": frac, "verdict": f"{what} (n = {r.n}{ep})", "notes": "; ".join(notes)})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -249,8 +249,10 @@ def rule_text(margin: float = DEFAULT_MARGIN) -> str:
 
 def epochs_text(epochs: Sequence[str], ended: int = 0) -> str:
     """'100 epochs', '20 and 50 epochs', 'at most 100 epochs' where early stopping ended ``ended`` > 0 cells
-    before their cap (``epochs``: the caps, as strings, repeats and blanks allowed)."""
+    before their cap (``epochs``: the caps, as strings, repeats and blanks allowed); '' for no cap (no cell)."""
     caps = sorted({str(e) for e in epochs if str(e)}, key=int)
+    if not caps:
+        return ""
     return f"{'at most ' if ended else ''}{and_list(caps)} epoch{'s' if caps != ['1'] else ''}"
 
 

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 
 from ssvae.config import DEFAULT_RUN, sci
 
+from ...analysis.paired_verdicts import and_list
 from ...core.schema import parse_setting_id
 
 from ..plotting import MAX_SERIES, group_palette, legend_handles, legend_right, variant_groups
@@ -59,7 +60,7 @@ def pyro_note(grid: dict, protocols: list, tuned: Optional[dict] = None) -> str:
 
 def _tuned_clause(tuned) -> str:
     names = _tuned_variants(tuned)
-    return f", except the values a tuning run chose for {', '.join(names)} (the Tuning section)" if names else ""
+    return f", except the values a tuning run chose for {and_list(names)} (the Tuning section)" if names else ""
 
 
 def _notes(row) -> list:
