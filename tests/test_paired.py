@@ -227,6 +227,8 @@ def test_a_verdict_whose_cells_early_stopping_ended_says_at_most_the_cap():
     assert paired_verdicts.epochs_text([""]) == ""
     v = paired_verdicts.verdicts(paired.paired_tables(runs[~runs["cell"].str.startswith("enum+aux_L3000")]), _timing())
     assert _verdict(v, "gumbel + aux", 3000)["verdict"] == "inconclusive (n = 0)"
+    notes = _verdict(v, "gumbel + aux", 3000)["notes"]
+    assert "no enum + aux cell paired with a supervised-only baseline at 3000 labels" in notes
 
 
 def test_ran_beside_counts_overlapping_tasks_on_the_same_host():

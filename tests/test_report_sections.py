@@ -407,7 +407,8 @@ def test_table1_note_says_reproduction_only_for_pyros_loop_at_its_setting():
         assert "a yardstick, not a replication" in note and "reproduction" not in note
     assert "not that script's loop" in pyro_note(table1, ["bench"])
     # a --tuned run: the note names the variants that ran with the choice file's values, not the preset's
-    tuned = {"chosen": {"gumbel+aux_L100": {"lr": 1e-4}, "trace+aux_L100": {"lr": 1e-3}}, "without_choice": ["enum+aux_L100"]}
+    tuned = {"chosen": {"gumbel+aux_L100": {"lr": 1e-4}, "trace+aux_L100": {"lr": 1e-3}},
+             "without_choice": ["enum+aux_L100"]}
     assert ("100 epochs, except the values a tuning run chose for gumbel + aux and trace + aux (the Tuning section)"
             in pyro_note(table1, ["pyro"], tuned))
     assert "100 epochs." in pyro_note(table1, ["pyro"], {"chosen": {}})

@@ -113,7 +113,8 @@ def verdicts(paired: pd.DataFrame, timing: Optional[pd.DataFrame] = None, margin
             acc = NOT_LEARNING
             notes.insert(0, f"{enum_ref} does not beat the supervised-only baseline at {r.labels} labels")
         elif timed and learns(learn, r.labels) is None:
-            notes.append(f"no supervised-only baseline at {r.labels} labels: learning not checked")
+            notes.append(f"no {enum_ref} cell paired with a supervised-only baseline at {r.labels} labels: learning "
+                         "not checked")
         frac = time_fraction(timing, r.estimator, r.aux, ENUM_AUX, r.labels, device) if timed else math.nan
         if timed and not np.isfinite(frac) and r.estimator not in SUPERVISED:
             notes.append("no isolated timing")
