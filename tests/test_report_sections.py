@@ -493,3 +493,12 @@ def test_tuning_section_names_the_tuning_run_by_its_command_commit_date_and_cpu(
     assert _source(source) == (", written by `python -m bench search --preset search-table1` (commit b42e4adac7, "
                                "date 2026-12-06T09:07:33+00:00, device AMD EPYC)")
     assert _source(None) == "" and _source("an older file") == ", from `an older file`"
+
+
+def test_rankings_of_a_folder_whose_gradient_probe_has_not_run_say_only_that(tmp_path):
+    """A run still training (``--only train``): no grad_variance.csv yet, so no claim about when it was written."""
+    fabricate_results(tmp_path)
+    (tmp_path / "grad_variance.csv").unlink()
+    report.build_report(tmp_path, plots=False)
+    ranked = _section(tmp_path, "Estimators ranked")
+    assert "No data to rank by encoder_y gradient variance" in ranked and "written before the probe" not in ranked

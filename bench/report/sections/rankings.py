@@ -164,12 +164,13 @@ def build(ctx: Context) -> Section:
         "checkpoints after the first, ratio to enum's median per checkpoint); by the seconds per training epoch "
         f"({epoch_time_words(res)}), with the ratio to enum + aux at the same label count. Ties keep the report's "
         "order; variants with no number are listed last, unranked.")
-    sec.text.append(
-        "The gradient error is the mean squared error against the exact gradient (variance plus squared bias)."
-        if by_mse else
-        "This folder's grad_variance.csv has no error against the exact gradient (written before the probe "
-        "measured it), so the gradient ranking is by variance, and the biased estimators (relaxations, marked "
-        "biased) are listed unranked: a biased estimator's variance alone says nothing of its error.")
+    error = ("The gradient error is the mean squared error against the exact gradient (variance plus squared bias)."
+             if by_mse else
+             "This folder's grad_variance.csv has no error against the exact gradient (written before the probe "
+             "measured it), so the gradient ranking is by variance, and the biased estimators (relaxations, marked "
+             "biased) are listed unranked: a biased estimator's variance alone says nothing of its error.")
+    if len(var):  # no gradient rows at all (no probe has run yet): the "No data to rank" line below says so
+        sec.text.append(error)
     for df, kind, what, name in ((acc, "accuracy", "test accuracy", "rank_accuracy"),
                                  (var, "variance", f"encoder_y gradient {'MSE' if by_mse else 'variance'} "
                                                    f"(unlabeled step)", "rank_grad_variance"),
