@@ -140,7 +140,7 @@ def palette(res: Results) -> Dict[str, tuple]:
 
 # -- provenance ----------------------------------------------------------------------------------
 
-def _short_commit(commit) -> str:
+def short_commit(commit) -> str:
     commit = str(commit or "?")
     return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
 
@@ -163,7 +163,7 @@ def provenance(env: dict) -> str:
     name = _each_part(env, "device_name", env.get("device_name") or env.get("cpu_name") or "?")
     sha = str(env.get("data_sha256") or "?")[:12]
     commits = len(tasks_by(env, "git_commit"))
-    commit = (f"commit {_short_commit(env.get('git_commit'))}"
+    commit = (f"commit {short_commit(env.get('git_commit'))}"
               + (f" + {commits - 1} earlier (Run lists each part)" if commits > 1 else ""))
     return (f"preset {env.get('preset', '?')} · seeds {seeds} · {grid.get('epochs', '?')} epochs · "
             f"{device}: {name} · torch {_each_part(env, 'torch', str(env.get('torch', '?')))}, "
@@ -185,7 +185,7 @@ def parts_lines(parts: List[dict], search: bool = False) -> List[str]:
     for p in parts:
         n = len(p.get("tasks_run") or [])
         lines.append(f"- `{p.get('command')}`: " + ("" if search else f"{n} task{'s' if n != 1 else ''}, ")
-                     + f"commit {_short_commit(p.get('git_commit'))}, "
+                     + f"commit {short_commit(p.get('git_commit'))}, "
                      + "".join(f"{'torch ' if k == 'torch' else ''}{p.get(k) or '?'}, " for k in differ)
                      + f"{p.get('threads')} thread(s) per task, {p.get('date')}")
     return lines + [""]

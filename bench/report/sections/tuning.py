@@ -10,6 +10,7 @@ from typing import Optional
 
 import pandas as pd
 
+from ..common import short_commit
 from ..context import Context, Section, Table
 
 
@@ -28,7 +29,7 @@ def _source(source) -> str:
     """The tuning run the file came from (``tuned.json``'s ``source``: its last command, commit, date, CPU)."""
     if not isinstance(source, dict):
         return f", from `{source}`" if source else ""
-    where = ", ".join(f"{key} {str(source[key])[:10] if key == 'commit' else source[key]}"
+    where = ", ".join(f"{key} {short_commit(source[key]) if key == 'commit' else source[key]}"
                       for key in ("commit", "date", "device") if source.get(key))
     return f", written by `{source.get('command', '?')}`" + (f" ({where})" if where else "")
 
